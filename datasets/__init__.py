@@ -1,0 +1,1 @@
+"""Dataset formats: readers of the public datasets' own layouts, and synthetic generators of them."""

@@ -1,0 +1,329 @@
+"""BraTS brain-tumour MRI in every release's layout, and the label conventions that go with them.
+
+Layouts (``naming``):
+- ``brats2021`` (2018-2021): ``<case>/<case>_{t1,t1ce,t2,flair,seg}.nii.gz``
+- ``brats2023`` (2023+):     ``<case>/<case>-{t1n,t1c,t2w,t2f,seg}.nii.gz``
+- ``patterns`` (BRATS 2013/2015 and clinical folders): one folder per case, files matched to
+  roles by regular expressions (``DEFAULT_PATTERNS``, or a map from the config)
+- ``msd`` (Medical Segmentation Decathlon Task01): ``imagesTr/*.nii.gz`` 4D (FLAIR, T1w, T1gd,
+  T2w) + ``labelsTr/`` + ``dataset.json``
+
+Modalities are matched by *role* (``t1``, ``t1c``, ``t2``, ``flair``), so a model trained on one
+naming predicts on another. Each convention maps its label values to the three nested regions
+ET (enhancing tumour), TC (tumour core = ET + necrotic/non-enhancing core), WT (whole tumour =
+TC + oedema). Converting MSD labels with the 2018 map would silently give ET = 0: conventions
+are detected from the layout (or set in the config) and checked against the label values found.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from medsight.dataset_format import DatasetFormat, Problem
+from medsight.errors import DataError
+from medsight.registry import register_dataset
+
+ROLES = ("t1", "t1c", "t2", "flair")
+REGIONS = ("ET", "TC", "WT")
+NIFTI = re.compile(r"\.nii(\.gz)?$")
+
+SUFFIX_ROLES = {
+    "brats2021": {"t1": "t1", "t1ce": "t1c", "t2": "t2", "flair": "flair"},
+    "brats2023": {"t1n": "t1", "t1c": "t1c", "t2w": "t2", "t2f": "flair"},
+}
+SEPARATOR = {"brats2021": "_", "brats2023": "-"}
+# BRATS 2013/2015 releases name files e.g. VSD.Brain.XX.O.MR_Flair.54512.mha or Flair_subtrMeanDivStd.nii.gz.
+DEFAULT_PATTERNS = {
+    "flair": r"flair",
+    "t1c": r"t1c|t1ce|t1gd|t1_?contrast",
+    "t1": r"(?<![a-z])t1(?![a-z0-9]|c|ce|gd)",
+    "t2": r"(?<![a-z])t2(?!f|_?flair)",
+    "seg": r"(?:^|[._])ot(?:multiclass)?[._]|(?:^|[._-])seg(?:mentation)?[._]|label",
+}
+MSD_CHANNEL_ROLES = ("flair", "t1", "t1c", "t2")  # dataset.json: FLAIR, T1w, t1gd, T2w
+
+
+@dataclass(frozen=True)
+class LabelConvention:
+    """Label values of one release and the regions they make up."""
+
+    name: str
+    labels: dict[int, str]
+    et: tuple[int, ...]
+    tc: tuple[int, ...]
+    wt: tuple[int, ...]
+    #: label written back for ET, for TC outside ET, for WT outside TC
+    write: tuple[int, int, int]
+
+    def to_regions(self, label: np.ndarray) -> np.ndarray:
+        """(..., ) integer label map -> (3, ...) bool, channels ET, TC, WT."""
+        label = np.asarray(label)
+        return np.stack([np.isin(label, values) for values in (self.et, self.tc, self.wt)])
+
+    def from_regions(self, regions: np.ndarray) -> np.ndarray:
+        """(3, ...) ET, TC, WT masks -> label map; the regions are made nested first (ET in TC in WT)."""
+        regions = np.asarray(regions).astype(bool)
+        wt = regions[2] | regions[1] | regions[0]
+        tc = (regions[1] | regions[0]) & wt
+        et = regions[0] & tc
+        label = np.zeros(regions.shape[1:], dtype=np.uint8)
+        label[wt] = self.write[2]
+        label[tc] = self.write[1]
+        label[et] = self.write[0]
+        return label
+
+    def check_values(self, values, where) -> None:
+        unknown = sorted(set(int(v) for v in values) - set(self.labels) - {0})
+        if unknown:
+            raise DataError(
+                f"label value(s) {unknown} are not in the {self.name} convention "
+                f"({', '.join(f'{k} {v}' for k, v in self.labels.items())}); set data.label_convention",
+                where,
+            )
+
+
+CONVENTIONS = {
+    "brats2021": LabelConvention("brats2021", {1: "NCR/NET", 2: "ED", 4: "ET"}, (4,), (1, 4), (1, 2, 4), (4, 1, 2)),
+    "brats2023": LabelConvention("brats2023", {1: "NETC", 2: "SNFH", 3: "ET"}, (3,), (1, 3), (1, 2, 3), (3, 1, 2)),
+    "brats2024": LabelConvention(
+        "brats2024", {1: "NETC", 2: "SNFH", 3: "ET", 4: "RC"}, (3,), (1, 3), (1, 2, 3), (3, 1, 2)
+    ),
+    "brats2015": LabelConvention(
+        "brats2015", {1: "necrosis", 2: "oedema", 3: "non-enhancing", 4: "enhancing"}, (4,), (1, 3, 4), (1, 2, 3, 4),
+        (4, 1, 2),
+    ),
+    "msd": LabelConvention("msd", {1: "oedema", 2: "non-enhancing", 3: "enhancing"}, (3,), (2, 3), (1, 2, 3), (3, 2, 1)),
+}
+# 2018-2020 share the 2021 labels.
+CONVENTIONS["brats2018"] = CONVENTIONS["brats2021"]
+DEFAULT_CONVENTION = {"brats2021": "brats2021", "brats2023": "brats2023", "patterns": "brats2015", "msd": "msd"}
+
+
+@dataclass
+class Case:
+    """One subject: a file per role (or one 4D file with channel roles) and an optional label map."""
+
+    id: str
+    naming: str
+    images: dict[str, Path] = field(default_factory=dict)
+    label: Path | None = None
+    four_d: Path | None = None
+
+    def record(self, modalities: tuple[str, ...], convention: str) -> dict:
+        """The record the segmentation task loads: images in ``modalities`` order."""
+        missing = [role for role in modalities if role not in self.images and self.four_d is None]
+        if missing:
+            folder = self.label.parent if self.label else next(iter(self.images.values()), Path(self.id)).parent
+            raise DataError(f"case {self.id}: no {', '.join(missing)} image (found: {', '.join(self.images) or 'none'})",
+                            folder)
+        record: dict = {"id": self.id, "convention": convention}
+        if self.four_d is not None:
+            record["image"] = str(self.four_d)
+            record["channels"] = [MSD_CHANNEL_ROLES.index(role) for role in modalities]
+        else:
+            record["image"] = [str(self.images[role]) for role in modalities]
+        if self.label is not None:
+            record["label"] = str(self.label)
+        return record
+
+
+def _strip_nifti(name: str) -> str:
+    return NIFTI.sub("", name)
+
+
+def detect_naming(root: Path) -> str:
+    root = Path(root)
+    if (root / "dataset.json").is_file() and (root / "imagesTr").is_dir():
+        return "msd"
+    for path in root.rglob("*.nii*"):
+        stem = _strip_nifti(path.name).lower()
+        if stem.endswith(("_t1ce", "_flair")):
+            return "brats2021"
+        if stem.endswith(("-t1c", "-t1n", "-t2f", "-t2w")):
+            return "brats2023"
+    return "patterns"
+
+
+def _case_folders(root: Path) -> list[Path]:
+    """Case folders: ``root`` itself when it holds images directly, else its subfolders that do."""
+    if any(NIFTI.search(p.name) or p.suffix.lower() in (".mha", ".mhd", ".nrrd") for p in root.iterdir() if p.is_file()):
+        return [root]
+    return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def find_cases(root: Path, naming: str = "auto", patterns: dict[str, str] | None = None) -> list[Case]:
+    """Every case under ``root`` (a dataset folder, or one case folder)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError("not a folder", root)
+    naming = detect_naming(root) if naming == "auto" else naming
+    if naming == "msd":
+        return _msd_cases(root)
+    cases = []
+    for folder in _case_folders(root):
+        if naming in SUFFIX_ROLES:
+            case = Case(id=folder.name, naming=naming)
+            sep = SEPARATOR[naming]
+            for path in sorted(folder.iterdir()):
+                if not NIFTI.search(path.name):
+                    continue
+                stem = _strip_nifti(path.name)
+                suffix = stem.rsplit(sep, 1)[-1].lower() if sep in stem else ""
+                if suffix == "seg":
+                    case.label = path
+                elif suffix in SUFFIX_ROLES[naming]:
+                    case.images[SUFFIX_ROLES[naming][suffix]] = path
+            case.id = _common_prefix(case, sep) or folder.name
+        elif naming == "patterns":
+            case = _pattern_case(folder, patterns or DEFAULT_PATTERNS)
+        else:
+            raise DataError(f"unknown naming {naming!r} (expected auto, brats2021, brats2023, patterns or msd)", root)
+        if case.images:
+            cases.append(case)
+    if not cases:
+        raise DataError(f"no BraTS cases found (naming {naming})", root)
+    return cases
+
+
+def _common_prefix(case: Case, sep: str) -> str:
+    stems = [_strip_nifti(p.name).rsplit(sep, 1)[0] for p in case.images.values()]
+    return stems[0] if stems and len(set(stems)) == 1 else ""
+
+
+def _pattern_case(folder: Path, patterns: dict[str, str]) -> Case:
+    case = Case(id=folder.name, naming="patterns")
+    compiled = {role: re.compile(pattern, re.IGNORECASE) for role, pattern in patterns.items()}
+    for path in sorted(folder.rglob("*")):
+        if not path.is_file() or not (NIFTI.search(path.name) or path.suffix.lower() in (".mha", ".mhd", ".nrrd")):
+            continue
+        hits = [role for role, regex in compiled.items() if regex.search(path.name)]
+        if len(hits) > 1:
+            raise DataError(f"file matches several roles ({', '.join(hits)}); make the role patterns stricter", path)
+        if not hits:
+            continue
+        role = hits[0]
+        existing = case.label if role == "seg" else case.images.get(role)
+        if existing is not None:
+            raise DataError(f"two files match role {role}: {existing.name} and {path.name}", folder)
+        if role == "seg":
+            case.label = path
+        else:
+            case.images[role] = path
+    return case
+
+
+def _msd_cases(root: Path) -> list[Case]:
+    cases = []
+    for path in sorted((root / "imagesTr").glob("*.nii*")):
+        if path.name.startswith("._"):
+            continue  # macOS resource forks ship inside the official Task01 tarball
+        label = root / "labelsTr" / path.name
+        case = Case(id=_strip_nifti(path.name), naming="msd", four_d=path, label=label if label.is_file() else None)
+        case.images = {role: path for role in MSD_CHANNEL_ROLES}
+        cases.append(case)
+    if not cases:
+        raise DataError("no imagesTr/*.nii.gz cases", root)
+    return cases
+
+
+def detect_convention(cases: list[Case], naming: str, configured: str = "auto") -> LabelConvention:
+    """The configured convention, or the naming's default (2023 naming with label 4 present -> 2024)."""
+    if configured != "auto":
+        if configured not in CONVENTIONS:
+            raise DataError(f"unknown label convention {configured!r} (known: {', '.join(sorted(CONVENTIONS))})",
+                            "config")
+        return CONVENTIONS[configured]
+    name = DEFAULT_CONVENTION.get(naming, "brats2021")
+    if name == "brats2023":
+        labelled = [c.label for c in cases if c.label is not None][:3]
+        if any(4 in np.unique(np.asarray(nib.load(str(p)).dataobj)) for p in labelled):
+            name = "brats2024"
+    return CONVENTIONS[name]
+
+
+def fold_of(case_id: str, folds: int, seed: int = 0) -> int:
+    """Deterministic fold of a case: a hash of (seed, id), independent of which other cases exist."""
+    digest = hashlib.sha256(f"{seed}:{case_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") % folds
+
+
+def check_case(case: Case, convention: LabelConvention, expected_roles=ROLES) -> list[Problem]:
+    problems: list[Problem] = []
+    folder = next(iter(case.images.values())).parent
+    if case.four_d is None:
+        for role in expected_roles:
+            if role not in case.images:
+                problems.append(Problem(str(folder), f"case {case.id}: {role} image missing"))
+    files = {role: p for role, p in case.images.items()} if case.four_d is None else {"4D": case.four_d}
+    if case.label is not None:
+        files["seg"] = case.label
+    reference = None
+    for role, path in files.items():
+        try:
+            image = nib.load(str(path))
+        except Exception as exc:
+            problems.append(Problem(str(path), f"unreadable NIfTI ({exc})"))
+            continue
+        shape, affine = image.shape[:3], image.affine
+        if reference is None:
+            reference = (path, shape, affine)
+            continue
+        if shape != reference[1]:
+            problems.append(Problem(str(path), f"shape {shape} differs from {reference[0].name} {reference[1]}"))
+        elif not np.allclose(affine, reference[2], atol=1e-3):
+            problems.append(Problem(str(path), f"affine differs from {reference[0].name}'s"))
+    if case.label is not None and case.label.exists():
+        try:
+            values = np.unique(np.asarray(nib.load(str(case.label)).dataobj))
+            convention.check_values(values, case.label)
+        except DataError as exc:
+            problems.append(Problem(str(case.label), exc.message))
+        except Exception as exc:
+            problems.append(Problem(str(case.label), f"unreadable label map ({exc})"))
+    return problems
+
+
+@register_dataset("brats")
+class BraTS(DatasetFormat):
+    description = "BraTS brain-tumour MRI (2018-2021, 2023+, 2013/2015 folders, MSD Task01), labels -> ET/TC/WT"
+    synth_options = {
+        "naming": "2021 (default: BraTS2021_xxxxx/..._t1ce.nii.gz) or 2023 (BraTS-GLI-xxxxx-000/...-t1c.nii.gz)",
+        "shape": "volume size x,y,z in voxels at 1 mm (default 96,96,64)",
+    }
+
+    def synth(self, out: Path, cases: int | None = None, seed: int = 0, naming: str = "2021",
+              shape: str | tuple = (96, 96, 64), **options) -> Path:
+        from medsight.datasets.synth.brats import write_dataset
+
+        if options:
+            raise DataError(f"unknown option(s) {', '.join(options)} for brats", "synth")
+        if str(naming) not in ("2021", "2023"):
+            raise DataError(f"naming must be 2021 or 2023, not {naming!r}", "synth")
+        size = tuple(int(v) for v in (shape.split(",") if isinstance(shape, str) else shape))
+        return write_dataset(Path(out), 8 if cases is None else int(cases), seed, f"brats{naming}", size)
+
+    def check(self, root: Path) -> list[Problem]:
+        root = Path(root)
+        try:
+            naming = detect_naming(root)
+            cases = find_cases(root, naming)
+            convention = detect_convention(cases, naming)
+        except DataError as exc:
+            return [Problem(exc.where or str(root), exc.message)]
+        expected = ROLES if naming in SUFFIX_ROLES else ()
+        problems: list[Problem] = []
+        for case in cases:
+            problems.extend(check_case(case, convention, expected))
+        if naming == "msd":
+            try:
+                json.loads((root / "dataset.json").read_text())
+            except ValueError as exc:
+                problems.append(Problem(str(root / "dataset.json"), f"not valid JSON ({exc})"))
+        return problems

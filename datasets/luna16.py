@@ -1,0 +1,190 @@
+"""LUNA16: ``subset0..subset9/<seriesuid>.mhd/.raw``, ``annotations.csv``, ``annotations_excluded.csv``,
+``candidates.csv``. Coordinates in the CSVs are world mm in ITK's LPS convention; the subset index
+is the cross-validation fold.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from medsight.dataset_format import DatasetFormat, Problem
+from medsight.errors import DataError
+from medsight.geometry import affine_from_itk, voxel_to_world, world_to_voxel
+from medsight.io.writers import write_csv
+from medsight.registry import register_dataset
+
+ANNOTATION_COLUMNS = ("seriesuid", "coordX", "coordY", "coordZ", "diameter_mm")
+CANDIDATE_COLUMNS = ("seriesuid", "coordX", "coordY", "coordZ", "class")
+SUBSET = re.compile(r"^subset(\d+)$")
+
+
+@dataclass(frozen=True)
+class Nodule:
+    """One row of annotations.csv: centre in world mm (LPS) and diameter in mm."""
+
+    seriesuid: str
+    x: float
+    y: float
+    z: float
+    diameter_mm: float
+
+    @property
+    def centre(self) -> np.ndarray:
+        return np.asarray([self.x, self.y, self.z])
+
+
+def read_annotations(path: Path) -> dict[str, list[Nodule]]:
+    """seriesuid -> nodules, from annotations.csv or annotations_excluded.csv."""
+    nodules: dict[str, list[Nodule]] = {}
+    with open(path, newline="") as handle:
+        reader = csv.DictReader(handle)
+        missing = [c for c in ANNOTATION_COLUMNS if c not in (reader.fieldnames or [])]
+        if missing:
+            raise DataError(f"missing column(s) {', '.join(missing)}; expected {','.join(ANNOTATION_COLUMNS)}", path)
+        for number, row in enumerate(reader, start=2):
+            try:
+                nodule = Nodule(row["seriesuid"].strip(), float(row["coordX"]), float(row["coordY"]),
+                                float(row["coordZ"]), float(row["diameter_mm"]))
+            except (TypeError, ValueError) as exc:
+                raise DataError(f"cannot parse row ({exc})", f"{path}:{number}") from exc
+            nodules.setdefault(nodule.seriesuid, []).append(nodule)
+    return nodules
+
+
+def find_scans(root: Path) -> dict[str, tuple[Path, int]]:
+    """seriesuid -> (mhd path, fold) for every ``subsetN/<uid>.mhd``."""
+    scans: dict[str, tuple[Path, int]] = {}
+    for folder in sorted(root.iterdir()) if root.is_dir() else []:
+        match = SUBSET.match(folder.name)
+        if match and folder.is_dir():
+            for path in sorted(folder.glob("*.mhd")):
+                scans[path.stem] = (path, int(match.group(1)))
+    return scans
+
+
+def header_geometry(path: Path) -> tuple[np.ndarray, tuple[int, ...], int]:
+    """(RAS affine, shape [x, y, z], bytes per voxel) from an .mhd header, without reading voxels."""
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as exc:
+        raise DataError("unreadable MetaImage header", path) from exc
+    affine = affine_from_itk(reader.GetOrigin(), reader.GetSpacing(), reader.GetDirection())
+    component_bytes = _COMPONENT_BYTES.get(reader.GetPixelID())
+    if component_bytes is None:
+        raise DataError(f"unsupported voxel type {sitk.GetPixelIDValueAsString(reader.GetPixelID())}", path)
+    return affine, tuple(reader.GetSize()), component_bytes * reader.GetNumberOfComponents()
+
+
+_COMPONENT_BYTES = {
+    sitk.sitkUInt8: 1, sitk.sitkInt8: 1, sitk.sitkUInt16: 2, sitk.sitkInt16: 2, sitk.sitkUInt32: 4,
+    sitk.sitkInt32: 4, sitk.sitkUInt64: 8, sitk.sitkInt64: 8, sitk.sitkFloat32: 4, sitk.sitkFloat64: 8,
+}
+
+
+@register_dataset("luna16")
+class Luna16(DatasetFormat):
+    description = "LUNA16: lung nodules in chest CT (subsetN/<seriesuid>.mhd + annotations.csv, world mm)"
+    synth_options = {
+        "subsets": "number of subsetN folders (default: min(cases, 10))",
+        "shape": "volume size x,y,z in voxels (default 160,160,48)",
+        "spacing": "voxel size x,y,z in mm (default 0.75,0.75,2.5)",
+    }
+
+    def synth(self, out: Path, cases: int | None = None, seed: int = 0, subsets: int | None = None,
+              shape: str | tuple = (160, 160, 48), spacing: str | tuple = (0.75, 0.75, 2.5), **options) -> Path:
+        from medsight.datasets.synth.luna16 import make_scan, write_mhd
+
+        if options:
+            raise DataError(f"unknown option(s) {', '.join(options)} for luna16", "synth")
+        count = 10 if cases is None else int(cases)
+        folds = int(subsets) if subsets is not None else min(count, 10)
+        shape = _triple(shape, int)
+        spacing = _triple(spacing, float)
+        out = Path(out)
+        rng = np.random.default_rng(seed)
+        annotations, excluded, candidates = [], [], []
+        for index in range(count):
+            scan = make_scan(index, rng, shape=shape, spacing=spacing, seed=seed)
+            write_mhd(scan.volume, scan.origin_lps, scan.spacing_mm, scan.direction,
+                      out / f"subset{index % folds}" / f"{scan.uid}.mhd")
+            for sphere in scan.nodules:
+                x, y, z = scan.world(sphere)
+                annotations.append({"seriesuid": scan.uid, "coordX": x, "coordY": y, "coordZ": z,
+                                    "diameter_mm": sphere.diameter_mm})
+                jitter = rng.normal(0, 1.0, 3)
+                candidates.append({"seriesuid": scan.uid, "coordX": x + jitter[0], "coordY": y + jitter[1],
+                                   "coordZ": z + jitter[2], "class": 1})
+            for sphere in scan.excluded:
+                x, y, z = scan.world(sphere)
+                diameter = sphere.diameter_mm if rng.random() < 0.5 else -1.0  # LUNA16 lists non-nodules as -1
+                excluded.append({"seriesuid": scan.uid, "coordX": x, "coordY": y, "coordZ": z, "diameter_mm": diameter})
+            lung_voxels = np.argwhere(scan.lung_mask)
+            picks = lung_voxels[rng.choice(len(lung_voxels), size=min(20, len(lung_voxels)), replace=False)]
+            for x, y, z in voxel_to_world(picks, scan.affine, space="LPS"):
+                candidates.append({"seriesuid": scan.uid, "coordX": x, "coordY": y, "coordZ": z, "class": 0})
+        write_csv(annotations, out / "annotations.csv", ANNOTATION_COLUMNS)
+        write_csv(excluded, out / "annotations_excluded.csv", ANNOTATION_COLUMNS)
+        write_csv(candidates, out / "candidates.csv", CANDIDATE_COLUMNS)
+        return out
+
+    def check(self, root: Path) -> list[Problem]:
+        root = Path(root)
+        problems: list[Problem] = []
+        scans = find_scans(root)
+        if not scans:
+            return [Problem(str(root), "no subsetN/<seriesuid>.mhd scans found")]
+        geometry = {}
+        for uid, (path, _fold) in scans.items():
+            try:
+                affine, shape, nbytes = header_geometry(path)
+            except DataError as exc:
+                problems.append(Problem(str(path), exc.message))
+                continue
+            raw = path.with_suffix(".raw")
+            if not raw.is_file():
+                problems.append(Problem(str(raw), "voxel data file missing"))
+                continue
+            expected = int(np.prod(shape)) * nbytes
+            if raw.stat().st_size != expected:
+                problems.append(Problem(str(raw), f"{raw.stat().st_size} bytes, expected {expected} for shape {shape}"))
+                continue
+            geometry[uid] = (affine, shape)
+        for name in ("annotations.csv", "annotations_excluded.csv"):
+            path = root / name
+            if not path.is_file():
+                if name == "annotations.csv":
+                    problems.append(Problem(str(path), "missing"))
+                continue
+            try:
+                table = read_annotations(path)
+            except DataError as exc:
+                problems.append(Problem(exc.where or str(path), exc.message))
+                continue
+            for uid, nodules in table.items():
+                if uid not in scans:
+                    problems.append(Problem(str(path), f"seriesuid {uid} has no scan in any subset folder"))
+                    continue
+                if uid not in geometry:
+                    continue
+                affine, shape = geometry[uid]
+                for nodule in nodules:
+                    index = world_to_voxel(nodule.centre, affine, space="LPS")[0]
+                    if np.any(index < -0.5) or np.any(index > np.asarray(shape) - 0.5):
+                        problems.append(Problem(str(path), f"nodule at ({nodule.x:.1f}, {nodule.y:.1f}, {nodule.z:.1f}) "
+                                                           f"mm lies outside scan {uid} (voxel {np.round(index, 1).tolist()})"))
+        return problems
+
+
+def _triple(value, kind) -> tuple:
+    parts = value.split(",") if isinstance(value, str) else list(value)
+    if len(parts) != 3:
+        raise DataError(f"expected three comma-separated numbers, got {value!r}", "synth")
+    return tuple(kind(p) for p in parts)

@@ -1,0 +1,58 @@
+"""``medsight info``: versions, compute device and image reader back-ends."""
+
+from __future__ import annotations
+
+import platform
+from importlib.metadata import PackageNotFoundError, version
+
+import medsight
+from medsight import _compat
+
+PACKAGES = ("torch", "torchvision", "monai", "SimpleITK", "nibabel", "pydicom", "pylibjpeg",
+            "segmentation-models-pytorch", "timm", "omegaconf", "numpy", "tensorboard")
+
+
+def _version(name: str) -> str:
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return "not installed"
+
+
+def describe() -> str:
+    import torch
+
+    from medsight.io.readers import DICOM_SUFFIXES, ITK_SUFFIXES, NIFTI_SUFFIXES, PICTURE_SUFFIXES
+
+    lines = [f"medsight {medsight.__version__} (python {platform.python_version()}, {platform.platform()})"]
+    for name in PACKAGES:
+        lines.append(f"  {name:28s} {_version(name)}")
+    if _compat._LIBRARY is not None:
+        lines.append("  torchvision ops: compiled extension did not load; operator schemas defined by medsight "
+                     "(pure-Python parts only; MONAI does its own NMS)")
+    if torch.cuda.is_available():
+        device = f"cuda ({torch.cuda.get_device_name(0)}, {torch.cuda.device_count()} device(s), " \
+                 f"bf16 {'yes' if torch.cuda.is_bf16_supported() else 'no'})"
+    elif getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        device = "mps"
+    else:
+        device = f"cpu ({torch.get_num_threads()} threads)"
+    lines.append(f"device: {device}")
+    lines.append("readers (MONAI LoadImage, chosen by suffix):")
+    lines.append(f"  NIfTI      {', '.join(NIFTI_SUFFIXES):28s} nibabel (MONAI NibabelReader)")
+    lines.append(f"  ITK        {', '.join(ITK_SUFFIXES):28s} SimpleITK")
+    lines.append(f"  DICOM      folders, {', '.join(DICOM_SUFFIXES):19s} SimpleITK/GDCM volumes; pydicom for X-rays")
+    lines.append(f"  pictures   {', '.join(PICTURE_SUFFIXES):28s} PIL (MONAI PILReader), 8/16-bit, colour -> gray")
+    try:
+        from pydicom.pixels import get_decoder
+        from pydicom.uid import JPEG2000Lossless, JPEGBaseline8Bit, JPEGLosslessSV1, JPEGLSLossless
+
+        codecs = []
+        for uid in (JPEGBaseline8Bit, JPEGLosslessSV1, JPEGLSLossless, JPEG2000Lossless):
+            decoder = get_decoder(uid)
+            codecs.append(f"{uid.name.split(' ')[0]} {uid.name.split('(')[0].split(' ', 1)[-1].strip()}: "
+                          f"{'/'.join(decoder.available_plugins) or 'none'}")
+        lines.append("pydicom decoders: " + "; ".join(codecs))
+    except Exception as exc:  # informational only
+        lines.append(f"pydicom decoders: unknown ({exc})")
+    return "\n".join(lines)
