@@ -264,21 +264,24 @@ def check_case(case: Case, convention: LabelConvention, expected_roles=ROLES) ->
     files = {role: p for role, p in case.images.items()} if case.four_d is None else {"4D": case.four_d}
     if case.label is not None:
         files["seg"] = case.label
-    reference = None
+    grids = {}
     for role, path in files.items():
         try:
             image = nib.load(str(path))
         except Exception as exc:
             problems.append(Problem(str(path), f"unreadable NIfTI ({exc})"))
             continue
-        shape, affine = image.shape[:3], image.affine
-        if reference is None:
-            reference = (path, shape, affine)
-            continue
-        if shape != reference[1]:
-            problems.append(Problem(str(path), f"shape {shape} differs from {reference[0].name} {reference[1]}"))
-        elif not np.allclose(affine, reference[2], atol=1e-3):
-            problems.append(Problem(str(path), f"affine differs from {reference[0].name}'s"))
+        grids[path] = (tuple(image.shape[:3]), np.round(image.affine, 3).tobytes())
+    if grids:
+        # The grid most files share is the case's grid; each file off it is reported.
+        values = list(grids.values())
+        shape, affine = max(values, key=values.count)
+        example = next(p for p, g in grids.items() if g == (shape, affine))
+        for path, (other_shape, other_affine) in grids.items():
+            if other_shape != shape:
+                problems.append(Problem(str(path), f"shape {other_shape} differs from {example.name} {shape}"))
+            elif other_affine != affine:
+                problems.append(Problem(str(path), f"affine differs from {example.name}'s"))
     if case.label is not None and case.label.exists():
         try:
             values = np.unique(np.asarray(nib.load(str(case.label)).dataobj))

@@ -10,8 +10,11 @@ ensure_torchvision_importable()
 import logging  # noqa: E402
 from importlib.metadata import PackageNotFoundError, version  # noqa: E402
 
-# MONAI logs a warning on every DICOM read when the optional GPU codec (nvImageCodec) is absent.
+import warnings  # noqa: E402
+
+# MONAI warns on every LoadImage when its optional GPU DICOM codec (nvImageCodec) is absent.
 logging.getLogger("monai.data.nvimgcodec_pydicom_plugin").setLevel(logging.ERROR)
+warnings.filterwarnings("ignore", message="NvImgCodecPydicomReader: nvImageCodec decoder plugin")
 
 from medsight.errors import (  # noqa: E402
     CheckpointError,

@@ -207,7 +207,7 @@ class XrayDicomReader(ImageReader):
     """
 
     def verify_suffix(self, filename) -> bool:
-        return all(Path(name).is_file() and is_supported_format(name, DICOM_SUFFIXES) for name in _names(filename))
+        return all(not Path(name).is_dir() and is_supported_format(name, DICOM_SUFFIXES) for name in _names(filename))
 
     def read(self, data, **kwargs) -> list[tuple[pydicom.Dataset, str]]:
         datasets = []

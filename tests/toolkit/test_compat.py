@@ -1,0 +1,58 @@
+"""The torchvision compatibility step: imports work with a CPU torch, and it is a no-op otherwise."""
+
+import subprocess
+import sys
+
+import pytest
+
+from medsight import _compat
+
+
+def _python(code: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+
+
+def test_importing_medsight_first_makes_torchvision_smp_and_monai_detection_importable():
+    result = _python(
+        "import medsight, torchvision, segmentation_models_pytorch, timm, monai.apps.detection.networks.retinanet_detector;"
+        "from torchvision.ops import boxes; print('ok', torchvision.__version__)"
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.startswith("ok ")
+
+
+def test_without_the_step_torchvision_fails_exactly_when_its_extension_does_not_load():
+    probe = _python(
+        "import importlib.util, pathlib; from medsight._compat import _extension_loads;"
+        "spec = importlib.util.find_spec('torchvision');"
+        "print(_extension_loads(pathlib.Path(next(iter(spec.submodule_search_locations)))))"
+    )
+    assert probe.returncode == 0, probe.stderr[-2000:]
+    loads = probe.stdout.strip() == "True"
+    bare = _python("import torchvision")
+    if loads:
+        assert bare.returncode == 0  # matching builds: nothing to fix, and nothing was defined
+    else:
+        assert "torchvision::nms does not exist" in bare.stderr
+
+
+def test_step_is_a_no_op_when_the_compiled_extension_loads(monkeypatch):
+    monkeypatch.setattr(_compat, "_LIBRARY", None)
+    monkeypatch.delitem(sys.modules, "torchvision", raising=False)
+    monkeypatch.setattr(_compat, "_extension_loads", lambda package_dir: True)
+    assert _compat.ensure_torchvision_importable() is False
+    assert _compat._LIBRARY is None
+
+
+def test_step_is_a_no_op_once_torchvision_is_imported(monkeypatch):
+    monkeypatch.setattr(_compat, "_LIBRARY", None)
+    monkeypatch.setitem(sys.modules, "torchvision", object())
+    assert _compat.ensure_torchvision_importable() is False
+
+
+@pytest.mark.parametrize("name", ["nms", "qnms"])
+def test_defined_schemas_match_torchvisions(name):
+    import torch
+
+    schema = torch._C._get_schema(f"torchvision::{name}", "")
+    assert str(schema) == f"torchvision::{name}(Tensor dets, Tensor scores, float iou_threshold) -> Tensor"

@@ -1,0 +1,98 @@
+"""Writers: atomic files, NIfTI on the source grid as ITK-based viewers see it, CSV, pictures."""
+
+import os
+
+import nibabel as nib
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from PIL import Image
+
+from medsight.datasets.synth.dicom import write_series
+from medsight.io.pictures import heatmap_png, marks_png, volume_overlay_png
+from medsight.io.readers import load
+from medsight.io.writers import atomic_path, write_csv, write_nifti
+
+from .test_geometry import oblique_direction
+
+
+def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
+    target = tmp_path / "out.txt"
+    target.write_text("previous")
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("killed")
+    assert target.read_text() == "previous"
+    assert os.listdir(tmp_path) == ["out.txt"]  # no temporary file left behind
+
+
+def test_atomic_write_replaces_on_success(tmp_path):
+    target = tmp_path / "sub" / "out.csv"
+    write_csv([{"a": 1, "b": 0.125}], target, ["a", "b"])
+    assert target.read_text().splitlines() == ["a,b", "1,0.125"]
+
+
+def test_mask_written_for_a_dicom_series_lands_on_the_same_physical_points_in_itk(tmp_path):
+    """ITK-SNAP and 3D Slicer read NIfTI through ITK: compare ITK's physical points of both files."""
+    volume = np.zeros((20, 16, 6), dtype=np.float32) - 1000
+    volume[12:15, 4:7, 3] = 100
+    origin = np.array([-100.0, 50.0, -200.0])
+    write_series(volume, origin, (0.7, 0.9, 2.5), oblique_direction(), tmp_path / "dicom")
+    image = load(tmp_path / "dicom")
+    mask = (image[0].numpy() > 0).astype(np.uint8)
+    write_nifti(mask, image.affine.numpy(), tmp_path / "mask.nii.gz")
+
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(tmp_path / "dicom")))
+    dicom = reader.Execute()
+    nifti = sitk.ReadImage(str(tmp_path / "mask.nii.gz"))
+    assert nifti.GetSize() == dicom.GetSize()
+    for index in [(0, 0, 0), (13, 5, 3), (19, 15, 5)]:
+        np.testing.assert_allclose(nifti.TransformIndexToPhysicalPoint(index),
+                                   dicom.TransformIndexToPhysicalPoint(index), atol=1e-3)
+    nifti_array = sitk.GetArrayFromImage(nifti)  # [z, y, x]
+    dicom_array = sitk.GetArrayFromImage(dicom)
+    np.testing.assert_array_equal(nifti_array > 0, dicom_array > 0)
+
+
+def test_nifti_with_reference_keeps_the_inputs_header(tmp_path):
+    affine = np.array([[-1.0, 0, 0, 0], [0, -1.0, 0, 239], [0, 0, 1.0, 0], [0, 0, 0, 1]])
+    source = nib.Nifti1Image(np.zeros((8, 9, 10), dtype=np.int16), affine)
+    source.set_qform(affine, code=2)
+    source.set_sform(affine, code=1)
+    source.header["descrip"] = b"scanner X"
+    nib.save(source, str(tmp_path / "flair.nii.gz"))
+    labels = np.zeros((8, 9, 10), dtype=np.uint8)
+    labels[2, 3, 4] = 4
+    write_nifti(labels, affine, tmp_path / "seg.nii.gz", reference=tmp_path / "flair.nii.gz")
+    out = nib.load(str(tmp_path / "seg.nii.gz"))
+    np.testing.assert_allclose(out.affine, affine)
+    assert int(out.header["qform_code"]) == 2 and int(out.header["sform_code"]) == 1
+    assert out.header["descrip"].tobytes().startswith(b"scanner X")
+    assert out.get_data_dtype() == np.uint8
+    assert np.asarray(out.dataobj)[2, 3, 4] == 4
+
+
+def test_nifti_with_reference_of_another_shape_is_refused(tmp_path):
+    nib.save(nib.Nifti1Image(np.zeros((4, 4, 4), dtype=np.int16), np.eye(4)), str(tmp_path / "ref.nii.gz"))
+    with pytest.raises(Exception, match=r"prediction shape \(5, 4, 4\) differs"):
+        write_nifti(np.zeros((5, 4, 4)), np.eye(4), tmp_path / "x.nii.gz", reference=tmp_path / "ref.nii.gz")
+
+
+def test_overlay_picture_shows_the_mask_contour_in_its_colour(tmp_path):
+    image = np.random.default_rng(0).normal(100, 10, (40, 40, 20)).astype(np.float32)
+    mask = np.zeros(image.shape, dtype=bool)
+    mask[25:32, 10:18, 8:12] = True
+    path = volume_overlay_png(image, np.diag([-1.0, -1.0, 2.0, 1.0]), tmp_path / "o.png", {"WT": mask})
+    picture = np.asarray(Image.open(path).convert("RGB")).astype(int)
+    assert picture.shape == (440, 1200, 3)
+    red = (picture[..., 0] > 200) & (picture[..., 1] < 100) & (picture[..., 2] < 100)
+    assert red.sum() > 50  # the WT contour is drawn in the first region colour
+
+
+def test_heatmap_and_marks_pictures_are_written(tmp_path):
+    heatmap_png(np.zeros((32, 32)), np.eye(32), tmp_path / "h.png", title="Mass 0.91")
+    marks_png(np.zeros((32, 32)) - 800, (0.7, 0.7), [(10, 12, 4, "0.95")], tmp_path / "m.png")
+    assert Image.open(tmp_path / "h.png").format == "PNG"
+    assert Image.open(tmp_path / "m.png").format == "PNG"
