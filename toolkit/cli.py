@@ -80,6 +80,22 @@ def cmd_data_check(args) -> int:
     return 0
 
 
+def _absorb_positionals(args, extra: list[str]) -> list[str]:
+    """argparse stops filling a ``nargs="*"`` positional at the first option: put later
+    ``key=value`` overrides and inputs where they belong."""
+    from medsight.commands import _OVERRIDE
+
+    leftover = []
+    for item in extra:
+        if not item.startswith("-") and hasattr(args, "overrides") and _OVERRIDE.match(item):
+            args.overrides.append(item)
+        elif not item.startswith("-") and hasattr(args, "inputs"):
+            args.inputs.append(item)
+        else:
+            leftover.append(item)
+    return leftover
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="medsight", description=medsight.__doc__.splitlines()[0])
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -114,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         parser = build_parser()
         args, extra = parser.parse_known_args(argv)
+        extra = _absorb_positionals(args, extra)
         if extra and not getattr(args, "takes_extra", False):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         if getattr(args, "takes_extra", False):
@@ -122,7 +139,9 @@ def main(argv: list[str] | None = None) -> int:
     except MedsightError as exc:
         if debug:
             traceback.print_exc()
-        print(f"error: {exc}", file=sys.stderr)
+        from medsight.trainer import Interrupted
+
+        print(f"{'stopped' if isinstance(exc, Interrupted) else 'error'}: {exc}", file=sys.stderr)
         return exc.exit_status
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)

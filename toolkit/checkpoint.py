@@ -1,0 +1,94 @@
+"""Checkpoints: plain dicts of tensors and Python values, written atomically, read with
+``torch.load(..., weights_only=True)`` so that loading one never runs code.
+
+Contents: ``model``, ``optimizer``, ``scheduler``, ``scaler``, ``ema``, ``epoch`` (completed
+epochs), ``step_in_epoch`` and ``global_step``, ``rng`` (python, numpy, torch, CUDA), ``sampler``
+position, ``config``, ``task`` and ``task_state``, ``best`` metric, ``medsight_version``.
+"""
+
+from __future__ import annotations
+
+import pickle
+import random
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+import medsight
+from medsight.errors import CheckpointError
+from medsight.io.writers import atomic_path
+
+FORMAT = "medsight-checkpoint/1"
+
+
+def save(state: dict[str, Any], path: str | Path) -> Path:
+    """Write to a temporary file beside ``path``, fsync, rename: a kill at any moment leaves the
+    previous checkpoint intact."""
+    state = {"format": FORMAT, "medsight_version": medsight.__version__, **state}
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+    return Path(path)
+
+
+def load(path: str | Path, task: str | None = None) -> dict[str, Any]:
+    """Load a medsight checkpoint safely; ``task`` checks which task made it."""
+    path = Path(path)
+    if path.is_dir():
+        for candidate in (path / "checkpoints" / "last.pt", path / "last.pt"):
+            if candidate.is_file():
+                path = candidate
+                break
+        else:
+            raise CheckpointError("no checkpoints/last.pt in this run folder", path)
+    if not path.is_file():
+        raise CheckpointError("checkpoint not found", path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else "it needs arbitrary code to unpickle"
+        raise CheckpointError(
+            f"refused: loading this file would need arbitrary unpickling ({reason[:160]}); "
+            "medsight checkpoints hold only tensors and plain values",
+            path,
+        ) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise CheckpointError(f"damaged or truncated checkpoint ({str(exc).splitlines()[0][:160]})", path) from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise CheckpointError("not a medsight checkpoint (no format marker)", path)
+    if task is not None and state.get("task") != task:
+        raise CheckpointError(f"made for task {state.get('task')!r}, not {task!r}", path)
+    return state
+
+
+def rng_state() -> dict[str, Any]:
+    """Every global RNG, in types ``weights_only`` loading accepts (no numpy arrays)."""
+    kind, keys, position, has_gauss, cached = np.random.get_state()
+    return {
+        "python": random.getstate(),
+        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "position": int(position),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(_tuples(state["python"]))
+    numpy = state["numpy"]
+    np.random.set_state((numpy["kind"], numpy["keys"].numpy().astype(np.uint32), numpy["position"],
+                         numpy["has_gauss"], numpy["cached_gaussian"]))
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _tuples(value):
+    """``random.setstate`` wants tuples; a round trip through some serialisers gives lists."""
+    if isinstance(value, list):
+        return tuple(_tuples(v) for v in value)
+    if isinstance(value, tuple):
+        return tuple(_tuples(v) for v in value)
+    return value

@@ -1,0 +1,234 @@
+"""Configuration: typed dataclasses, filled from defaults <- a named profile <- YAML files <- ``key=value``
+overrides, through OmegaConf. Unknown keys and wrong types fail with one line naming the key.
+
+Every task's config class derives from ``TaskConfig``; it adds its own ``data``, ``model`` and
+``infer`` sections. The resolved config is written to the run directory and stored in every
+checkpoint, so ``evaluate`` and ``predict`` need nothing but the checkpoint. Configs hold values,
+never code.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+from omegaconf import OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
+
+from medsight.errors import ConfigError
+
+__all__ = [
+    "TrainerConfig",
+    "OptimConfig",
+    "LoaderConfig",
+    "TaskConfig",
+    "choice",
+    "resolve",
+    "from_dict",
+    "to_dict",
+    "to_yaml",
+]
+
+
+def choice(name: str, value: Any, allowed: Sequence[Any]) -> None:
+    """Raise ConfigError unless ``value`` is one of ``allowed`` (called from ``__post_init__``)."""
+    if value not in allowed:
+        close = difflib.get_close_matches(str(value), [str(a) for a in allowed], n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        raise ConfigError(f"{name}={value!r} is not one of {', '.join(str(a) for a in allowed)}{hint}")
+
+
+def positive(name: str, value: float | None, allow_zero: bool = False) -> None:
+    if value is not None and (value < 0 or (value == 0 and not allow_zero)):
+        raise ConfigError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value}")
+
+
+@dataclass
+class TrainerConfig:
+    max_epochs: int = 10
+    #: stop an epoch after this many steps (quick runs, smoke tests); null = whole epoch
+    max_steps_per_epoch: Optional[int] = None
+    device: str = "auto"  # auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N, mps
+    precision: str = "fp32"  # fp32, bf16, fp16 (CUDA, with GradScaler), auto
+    channels_last: bool = False
+    compile: bool = False
+    accumulate_grad_batches: int = 1
+    grad_clip_norm: Optional[float] = None
+    val_every_n_epochs: int = 1
+    #: stop after this many validations without improvement of the task's metric; null = never
+    early_stopping_patience: Optional[int] = None
+    seed: int = 0
+    deterministic: bool = False
+    ema_decay: Optional[float] = None
+    #: also write last.pt every N optimizer steps (mid-epoch resume); null = at epoch ends only
+    checkpoint_every_n_steps: Optional[int] = None
+    nonfinite_loss: str = "error"  # error: stop; skip: drop the batch and go on
+    progress: str = "auto"  # auto (bars on a terminal only), always, never
+    log_every_n_steps: int = 10
+    tensorboard: bool = True
+    #: CPU threads for torch (null = torch's default)
+    threads: Optional[int] = None
+
+    def __post_init__(self):
+        choice("trainer.precision", self.precision, ("fp32", "bf16", "fp16", "auto"))
+        choice("trainer.nonfinite_loss", self.nonfinite_loss, ("error", "skip"))
+        choice("trainer.progress", self.progress, ("auto", "always", "never"))
+        if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", self.device):
+            raise ConfigError(f"trainer.device={self.device!r} is not auto, cpu, mps, cuda or cuda:N")
+        positive("trainer.max_epochs", self.max_epochs, allow_zero=True)
+        positive("trainer.accumulate_grad_batches", self.accumulate_grad_batches)
+        positive("trainer.val_every_n_epochs", self.val_every_n_epochs)
+        positive("trainer.grad_clip_norm", self.grad_clip_norm)
+        if self.ema_decay is not None and not 0 < self.ema_decay < 1:
+            raise ConfigError(f"trainer.ema_decay must be between 0 and 1, got {self.ema_decay}")
+
+
+@dataclass
+class OptimConfig:
+    name: str = "adamw"  # adamw, sgd
+    lr: float = 1e-3
+    weight_decay: float = 1e-5
+    momentum: float = 0.9
+    nesterov: bool = False
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    scheduler: str = "cosine"  # none, cosine, poly, step
+    warmup_epochs: float = 0.0
+    min_lr: float = 0.0
+    poly_power: float = 0.9
+    step_epochs: int = 30
+    gamma: float = 0.1
+
+    def __post_init__(self):
+        choice("optim.name", self.name, ("adamw", "sgd"))
+        choice("optim.scheduler", self.scheduler, ("none", "cosine", "poly", "step"))
+        positive("optim.lr", self.lr)
+        positive("optim.warmup_epochs", self.warmup_epochs, allow_zero=True)
+
+
+@dataclass
+class LoaderConfig:
+    """How records become batches. Tasks extend this with their data settings."""
+
+    batch_size: int = 2
+    val_batch_size: int = 1
+    num_workers: int = 0
+    loader: str = "torch"  # torch (DataLoader) or thread (MONAI ThreadDataLoader)
+    cache: str = "memory"  # none, memory (CacheDataset), disk (PersistentDataset)
+    cache_rate: float = 1.0
+    cache_dir: Optional[str] = None  # default: <run dir>/cache
+    val_fraction: float = 0.2
+    fold: int = 0
+    folds: int = 5
+
+    def __post_init__(self):
+        choice("data.loader", self.loader, ("torch", "thread"))
+        choice("data.cache", self.cache, ("none", "memory", "disk"))
+        positive("data.batch_size", self.batch_size)
+        if not 0 <= self.cache_rate <= 1:
+            raise ConfigError(f"data.cache_rate must be between 0 and 1, got {self.cache_rate}")
+
+
+@dataclass
+class TaskConfig:
+    task: str = ""
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    data: LoaderConfig = field(default_factory=LoaderConfig)
+
+
+def _friendly(exc: OmegaConfBaseException, source: str) -> ConfigError:
+    key = getattr(exc, "full_key", None) or getattr(exc, "key", None) or "?"
+    if isinstance(exc, ConfigKeyError):
+        parent = getattr(exc, "parent_node", None)
+        known = list(parent.keys()) if parent is not None and hasattr(parent, "keys") else []
+        close = difflib.get_close_matches(str(getattr(exc, "key", key)), [str(k) for k in known], n=1)
+        prefix = str(key).rsplit(".", 1)[0] + "." if "." in str(key) else ""
+        if close:
+            hint = f" (did you mean {prefix}{close[0]}?)"
+        else:
+            hint = f" (known: {', '.join(prefix + str(k) for k in known)})" if known else ""
+        return ConfigError(f"unknown key {key}{hint}", source)
+    if isinstance(exc, ValidationError):
+        first = str(exc).splitlines()[0]
+        return ConfigError(f"{key}: {first}", source)
+    return ConfigError(f"{key}: {str(exc).splitlines()[0]}", source)
+
+
+def _merge(base, update, source: str):
+    try:
+        return OmegaConf.merge(base, update)
+    except OmegaConfBaseException as exc:
+        raise _friendly(exc, source) from None
+
+
+def _parse_override(text: str) -> dict:
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} is not key=value", "command line")
+    key, value = text.split("=", 1)
+    try:
+        parsed = yaml.safe_load(value) if value != "" else ""
+    except yaml.YAMLError:
+        parsed = value
+    node: dict = {}
+    cursor = node
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        cursor = cursor.setdefault(part, {})
+    cursor[parts[-1]] = parsed
+    return node
+
+
+def resolve(
+    config_class: type[TaskConfig],
+    profile: Mapping | None = None,
+    files: Sequence[str | Path] = (),
+    overrides: Sequence[str] = (),
+    base: Mapping | None = None,
+) -> TaskConfig:
+    """Defaults <- ``base`` (e.g. a checkpoint's config) <- profile <- YAML files <- overrides, validated."""
+    cfg = OmegaConf.structured(config_class)
+    if base:
+        cfg = _merge(cfg, OmegaConf.create(dict(base)), "checkpoint config")
+    if profile:
+        cfg = _merge(cfg, OmegaConf.create(dict(profile)), "profile")
+    for path in files:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError("config file not found", path)
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"not valid YAML ({str(exc).splitlines()[0]})", path) from None
+        if not isinstance(loaded, dict):
+            raise ConfigError("a config file must hold a mapping of sections", path)
+        cfg = _merge(cfg, OmegaConf.create(loaded), str(path))
+    for text in overrides:
+        cfg = _merge(cfg, OmegaConf.create(_parse_override(text)), "config")
+    try:
+        return OmegaConf.to_object(cfg)
+    except OmegaConfBaseException as exc:
+        raise _friendly(exc, "config") from None
+
+
+def to_dict(config) -> dict:
+    """Plain dict (str, int, float, bool, None, list, dict) of a config object: safe in checkpoints."""
+    if not is_dataclass(config):
+        raise TypeError("expected a config dataclass")
+    return OmegaConf.to_container(OmegaConf.structured(config), resolve=True)
+
+
+def from_dict(config_class: type[TaskConfig], data: Mapping) -> TaskConfig:
+    return resolve(config_class, base=data)
+
+
+def to_yaml(config) -> str:
+    return yaml.safe_dump(to_dict(config), sort_keys=False)
+
+
+def field_names(config_class) -> list[str]:
+    return [f.name for f in fields(config_class)]

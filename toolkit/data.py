@@ -1,0 +1,151 @@
+"""Records -> cached datasets -> batches.
+
+- ``cache: memory``: MONAI ``CacheDataset`` keeps the deterministic prefix of the pipeline (up to
+  the first random transform) in memory, for ``cache_rate`` of the records.
+- ``cache: disk``: MONAI ``PersistentDataset``; its key is a hash of the record, of each source
+  file's size and modification time, and of the deterministic transforms' full state, so a
+  changed transform parameter or a replaced file never reuses a stale entry.
+- Under DDP each rank gets its own partition of the training records (shuffled once by seed,
+  tail dropped so no record is seen twice per epoch) and caches only that; validation records
+  are dealt out ``rank::world_size``.
+- Loaders are rebuilt each epoch from a generator seeded by (seed, epoch, rank): batch order and
+  every random augmentation are a function of those, which is what makes resume exact.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from monai.data import CacheDataset, DataLoader, Dataset, PersistentDataset, ThreadDataLoader, list_data_collate
+from monai.data import partition_dataset as monai_partition
+
+from medsight.config import LoaderConfig
+
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
+
+
+def _file_stats(value: Any) -> list:
+    """(path, size, mtime_ns) for every existing file named in a record value (folders: their files)."""
+    stats = []
+    if isinstance(value, (str, os.PathLike)) and len(str(value)) < 4096:
+        path = Path(value)
+        try:
+            if path.is_file():
+                st = path.stat()
+                stats.append((str(path), st.st_size, st.st_mtime_ns))
+            elif path.is_dir():
+                for child in sorted(p for p in path.rglob("*") if p.is_file()):
+                    st = child.stat()
+                    stats.append((str(child), st.st_size, st.st_mtime_ns))
+        except OSError:
+            pass
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            stats.extend(_file_stats(item))
+    elif isinstance(value, dict):
+        for item in value.values():
+            stats.extend(_file_stats(item))
+    return stats
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, np.ndarray):
+        return {"ndarray": value.tolist(), "dtype": str(value.dtype)}
+    if isinstance(value, torch.Tensor):
+        return {"tensor": value.tolist()}
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in sorted(value.items())}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return repr(value)
+
+
+def record_hash(record: dict) -> bytes:
+    """Disk-cache key of a record: its content plus size and mtime of every file it names."""
+    payload = json.dumps({"record": _plain(record), "files": _file_stats(record)}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest().encode()
+
+
+def _state_fingerprint(obj: Any, depth: int = 0) -> Any:
+    if depth > 6:
+        return type(obj).__name__
+    if isinstance(obj, (str, int, float, bool)) or obj is None:
+        return obj
+    if isinstance(obj, (np.ndarray, torch.Tensor)):
+        return _plain(obj)
+    if isinstance(obj, (list, tuple)):
+        return [_state_fingerprint(v, depth + 1) for v in obj]
+    if isinstance(obj, dict):
+        return {str(k): _state_fingerprint(v, depth + 1) for k, v in sorted(obj.items(), key=lambda kv: str(kv[0]))}
+    if callable(obj) and hasattr(obj, "__qualname__"):
+        return f"{getattr(obj, '__module__', '')}.{obj.__qualname__}"
+    if hasattr(obj, "__dict__"):
+        return {"class": f"{type(obj).__module__}.{type(obj).__qualname__}",
+                "state": _state_fingerprint(vars(obj), depth + 1)}
+    return _ADDRESS.sub("", repr(obj))
+
+
+def transform_hash(transforms: Sequence[Any]) -> bytes:
+    """Hash of the deterministic transforms' classes and full parameter state (MONAI passes the prefix)."""
+    payload = json.dumps(_state_fingerprint(list(transforms)), sort_keys=True, default=str)
+    return hashlib.sha256(payload.encode()).hexdigest().encode()
+
+
+def make_dataset(records: list[dict], transform: Callable, cfg: LoaderConfig, cache_dir: Path | None,
+                 cache: bool = True) -> Dataset:
+    if not cache or cfg.cache == "none":
+        return Dataset(records, transform)
+    if cfg.cache == "memory":
+        workers = cfg.num_workers if cfg.num_workers > 0 else None
+        return CacheDataset(records, transform, cache_rate=cfg.cache_rate, num_workers=workers, progress=False)
+    if cache_dir is None:
+        raise ValueError("a disk cache needs a folder")
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    return PersistentDataset(records, transform, cache_dir=cache_dir, hash_func=record_hash,
+                             hash_transform=transform_hash)
+
+
+def partition(records: list[dict], rank: int, world_size: int, seed: int, train: bool) -> list[dict]:
+    """This rank's records: a seeded, tail-dropped shard for training; ``rank::world`` for evaluation."""
+    if world_size == 1:
+        return list(records)
+    if train:
+        shards = monai_partition(list(records), num_partitions=world_size, shuffle=True, seed=seed,
+                                 drop_last=True, even_divisible=True)
+        return list(shards[rank])
+    return list(records[rank::world_size])
+
+
+def epoch_seed(seed: int, epoch: int, rank: int) -> int:
+    """A well-mixed 63-bit seed from (seed, epoch, rank)."""
+    digest = hashlib.sha256(f"{seed}:{epoch}:{rank}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") >> 1
+
+
+def make_loader(dataset: Dataset, cfg: LoaderConfig, batch_size: int, shuffle: bool, seed: int,
+                collate_fn: Callable | None = None, drop_last: bool = False) -> DataLoader:
+    """A MONAI DataLoader (or ThreadDataLoader) whose order and augmentation are fixed by ``seed``."""
+    generator = torch.Generator()
+    generator.manual_seed(seed)
+    kwargs = dict(
+        batch_size=batch_size,
+        shuffle=shuffle,
+        generator=generator,
+        collate_fn=collate_fn or list_data_collate,
+        drop_last=drop_last,
+        pin_memory=torch.cuda.is_available(),
+    )
+    if cfg.loader == "thread":
+        return ThreadDataLoader(dataset, num_workers=0, **kwargs)
+    return DataLoader(dataset, num_workers=cfg.num_workers, persistent_workers=False, **kwargs)
+

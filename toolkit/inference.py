@@ -1,0 +1,197 @@
+"""Evaluate, predict and export from a checkpoint alone: the checkpoint carries the task name, the
+resolved config and the task's learnt state (label order, thresholds, label convention...)."""
+
+from __future__ import annotations
+
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from monai.data import Dataset, decollate_batch
+
+from medsight import checkpoint
+from medsight.config import resolve
+from medsight.data import make_loader
+from medsight.errors import CheckpointError, DataError, MedsightError
+from medsight.io.writers import atomic_path, write_json
+from medsight.registry import TASKS
+from medsight.runtime import Runtime
+from medsight.task import Task
+from medsight.trainer import run_validation
+
+
+@dataclass
+class Loaded:
+    task: Task
+    model: torch.nn.Module
+    state: dict
+    path: Path
+
+    @property
+    def run_dir(self) -> Path:
+        return self.path.parent.parent if self.path.parent.name == "checkpoints" else self.path.parent
+
+
+def load_for_inference(path: str | Path, overrides: list[str] | tuple = (), weights: str = "auto") -> Loaded:
+    """Task, model (EMA weights when the run kept them) and raw state of a checkpoint."""
+    path = Path(path)
+    state = checkpoint.load(path)
+    if path.is_dir():
+        path = path / "checkpoints" / "last.pt" if (path / "checkpoints" / "last.pt").is_file() else path / "last.pt"
+    task_class = TASKS.get(state["task"])
+    config = resolve(task_class.config_class, base=state["config"], overrides=list(overrides))
+    task = task_class(config)
+    task.load_state_dict(state.get("task_state", {}))
+    model = task.build_model()
+    use_ema = weights == "ema" or (weights == "auto" and state.get("ema"))
+    try:
+        if use_ema:
+            ema = {k.removeprefix("module."): v for k, v in state["ema"].items() if k.startswith("module.")}
+            model.load_state_dict(ema)
+        else:
+            model.load_state_dict(state["model"])
+    except RuntimeError as exc:
+        raise CheckpointError(f"weights do not fit the model the config describes ({str(exc).splitlines()[0]})",
+                              path) from None
+    model.eval()
+    return Loaded(task=task, model=model, state=state, path=path)
+
+
+def _runtime(task: Task, device: str | None, precision: str | None) -> Runtime:
+    cfg = task.config.trainer
+    return Runtime(device or cfg.device, precision or cfg.precision, cfg.channels_last, compile=False,
+                   distributed=False)
+
+
+def evaluate(loaded: Loaded, data: Path, split: str, out: Path, device: str | None = None,
+             precision: str | None = None) -> dict[str, float]:
+    """Metrics of the checkpoint's model on a split of a dataset, written to ``out``."""
+    from medsight.data import make_dataset
+
+    task = loaded.task
+    records = task.records(Path(data), split)
+    if not records:
+        raise DataError(f"no records in split {split!r}", data)
+    runtime = _runtime(task, device, precision)
+    model = runtime.setup_model(loaded.model, train=False)
+    dataset = make_dataset(records, task.transforms("val"), task.config.data, None, cache=False)
+    started = time.perf_counter()
+    outputs = run_validation(task, model, dataset, task.config, runtime)
+    metrics = task.validation_metrics(outputs)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json({"checkpoint": str(loaded.path), "data": str(data), "split": split, "cases": len(records),
+                "seconds": round(time.perf_counter() - started, 2), "metrics": metrics}, out / "metrics.json")
+    task.write_evaluation(outputs, metrics, out)
+    return metrics
+
+
+class _SafeDataset(Dataset):
+    """Applies the inference transforms; a failing case becomes an error marker, not a crash."""
+
+    def _transform(self, index: int):
+        record = self.data[index]
+        try:
+            return super()._transform(index)
+        except MedsightError as exc:
+            return {"__error__": str(exc), "id": record.get("id", str(index))}
+        except Exception as exc:  # a damaged file can fail deep inside a transform
+            where = record.get("id", str(index))
+            return {"__error__": f"{where}: {type(exc).__name__}: {exc}", "id": where,
+                    "__traceback__": traceback.format_exc()}
+
+
+def _collate_skipping_errors(collate):
+    def collate_fn(items):
+        good = [i for i in items if "__error__" not in i]
+        bad = [i for i in items if "__error__" in i]
+        return (collate(good) if good else None), bad
+
+    return collate_fn
+
+
+@dataclass
+class PredictionReport:
+    written: list[Path] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+    cases: int = 0
+    seconds: float = 0.0
+
+
+def predict(loaded: Loaded, inputs: list[str], out: Path, images: dict[str, str] | None = None,
+            device: str | None = None, precision: str | None = None, batch_size: int | None = None,
+            debug: bool = False) -> PredictionReport:
+    """Predict every input case; a bad case is reported and skipped, the others go on."""
+    from monai.data import list_data_collate
+
+    task = loaded.task
+    report = PredictionReport()
+    records: list[dict] = []
+    for item in inputs:
+        try:
+            records.extend(task.input_records(item))
+        except MedsightError as exc:
+            report.failures.append(str(exc))
+    if images:
+        try:
+            records.extend(task.input_records(None, images=images))
+        except MedsightError as exc:
+            report.failures.append(str(exc))
+    runtime = _runtime(task, device, precision)
+    model = runtime.setup_model(loaded.model, train=False)
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    if records:
+        dataset = _SafeDataset(records, task.transforms("infer"))
+        collate = _collate_skipping_errors(task.collate_fn("infer") or list_data_collate)
+        size = batch_size or task.config.data.val_batch_size
+        loader = make_loader(dataset, task.config.data, size, shuffle=False, seed=0, collate_fn=collate)
+        with torch.inference_mode():
+            for batch, errors in loader:
+                for error in errors:
+                    report.failures.append(error["__error__"])
+                    if debug and "__traceback__" in error:
+                        print(error["__traceback__"])
+                if batch is None:
+                    continue
+                on_device = runtime.to_device(batch)
+                with runtime.autocast():
+                    predictions = task.predict(model, on_device)
+                for prediction, item in zip(predictions, decollate_batch(batch, detach=True)):
+                    try:
+                        report.written.extend(task.write(prediction, item, out))
+                        report.cases += 1
+                    except MedsightError as exc:
+                        report.failures.append(str(exc))
+    report.written.extend(task.finish_predictions(out))
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def export(loaded: Loaded, fmt: str, out: Path) -> Path:
+    """TorchScript (traced) or ONNX; checked against the eager model on the task's example input."""
+    model = loaded.model.float().eval()
+    example = loaded.task.example_input()
+    with torch.inference_mode():
+        expected = model(example)
+    expected = expected if isinstance(expected, torch.Tensor) else expected[0]
+    with atomic_path(out) as tmp:
+        if fmt == "torchscript":
+            with torch.no_grad():
+                traced = torch.jit.trace(model, example, check_trace=False)
+            traced.save(str(tmp))
+            with torch.inference_mode():
+                got = torch.jit.load(str(tmp))(example)
+        elif fmt == "onnx":
+            torch.onnx.export(model, (example,), str(tmp), input_names=["input"], output_names=["output"],
+                              dynamo=False, opset_version=17)
+            got = None
+        else:
+            raise MedsightError(f"unknown export format {fmt!r} (torchscript or onnx)", "export")
+        if got is not None:
+            got = got if isinstance(got, torch.Tensor) else got[0]
+            if not torch.allclose(got, expected, atol=1e-4, rtol=1e-3):
+                raise MedsightError("exported model disagrees with the eager model", out)
+    return out
+

@@ -1,0 +1,88 @@
+"""``report.html`` for a run folder: training curves, best and evaluation metrics, prediction pictures."""
+
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from medsight.io.writers import atomic_path, write_text  # noqa: E402
+from medsight.runlog import read  # noqa: E402
+
+MAX_PICTURES = 12
+
+
+def _curves(run_dir: Path) -> Path | None:
+    entries = read(run_dir / "metrics.jsonl")
+    train = [e for e in entries if e["phase"] == "train"]
+    val = [e for e in entries if e["phase"] == "val"]
+    if not train:
+        return None
+    val_keys = [k for k in (val[0] if val else {}) if k not in ("time", "phase", "epoch", "global_step")
+                and isinstance(val[0][k], (int, float))][:6]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    axes[0].plot([e["epoch"] for e in train], [e.get("loss") for e in train], marker="o")
+    axes[0].set_title("training loss")
+    axes[0].set_xlabel("epoch")
+    for key in val_keys:
+        axes[1].plot([e["epoch"] for e in val], [e.get(key) for e in val], marker="o", label=key)
+    axes[1].set_title("validation")
+    axes[1].set_xlabel("epoch")
+    if val_keys:
+        axes[1].legend(fontsize=7)
+    fig.tight_layout()
+    path = run_dir / "curves.png"
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=90)
+    plt.close(fig)
+    return path
+
+
+def _table(metrics: dict) -> str:
+    rows = "".join(
+        f"<tr><td>{html.escape(str(k))}</td><td>{v:.4f}</td></tr>" if isinstance(v, float)
+        else f"<tr><td>{html.escape(str(k))}</td><td>{html.escape(str(v))}</td></tr>"
+        for k, v in metrics.items()
+    )
+    return f"<table>{rows}</table>"
+
+
+def write_report(run_dir: Path, title: str | None = None) -> Path:
+    run_dir = Path(run_dir)
+    parts = [f"<h1>{html.escape(title or run_dir.name)}</h1>"]
+    curves = _curves(run_dir)
+    if curves:
+        parts.append(f'<h2>Training</h2><img src="{curves.name}" alt="training curves">')
+    val = [e for e in read(run_dir / "metrics.jsonl") if e["phase"] == "val"]
+    if val:
+        last = {k: v for k, v in val[-1].items() if k not in ("time", "phase", "global_step")}
+        parts.append("<h2>Last validation</h2>" + _table(last))
+    for metrics_file in sorted(run_dir.glob("evaluation/*/metrics.json")):
+        content = json.loads(metrics_file.read_text())
+        split = metrics_file.parent.name
+        parts.append(f"<h2>Evaluation ({html.escape(split)}, {content.get('cases', '?')} cases)</h2>"
+                     + _table(content.get("metrics", {})))
+        for extra in sorted(metrics_file.parent.glob("*.png")):
+            parts.append(f'<img src="{extra.relative_to(run_dir)}" alt="{extra.name}">')
+        for table in sorted(metrics_file.parent.glob("*.csv")):
+            parts.append(f'<p><a href="{table.relative_to(run_dir)}">{table.name}</a></p>')
+    pictures = sorted(run_dir.glob("predictions/**/*.png"))[:MAX_PICTURES]
+    if pictures:
+        parts.append("<h2>Predictions</h2>")
+        parts.extend(f'<figure><img src="{p.relative_to(run_dir)}"><figcaption>{html.escape(p.name)}</figcaption>'
+                     "</figure>" for p in pictures)
+    for table in sorted(run_dir.glob("predictions/*.csv")):
+        parts.append(f'<p><a href="{table.relative_to(run_dir)}">{table.name}</a></p>')
+    config = run_dir / "config.yaml"
+    if config.is_file():
+        parts.append(f"<h2>Configuration</h2><pre>{html.escape(config.read_text())}</pre>")
+    style = ("body{font-family:sans-serif;max-width:1200px;margin:auto;padding:1em}img{max-width:100%}"
+             "table{border-collapse:collapse}td{border:1px solid #ccc;padding:2px 8px}figure{display:inline-block}")
+    page = f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(run_dir.name)}</title>" \
+           f"<style>{style}</style></head><body>{''.join(parts)}</body></html>\n"
+    return write_text(page, run_dir / "report.html")

@@ -1,0 +1,78 @@
+"""Metric logs of a run: ``metrics.jsonl`` always (one JSON object per line, flushed as written),
+TensorBoard scalars when the ``tensorboard`` package is installed. Only rank 0 writes."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+from medsight.io.writers import write_text
+
+
+class RunLog:
+    def __init__(self, run_dir: Path, enabled: bool = True, tensorboard: bool = True):
+        self.path = run_dir / "metrics.jsonl"
+        self.enabled = enabled
+        self._tb = None
+        if enabled:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            if tensorboard:
+                try:
+                    from torch.utils.tensorboard import SummaryWriter
+                except ImportError:  # optional: `pip install medsight[tensorboard]`
+                    SummaryWriter = None
+                if SummaryWriter is not None:
+                    self._tb = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+
+    @property
+    def tensorboard(self) -> bool:
+        return self._tb is not None
+
+    def truncate_after(self, global_step: int) -> None:
+        """On resume: drop lines a killed run logged after the checkpoint it resumes from."""
+        if not self.enabled or not self.path.is_file():
+            return
+        kept = []
+        for line in self.path.read_text().splitlines():
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue  # a line cut short by the kill
+            if entry.get("global_step", 0) <= global_step:
+                kept.append(line)
+        write_text("".join(f"{line}\n" for line in kept), self.path)
+
+    def log(self, phase: str, epoch: int, global_step: int, values: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        clean = {k: _number(v) for k, v in values.items()}
+        entry = {"time": round(time.time(), 3), "phase": phase, "epoch": epoch, "global_step": global_step, **clean}
+        with open(self.path, "a") as handle:
+            handle.write(json.dumps(entry) + "\n")
+        if self._tb is not None:
+            for key, value in clean.items():
+                if isinstance(value, (int, float)) and math.isfinite(value):
+                    self._tb.add_scalar(f"{phase}/{key}", value, global_step)
+            self._tb.flush()
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
+
+
+def _number(value: Any) -> Any:
+    if hasattr(value, "item"):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value
+
+
+def read(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

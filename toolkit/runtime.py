@@ -1,0 +1,203 @@
+"""Device, precision and distribution as a service (in the spirit of Lightning Fabric): the training
+loop, evaluation and prediction call it; nobody inherits from it.
+
+- device: CUDA, then MPS, then CPU (``trainer.device`` overrides);
+- precision: bf16 autocast (CUDA or CPU), fp16 autocast with a GradScaler (CUDA), or fp32;
+- channels-last memory format for 2D and 3D convolutions;
+- DDP under ``torchrun`` (gloo on CPU, NCCL on CUDA): rank, world size, reduction, gathering.
+
+The CUDA and CPU paths share every line but the device string, the backend name and the scaler.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from medsight.errors import ConfigError
+
+
+def pick_device(requested: str = "auto") -> torch.device:
+    if requested == "auto":
+        if torch.cuda.is_available():
+            local_rank = int(os.environ.get("LOCAL_RANK", 0))
+            return torch.device("cuda", local_rank)
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    device = torch.device(requested)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"trainer.device={requested} but CUDA is not available here (use auto or cpu)")
+    if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ConfigError(f"trainer.device={requested} but MPS is not available here")
+    return device
+
+
+def pick_precision(requested: str, device: torch.device) -> str:
+    if requested == "auto":
+        if device.type == "cuda":
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return "fp32"
+    if requested == "fp16" and device.type != "cuda":
+        raise ConfigError(f"trainer.precision=fp16 needs CUDA (device is {device.type}); use bf16 or fp32")
+    return requested
+
+
+def channels_last_(module: nn.Module) -> nn.Module:
+    """Put 4-D (2D conv) weights in channels_last and 5-D (3D conv) weights in channels_last_3d."""
+    for tensor in list(module.parameters()) + list(module.buffers()):
+        if tensor.dim() == 4:
+            tensor.data = tensor.data.contiguous(memory_format=torch.channels_last)
+        elif tensor.dim() == 5:
+            tensor.data = tensor.data.contiguous(memory_format=torch.channels_last_3d)
+    return module
+
+
+class Runtime:
+    def __init__(self, device: str = "auto", precision: str = "fp32", channels_last: bool = False,
+                 compile: bool = False, distributed: bool | None = None):
+        self.distributed = _launched_by_torchrun() if distributed is None else distributed
+        if self.distributed and not dist.is_initialized():
+            probe = pick_device(device)
+            backend = "nccl" if probe.type == "cuda" else "gloo"
+            if probe.type == "cuda":
+                torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+            dist.init_process_group(backend=backend)
+        self.rank = dist.get_rank() if self.distributed else 0
+        self.world_size = dist.get_world_size() if self.distributed else 1
+        self.device = pick_device(device)
+        self.precision = pick_precision(precision, self.device)
+        self.channels_last = channels_last
+        self.compile = compile
+        self.scaler = torch.amp.GradScaler("cuda") if self.precision == "fp16" else None
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    # -- model ------------------------------------------------------------------------------------
+    def setup_model(self, model: nn.Module, train: bool = True, find_unused_parameters: bool = False) -> nn.Module:
+        """Move to the device, apply channels-last; wrap in DDP (training under torchrun) and compile."""
+        model = model.to(self.device)
+        if self.channels_last:
+            channels_last_(model)
+        if train and self.distributed:
+            model = nn.parallel.DistributedDataParallel(
+                model,
+                device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=find_unused_parameters,
+            )
+        if self.compile:
+            model = torch.compile(model)
+        return model
+
+    def autocast(self):
+        if self.precision in ("bf16", "fp16"):
+            dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
+            return torch.autocast(device_type=self.device.type, dtype=dtype)
+        return contextlib.nullcontext()
+
+    def to_device(self, batch: Any) -> Any:
+        """Move every tensor in a nested batch to the device (channels-last for 4-D/5-D float tensors)."""
+        if isinstance(batch, torch.Tensor):
+            tensor = batch.to(self.device, non_blocking=True)
+            if self.channels_last and tensor.is_floating_point():
+                if tensor.dim() == 4:
+                    tensor = tensor.contiguous(memory_format=torch.channels_last)
+                elif tensor.dim() == 5:
+                    tensor = tensor.contiguous(memory_format=torch.channels_last_3d)
+            return tensor
+        if isinstance(batch, Mapping):
+            return {k: self.to_device(v) for k, v in batch.items()}
+        if isinstance(batch, (list, tuple)):
+            return type(batch)(self.to_device(v) for v in batch)
+        return batch
+
+    # -- optimisation -----------------------------------------------------------------------------
+    def backward(self, loss: torch.Tensor) -> None:
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+        else:
+            loss.backward()
+
+    def step(self, optimizer: torch.optim.Optimizer, parameters, clip_norm: float | None) -> bool:
+        """Clip (after unscaling) and step; returns False when fp16 overflow made the scaler skip it."""
+        if self.scaler is not None:
+            self.scaler.unscale_(optimizer)
+        if clip_norm is not None:
+            torch.nn.utils.clip_grad_norm_(parameters, clip_norm)
+        if self.scaler is not None:
+            scale = self.scaler.get_scale()
+            self.scaler.step(optimizer)
+            self.scaler.update()
+            return self.scaler.get_scale() >= scale
+        optimizer.step()
+        return True
+
+    @contextlib.contextmanager
+    def no_sync(self, model: nn.Module, skip_sync: bool):
+        """Skip DDP's gradient all-reduce on accumulation micro-steps."""
+        if skip_sync and isinstance(model, nn.parallel.DistributedDataParallel):
+            with model.no_sync():
+                yield
+        else:
+            yield
+
+    # -- distribution -----------------------------------------------------------------------------
+    def all_reduce_sum(self, values: Sequence[float]) -> list[float]:
+        if not self.distributed:
+            return [float(v) for v in values]
+        tensor = torch.tensor([float(v) for v in values], dtype=torch.float64, device=self._comm_device())
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        return tensor.tolist()
+
+    def any(self, flag: bool) -> bool:
+        """True on every rank if it is True on any rank (stop requests, non-finite losses)."""
+        return self.all_reduce_sum([1.0 if flag else 0.0])[0] > 0
+
+    def gather(self, obj: Any) -> list[Any]:
+        """Every rank's ``obj``, in rank order (picklable objects)."""
+        if not self.distributed:
+            return [obj]
+        out: list[Any] = [None] * self.world_size
+        dist.all_gather_object(out, obj)
+        return out
+
+    def broadcast(self, obj: Any) -> Any:
+        """Rank 0's ``obj`` on every rank."""
+        if not self.distributed:
+            return obj
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def barrier(self) -> None:
+        if self.distributed:
+            dist.barrier()
+
+    def close(self) -> None:
+        if self.distributed and dist.is_initialized():
+            dist.destroy_process_group()
+
+    def _comm_device(self) -> torch.device:
+        return self.device if self.device.type == "cuda" else torch.device("cpu")
+
+    def describe(self) -> str:
+        parts = [f"device {self.device}", f"precision {self.precision}"]
+        if self.channels_last:
+            parts.append("channels-last")
+        if self.compile:
+            parts.append("torch.compile")
+        if self.distributed:
+            parts.append(f"DDP {self.world_size} processes ({dist.get_backend()})")
+        return ", ".join(parts)
+
+
+def _launched_by_torchrun() -> bool:
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1

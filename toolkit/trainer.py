@@ -1,0 +1,445 @@
+"""One trainer for every task.
+
+``fit()`` reads top to bottom: set up, then per epoch ``train_epoch`` -> ``validate`` ->
+``end_epoch`` (checkpoints, early stopping). Device, precision and DDP come from ``Runtime``;
+the task supplies data, model, loss and metrics. The checkpoint is a plain dict (see
+``medsight.checkpoint``); resuming from it continues exactly: batch order and augmentations
+are a function of (seed, epoch, rank), and RNG states are restored mid-epoch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import shutil
+import signal
+import sys
+import threading
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from tqdm import tqdm
+
+from medsight import checkpoint
+from medsight.config import TaskConfig, to_dict, to_yaml
+from medsight.data import epoch_seed, make_dataset, make_loader, partition
+from medsight.errors import DataError, MedsightError, TrainingError
+from medsight.io.writers import atomic_path, write_text
+from medsight.runlog import RunLog
+from medsight.runtime import Runtime
+from medsight.task import Task
+
+
+class Interrupted(MedsightError):
+    """SIGINT/SIGTERM: the current step finished, ``last.pt`` was written, training stopped."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.exit_status = 128 + signum
+
+
+def seed_everything(seed: int) -> None:
+    import random
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def configure_determinism(deterministic: bool) -> None:
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+    else:
+        torch.backends.cudnn.benchmark = True
+
+
+def build_optimizer(model: torch.nn.Module, cfg) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.name == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
+                               weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
+
+
+def build_scheduler(optimizer, cfg, steps_per_epoch: int, max_epochs: int):
+    """Per optimizer step: linear warm-up, then cosine, poly or step decay (PyTorch's schedulers)."""
+    from torch.optim import lr_scheduler as S
+
+    total = max(1, steps_per_epoch * max_epochs)
+    warmup = min(int(round(cfg.warmup_epochs * steps_per_epoch)), total - 1)
+    remaining = max(1, total - warmup)
+    if cfg.scheduler == "cosine":
+        main = S.CosineAnnealingLR(optimizer, T_max=remaining, eta_min=cfg.min_lr)
+    elif cfg.scheduler == "poly":
+        main = S.PolynomialLR(optimizer, total_iters=remaining, power=cfg.poly_power)
+    elif cfg.scheduler == "step":
+        main = S.StepLR(optimizer, step_size=max(1, cfg.step_epochs * steps_per_epoch), gamma=cfg.gamma)
+    else:
+        main = S.ConstantLR(optimizer, factor=1.0, total_iters=0)
+    if warmup <= 0:
+        return main
+    ramp = S.LinearLR(optimizer, start_factor=1.0 / (warmup + 1), end_factor=1.0, total_iters=warmup)
+    return S.SequentialLR(optimizer, schedulers=[ramp, main], milestones=[warmup])
+
+
+@dataclass
+class Progress:
+    """Where training stands; saved in every checkpoint."""
+
+    epoch: int = 0  # completed epochs
+    step_in_epoch: int = 0  # batches consumed in the current epoch (mid-epoch checkpoints)
+    global_step: int = 0  # optimizer steps
+    best_value: float | None = None
+    best_epoch: int | None = None
+    bad_validations: int = 0
+    skipped_batches: int = 0
+    history: list = field(default_factory=list)
+
+
+class Trainer:
+    def __init__(self, task: Task, data: Path, run_dir: Path, runtime: Runtime | None = None):
+        self.task = task
+        self.config: TaskConfig = task.config
+        self.cfg = task.config.trainer
+        self.data = Path(data)
+        self.run_dir = Path(run_dir)
+        self.runtime = runtime or Runtime(self.cfg.device, self.cfg.precision, self.cfg.channels_last,
+                                          self.cfg.compile)
+        self.progress = Progress()
+        self._stop_signal: int | None = None
+        self._resume_rng: dict | None = None
+        self.log = RunLog(self.run_dir, enabled=self.runtime.is_main, tensorboard=self.cfg.tensorboard)
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.run_dir / "checkpoints"
+
+    # ---------------------------------------------------------------------------------------------
+    def fit(self, resume: dict | None = None) -> dict[str, Any]:
+        """Train to ``trainer.max_epochs``; returns a summary (best metric, epochs, checkpoint paths)."""
+        self.setup(resume)
+        with self._signals():
+            for epoch in range(self.progress.epoch, self.cfg.max_epochs):
+                train_logs = self.train_epoch(epoch)
+                metrics = self.validate(epoch) if self._validation_due(epoch) else None
+                self.end_epoch(epoch, train_logs, metrics)
+                if self._early_stop():
+                    self._say(f"early stopping: {self.task.monitor.metric} has not improved for "
+                              f"{self.progress.bad_validations} validations")
+                    break
+        return self.finish()
+
+    # -- set-up -----------------------------------------------------------------------------------
+    def setup(self, resume: dict | None) -> None:
+        configure_determinism(self.cfg.deterministic)
+        if self.cfg.threads:
+            torch.set_num_threads(self.cfg.threads)
+        seed_everything(self.cfg.seed + self.runtime.rank)
+        rt = self.runtime
+        train_records = self.task.records(self.data, "train")
+        val_records = self.task.records(self.data, "val")
+        if not train_records:
+            raise DataError("no training records found", self.data)
+        if resume is not None:
+            self.task.load_state_dict(resume.get("task_state", {}))
+        else:
+            self.task.on_fit_start(train_records, val_records)
+        self.has_validation = bool(val_records)
+        self.train_records = partition(train_records, rt.rank, rt.world_size, self.cfg.seed, train=True)
+        self.val_records = partition(val_records, rt.rank, rt.world_size, self.cfg.seed, train=False)
+        data_cfg = self.config.data
+        cache_dir = Path(data_cfg.cache_dir) if data_cfg.cache_dir else self.run_dir / "cache"
+        self.train_set = make_dataset(self.train_records, self.task.transforms("train"), data_cfg,
+                                      cache_dir / "train")
+        self.val_set = make_dataset(self.val_records, self.task.transforms("val"), data_cfg, cache_dir / "val")
+        self.raw_model = self.task.build_model()
+        self.model = rt.setup_model(self.raw_model, train=True,
+                                    find_unused_parameters=self.task.find_unused_parameters)
+        self.optimizer = build_optimizer(self.raw_model, self.config.optim)
+        batches = len(self.train_records) // data_cfg.batch_size + (len(self.train_records) % data_cfg.batch_size > 0)
+        if self.cfg.max_steps_per_epoch:
+            batches = min(batches, self.cfg.max_steps_per_epoch)
+        self.batches_per_epoch = max(1, batches)
+        steps = math.ceil(self.batches_per_epoch / self.cfg.accumulate_grad_batches)
+        self.scheduler = build_scheduler(self.optimizer, self.config.optim, steps, self.cfg.max_epochs)
+        self.ema = (AveragedModel(self.raw_model, multi_avg_fn=get_ema_multi_avg_fn(self.cfg.ema_decay),
+                                  use_buffers=True) if self.cfg.ema_decay else None)
+        if resume is not None:
+            self._restore(resume)
+        if rt.is_main:
+            self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+            write_text(to_yaml(self.config), self.run_dir / "config.yaml")
+            self.log.truncate_after(self.progress.global_step)
+        self._say(f"{self.task.name}: {len(train_records)} training and {len(val_records)} validation records; "
+                  f"{rt.describe()}; run folder {self.run_dir}")
+
+    def _restore(self, state: dict) -> None:
+        self.raw_model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if self.runtime.scaler is not None and state.get("scaler"):
+            self.runtime.scaler.load_state_dict(state["scaler"])
+        if self.ema is not None and state.get("ema"):
+            self.ema.load_state_dict(state["ema"])
+        saved = state["progress"]
+        self.progress = Progress(**{k: saved[k] for k in Progress.__dataclass_fields__ if k in saved})
+        if self.progress.step_in_epoch:
+            self._resume_rng = state["rng"]  # applied after replaying the epoch's first batches
+        else:
+            checkpoint.set_rng_state(state["rng"])
+
+    # -- one epoch --------------------------------------------------------------------------------
+    def train_loader(self, epoch: int):
+        data_cfg = self.config.data
+        return make_loader(self.train_set, data_cfg, data_cfg.batch_size, shuffle=True,
+                           seed=epoch_seed(self.cfg.seed, epoch, self.runtime.rank),
+                           collate_fn=self.task.collate_fn("train"))
+
+    def train_epoch(self, epoch: int) -> dict[str, float]:
+        rt, cfg = self.runtime, self.cfg
+        self.model.train()
+        skip = self.progress.step_in_epoch
+        if not skip:
+            seed_everything(epoch_seed(cfg.seed, epoch, rt.rank) ^ 0x5EED)  # dropout etc.: fixed per epoch
+        loader = self.train_loader(epoch)
+        accumulate = cfg.accumulate_grad_batches
+        sums: dict[str, float] = defaultdict(float)
+        samples, started = 0, time.perf_counter()
+        bar = self._bar(self.batches_per_epoch, f"epoch {epoch + 1}/{cfg.max_epochs}", initial=skip)
+        self.optimizer.zero_grad(set_to_none=True)
+        for index, batch in enumerate(loader):
+            if index >= self.batches_per_epoch:
+                break
+            if index < skip:  # replay a resumed epoch's first batches so augmentations stay in step
+                continue
+            if index == skip and self._resume_rng is not None:
+                checkpoint.set_rng_state(self._resume_rng)
+                self._resume_rng = None
+            last_micro = (index + 1) % accumulate == 0 or index + 1 == self.batches_per_epoch
+            output = self._micro_step(batch, epoch, index, accumulate, last_micro)
+            self.progress.step_in_epoch = index + 1
+            if output is not None:
+                for key, value in {"loss": output.loss, **output.logs}.items():
+                    value = value.detach() if isinstance(value, torch.Tensor) else value
+                    sums[key] += float(value) * output.batch_size
+                samples += output.batch_size
+            bar.update(1)
+            if last_micro:
+                self._optimizer_step()
+                if not bar.disable:
+                    bar.set_postfix(loss=f"{sums['loss'] / max(samples, 1):.4f}", lr=f"{self._lr():.2e}",
+                                    samples_s=f"{samples / max(time.perf_counter() - started, 1e-9):.1f}")
+                if cfg.checkpoint_every_n_steps and self.progress.global_step % cfg.checkpoint_every_n_steps == 0:
+                    self.save("last.pt")
+                if rt.any(self._stop_signal is not None):
+                    bar.close()
+                    self._interrupt(epoch)
+        bar.close()
+        elapsed = time.perf_counter() - started
+        totals = rt.all_reduce_sum([samples] + [sums[k] for k in sorted(sums)])
+        count = max(totals[0], 1.0)
+        logs = {k: totals[i + 1] / count for i, k in enumerate(sorted(sums))}
+        logs.update(lr=self._lr(), samples_per_s=totals[0] / max(elapsed, 1e-9), epoch_seconds=elapsed)
+        self.progress.step_in_epoch = 0
+        return logs
+
+    def _micro_step(self, batch, epoch: int, index: int, accumulate: int, last_micro: bool):
+        rt = self.runtime
+        batch = rt.to_device(batch)
+        with rt.no_sync(self.model, skip_sync=not last_micro):
+            with rt.autocast():
+                output = self.task.training_step(self.model, batch)
+            if rt.any(not bool(torch.isfinite(output.loss.detach()).all())):
+                return self._nonfinite(output, epoch, index)
+            rt.backward(output.loss / accumulate)
+        return output
+
+    def _nonfinite(self, output, epoch: int, index: int):
+        if self.cfg.nonfinite_loss == "skip":
+            self.progress.skipped_batches += 1
+            self.optimizer.zero_grad(set_to_none=True)
+            return None
+        last = self.checkpoint_dir / "last.pt"
+        kept = f"the last good checkpoint is {last}" if last.exists() else "no checkpoint was written yet"
+        raise TrainingError(
+            f"non-finite loss ({float(output.loss.detach()):.4g}) at epoch {epoch + 1}, step {index + 1}; {kept}. "
+            "Lower optim.lr, set trainer.grad_clip_norm, or set trainer.nonfinite_loss=skip to drop such batches",
+            "training",
+        )
+
+    def _optimizer_step(self) -> None:
+        params = [p for p in self.raw_model.parameters() if p.requires_grad]
+        stepped = self.runtime.step(self.optimizer, params, self.cfg.grad_clip_norm)
+        self.optimizer.zero_grad(set_to_none=True)
+        if stepped:
+            self.scheduler.step()
+        if self.ema is not None:
+            self.ema.update_parameters(self.raw_model)
+        self.progress.global_step += 1
+
+    def _lr(self) -> float:
+        return float(self.optimizer.param_groups[0]["lr"])
+
+    # -- validation -------------------------------------------------------------------------------
+    def _validation_due(self, epoch: int) -> bool:
+        last = epoch + 1 == self.cfg.max_epochs
+        return self.has_validation and ((epoch + 1) % self.cfg.val_every_n_epochs == 0 or last)
+
+    def eval_model(self) -> torch.nn.Module:
+        return self.ema.module if self.ema is not None else self.raw_model
+
+    def validate(self, epoch: int) -> dict[str, float]:
+        model = self.eval_model()
+        outputs = run_validation(self.task, model, self.val_set, self.config, self.runtime)
+        metrics = self.task.validation_metrics(outputs) if outputs else {}
+        return metrics
+
+    # -- end of epoch -----------------------------------------------------------------------------
+    def end_epoch(self, epoch: int, train_logs: dict, metrics: dict | None) -> None:
+        progress = self.progress
+        progress.epoch = epoch + 1
+        self.log.log("train", progress.epoch, progress.global_step, train_logs)
+        improved = False
+        monitor = self.task.monitor
+        if metrics:
+            self.log.log("val", progress.epoch, progress.global_step, metrics)
+            value = metrics.get(monitor.metric)
+            if value is not None and math.isfinite(value) and monitor.better(value, progress.best_value):
+                progress.best_value, progress.best_epoch, improved = float(value), progress.epoch, True
+                progress.bad_validations = 0
+            else:
+                progress.bad_validations += 1
+        progress.history.append({"epoch": progress.epoch, "loss": train_logs.get("loss"),
+                                 monitor.metric: (metrics or {}).get(monitor.metric)})
+        self.save("last.pt")
+        if improved and self.runtime.is_main:
+            with atomic_path(self.checkpoint_dir / "best.pt") as tmp:
+                shutil.copyfile(self.checkpoint_dir / "last.pt", tmp)
+        self._say(self._epoch_line(train_logs, metrics, improved))
+
+    def _epoch_line(self, logs: dict, metrics: dict | None, improved: bool) -> str:
+        p = self.progress
+        line = (f"epoch {p.epoch}/{self.cfg.max_epochs}  loss {logs.get('loss', float('nan')):.4f}  "
+                f"lr {logs['lr']:.2e}  {logs['samples_per_s']:.1f} samples/s  {logs['epoch_seconds']:.1f} s")
+        if metrics:
+            name = self.task.monitor.metric
+            shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k == name or k.startswith("mean"))
+            line += f"  | val {shown}  (best {p.best_value:.4f} @ epoch {p.best_epoch}){' *' if improved else ''}"
+        return line
+
+    def _early_stop(self) -> bool:
+        patience = self.cfg.early_stopping_patience
+        return patience is not None and self.progress.bad_validations >= patience
+
+    # -- checkpoints ------------------------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        return {
+            "task": self.task.name,
+            "config": to_dict(self.config),
+            "data": str(self.data),
+            "task_state": self.task.state_dict(),
+            "model": self.raw_model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.runtime.scaler.state_dict() if self.runtime.scaler is not None else None,
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "progress": self.progress.__dict__.copy(),
+            "epoch": self.progress.epoch,
+            "step_in_epoch": self.progress.step_in_epoch,
+            "global_step": self.progress.global_step,
+            "sampler": {"seed": self.cfg.seed, "epoch": self.progress.epoch, "batches_done": self.progress.step_in_epoch,
+                        "world_size": self.runtime.world_size},
+            "best": {"metric": self.task.monitor.metric, "mode": self.task.monitor.mode,
+                     "value": self.progress.best_value, "epoch": self.progress.best_epoch},
+            "rng": checkpoint.rng_state(),
+        }
+
+    def save(self, name: str) -> Path | None:
+        if not self.runtime.is_main:
+            return None
+        return checkpoint.save(self.state(), self.checkpoint_dir / name)
+
+    def _interrupt(self, epoch: int) -> None:
+        signum = self._stop_signal or signal.SIGTERM
+        self.save("last.pt")
+        self.log.close()
+        name = signal.Signals(signum).name
+        raise Interrupted(
+            f"stopped by {name} in epoch {epoch + 1} after step {self.progress.step_in_epoch}; wrote "
+            f"{self.checkpoint_dir / 'last.pt'}; continue with: medsight train {self.task.name} --resume {self.run_dir}",
+            int(signum),
+        )
+
+    def finish(self) -> dict[str, Any]:
+        self.log.close()
+        summary = {
+            "run_dir": str(self.run_dir),
+            "epochs": self.progress.epoch,
+            "best_metric": self.task.monitor.metric,
+            "best_value": self.progress.best_value,
+            "best_epoch": self.progress.best_epoch,
+            "last": str(self.checkpoint_dir / "last.pt"),
+            "best": str(self.checkpoint_dir / "best.pt") if (self.checkpoint_dir / "best.pt").exists() else None,
+        }
+        self.runtime.barrier()
+        return summary
+
+    # -- signals and output -----------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _signals(self):
+        """SIGINT/SIGTERM ask for a stop after the current step; a second Ctrl-C stops at once."""
+
+        def handle(signum, frame):
+            if self._stop_signal is not None and signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            self._stop_signal = signum
+
+        previous = {}
+        if threading.current_thread() is threading.main_thread():
+            previous = {signum: signal.signal(signum, handle) for signum in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+
+    def _bar(self, total: int, description: str, initial: int = 0):
+        mode = self.cfg.progress
+        show = self.runtime.is_main and (mode == "always" or (mode == "auto" and sys.stderr.isatty()))
+        return tqdm(total=total, initial=initial, desc=description, unit="batch", disable=not show, leave=False,
+                    dynamic_ncols=True)
+
+    def _say(self, text: str) -> None:
+        if self.runtime.is_main:
+            print(text, flush=True)
+
+
+def run_validation(task: Task, model: torch.nn.Module, dataset, config: TaskConfig, runtime: Runtime) -> dict[str, list]:
+    """Run ``task.validation_step`` over a dataset (this rank's part) and gather the outputs of all ranks."""
+    loader = make_loader(dataset, config.data, config.data.val_batch_size, shuffle=False, seed=0,
+                         collate_fn=task.collate_fn("val"))
+    outputs: dict[str, list] = defaultdict(list)
+    was_training = model.training
+    model.eval()
+    with torch.inference_mode():
+        for batch in loader:
+            batch = runtime.to_device(batch)
+            with runtime.autocast():
+                result = task.validation_step(model, batch)
+            for key, values in result.items():
+                outputs[key].extend(values)
+    model.train(was_training)
+    merged: dict[str, list] = defaultdict(list)
+    for part in runtime.gather(dict(outputs)):
+        for key, values in part.items():
+            merged[key].extend(values)
+    return dict(merged)
