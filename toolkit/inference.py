@@ -147,7 +147,8 @@ def predict(loaded: Loaded, inputs: list[str], out: Path, images: dict[str, str]
         collate = _collate_skipping_errors(task.collate_fn("infer") or list_data_collate)
         size = batch_size or task.config.data.val_batch_size
         loader = make_loader(dataset, task.config.data, size, shuffle=False, seed=0, collate_fn=collate)
-        with torch.inference_mode():
+        # no_grad, not inference_mode: a task may turn autograd back on (Grad-CAM needs it).
+        with torch.no_grad():
             for batch, errors in loader:
                 for error in errors:
                     report.failures.append(error["__error__"])

@@ -70,6 +70,8 @@ class DemoSpec:
     quick_synth: dict = field(default_factory=dict)
     quick_overrides: tuple[str, ...] = ()
     predict_args: tuple[str, ...] = ()
+    #: override sets the contract test runs one by one (e.g. each model family)
+    variants: tuple[tuple[str, ...], ...] = ((),)
 
 
 class Task:

@@ -1,0 +1,121 @@
+"""Shared MONAI transform builders. Tasks compose these; nobody re-implements one.
+
+Images and label maps are typed by key (TorchIO's lesson): images are resampled with (bi/tri)linear
+interpolation, label maps with nearest neighbour, always in the same call so they stay aligned.
+Every builder returns a list of MONAI dictionary transforms.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from monai.transforms import (
+    CropForegroundd,
+    EnsureChannelFirstd,
+    EnsureTyped,
+    NormalizeIntensityd,
+    Orientationd,
+    RandAdjustContrastd,
+    RandAffined,
+    RandFlipd,
+    RandScaleIntensityd,
+    RandShiftIntensityd,
+    Resized,
+    ScaleIntensityRanged,
+    ScaleIntensityRangePercentilesd,
+    Spacingd,
+)
+
+from medsight.io.readers import image_loaderd
+
+
+def _keys(images: Sequence[str] | str, labels: Sequence[str] | str = ()) -> tuple[list[str], list[str]]:
+    images = [images] if isinstance(images, str) else list(images)
+    labels = [labels] if isinstance(labels, str) else list(labels)
+    return images, labels
+
+
+def load(images: Sequence[str] | str, labels: Sequence[str] | str = (), kind: str = "volume",
+         allow_missing_labels: bool = False) -> list:
+    """Read with medsight's readers (several files per key become channels) and put channels first."""
+    images, labels = _keys(images, labels)
+    keys = images + labels
+    return [
+        image_loaderd(keys, kind=kind, allow_missing_keys=allow_missing_labels),
+        EnsureChannelFirstd(keys, allow_missing_keys=allow_missing_labels),
+        EnsureTyped(keys, allow_missing_keys=allow_missing_labels),
+    ]
+
+
+def orient(images, labels=(), axcodes: str = "RAS") -> list:
+    images, labels = _keys(images, labels)
+    return [Orientationd(images + labels, axcodes=axcodes, allow_missing_keys=True)]
+
+
+def resample(images, labels=(), spacing_mm: Sequence[float] = (1.0, 1.0, 1.0)) -> list:
+    """Resample to ``spacing_mm``: images with linear interpolation, label maps with nearest neighbour."""
+    images, labels = _keys(images, labels)
+    keys = images + labels
+    modes = ["bilinear"] * len(images) + ["nearest"] * len(labels)
+    return [Spacingd(keys, pixdim=tuple(spacing_mm), mode=modes, allow_missing_keys=True)]
+
+
+def resize(images, labels=(), size: Sequence[int] = (224, 224)) -> list:
+    images, labels = _keys(images, labels)
+    modes = ["area"] * len(images) + ["nearest"] * len(labels)
+    return [Resized(images + labels, spatial_size=tuple(size), mode=modes, allow_missing_keys=True)]
+
+
+def hu_window(images, window_hu: Sequence[float] = (-1024.0, 500.0)) -> list:
+    """CT Hounsfield units in ``window_hu`` -> 0..1, clipped."""
+    images, _ = _keys(images)
+    low, high = window_hu
+    return [ScaleIntensityRanged(images, a_min=low, a_max=high, b_min=0.0, b_max=1.0, clip=True)]
+
+
+def zscore(images, nonzero: bool = True) -> list:
+    """Channel-wise z-score; over non-zero voxels for skull-stripped MRI (background stays 0)."""
+    images, _ = _keys(images)
+    return [NormalizeIntensityd(images, nonzero=nonzero, channel_wise=True)]
+
+
+def percentile_range(images, lower: float = 0.5, upper: float = 99.5) -> list:
+    """Robust 0..1 scaling for pictures of unknown range (8/16-bit X-rays, windowed DICOM)."""
+    images, _ = _keys(images)
+    return [ScaleIntensityRangePercentilesd(images, lower=lower, upper=upper, b_min=0.0, b_max=1.0, clip=True,
+                                            channel_wise=True)]
+
+
+def crop_foreground(images, labels=(), source: str | None = None, margin: int = 0) -> list:
+    images, labels = _keys(images, labels)
+    return [CropForegroundd(images + labels, source_key=source or images[0], margin=margin, allow_missing_keys=True,
+                            allow_smaller=True)]
+
+
+def flips(images, labels=(), axes: Sequence[int] = (0, 1, 2), prob: float = 0.5) -> list:
+    images, labels = _keys(images, labels)
+    return [RandFlipd(images + labels, prob=prob, spatial_axis=axis, allow_missing_keys=True) for axis in axes]
+
+
+def affine(images, labels=(), prob: float = 0.5, rotate_deg: float = 0.0, scale: float = 0.0,
+           translate: Sequence[float] = (), dims: int = 2, padding_mode: str = "zeros") -> list:
+    """Random rotation (degrees, about every axis in 3D), isotropic-ish scale and translation (voxels)."""
+    import math
+
+    images, labels = _keys(images, labels)
+    radians = math.radians(rotate_deg)
+    rotate = (radians,) if dims == 2 else (radians, radians, radians)
+    modes = ["bilinear"] * len(images) + ["nearest"] * len(labels)
+    return [RandAffined(images + labels, prob=prob, rotate_range=rotate, scale_range=(scale,) * dims,
+                        translate_range=tuple(translate) or None, mode=modes, padding_mode=padding_mode,
+                        allow_missing_keys=True)]
+
+
+def intensity(images, prob: float = 0.5, scale: float = 0.1, shift: float = 0.1, gamma: tuple | None = None) -> list:
+    """Random intensity scale/shift (in units of the normalised intensity) and optional gamma."""
+    images, _ = _keys(images)
+    steps = [RandScaleIntensityd(images, factors=scale, prob=prob), RandShiftIntensityd(images, offsets=shift,
+                                                                                      prob=prob)]
+    if gamma is not None:
+        steps.append(RandAdjustContrastd(images, prob=prob, gamma=gamma))
+    return steps
