@@ -50,7 +50,12 @@ def cmd_train(args) -> int:
             known = ", ".join(task_class.profiles) or "none"
             raise ConfigError(f"task {args.task} has no profile {args.profile!r} (known: {known})", "command line")
         profile = task_class.profiles[args.profile]
-    config = resolve(task_class.config_class, profile=profile, files=args.config or [], overrides=args.overrides,
+    overrides = list(args.overrides)
+    if args.init_weights:
+        if not Path(args.init_weights).is_file():
+            raise ConfigError("--init-weights: file not found", args.init_weights)
+        overrides.append(f"model.init_weights={Path(args.init_weights).resolve()}")
+    config = resolve(task_class.config_class, profile=profile, files=args.config or [], overrides=overrides,
                      base=base)
     config.task = args.task
     if not data.exists():
@@ -175,6 +180,8 @@ def add_commands(sub) -> None:
     train.add_argument("--out", help="run folder (default runs/TASK/NAME)")
     train.add_argument("--name", help="run name (default: date-time)")
     train.add_argument("--resume", help="continue exactly from a run folder or checkpoint")
+    train.add_argument("--init-weights", metavar="PATH",
+                       help="start from a local state dict (same as model.init_weights=PATH)")
     train.add_argument("overrides", nargs="*", metavar="key=value", help=KEY_VALUE_HELP)
     train.set_defaults(func=cmd_train)
 

@@ -44,6 +44,7 @@ def load_for_inference(path: str | Path, overrides: list[str] | tuple = (), weig
     config = resolve(task_class.config_class, base=state["config"], overrides=list(overrides))
     task = task_class(config)
     task.load_state_dict(state.get("task_state", {}))
+    task.learning = False
     model = task.build_model()
     use_ema = weights == "ema" or (weights == "auto" and state.get("ema"))
     try:

@@ -92,6 +92,9 @@ class Task:
         self.config = config
         #: values learnt from data that inference needs (label names, thresholds...): saved in checkpoints
         self.state: dict[str, Any] = {}
+        #: True while training: ``validation_metrics`` may then update ``state`` (e.g. choose thresholds on
+        #: validation). ``evaluate``/``predict`` set it False: they use the checkpoint's state unchanged.
+        self.learning = True
 
     # -- data -------------------------------------------------------------------------------------
     def records(self, data: Path, split: Split) -> list[dict]:
@@ -119,7 +122,8 @@ class Task:
         raise NotImplementedError
 
     def validation_metrics(self, outputs: dict[str, list]) -> dict[str, float]:
-        """Metrics from all validation outputs; may update ``self.state`` (e.g. thresholds)."""
+        """Metrics from all validation outputs; may update ``self.state`` (e.g. thresholds) when
+        ``self.learning`` is True."""
         raise NotImplementedError
 
     def write_evaluation(self, outputs: dict[str, list], metrics: dict[str, float], out: Path) -> list[Path]:
