@@ -121,7 +121,8 @@ class Case:
         missing = [role for role in modalities if role not in self.images and self.four_d is None]
         if missing:
             folder = self.label.parent if self.label else next(iter(self.images.values()), Path(self.id)).parent
-            raise DataError(f"case {self.id}: no {', '.join(missing)} image (found: {', '.join(self.images) or 'none'})",
+            found = [role for role in ROLES if role in self.images]
+            raise DataError(f"case {self.id}: no {', '.join(missing)} image (found: {', '.join(found) or 'none'})",
                             folder)
         record: dict = {"id": self.id, "convention": convention}
         if self.four_d is not None:
@@ -248,10 +249,10 @@ def detect_convention(cases: list[Case], naming: str, configured: str = "auto") 
     return CONVENTIONS[name]
 
 
-def fold_of(case_id: str, folds: int, seed: int = 0) -> int:
-    """Deterministic fold of a case: a hash of (seed, id), independent of which other cases exist."""
-    digest = hashlib.sha256(f"{seed}:{case_id}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") % folds
+def assign_folds(case_ids: list[str], folds: int, seed: int = 0) -> dict[str, int]:
+    """Balanced, deterministic folds: cases ordered by a hash of (seed, id), then dealt round-robin."""
+    order = sorted(case_ids, key=lambda c: hashlib.sha256(f"{seed}:{c}".encode()).hexdigest())
+    return {case: position % folds for position, case in enumerate(order)}
 
 
 def check_case(case: Case, convention: LabelConvention, expected_roles=ROLES) -> list[Problem]:
@@ -297,7 +298,8 @@ def check_case(case: Case, convention: LabelConvention, expected_roles=ROLES) ->
 class BraTS(DatasetFormat):
     description = "BraTS brain-tumour MRI (2018-2021, 2023+, 2013/2015 folders, MSD Task01), labels -> ET/TC/WT"
     synth_options = {
-        "naming": "2021 (default: BraTS2021_xxxxx/..._t1ce.nii.gz) or 2023 (BraTS-GLI-xxxxx-000/...-t1c.nii.gz)",
+        "naming": "2021 (default: BraTS2021_xxxxx/..._t1ce.nii.gz), 2023 (BraTS-GLI-xxxxx-000/...-t1c.nii.gz), "
+                  "2015 (brats_2013_patNNNN_1/Flair_...nii.gz, OTMultiClass.nii.gz) or msd (Task01 4D)",
         "shape": "volume size x,y,z in voxels at 1 mm (default 96,96,64)",
     }
 
@@ -307,10 +309,11 @@ class BraTS(DatasetFormat):
 
         if options:
             raise DataError(f"unknown option(s) {', '.join(options)} for brats", "synth")
-        if str(naming) not in ("2021", "2023"):
-            raise DataError(f"naming must be 2021 or 2023, not {naming!r}", "synth")
+        layouts = {"2021": "brats2021", "2023": "brats2023", "2015": "brats2015", "msd": "msd"}
+        if str(naming) not in layouts:
+            raise DataError(f"naming must be 2021, 2023, 2015 or msd, not {naming!r}", "synth")
         size = tuple(int(v) for v in (shape.split(",") if isinstance(shape, str) else shape))
-        return write_dataset(Path(out), 8 if cases is None else int(cases), seed, f"brats{naming}", size)
+        return write_dataset(Path(out), 8 if cases is None else int(cases), seed, layouts[str(naming)], size)
 
     def check(self, root: Path) -> list[Problem]:
         root = Path(root)
@@ -330,3 +333,38 @@ class BraTS(DatasetFormat):
             except ValueError as exc:
                 problems.append(Problem(str(root / "dataset.json"), f"not valid JSON ({exc})"))
         return problems
+
+
+def records(
+    root: Path,
+    split: str,
+    modalities: tuple[str, ...] = ROLES,
+    naming: str = "auto",
+    label_convention: str = "auto",
+    patterns: dict[str, str] | None = None,
+    fold: int = 0,
+    folds: int = 5,
+    seed: int = 0,
+) -> list[dict]:
+    """Records ``{"image": [one path per modality] | 4D path, "label", "id", "convention"}`` of a split.
+
+    Cases are dealt into ``folds`` by a hash of their id: ``val`` is fold ``fold``, ``train`` the
+    others; ``test`` and ``all`` are every case (point ``--data`` at a held-out folder to test).
+    Only labelled cases are used for train/val.
+    """
+    root = Path(root)
+    naming = detect_naming(root) if naming == "auto" else naming
+    cases = find_cases(root, naming, patterns)
+    convention = detect_convention(cases, naming, label_convention)
+    if split in ("train", "val"):
+        cases = [c for c in cases if c.label is not None]
+        if folds > 1:
+            if not 0 <= fold < folds:
+                raise DataError(f"data.fold={fold} is not in 0..{folds - 1}", "config")
+            assigned = assign_folds([c.id for c in cases], folds, seed)
+            cases = [c for c in cases if (assigned[c.id] == fold) == (split == "val")]
+        elif split == "val":
+            cases = []
+    elif split not in ("test", "all"):
+        raise DataError(f"unknown split {split!r} (expected train, val, test or all)", root)
+    return [case.record(tuple(modalities), convention.name) for case in cases]

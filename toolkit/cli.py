@@ -9,7 +9,7 @@ import traceback
 from pathlib import Path
 
 import medsight
-from medsight.errors import MedsightError
+from medsight.errors import MedsightError, unwrap
 
 
 def _parse_options(pairs: list[str]) -> dict[str, str]:
@@ -136,7 +136,10 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, "takes_extra", False):
             return int(args.func(args, extra) or 0)
         return int(args.func(args) or 0)
-    except MedsightError as exc:
+    except Exception as raised:
+        exc = unwrap(raised)
+        if exc is None:
+            raise
         if debug:
             traceback.print_exc()
         from medsight.trainer import Interrupted

@@ -53,6 +53,8 @@ class TrainerConfig:
     max_epochs: int = 10
     #: stop an epoch after this many steps (quick runs, smoke tests); null = whole epoch
     max_steps_per_epoch: Optional[int] = None
+    #: stop at the end of the first epoch that ends after this many minutes of training; null = no limit
+    max_minutes: Optional[float] = None
     device: str = "auto"  # auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N, mps
     precision: str = "fp32"  # fp32, bf16, fp16 (CUDA, with GradScaler), auto
     channels_last: bool = False

@@ -41,3 +41,15 @@ class TrainingError(MedsightError):
 
 class TaskError(MedsightError):
     """A task is unknown, registered twice, or cannot handle the request."""
+
+
+def unwrap(exc: BaseException) -> MedsightError | None:
+    """The MedsightError behind ``exc``, if any. MONAI's Compose re-raises every failure as
+    ``RuntimeError("applying transform ...")`` with the original as its cause."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, MedsightError):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None

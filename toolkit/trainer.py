@@ -127,14 +127,20 @@ class Trainer:
     def fit(self, resume: dict | None = None) -> dict[str, Any]:
         """Train to ``trainer.max_epochs``; returns a summary (best metric, epochs, checkpoint paths)."""
         self.setup(resume)
+        started = time.perf_counter()
         with self._signals():
             for epoch in range(self.progress.epoch, self.cfg.max_epochs):
                 train_logs = self.train_epoch(epoch)
-                metrics = self.validate(epoch) if self._validation_due(epoch) else None
+                out_of_time = self._out_of_time(started)
+                metrics = self.validate(epoch) if self._validation_due(epoch) or out_of_time else None
                 self.end_epoch(epoch, train_logs, metrics)
                 if self._early_stop():
                     self._say(f"early stopping: {self.task.monitor.metric} has not improved for "
                               f"{self.progress.bad_validations} validations")
+                    break
+                if out_of_time:
+                    self._say(f"time budget: stopped after {(time.perf_counter() - started) / 60:.1f} minutes "
+                              f"(trainer.max_minutes={self.cfg.max_minutes})")
                     break
         return self.finish()
 
@@ -335,6 +341,11 @@ class Trainer:
             shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k == name or k.startswith("mean"))
             line += f"  | val {shown}  (best {p.best_value:.4f} @ epoch {p.best_epoch}){' *' if improved else ''}"
         return line
+
+    def _out_of_time(self, started: float) -> bool:
+        if self.cfg.max_minutes is None:
+            return False
+        return self.runtime.any((time.perf_counter() - started) / 60 >= self.cfg.max_minutes)
 
     def _early_stop(self) -> bool:
         patience = self.cfg.early_stopping_patience

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
 from monai.transforms import (
+    MapTransform,
     CropForegroundd,
     EnsureChannelFirstd,
     EnsureTyped,
@@ -49,7 +51,8 @@ def load(images: Sequence[str] | str, labels: Sequence[str] | str = (), kind: st
 
 def orient(images, labels=(), axcodes: str = "RAS") -> list:
     images, labels = _keys(images, labels)
-    return [Orientationd(images + labels, axcodes=axcodes, allow_missing_keys=True)]
+    return [Orientationd(images + labels, axcodes=axcodes, labels=(("L", "R"), ("P", "A"), ("I", "S")),
+                         allow_missing_keys=True)]
 
 
 def resample(images, labels=(), spacing_mm: Sequence[float] = (1.0, 1.0, 1.0)) -> list:
@@ -73,6 +76,46 @@ def hu_window(images, window_hu: Sequence[float] = (-1024.0, 500.0)) -> list:
     return [ScaleIntensityRanged(images, a_min=low, a_max=high, b_min=0.0, b_max=1.0, clip=True)]
 
 
+class BackgroundToZerod(MapTransform):
+    """Shift each channel so a constant background becomes 0.
+
+    Skull-stripped MRI usually has background 0, but some releases are z-scored inside the brain
+    with the background left at a constant (e.g. -3.16 in the DeepMedic BRATS 2015 cases); foreground
+    cropping and z-scoring over "non-zero" voxels would then take the background for brain. The
+    background value is the most common value on the volume's border; nothing changes unless that
+    value covers at least ``min_fraction`` of the border (a truly constant background).
+    """
+
+    def __init__(self, keys, min_fraction: float = 0.5):
+        super().__init__(keys, allow_missing_keys=True)
+        self.min_fraction = min_fraction
+
+    def __call__(self, data):
+        d = dict(data)
+        for key in self.key_iterator(d):
+            image = d[key]
+            for channel in range(image.shape[0]):
+                volume = image[channel]
+                border = torch.cat([volume.select(axis, end).flatten() for axis in range(volume.dim())
+                                    for end in (0, -1)])
+                values, counts = torch.unique(border, return_counts=True)
+                top = int(torch.argmax(counts))
+                if values[top] != 0 and counts[top] >= self.min_fraction * border.numel():
+                    image[channel] = volume - values[top]
+            d[key] = image
+        return d
+
+
+def background_to_zero(images) -> list:
+    images, _ = _keys(images)
+    return [BackgroundToZerod(images)]
+
+
+def is_nonzero(x):
+    """Foreground selector for cropping (module-level, so pipelines pickle for workers and caches)."""
+    return x != 0
+
+
 def zscore(images, nonzero: bool = True) -> list:
     """Channel-wise z-score; over non-zero voxels for skull-stripped MRI (background stays 0)."""
     images, _ = _keys(images)
@@ -88,8 +131,8 @@ def percentile_range(images, lower: float = 0.5, upper: float = 99.5) -> list:
 
 def crop_foreground(images, labels=(), source: str | None = None, margin: int = 0) -> list:
     images, labels = _keys(images, labels)
-    return [CropForegroundd(images + labels, source_key=source or images[0], margin=margin, allow_missing_keys=True,
-                            allow_smaller=True)]
+    return [CropForegroundd(images + labels, source_key=source or images[0], select_fn=is_nonzero, margin=margin,
+                            allow_missing_keys=True, allow_smaller=True)]
 
 
 def flips(images, labels=(), axes: Sequence[int] = (0, 1, 2), prob: float = 0.5) -> list:

@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
-from medsight.datasets.brats import CONVENTIONS, SEPARATOR, SUFFIX_ROLES
-from medsight.io.writers import write_nifti
+from medsight.datasets.brats import CONVENTIONS, MSD_CHANNEL_ROLES, SEPARATOR, SUFFIX_ROLES
+from medsight.io.writers import write_json, write_nifti
 
 # Mean intensity (arbitrary MR units) of each tissue per role.
 TISSUE = {
@@ -92,19 +92,49 @@ def labels_of(tissue: np.ndarray, convention: str) -> np.ndarray:
 
 
 def write_dataset(out: Path, cases: int, seed: int, naming: str, shape=(96, 96, 64)) -> Path:
+    """``cases`` synthetic subjects in one of the layouts: brats2021, brats2023, brats2015 or msd."""
     rng = np.random.default_rng(seed)
-    convention = {"brats2021": "brats2021", "brats2023": "brats2023"}[naming]
-    sep = SEPARATOR[naming]
-    role_suffix = {role: suffix for suffix, role in SUFFIX_ROLES[naming].items()}
     affine = _affine(shape)
+    out = Path(out)
+    if naming == "msd":
+        return _write_msd(out, cases, rng, shape, affine)
     for index in range(1, cases + 1):
-        case = f"BraTS2021_{index:05d}" if naming == "brats2021" else f"BraTS-GLI-{index:05d}-000"
         images, tissue = make_case(rng, shape)
-        folder = Path(out) / case
+        if naming == "brats2015":
+            folder = out / f"brats_2013_pat{index:04d}_1"
+            names = {role: f"{role.capitalize()}_subtrMeanDivStd.nii.gz" for role in images}
+            label_name, convention = "OTMultiClass.nii.gz", "brats2015"
+        else:
+            sep = SEPARATOR[naming]
+            case = f"BraTS2021_{index:05d}" if naming == "brats2021" else f"BraTS-GLI-{index:05d}-000"
+            folder = out / case
+            role_suffix = {role: suffix for suffix, role in SUFFIX_ROLES[naming].items()}
+            names = {role: f"{case}{sep}{role_suffix[role]}.nii.gz" for role in images}
+            label_name, convention = f"{case}{sep}seg.nii.gz", naming
         for role, image in images.items():
-            write_nifti(image, affine, folder / f"{case}{sep}{role_suffix[role]}.nii.gz")
-        write_nifti(labels_of(tissue, convention), affine, folder / f"{case}{sep}seg.nii.gz", dtype=np.uint8)
-    return Path(out)
+            write_nifti(image, affine, folder / names[role])
+        write_nifti(labels_of(tissue, convention), affine, folder / label_name, dtype=np.uint8)
+    return out
+
+
+def _write_msd(out: Path, cases: int, rng: np.random.Generator, shape, affine) -> Path:
+    """MSD Task01 layout: 4D images (FLAIR, T1w, T1gd, T2w), labels 1 oedema / 2 non-enhancing / 3 enhancing."""
+    training = []
+    for index in range(1, cases + 1):
+        images, tissue = make_case(rng, shape)
+        name = f"BRATS_{index:03d}.nii.gz"
+        stacked = np.stack([images[role] for role in MSD_CHANNEL_ROLES], axis=-1).astype(np.float32)
+        write_nifti(stacked, affine, out / "imagesTr" / name)
+        write_nifti(labels_of(tissue, "msd"), affine, out / "labelsTr" / name, dtype=np.uint8)
+        training.append({"image": f"./imagesTr/{name}", "label": f"./labelsTr/{name}"})
+    dataset = {
+        "name": "BRATS", "tensorImageSize": "4D",
+        "modality": {"0": "FLAIR", "1": "T1w", "2": "t1gd", "3": "T2w"},
+        "labels": {"0": "background", "1": "edema", "2": "non-enhancing tumor", "3": "enhancing tumour"},
+        "numTraining": cases, "numTest": 0, "training": training, "test": [],
+    }
+    write_json(dataset, out / "dataset.json")
+    return out
 
 
 def write_case_files(folder: Path, name: str, rng: np.random.Generator, shape, affine, roles_to_names: dict[str, str],

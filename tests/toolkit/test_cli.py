@@ -25,7 +25,7 @@ def test_errors_are_one_line_with_exit_status_2_and_no_traceback(tmp_path):
     assert unknown.stderr.startswith("error: dataset: unknown dataset 'chestxray15' (did you mean 'chestxray14'?)")
     assert "Traceback" not in unknown.stderr
     bad_option = run_cli("data", "synth", "brats", str(tmp_path / "y"), "--naming", "2019")
-    assert bad_option.returncode == 2 and bad_option.stderr == "error: synth: naming must be 2021 or 2023, not '2019'\n"
+    assert bad_option.returncode == 2 and bad_option.stderr == "error: synth: naming must be 2021, 2023, 2015 or msd, not '2019'\n"
 
 
 def test_debug_shows_the_traceback(tmp_path):

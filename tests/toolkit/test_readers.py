@@ -62,10 +62,20 @@ def test_nifti_loads_with_nibabel_affine(tmp_path):
     np.testing.assert_allclose(loaded.meta["origin"], [-10, -239, -5])  # LPS view of the RAS translation
 
 
-def test_several_files_load_as_channels_and_shapes_must_agree(tmp_path):
+def test_several_files_load_as_channels_and_must_share_shape_and_geometry(tmp_path):
     for name in ("a", "b"):
         nib.save(nib.Nifti1Image(ramp(), np.eye(4)), str(tmp_path / f"{name}.nii.gz"))
     assert load([tmp_path / "a.nii.gz", tmp_path / "b.nii.gz"]).shape == (2, 12, 10, 6)
+    nib.save(nib.Nifti1Image(ramp()[:-1], np.eye(4)), str(tmp_path / "short.nii.gz"))
+    with pytest.raises(DataError) as error:
+        load([tmp_path / "a.nii.gz", tmp_path / "short.nii.gz"])
+    assert str(error.value) == f"{tmp_path / 'short.nii.gz'}: shape (11, 10, 6) differs from (12, 10, 6) of a.nii.gz, " \
+                               "the first file of this image"
+    shifted = np.eye(4)
+    shifted[0, 3] = 5.0
+    nib.save(nib.Nifti1Image(ramp(), shifted), str(tmp_path / "moved.nii.gz"))
+    with pytest.raises(DataError, match=r"moved.nii.gz: geometry \(affine\) differs from that of a.nii.gz"):
+        load([tmp_path / "a.nii.gz", tmp_path / "moved.nii.gz"])
 
 
 def test_dicom_series_with_shuffled_file_names_is_ordered_by_position(tmp_path):

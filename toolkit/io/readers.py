@@ -49,8 +49,16 @@ def _stack(arrays: list[np.ndarray], metas: list[dict], names: Sequence[str]) ->
     for other, name in zip(metas[1:], names[1:]):
         if other["spatial_shape"].tolist() != meta["spatial_shape"].tolist():
             raise DataError(
-                f"shape {tuple(other['spatial_shape'])} differs from {tuple(meta['spatial_shape'])} "
-                "of the first file of this image",
+                f"shape {tuple(int(n) for n in other['spatial_shape'])} differs from "
+                f"{tuple(int(n) for n in meta['spatial_shape'])} "
+                f"of {Path(names[0]).name}, the first file of this image",
+                name,
+            )
+        # Channels of one image must lie on one grid (0.01 mm: rounding in headers).
+        if not np.allclose(other["affine"], meta["affine"], atol=1e-2):
+            raise DataError(
+                f"geometry (affine) differs from that of {Path(names[0]).name}, the first file of this image; "
+                "resample the files onto one grid first",
                 name,
             )
     meta["original_channel_dim"] = 0
@@ -135,14 +143,20 @@ class NiftiReader(NibabelReader):
             raise DataError(f"cannot read NIfTI ({exc})", _names(data)[0]) from exc
 
     def get_data(self, img) -> tuple[np.ndarray, dict]:
-        try:
-            array, meta = super().get_data(img)
-        except Exception as exc:  # truncated gzip streams fail only when the data are read
-            names = [str(i.get_filename()) for i in ensure_tuple(img)]
-            raise DataError(f"cannot read NIfTI data ({exc})", names[0]) from exc
-        affine = np.asarray(meta["affine"], dtype=np.float64)
-        meta.update(geometry_meta(affine))
-        return array, meta
+        arrays, metas, names = [], [], []
+        for image in ensure_tuple(img):  # one at a time, so a mismatch is reported with its file
+            name = str(image.get_filename())
+            try:
+                array, meta = super().get_data(image)
+            except Exception as exc:  # truncated gzip streams fail only when the data are read
+                raise DataError(f"cannot read NIfTI data ({exc})", name) from exc
+            meta.update(geometry_meta(np.asarray(meta["affine"], dtype=np.float64)))
+            arrays.append(array)
+            metas.append(meta)
+            names.append(name)
+        if len(arrays) == 1:
+            return arrays[0], metas[0]  # keep MONAI's channel handling of a single (4D) file
+        return _stack(arrays, metas, names)
 
 
 def _to_gray(image: Image.Image) -> Image.Image:

@@ -1,0 +1,230 @@
+"""Brain-tumour segmentation in multi-modal MRI: three sigmoid regions (ET, TC, WT), written back as the
+dataset's label values on the input's own grid."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import numpy as np
+import torch
+from monai.data import MetaTensor
+from monai.inferers import SlidingWindowInferer
+from monai.losses import DiceLoss
+from monai.transforms import Invertd
+from torch import nn
+
+from medsight.checkpoint import load_initial_weights
+from medsight.datasets import brats
+from medsight.errors import DataError
+from medsight.io.pictures import volume_overlay_png
+from medsight.io.readers import load as load_image
+from medsight.io.writers import write_csv, write_nifti
+from medsight.registry import register_task
+from medsight.task import DemoSpec, Monitor, StepOutput, Task
+
+from .config import PROFILES, SegmentationConfig
+from .metrics import METRIC_NAMES, region_scores, summarise, summary_table
+from .models import SliceWise, build_network
+from .transforms import pipeline
+
+
+@register_task("segmentation")
+class BrainTumourSegmentation(Task):
+    summary = "brain tumour in multi-modal MRI (BraTS): ET/TC/WT regions, Dice and HD95"
+    config_class = SegmentationConfig
+    profiles = PROFILES
+    datasets = ("brats",)
+    models = ("segresnet", "unet", "dynunet", "smp_unet2d")
+    monitor = Monitor("mean_dice", "max")
+    evaluate_split = "all"
+    demo = DemoSpec(
+        dataset="brats",
+        synth={"cases": 10, "shape": (96, 96, 64)},
+        profile="cpu-small",
+        overrides=("trainer.max_epochs=12", "trainer.val_every_n_epochs=3", "data.folds=5"),
+        quick_synth={"cases": 4, "shape": (40, 40, 32)},
+        quick_overrides=("data.patch_size=[32,32,32]", "data.patches_per_case=1", "infer.roi_size=[48,48,48]",
+                         "model.init_filters=8", "data.folds=2"),
+        variants=((), ("model.name=smp_unet2d", "data.patch_size=[32,32,4]", "model.encoder=resnet18")),
+    )
+
+    def __init__(self, config: SegmentationConfig):
+        super().__init__(config)
+        self._transforms: dict[str, object] = {}
+
+    # -- data -------------------------------------------------------------------------------------
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        return tuple(self.config.data.modalities)
+
+    def records(self, data: Path, split: str) -> list[dict]:
+        cfg = self.config.data
+        return brats.records(data, split, self.modalities, cfg.naming, cfg.label_convention, cfg.patterns,
+                             fold=cfg.fold, folds=cfg.folds, seed=self.config.trainer.seed)
+
+    def on_fit_start(self, train_records: list[dict], val_records: list[dict]) -> None:
+        conventions = {r["convention"] for r in train_records + val_records}
+        if len(conventions) > 1:
+            raise DataError(f"cases use different label conventions ({', '.join(sorted(conventions))})", "data")
+        self.state.update(convention=conventions.pop(), modalities=list(self.modalities),
+                          spacing_mm=list(self.config.data.spacing_mm))
+
+    def transforms(self, stage: str):
+        if stage not in self._transforms:
+            self._transforms[stage] = pipeline(stage, self.config, self.state.get("convention", "brats2021"))
+        return self._transforms[stage]
+
+    # -- model ------------------------------------------------------------------------------------
+    def build_model(self) -> nn.Module:
+        model = build_network(self.config.model, in_channels=len(self.modalities))
+        if self.config.model.init_weights:
+            for line in load_initial_weights(model, self.config.model.init_weights):
+                print(line)
+        return model
+
+    def _loss(self) -> nn.Module:
+        if not hasattr(self, "_dice"):
+            self._dice = DiceLoss(sigmoid=True, smooth_nr=0.0, smooth_dr=1e-5, squared_pred=True)
+            self._bce = nn.BCEWithLogitsLoss()
+        return self._dice, self._bce
+
+    def training_step(self, model: nn.Module, batch: dict) -> StepOutput:
+        logits = model(batch["image"])
+        dice, bce = self._loss()
+        label = batch["label"].as_tensor() if isinstance(batch["label"], MetaTensor) else batch["label"]
+        dice_loss = dice(logits.float(), label)
+        bce_loss = bce(logits.float(), label)
+        return StepOutput(loss=dice_loss + bce_loss, logs={"dice_loss": dice_loss.detach(), "bce": bce_loss.detach()},
+                          batch_size=label.shape[0])
+
+    # -- inference --------------------------------------------------------------------------------
+    def _inferer(self, model: nn.Module) -> SlidingWindowInferer:
+        cfg = self.config.infer
+        if isinstance(model, SliceWise) or isinstance(getattr(model, "module", None), SliceWise):
+            # 2D network: whole slices, a window of slices at a time, no overlap (slices are independent).
+            return SlidingWindowInferer(roi_size=(-1, -1, max(1, cfg.roi_size[2] // 8)), sw_batch_size=1,
+                                        overlap=0.0, mode="constant")
+        return SlidingWindowInferer(roi_size=tuple(cfg.roi_size), sw_batch_size=cfg.sw_batch_size,
+                                    overlap=cfg.overlap, mode=cfg.blend)
+
+    def probabilities(self, model: nn.Module, image: torch.Tensor) -> torch.Tensor:
+        """(B, C, X, Y, Z) z-scored image -> (B, 3, X, Y, Z) sigmoid probabilities, with optional flip TTA."""
+        inferer = self._inferer(model)
+        image = image.as_tensor() if isinstance(image, MetaTensor) else image
+        flips = [()] if not self.config.infer.tta else [
+            axes for n in range(4) for axes in itertools.combinations((2, 3, 4), n)]
+        total = None
+        for axes in flips:
+            flipped = torch.flip(image, axes) if axes else image
+            prob = torch.sigmoid(inferer(flipped, model).float())
+            prob = torch.flip(prob, axes) if axes else prob
+            total = prob if total is None else total + prob
+        return total / len(flips)
+
+    def validation_step(self, model: nn.Module, batch: dict) -> dict[str, list]:
+        probs = self.probabilities(model, batch["image"])
+        truth = batch["label"] > 0.5
+        out: dict[str, list] = {"id": list(batch["id"])}
+        for prob, label in zip(probs, truth):
+            scores = region_scores((prob > self.config.infer.threshold).cpu(), label.cpu(), self.config.data.spacing_mm)
+            for name, value in scores.items():
+                out.setdefault(name, []).append(value)
+        return out
+
+    def validation_metrics(self, outputs: dict[str, list]) -> dict[str, float]:
+        return summarise(outputs)
+
+    def write_evaluation(self, outputs: dict[str, list], metrics: dict[str, float], out: Path) -> list[Path]:
+        cases = [{"id": case, **{name: outputs[name][i] for name in METRIC_NAMES}} for i, case in enumerate(outputs["id"])]
+        per_case = write_csv(cases, out / "per_case.csv", ["id", *METRIC_NAMES])
+        table = summary_table(outputs)
+        summary = write_csv(table, out / "summary.csv", ["statistic", *METRIC_NAMES])
+        print(f"{'':10s}" + "".join(f"{name:>10s}" for name in METRIC_NAMES))
+        for row in table[:2]:
+            print(f"{row['statistic']:10s}" + "".join(f"{row[name]:10.3f}" for name in METRIC_NAMES))
+        return [per_case, summary]
+
+    def input_records(self, path: str | None, images: dict[str, str] | None = None) -> list[dict]:
+        convention = self.state.get("convention", "brats2021")
+        if images:
+            missing = [role for role in self.modalities if role not in images]
+            if missing:
+                raise DataError(f"the model needs {', '.join(self.modalities)}; missing {', '.join(missing)} "
+                                f"(give --image ROLE=PATH for each)", "command line")
+            for role, image in images.items():
+                if not Path(image).exists():
+                    raise DataError("file not found", image)
+            first = Path(images[self.modalities[0]])
+            case_id = first.name.split(".")[0] if first.is_file() else first.name
+            paths = [str(images[role]) for role in self.modalities]
+            return [{"image": paths, "id": case_id, "convention": convention, "sources": "\n".join(paths)}]
+        folder = Path(path)
+        if not folder.is_dir():
+            raise DataError("a case is a folder holding one file per modality (or use --image ROLE=PATH)", folder)
+        cfg = self.config.data
+        naming = brats.detect_naming(folder) if cfg.naming == "auto" else cfg.naming
+        records = []
+        for case in brats.find_cases(folder, naming, cfg.patterns):
+            record = case.record(self.modalities, brats.DEFAULT_CONVENTION.get(naming, convention))
+            record.pop("label", None)
+            paths = record["image"] if isinstance(record["image"], list) else [record["image"]]
+            record["sources"] = "\n".join(paths)  # one string: it survives collation unchanged
+            records.append(record)
+        return records
+
+    def predict(self, model: nn.Module, batch: dict) -> list[torch.Tensor]:
+        return list(self.probabilities(model, batch["image"]).cpu())
+
+    def write(self, prediction: torch.Tensor, data: dict, out: Path) -> list[Path]:
+        """Invert the preprocessing (crop, spacing, orientation) onto the input's grid, threshold,
+        regions -> the convention's label values, write ``<id>_seg.nii.gz`` (+ picture, probabilities)."""
+        item = {"image": data["image"], "pred": MetaTensor(prediction, meta=dict(data["image"].meta))}
+        inverted = Invertd(keys="pred", transform=self.transforms("infer"), orig_keys="image",
+                           nearest_interp=False)(item)["pred"]
+        probs = inverted.as_tensor().numpy()
+        affine = np.asarray(data["image"].meta["original_affine"], dtype=np.float64)
+        convention = brats.CONVENTIONS[data.get("convention") or self.state.get("convention", "brats2021")]
+        regions = probs > self.config.infer.threshold
+        labels = convention.from_regions(regions)
+        reference = _first_file(data)
+        case_id = str(data["id"])
+        written = [write_nifti(labels, affine, out / f"{case_id}_seg.nii.gz", reference=reference, dtype=np.uint8)]
+        if self.config.infer.probabilities:
+            written.append(write_nifti(np.moveaxis(probs, 0, -1).astype(np.float32), affine,
+                                       out / f"{case_id}_prob.nii.gz"))
+        if self.config.infer.overlay:
+            picture_source = _picture_source(data, self.modalities)
+            image = load_image(picture_source)[0].numpy()
+            nested = convention.to_regions(labels)
+            written.append(volume_overlay_png(image, affine, out / f"{case_id}_overlay.png",
+                                              {name: nested[i] for i, name in enumerate(brats.REGIONS)},
+                                              title=f"{case_id}: ET red, TC yellow, WT green"))
+        return written
+
+    def example_input(self) -> torch.Tensor:
+        size = [64 if s <= 0 else min(s, 64) for s in self.config.infer.roi_size]
+        return torch.zeros(1, len(self.modalities), *size)
+
+    @classmethod
+    def demo_inputs(cls, data: Path) -> list[str]:
+        cases = sorted(p for p in Path(data).iterdir() if p.is_dir())
+        return [str(cases[-1])]
+
+
+def _files(data: dict) -> list[str]:
+    """The input files of a case, in modality order (one 4D file for MSD)."""
+    sources = data.get("sources")
+    return sources.split("\n") if sources else [str(data["image"].meta.get("filename_or_obj", ""))]
+
+
+def _first_file(data: dict) -> str | None:
+    first = _files(data)[0]
+    return first if first.endswith((".nii", ".nii.gz")) else None
+
+
+def _picture_source(data: dict, modalities: tuple[str, ...]) -> str:
+    files = _files(data)
+    if "flair" in modalities and len(files) == len(modalities):
+        return files[modalities.index("flair")]
+    return files[0]
