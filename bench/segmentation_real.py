@@ -34,7 +34,7 @@ def run(argv: list[str]) -> None:
         raise SystemExit(f"medsight {argv[0]} failed with {status}")
 
 
-def brats2015(root: Path, out: Path, minutes: float, fold: int) -> None:
+def brats2015(root: Path, out: Path, minutes: float, epochs: int, fold: int) -> None:
     cases = [c.id for c in find_cases(root)]
     held_out = [c for c, f in assign_folds(cases, 4, seed=0).items() if f == fold][0]
     print(f"\n== BRATS 2015: train on {sorted(set(cases) - {held_out})}, test on {held_out}")
@@ -42,7 +42,7 @@ def brats2015(root: Path, out: Path, minutes: float, fold: int) -> None:
     started = time.perf_counter()
     run(["train", "segmentation", "--data", str(root), "--profile", "cpu-small", "--out", str(run_dir),
          "data.modalities=[flair,t1c]", "data.folds=4", f"data.fold={fold}", "data.patches_per_case=6",
-         "trainer.max_epochs=10000", f"trainer.max_minutes={minutes}", "trainer.val_every_n_epochs=10000",
+         f"trainer.max_epochs={epochs}", f"trainer.max_minutes={minutes}", "trainer.val_every_n_epochs=10000",
          "trainer.progress=never"])
     minutes_used = (time.perf_counter() - started) / 60
     last = run_dir / "checkpoints" / "last.pt"
@@ -76,7 +76,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=str(HERE.parent / "shared" / "data" / "brats"))
     parser.add_argument("--out", default="/tmp/medsight-bench/segmentation-real")
-    parser.add_argument("--minutes", type=float, default=30.0)
+    parser.add_argument("--minutes", type=float, default=30.0, help="training cap (wall clock)")
+    parser.add_argument("--epochs", type=int, default=350, help="the schedule's length (~5 s per epoch here)")
     parser.add_argument("--fold", type=int, default=0, help="which of the 4 cases is held out (0-3)")
     parser.add_argument("--synthetic-checkpoint", default="/tmp/medsight-bench/segmentation/run/checkpoints/best.pt",
                         help="a model trained on 2021-naming synthetic data (bench/segmentation_learnability.py)")
@@ -89,7 +90,7 @@ def main() -> int:
     out = Path(args.out)
     if not args.skip_training:
         shutil.rmtree(out / "brats2015", ignore_errors=True)
-        brats2015(data / "brats2015_deepmedic_4cases", out, args.minutes, args.fold)
+        brats2015(data / "brats2015_deepmedic_4cases", out, args.minutes, args.epochs, args.fold)
     checkpoint = Path(args.synthetic_checkpoint)
     if checkpoint.is_file():
         brats2023(data / "brats2023_gli_00001_unlabelled", out, checkpoint)

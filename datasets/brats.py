@@ -153,8 +153,11 @@ def detect_naming(root: Path) -> str:
 
 
 def _case_folders(root: Path) -> list[Path]:
-    """Case folders: ``root`` itself when it holds images directly, else its subfolders that do."""
+    """Case folders: ``root`` itself when it holds images (or DICOM series folders) directly, else its
+    subfolders."""
     if any(NIFTI.search(p.name) or p.suffix.lower() in (".mha", ".mhd", ".nrrd") for p in root.iterdir() if p.is_file()):
+        return [root]
+    if any(_is_dicom_folder(p) for p in root.iterdir()):
         return [root]
     return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
 
@@ -198,11 +201,18 @@ def _common_prefix(case: Case, sep: str) -> str:
     return stems[0] if stems and len(set(stems)) == 1 else ""
 
 
+def _is_dicom_folder(path: Path) -> bool:
+    return path.is_dir() and any(p.is_file() and (p.suffix.lower() in (".dcm", ".ima") or not p.suffix)
+                                 for p in path.iterdir())
+
+
 def _pattern_case(folder: Path, patterns: dict[str, str]) -> Case:
+    """Files (NIfTI, MHA/MHD, NRRD) or DICOM series sub-folders matched to roles by name."""
     case = Case(id=folder.name, naming="patterns")
     compiled = {role: re.compile(pattern, re.IGNORECASE) for role, pattern in patterns.items()}
     for path in sorted(folder.rglob("*")):
-        if not path.is_file() or not (NIFTI.search(path.name) or path.suffix.lower() in (".mha", ".mhd", ".nrrd")):
+        is_image_file = path.is_file() and (NIFTI.search(path.name) or path.suffix.lower() in (".mha", ".mhd", ".nrrd"))
+        if not is_image_file and not _is_dicom_folder(path):
             continue
         hits = [role for role, regex in compiled.items() if regex.search(path.name)]
         if len(hits) > 1:

@@ -112,7 +112,7 @@ def cmd_evaluate(args) -> int:
     loaded = load_for_inference(args.checkpoint, overrides)
     if args.task and args.task != loaded.task.name:
         raise CheckpointError(f"made for task {loaded.task.name!r}, not {args.task!r}", args.checkpoint)
-    split = args.split or getattr(loaded.task, "evaluate_split", "test")
+    split = args.split or loaded.task.evaluate_split
     out = Path(args.out) if args.out else loaded.run_dir / "evaluation" / split
     metrics = evaluate(loaded, Path(args.data), split, out, device=args.device, precision=args.precision)
     _print_metrics(metrics, out)

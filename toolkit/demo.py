@@ -62,7 +62,8 @@ def run_demo(out: Path, tasks: list[str] | None = None, quick: bool = False) -> 
         else:
             steps.append(["train", name, "--data", str(data), "--profile", spec.profile, "--out", str(run),
                           "trainer.progress=never", *spec.overrides, *(spec.quick_overrides if quick else ())])
-        steps.append(["evaluate", "--checkpoint", CHECKPOINT, "--data", str(data)])
+        steps.append(["evaluate", "--checkpoint", CHECKPOINT, "--data", str(data)]
+                     + (["--split", spec.evaluate_split] if spec.evaluate_split else []))
         steps.append(["predict", "--checkpoint", CHECKPOINT, *task.demo_inputs(data), "--out",
                       str(run / "predictions"), *spec.predict_args])
         status = 0

@@ -68,25 +68,26 @@ def _points(points, dims: int) -> np.ndarray:
     return arr
 
 
-def voxel_to_world(indices, affine_ras, space: Space = "LPS") -> np.ndarray:
-    """World mm of (continuous) voxel indices. indices: (N, dims) or (dims,) -> (N, dims)."""
+def _affine_in(affine_ras, space: Space) -> np.ndarray:
+    """The affine mapping voxel indices to world mm in ``space``."""
     affine = np.asarray(affine_ras, dtype=np.float64)
     if space == "LPS":
-        affine = _flip_xy(affine.shape[0] - 1) @ affine
-    elif space != "RAS":
+        return _flip_xy(affine.shape[0] - 1) @ affine
+    if space != "RAS":
         raise ValueError(f"space must be 'RAS' or 'LPS', not {space!r}")
+    return affine
+
+
+def voxel_to_world(indices, affine_ras, space: Space = "LPS") -> np.ndarray:
+    """World mm of (continuous) voxel indices. indices: (N, dims) or (dims,) -> (N, dims)."""
+    affine = _affine_in(affine_ras, space)
     dims = affine.shape[0] - 1
-    ijk = _points(indices, dims)
-    return ijk @ affine[:dims, :dims].T + affine[:dims, dims]
+    return _points(indices, dims) @ affine[:dims, :dims].T + affine[:dims, dims]
 
 
 def world_to_voxel(points_mm, affine_ras, space: Space = "LPS") -> np.ndarray:
     """Continuous voxel indices of world points. points_mm: (N, dims) or (dims,) -> (N, dims)."""
-    affine = np.asarray(affine_ras, dtype=np.float64)
-    if space == "LPS":
-        affine = _flip_xy(affine.shape[0] - 1) @ affine
-    elif space != "RAS":
-        raise ValueError(f"space must be 'RAS' or 'LPS', not {space!r}")
+    affine = _affine_in(affine_ras, space)
     dims = affine.shape[0] - 1
     xyz = _points(points_mm, dims)
     return np.linalg.solve(affine[:dims, :dims], (xyz - affine[:dims, dims]).T).T

@@ -61,9 +61,11 @@ def load_for_inference(path: str | Path, overrides: list[str] | tuple = (), weig
 
 
 def _runtime(task: Task, device: str | None, precision: str | None) -> Runtime:
+    """Inference precision: the command line's, else the task's ``infer.precision``, else training's."""
     cfg = task.config.trainer
-    return Runtime(device or cfg.device, precision or cfg.precision, cfg.channels_last, compile=False,
-                   distributed=False)
+    infer = getattr(task.config, "infer", None)
+    precision = precision or getattr(infer, "precision", None) or cfg.precision
+    return Runtime(device or cfg.device, precision, cfg.channels_last, compile=False, distributed=False)
 
 
 def evaluate(loaded: Loaded, data: Path, split: str, out: Path, device: str | None = None,

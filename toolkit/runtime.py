@@ -39,10 +39,20 @@ def pick_device(requested: str = "auto") -> torch.device:
     return device
 
 
+def cpu_has_native_bf16() -> bool:
+    """oneDNN runs bf16 natively here (AVX512-BF16 or AMX); elsewhere bf16 on CPU is emulated and slow."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
 def pick_precision(requested: str, device: torch.device) -> str:
     if requested == "auto":
         if device.type == "cuda":
             return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        if device.type == "cpu" and cpu_has_native_bf16():
+            return "bf16"
         return "fp32"
     if requested == "fp16" and device.type != "cuda":
         raise ConfigError(f"trainer.precision=fp16 needs CUDA (device is {device.type}); use bf16 or fp32")

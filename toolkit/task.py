@@ -72,6 +72,8 @@ class DemoSpec:
     predict_args: tuple[str, ...] = ()
     #: override sets the contract test runs one by one (e.g. each model family)
     variants: tuple[tuple[str, ...], ...] = ((),)
+    #: the split ``medsight demo`` evaluates (held-out data); None = the task's evaluate_split
+    evaluate_split: str | None = None
 
 
 class Task:
@@ -85,6 +87,8 @@ class Task:
     models: ClassVar[tuple[str, ...]] = ()
     monitor: ClassVar[Monitor] = Monitor("loss", "min")
     demo: ClassVar[DemoSpec | None] = None
+    #: the split ``medsight evaluate`` uses when none is given
+    evaluate_split: ClassVar[str] = "test"
     #: DDP: set when some parameters get no gradient in some steps
     find_unused_parameters: ClassVar[bool] = False
 

@@ -250,6 +250,9 @@ class Trainer:
                     bar.close()
                     self._interrupt(epoch)
         bar.close()
+        if self._resume_rng is not None:  # resumed from a checkpoint taken on the epoch's last batch
+            checkpoint.set_rng_state(self._resume_rng)
+            self._resume_rng = None
         elapsed = time.perf_counter() - started
         totals = rt.all_reduce_sum([samples] + [sums[k] for k in sorted(sums)])
         count = max(totals[0], 1.0)

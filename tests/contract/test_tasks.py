@@ -15,8 +15,9 @@ def _cases():
         spec = TASKS.get(name).demo
         if spec is None:
             continue
-        for index, variant in enumerate(spec.variants):
-            yield pytest.param(name, variant, id=f"{name}-{'-'.join(v.split('=')[-1] for v in variant) or 'default'}")
+        for variant in spec.variants:
+            label = variant[0].split("=", 1)[-1] if variant else "default"
+            yield pytest.param(name, variant, id=f"{name}-{label}")
 
 
 CASES = list(_cases())

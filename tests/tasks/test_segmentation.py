@@ -248,3 +248,75 @@ def test_config_refuses_unknown_roles_and_conventions():
         resolve(SegmentationConfig, overrides=["data.modalities=[flair,t1gd]"])
     with pytest.raises(ConfigError, match="data.label_convention='brats2019' is not one of"):
         resolve(SegmentationConfig, overrides=["data.label_convention=brats2019"])
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    """A model trained for one quick epoch on 2021-naming synthetic data (geometry, not quality)."""
+    from medsight.cli import main
+
+    root = tmp_path_factory.mktemp("seg")
+    data = DATASETS.get("brats")().synth(root / "data", cases=3, seed=2, shape=SHAPE)
+    assert main(["train", "segmentation", "--data", str(data), "--profile", "cpu-small", "--out", str(root / "run"),
+                 "trainer.max_epochs=1", "trainer.progress=never", "trainer.tensorboard=false",
+                 "data.patch_size=[32,32,16]", "data.patches_per_case=1", "data.folds=3",
+                 "data.modalities=[flair,t1c]", "infer.roi_size=[32,32,24]"]) == 0
+    return root / "run" / "checkpoints" / "last.pt", data
+
+
+def test_batch_predict_goes_on_past_a_bad_case_and_lists_it(tiny_model, tmp_path, capsys):
+    from medsight.cli import main
+
+    checkpoint, data = tiny_model
+    good, bad = sorted(p for p in data.iterdir() if p.is_dir())[:2]
+    broken = tmp_path / bad.name
+    broken.mkdir()
+    (broken / f"{bad.name}_flair.nii.gz").write_bytes((bad / f"{bad.name}_flair.nii.gz").read_bytes())
+    (broken / f"{bad.name}_t1ce.nii.gz").write_bytes(b"not a nifti file")
+    capsys.readouterr()
+    status = main(["predict", "--checkpoint", str(checkpoint), str(broken), str(good), "--out", str(tmp_path / "out")])
+    printed = capsys.readouterr().out
+    assert status == 1
+    assert (tmp_path / "out" / f"{good.name}_seg.nii.gz").is_file()
+    assert (tmp_path / "out" / f"{good.name}_overlay.png").is_file()
+    assert not (tmp_path / "out" / f"{bad.name}_seg.nii.gz").exists()
+    assert f"failed: {broken / (bad.name + '_t1ce.nii.gz')}: cannot read NIfTI" in printed
+    assert "1 input(s) failed; the others were written" in printed
+
+
+def test_model_trained_on_2021_naming_predicts_2023_naming_on_the_inputs_grid(tiny_model, tmp_path):
+    from medsight.cli import main
+
+    checkpoint, _ = tiny_model
+    case = next(p for p in synth(tmp_path, "2023", cases=1).iterdir() if p.is_dir())
+    assert main(["predict", "--checkpoint", str(checkpoint), str(case), "--out", str(tmp_path / "out"), "--tta"]) == 0
+    seg = nib.load(str(tmp_path / "out" / f"{case.name}_seg.nii.gz"))
+    source = nib.load(str(case / f"{case.name}-t2f.nii.gz"))
+    assert seg.shape == source.shape
+    np.testing.assert_allclose(seg.affine, source.affine)
+    assert set(np.unique(np.asarray(seg.dataobj)).tolist()) <= {0, 1, 2, 3}  # written in the 2023 convention
+
+
+def test_explicit_images_and_dicom_series_subfolders_are_inputs(tiny_model, tmp_path):
+    from medsight.cli import main
+
+    checkpoint, data = tiny_model
+    case = sorted(p for p in data.iterdir() if p.is_dir())[0]
+    flair, t1c = case / f"{case.name}_flair.nii.gz", case / f"{case.name}_t1ce.nii.gz"
+    assert main(["predict", "--checkpoint", str(checkpoint), "--image", f"flair={flair}", "--image", f"t1c={t1c}",
+                 "--out", str(tmp_path / "explicit")]) == 0
+    assert (tmp_path / "explicit" / f"{case.name}_flair_seg.nii.gz").is_file()
+    folder = tmp_path / "dicom_case"
+    from medsight.io.readers import load
+
+    for role, path in (("flair", flair), ("t1c", t1c)):
+        image = load(path)
+        from medsight.geometry import itk_from_affine
+
+        origin, spacing, direction = itk_from_affine(image.affine.numpy())
+        write_series(image[0].numpy(), origin, spacing, direction, folder / role, rescale_intercept=0.0)
+    assert main(["predict", "--checkpoint", str(checkpoint), str(folder), "--out", str(tmp_path / "dicom")]) == 0
+    seg = nib.load(str(tmp_path / "dicom" / "dicom_case_seg.nii.gz"))
+    np.testing.assert_allclose(seg.affine, nib.load(str(flair)).affine, atol=1e-4)
+    missing = main(["predict", "--checkpoint", str(checkpoint), "--image", f"flair={flair}", "--out", str(tmp_path)])
+    assert missing == 1

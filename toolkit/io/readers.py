@@ -134,13 +134,15 @@ class NiftiReader(NibabelReader):
     """NIfTI through nibabel (MONAI's reader), with ``DataError`` on failure and the ITK geometry keys."""
 
     def read(self, data, **kwargs):
-        for name in _names(data):
+        images = []
+        for name in _names(data):  # one at a time, so a failure names its own file
             if not Path(name).exists():
                 raise DataError("file not found", name)
-        try:
-            return super().read(data, **kwargs)
-        except Exception as exc:  # nibabel raises several unrelated types for damaged files
-            raise DataError(f"cannot read NIfTI ({exc})", _names(data)[0]) from exc
+            try:
+                images.append(super().read(name, **kwargs))
+            except Exception as exc:  # nibabel raises several unrelated types for damaged files
+                raise DataError(f"cannot read NIfTI ({exc})", name) from exc
+        return images if len(images) > 1 else images[0]
 
     def get_data(self, img) -> tuple[np.ndarray, dict]:
         arrays, metas, names = [], [], []
