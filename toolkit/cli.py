@@ -9,7 +9,7 @@ import traceback
 from pathlib import Path
 
 import medsight
-from medsight.errors import MedsightError
+from medsight.errors import MedsightError, medsight_cause
 
 
 def _parse_options(pairs: list[str]) -> dict[str, str]:
@@ -136,13 +136,16 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, "takes_extra", False):
             return int(args.func(args, extra) or 0)
         return int(args.func(args) or 0)
-    except MedsightError as exc:
+    except Exception as exc:
+        known = medsight_cause(exc)  # also behind MONAI's RuntimeError("applying transform ...")
+        if known is None:
+            raise
         if debug:
             traceback.print_exc()
         from medsight.trainer import Interrupted
 
-        print(f"{'stopped' if isinstance(exc, Interrupted) else 'error'}: {exc}", file=sys.stderr)
-        return exc.exit_status
+        print(f"{'stopped' if isinstance(known, Interrupted) else 'error'}: {known}", file=sys.stderr)
+        return known.exit_status
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130

@@ -41,3 +41,16 @@ class TrainingError(MedsightError):
 
 class TaskError(MedsightError):
     """A task is unknown, registered twice, or cannot handle the request."""
+
+
+def medsight_cause(exc: BaseException) -> MedsightError | None:
+    """The MedsightError behind ``exc``: itself, or one it was raised from (``raise ... from``). MONAI's ``Compose``
+    re-raises every transform failure as ``RuntimeError("applying transform ...")``; the
+    DataError that names the file is its cause."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, MedsightError):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__
+    return None

@@ -14,7 +14,7 @@ from monai.data import Dataset, decollate_batch
 from medsight import checkpoint
 from medsight.config import resolve
 from medsight.data import make_loader
-from medsight.errors import CheckpointError, DataError, MedsightError
+from medsight.errors import CheckpointError, DataError, MedsightError, medsight_cause
 from medsight.io.writers import atomic_path, write_json
 from medsight.registry import TASKS
 from medsight.runtime import Runtime
@@ -95,9 +95,10 @@ class _SafeDataset(Dataset):
         record = self.data[index]
         try:
             return super()._transform(index)
-        except MedsightError as exc:
-            return {"__error__": str(exc), "id": record.get("id", str(index))}
         except Exception as exc:  # a damaged file can fail deep inside a transform
+            known = medsight_cause(exc)  # MONAI wraps our DataError in RuntimeError("applying transform")
+            if known is not None:
+                return {"__error__": str(known), "id": record.get("id", str(index))}
             where = record.get("id", str(index))
             return {"__error__": f"{where}: {type(exc).__name__}: {exc}", "id": where,
                     "__traceback__": traceback.format_exc()}
