@@ -59,6 +59,8 @@ class XrayClassification(Task):
         quick_synth={"cases": 48, "size": 64},
         quick_overrides=("data.image_size=64", "data.batch_size=8", "trainer.max_steps_per_epoch=3"),
         predict_args=("--cam", "infer.cam_top_k=2"),
+        variants=((), ("model.name=simple_cnn", "loss.name=focal", "data.sampler=weighted"),
+                  ("model.name=resnet18", "loss.pos_weight=true")),
     )
     #: evaluate's default split
     evaluate_split = "test"
@@ -235,10 +237,7 @@ class XrayClassification(Task):
 
     @classmethod
     def demo_inputs(cls, data: Path) -> list[str]:
-        """Four pictures of the synthetic test split."""
-        from medsight.datasets.chestxray14 import image_paths, read_list
-
-        paths = image_paths(Path(data))
-        names = [n for n in read_list(Path(data) / "test_list.txt") if n in paths][:4]
-        return [str(paths[n]) for n in names]
-
+        """The first pictures of the first four synthetic patients. ``medsight demo`` asks before the data
+        exist: every synthetic patient has a picture ``_000``, and the first patients' pictures land in
+        ``images_001`` (the generator fills it with the first half of the pictures)."""
+        return [str(Path(data) / "images_001" / "images" / f"{patient:08d}_000.png") for patient in range(1, 5)]
