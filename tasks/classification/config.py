@@ -39,7 +39,7 @@ class ClassificationData(LoaderConfig):
     negative_label: str = "No Finding"
     split_column: str = "split"
     group_column: str = ""
-    # Robust intensity scaling to 0..1 before z-scoring: percentiles of each picture
+    #: clip each picture to these percentiles of its values before z-scoring it; [] = no clipping
     intensity_percentiles: list[float] = field(default_factory=lambda: [0.5, 99.5])
     # Augmentation (training only); each random transform fires with augment_prob
     augment_prob: float = 0.8
@@ -63,10 +63,9 @@ class ClassificationData(LoaderConfig):
             raise ConfigError(f"data.val_fraction must be in [0, 1), got {self.val_fraction}")
         if not 0 <= self.hflip_prob <= 1 or not 0 <= self.augment_prob <= 1:
             raise ConfigError("data.hflip_prob and data.augment_prob must be between 0 and 1")
-        if len(self.intensity_percentiles) != 2 or not 0 <= self.intensity_percentiles[0] < \
-                self.intensity_percentiles[1] <= 100:
-            raise ConfigError(f"data.intensity_percentiles must be [low, high] in 0..100, got "
-                              f"{self.intensity_percentiles}")
+        percentiles = self.intensity_percentiles
+        if percentiles and (len(percentiles) != 2 or not 0 <= percentiles[0] < percentiles[1] <= 100):
+            raise ConfigError(f"data.intensity_percentiles must be [low, high] in 0..100 or [], got {percentiles}")
         if len(set(self.labels)) != len(self.labels):
             raise ConfigError("data.labels holds a name twice")
 

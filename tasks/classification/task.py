@@ -101,12 +101,18 @@ class XrayClassification(Task):
                 for r in raw_records(Path(data), split, self.config.data)]
 
     def transforms(self, stage: str) -> Compose:
-        """image: (1, S, S) float32, each picture's percentile range mapped to 0..1, then z-scored."""
+        """image: (1, S, S) float32, z-scored per picture (after clipping to its percentile range, if set).
+
+        Per-picture scaling makes 8-bit and 16-bit PNGs and windowed DICOMs alike; resizing comes
+        first so the percentiles are taken over S x S pixels, not the full-resolution picture.
+        """
         d = self.config.data
         size = d.image_size
-        low, high = d.intensity_percentiles
-        steps = [*T.load("image", kind="picture"), *T.resize("image", size=(size, size)),
-                 *T.percentile_range("image", lower=low, upper=high), *T.zscore("image", nonzero=False)]
+        steps = [*T.load("image", kind="picture"), *T.resize("image", size=(size, size))]
+        if d.intensity_percentiles:
+            low, high = d.intensity_percentiles
+            steps += T.percentile_range("image", lower=low, upper=high)
+        steps += T.zscore("image", nonzero=False)
         if stage == "train":
             shift_px = d.translate_fraction * size
             steps += T.affine("image", prob=d.augment_prob, rotate_deg=d.rotate_deg, scale=d.scale_fraction,

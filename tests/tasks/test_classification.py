@@ -65,7 +65,8 @@ def test_config_refuses_an_unknown_model_and_format_with_a_suggestion():
 
 
 # -- transforms -----------------------------------------------------------------------------------
-def test_monochrome1_dicom_and_16_bit_png_reach_the_model_as_the_8_bit_png_does(tmp_path):
+@pytest.mark.parametrize("percentiles", ["[0.5,99.5]", "[]"])
+def test_monochrome1_dicom_and_16_bit_png_reach_the_model_as_the_8_bit_png_does(tmp_path, percentiles):
     """A bright blob at the top left stays bright and in place whatever the file's convention."""
     rows, cols = np.mgrid[0:80, 0:60]
     scene = 40 + 0.5 * cols + 150 * np.exp(-((rows - 20) ** 2 + (cols - 15) ** 2) / 60.0)  # 8-bit range
@@ -74,7 +75,7 @@ def test_monochrome1_dicom_and_16_bit_png_reach_the_model_as_the_8_bit_png_does(
     Image.fromarray(eight.astype(np.uint16) * 257).save(tmp_path / "sixteen.png")
     write_xray(tmp_path / "mono2.dcm", eight.astype(np.uint16) * 16, photometric="MONOCHROME2")
     write_xray(tmp_path / "mono1.dcm", 4095 - eight.astype(np.uint16) * 16, photometric="MONOCHROME1")
-    transform = make_task("data.image_size=32").transforms("infer")
+    transform = make_task("data.image_size=32", f"data.intensity_percentiles={percentiles}").transforms("infer")
     seen = {name: transform({"image": str(tmp_path / name), "path": "", "id": name})["image"].numpy()
             for name in ("eight.png", "sixteen.png", "mono2.dcm", "mono1.dcm")}
     reference = seen.pop("eight.png")
