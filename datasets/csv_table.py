@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image
 
 from medsight.dataset_format import DatasetFormat, Problem
-from medsight.datasets.splits import canonical_split, split_by_group, three_way_split
+from medsight.datasets.splits import canonical_split, file_name_group, split_by_group, three_way_split
 from medsight.errors import DataError
 from medsight.io.writers import write_csv
 from medsight.registry import register_dataset
@@ -45,6 +45,8 @@ class CsvColumns:
     negative: str = "No Finding"
     split: str = "split"
     group: str = ""
+    #: without a group column: a regex whose first group, found in the file name, is the group
+    group_pattern: str = ""
 
     @property
     def one_column(self) -> bool:
@@ -120,7 +122,7 @@ def read_table(csv_path: Path, columns: CsvColumns) -> list[Row]:
                 split = canonical_split(cells[columns.split])
                 if split is None:
                     raise DataError(f"split {cells[columns.split]!r} is not train, val/valid or test", where)
-            group = cells[columns.group].strip() if has_group else image_text
+            group = cells[columns.group].strip() if has_group else file_name_group(columns.group_pattern)(image_text)
             rows.append(Row(image, _names_from_cells(cells, columns, where), split, group, line))
     return rows
 
@@ -132,28 +134,29 @@ def label_names(rows: Sequence[Row], columns: CsvColumns) -> list[str]:
     return sorted({name for row in rows for name in row.names})
 
 
-def _split_rows(rows: list[Row], val_fraction: float, seed: int) -> dict[str, list[Row]]:
+def _split_rows(rows: list[Row], val_fraction: float, seed: int, own_val: bool = True) -> dict[str, list[Row]]:
     if not any(row.split for row in rows):
         return three_way_split(rows, lambda r: r.group, val_fraction, TEST_FRACTION, seed)
     unsplit = [row for row in rows if row.split is None]
     if unsplit:
         raise DataError(f"row {unsplit[0].line} has no split while others have one", "split column")
     parts = {name: [row for row in rows if row.split == name] for name in ("train", "val", "test")}
-    if not parts["val"]:
+    if not parts["val"] or not own_val:
         parts["train"], parts["val"] = split_by_group(parts["train"], lambda r: r.group, val_fraction, seed)
     return parts
 
 
 def records(csv_path: Path, split: str, columns: CsvColumns = CsvColumns(), val_fraction: float = 0.1,
-            seed: int = 0) -> list[dict]:
+            seed: int = 0, own_val: bool = True) -> list[dict]:
     """Records ``{"image", "names", "id"}`` of one split (train, val, test or all); rows whose image
-    file is missing are left out (``medsight data check csv`` lists them)."""
+    file is missing are left out (``medsight data check csv`` lists them). ``own_val=False`` ignores
+    the CSV's validation rows and takes validation out of the training rows by group."""
     csv_path = find_csv(csv_path)
     rows = read_table(csv_path, columns)
     if split == "all":
         chosen = rows
     elif split in ("train", "val", "test"):
-        chosen = _split_rows(rows, val_fraction, seed)[split]
+        chosen = _split_rows(rows, val_fraction, seed, own_val)[split]
     else:
         raise DataError(f"unknown split {split!r} (expected train, val, test or all)", csv_path)
     return [{"image": str(row.image), "names": row.names, "id": _image_id(row.image, csv_path.parent)}

@@ -22,7 +22,13 @@ import numpy as np
 from PIL import Image
 
 from medsight.dataset_format import DatasetFormat, Problem
-from medsight.datasets.splits import SPLIT_NAMES, canonical_split, split_by_group, three_way_split
+from medsight.datasets.splits import (
+    SPLIT_NAMES,
+    canonical_split,
+    file_name_group,
+    split_by_group,
+    three_way_split,
+)
 from medsight.errors import DataError
 from medsight.io.readers import DICOM_SUFFIXES, PICTURE_SUFFIXES
 from medsight.registry import register_dataset
@@ -70,24 +76,31 @@ def _labelled(parent: Path, root: Path) -> list[dict]:
             for folder in _subfolders(parent) for path in images_in(folder)]
 
 
-def records(root: Path, split: str, val_fraction: float = 0.1, seed: int = 0) -> list[dict]:
-    """Records ``{"image", "class", "id"}`` of one split (train, val, test or all)."""
+def records(root: Path, split: str, val_fraction: float = 0.1, seed: int = 0, group_pattern: str | None = None,
+            own_val: bool = True) -> list[dict]:
+    """Records ``{"image", "class", "id"}`` of one split (train, val, test or all).
+
+    Splits made here keep groups whole: a group is what ``group_pattern`` finds in a file name (a
+    patient ID), else the image. ``own_val=False`` ignores a validation folder and takes validation
+    out of train (when the dataset's own validation images share patients with its training images).
+    """
     root = Path(root)
     if not root.is_dir():
         raise DataError("no such folder", root)
     if split not in ("train", "val", "test", "all"):
         raise DataError(f"unknown split {split!r} (expected train, val, test or all)", root)
+    group_of = file_name_group(group_pattern)
     folders = split_folders(root)
     if not folders:
         everything = _labelled(root, root)
         if split == "all":
             return everything
-        return three_way_split(everything, lambda r: r["id"], val_fraction, TEST_FRACTION, seed)[split]
+        return three_way_split(everything, lambda r: group_of(r["id"]), val_fraction, TEST_FRACTION, seed)[split]
     if split == "all":
         return [r for folder in folders.values() for r in _labelled(folder, root)]
-    if split in ("train", "val") and "val" not in folders:
+    if split in ("train", "val") and ("val" not in folders or not own_val):
         train, val = split_by_group(_labelled(folders["train"], root) if "train" in folders else [],
-                                    lambda r: r["id"], val_fraction, seed)
+                                    lambda r: group_of(r["id"]), val_fraction, seed)
         return train if split == "train" else val
     return _labelled(folders[split], root) if split in folders else []
 

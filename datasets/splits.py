@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import math
+import re
+from pathlib import PurePath
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from typing import TypeVar
 
@@ -48,3 +50,17 @@ def three_way_split(items: Iterable[Item], group_of: Callable[[Item], Hashable],
     train_val, test = split_by_group(list(items), group_of, test_fraction, seed=1_000_003)
     train, val = split_by_group(train_val, group_of, val_fraction, seed)
     return {"train": train, "val": val, "test": test}
+
+
+def file_name_group(pattern: str | None) -> Callable[[str], str]:
+    """Group of an image from its path: the first capture group of ``pattern`` searched in the file
+    name (``^(\\d+)_`` takes the patient of ``00000193_019.png``), else the whole path."""
+    if not pattern:
+        return str
+    compiled = re.compile(pattern)
+
+    def group(path: str) -> str:
+        found = compiled.search(PurePath(path).name)
+        return found.group(1) if found else str(path)
+
+    return group

@@ -4,6 +4,7 @@ typo fails at once with the allowed values."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -26,6 +27,12 @@ class ClassificationData(LoaderConfig):
     val_fraction: float = 0.1
     #: seed of the patient-level validation split (independent of trainer.seed)
     split_seed: int = 0
+    #: dataset: the dataset's own validation split when it has one; train: always take validation out
+    #: of the training split by patient (when the dataset's validation shares patients with training)
+    val_source: str = "dataset"
+    #: folders/CSV without a group column: regex whose first group, found in a file name, is the patient
+    #: (``^(\d+)_`` for NIH names like 00000193_019.png); empty = every image is its own group
+    group_pattern: str = ""
     #: label names in output order; empty = the dataset's (ChestX-ray14's 14 findings, sorted folders...)
     labels: list[str] = field(default_factory=list)
     #: auto (from the data), true, false
@@ -58,6 +65,14 @@ class ClassificationData(LoaderConfig):
         choice("data.format", self.format, ("auto", "chestxray14", "folders", "csv"))
         choice("data.multi_label", self.multi_label, ("auto", "true", "false"))
         choice("data.sampler", self.sampler, ("none", "weighted"))
+        choice("data.val_source", self.val_source, ("dataset", "train"))
+        if self.group_pattern:
+            try:
+                groups = re.compile(self.group_pattern).groups
+            except re.error as exc:
+                raise ConfigError(f"data.group_pattern {self.group_pattern!r} is not a regular expression ({exc})")
+            if groups < 1:
+                raise ConfigError(f"data.group_pattern {self.group_pattern!r} needs a (capture group) for the patient")
         positive("data.image_size", self.image_size)
         if not 0 <= self.val_fraction < 1:
             raise ConfigError(f"data.val_fraction must be in [0, 1), got {self.val_fraction}")

@@ -59,13 +59,15 @@ def resolve_format(data: Path, requested: str) -> str:
 
 def csv_columns(cfg: ClassificationData) -> csv_table.CsvColumns:
     return csv_table.CsvColumns(path=cfg.path_column, labels=tuple(cfg.label_columns), separator=cfg.label_separator,
-                                negative=cfg.negative_label, split=cfg.split_column, group=cfg.group_column)
+                                negative=cfg.negative_label, split=cfg.split_column, group=cfg.group_column,
+                                group_pattern=cfg.group_pattern)
 
 
 def raw_records(data: Path, split: str, cfg: ClassificationData) -> list[dict]:
     """Records ``{"image", "names", "id"}`` of one split of a dataset in any supported format."""
     fmt = resolve_format(data, cfg.format)
-    if fmt == "chestxray14":
+    own_val = cfg.val_source == "dataset"
+    if fmt == "chestxray14":  # validation always comes out of train_val by patient
         splits = ("train", "val", "test") if split == "all" else (split,)
         found = [r for part in splits
                  for r in chestxray14.records(data, part, cfg.val_fraction, cfg.split_seed, cfg.views or None)]
@@ -73,8 +75,8 @@ def raw_records(data: Path, split: str, cfg: ClassificationData) -> list[dict]:
                  "names": tuple(n for n, on in zip(chestxray14.FINDINGS, r["label"]) if on)} for r in found]
     if fmt == "folders":
         return [{"image": r["image"], "id": r["id"], "names": (r["class"],)}
-                for r in folders.records(data, split, cfg.val_fraction, cfg.split_seed)]
-    return csv_table.records(data, split, csv_columns(cfg), cfg.val_fraction, cfg.split_seed)
+                for r in folders.records(data, split, cfg.val_fraction, cfg.split_seed, cfg.group_pattern, own_val)]
+    return csv_table.records(data, split, csv_columns(cfg), cfg.val_fraction, cfg.split_seed, own_val)
 
 
 def discover_labels(data: Path, cfg: ClassificationData) -> LabelSet:

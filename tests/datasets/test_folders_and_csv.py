@@ -140,3 +140,35 @@ def test_synthetic_folders_and_csv_sets_are_deterministic_and_pass_check(tmp_pat
     assert files_a == sorted(p.relative_to(b) for p in b.rglob("*") if p.is_file())
     assert all((a / f).read_bytes() == (b / f).read_bytes() for f in files_a)
     assert fmt.check(a) == []
+
+
+def test_validation_can_come_out_of_train_by_the_patient_in_the_file_name(tmp_path):
+    """Ignoring a validation folder that shares patients with training, and keeping patients whole."""
+    layout = {}
+    for patient in range(1, 11):
+        for follow_up in range(3):
+            layout[f"train/{'sick' if patient % 2 else 'well'}/{patient:08d}_{follow_up:03d}.png"] = 1
+    root = tmp_path / "nih"
+    for name in layout:
+        picture(root / name)
+    picture(root / "valid" / "well" / "00000001_007.png")
+    train = folders.records(root, "train", val_fraction=0.3, group_pattern=r"^(\d+)_", own_val=False)
+    val = folders.records(root, "val", val_fraction=0.3, group_pattern=r"^(\d+)_", own_val=False)
+    patient = lambda r: Path(r["id"]).name.split("_")[0]  # noqa: E731
+    assert len(val) == 9 and len(train) == 21  # 3 of 10 patients, all their pictures
+    assert not {patient(r) for r in train} & {patient(r) for r in val}
+    assert [r["id"] for r in folders.records(root, "val")] == ["valid/well/00000001_007.png"]
+
+
+def test_csv_validation_rows_can_be_ignored_for_a_patient_split_of_train(tmp_path):
+    lines = ["path,label,split,patient"]
+    for index in range(40):
+        picture(tmp_path / f"{index}.png")
+        lines.append(f"{index}.png,Mass,{'valid' if index >= 30 else 'train'},p{index // 2}")
+    table = write_table(tmp_path / "labels.csv", lines)
+    columns = CsvColumns(group="patient")
+    assert len(csv_table.records(table, "val", columns)) == 10
+    val = csv_table.records(table, "val", columns, val_fraction=0.2, own_val=False)
+    train = csv_table.records(table, "train", columns, val_fraction=0.2, own_val=False)
+    assert len(val) == 6 and len(train) == 24  # 3 of 15 training patients, 2 rows each
+    assert all(int(r["id"].split(".")[0]) < 30 for r in val + train)

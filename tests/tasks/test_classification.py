@@ -61,6 +61,8 @@ def test_config_refuses_an_unknown_model_and_format_with_a_suggestion():
         make_task("model.name=densenet12")
     with pytest.raises(ConfigError, match=r"data.format='folder' .*did you mean folders"):
         make_task("data.format=folder")
+    with pytest.raises(ConfigError, match=r"data.group_pattern 'patient' needs a \(capture group\)"):
+        make_task("data.group_pattern=patient")
     assert make_task("model.name=resnet18").config.model.name == "resnet18"  # any timm name is accepted
 
 
