@@ -334,7 +334,8 @@ class Trainer:
         if metrics:
             name = self.task.monitor.metric
             shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k == name or k.startswith("mean"))
-            line += f"  | val {shown}  (best {p.best_value:.4f} @ epoch {p.best_epoch}){' *' if improved else ''}"
+            best = f"{p.best_value:.4f} @ epoch {p.best_epoch}" if p.best_value is not None else "none yet"
+            line += f"  | val {shown}  (best {best}){' *' if improved else ''}"
         return line
 
     def _early_stop(self) -> bool:

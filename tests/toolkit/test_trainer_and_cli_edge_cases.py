@@ -1,5 +1,5 @@
-"""Two small trainer/CLI services: a task's weighted sampler, and DataErrors that MONAI's Compose
-wraps in RuntimeError still reaching the user as one line naming the file."""
+"""Trainer and CLI edge cases: a task's weighted sampler; DataErrors that MONAI's Compose wraps in
+RuntimeError still reach the user as one line naming the file; a monitored metric that is NaN."""
 
 from pathlib import Path
 
@@ -87,3 +87,19 @@ def test_cli_prints_a_wrapped_data_error_as_one_line_with_status_2(tmp_path, mon
     status = main(["export", "--checkpoint", "x.pt", "--format", "onnx", "--out", str(tmp_path / "m.onnx")])
     assert status == 2
     assert capsys.readouterr().err == f"error: {tmp_path / 'a.png'}: cannot read picture (truncated)\n"
+
+
+class UndefinedMetric(ToyRegression):
+    """A validation metric that is not a number (e.g. AUROC of a validation set with one class)."""
+
+    def validation_metrics(self, outputs):
+        return {"mse": float("nan")}
+
+
+def test_training_goes_on_when_the_monitored_metric_is_not_a_number(tmp_path, capsys):
+    data = make_toy_data(tmp_path / "toy", samples=16)
+    config = resolve(ToyConfig, overrides=["trainer.max_epochs=2", "trainer.progress=never",
+                                           "trainer.tensorboard=false"])
+    summary = Trainer(UndefinedMetric(config), data, tmp_path / "run", Runtime("cpu", "fp32")).fit()
+    assert summary["epochs"] == 2 and summary["best_value"] is None and summary["best"] is None
+    assert "val mse nan  (best none yet)" in capsys.readouterr().out
