@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import csv
 import gzip
-import hashlib
 import io
 import math
 import re
@@ -26,6 +25,7 @@ import numpy as np
 from PIL import Image
 
 from medsight.dataset_format import DatasetFormat, Problem
+from medsight.datasets.splits import split_by_group
 from medsight.errors import DataError
 from medsight.io.writers import write_text
 from medsight.registry import register_dataset
@@ -162,13 +162,7 @@ def patient_of(image: str) -> str:
 
 def split_by_patient(names: Iterable[str], patients: dict[str, str], val_fraction: float, seed: int):
     """Deterministic patient-level split of ``names`` into (train, val)."""
-    unique = sorted({patients[n] for n in names})
-    # A hash of (seed, patient) orders patients independently of which other patients exist.
-    keyed = sorted(unique, key=lambda p: hashlib.sha256(f"{seed}:{p}".encode()).hexdigest())
-    val_patients = set(keyed[: int(math.ceil(val_fraction * len(keyed)))]) if val_fraction > 0 else set()
-    train = [n for n in names if patients[n] not in val_patients]
-    val = [n for n in names if patients[n] in val_patients]
-    return train, val
+    return split_by_group(list(names), patients.__getitem__, val_fraction, seed)
 
 
 def records(
@@ -214,15 +208,17 @@ def records(
 @register_dataset("chestxray14")
 class ChestXray14(DatasetFormat):
     description = "NIH ChestX-ray14: 14 findings on frontal chest X-rays (PNG + Data_Entry_2017.csv)"
-    synth_options = {"size": "picture size in pixels (default 256)", "revision": "2017 (default) or 2020 CSV"}
+    synth_options = {"size": "picture size in pixels (default 256)", "revision": "2017 (default) or 2020 CSV",
+                     "findings": "comma-separated findings to draw from (default: all 14)"}
 
     def synth(self, out: Path, cases: int | None = None, seed: int = 0, size: int = 256, revision: str = "2017",
-              **options) -> Path:
+              findings: str | None = None, **options) -> Path:
         from medsight.datasets.synth.chestxray14 import Anatomy, draw_findings, render
         from medsight.io.writers import atomic_path
 
         if options:
             raise DataError(f"unknown option(s) {', '.join(options)} for chestxray14", "synth")
+        choices = FINDINGS if not findings else tuple(parse_findings(findings.replace(",", "|"), "synth --findings"))
         count = 120 if cases is None else int(cases)
         size = int(size)
         rng = np.random.default_rng(seed)
@@ -236,8 +232,8 @@ class ChestXray14(DatasetFormat):
             sex, age0 = str(rng.choice(["M", "F"])), int(rng.integers(18, 85))
             for follow_up in range(min(int(rng.integers(1, 5)), count - made)):
                 name = f"{patient:08d}_{follow_up:03d}.png"
-                findings = draw_findings(rng)
-                picture = render(set(findings), anatomy, size, rng)
+                drawn = draw_findings(rng, choices=choices)
+                picture = render(set(drawn), anatomy, size, rng)
                 folder = out / f"images_{made // per_folder + 1:03d}" / "images"
                 with atomic_path(folder / name) as tmp:
                     Image.fromarray(picture, mode="L").save(tmp, format="PNG")
@@ -246,7 +242,7 @@ class ChestXray14(DatasetFormat):
                 view = "PA" if rng.random() < 0.7 else "AP"
                 spacing = 0.143 if rng.random() < 0.5 else 0.168
                 rows.append(
-                    [name, "|".join(findings) or NO_FINDING, column_follow_up, patient, age0 + follow_up // 2, sex,
+                    [name, "|".join(drawn) or NO_FINDING, column_follow_up, patient, age0 + follow_up // 2, sex,
                      view, 2500, 2048, spacing, spacing]
                 )
                 names_by_patient.setdefault(patient, []).append(name)

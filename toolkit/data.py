@@ -133,13 +133,26 @@ def epoch_seed(seed: int, epoch: int, rank: int) -> int:
 
 
 def make_loader(dataset: Dataset, cfg: LoaderConfig, batch_size: int, shuffle: bool, seed: int,
-                collate_fn: Callable | None = None, drop_last: bool = False) -> DataLoader:
-    """A MONAI DataLoader (or ThreadDataLoader) whose order and augmentation are fixed by ``seed``."""
+                collate_fn: Callable | None = None, drop_last: bool = False,
+                weights: Sequence[float] | None = None) -> DataLoader:
+    """A MONAI DataLoader (or ThreadDataLoader) whose order and augmentation are fixed by ``seed``.
+
+    ``weights`` (one per item) draw ``len(dataset)`` items with replacement instead of shuffling,
+    from the same seeded generator, so a weighted epoch is as reproducible as a shuffled one.
+    """
     generator = torch.Generator()
     generator.manual_seed(seed)
+    sampler = None
+    if weights is not None:
+        if len(weights) != len(dataset):
+            raise ValueError(f"{len(weights)} sample weights for {len(dataset)} items")
+        sampler = torch.utils.data.WeightedRandomSampler(list(weights), num_samples=len(dataset), replacement=True,
+                                                         generator=generator)
+        shuffle = False
     kwargs = dict(
         batch_size=batch_size,
         shuffle=shuffle,
+        sampler=sampler,
         generator=generator,
         collate_fn=collate_fn or list_data_collate,
         drop_last=drop_last,

@@ -114,6 +114,11 @@ class Task:
     def on_fit_start(self, train_records: list[dict], val_records: list[dict]) -> None:
         """Learn what the data say before training (class weights, label order...) into ``self.state``."""
 
+    def train_sample_weights(self, records: list[dict]) -> list[float] | None:
+        """Relative chance of drawing each training record (a weighted sampler, with replacement,
+        ``len(records)`` draws per epoch); None shuffles every record once per epoch."""
+        return None
+
     # -- model ------------------------------------------------------------------------------------
     def build_model(self) -> nn.Module:
         raise NotImplementedError

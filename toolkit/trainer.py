@@ -166,6 +166,7 @@ class Trainer:
         cache_dir = Path(data_cfg.cache_dir) if data_cfg.cache_dir else self.run_dir / "cache"
         self.train_set = make_dataset(self.train_records, self.task.transforms("train"), data_cfg,
                                       cache_dir / "train")
+        self.sample_weights = self.task.train_sample_weights(self.train_records)
         self.val_set = make_dataset(self.val_records, self.task.transforms("val"), data_cfg, cache_dir / "val")
         self.raw_model = self.task.build_model()
         self.model = rt.setup_model(self.raw_model, train=True,
@@ -208,7 +209,7 @@ class Trainer:
         data_cfg = self.config.data
         return make_loader(self.train_set, data_cfg, data_cfg.batch_size, shuffle=True,
                            seed=epoch_seed(self.cfg.seed, epoch, self.runtime.rank),
-                           collate_fn=self.task.collate_fn("train"))
+                           collate_fn=self.task.collate_fn("train"), weights=self.sample_weights)
 
     def train_epoch(self, epoch: int) -> dict[str, float]:
         rt, cfg = self.runtime, self.cfg
@@ -342,7 +343,8 @@ class Trainer:
         if metrics:
             name = self.task.monitor.metric
             shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k == name or k.startswith("mean"))
-            line += f"  | val {shown}  (best {p.best_value:.4f} @ epoch {p.best_epoch}){' *' if improved else ''}"
+            best = f"{p.best_value:.4f} @ epoch {p.best_epoch}" if p.best_value is not None else "none yet"
+            line += f"  | val {shown}  (best {best}){' *' if improved else ''}"
         return line
 
     def _out_of_time(self, started: float) -> bool:

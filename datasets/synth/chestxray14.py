@@ -29,7 +29,7 @@ FINDING_REGIONS: dict[str, tuple[float, float, float]] = {
     "Consolidation": (0.26, 0.56, 0.07),
     "Edema": (0.40, 0.46, 0.06),
     "Atelectasis": (0.30, 0.68, 0.07),
-    "Effusion": (0.73, 0.70, 0.08),
+    "Effusion": (0.73, 0.772, 0.08),  # the fluid's centre: it fills the base up to a meniscus above
     "Pleural_Thickening": (0.15, 0.45, 0.06),
     "Cardiomegaly": (0.55, 0.62, 0.14),
     "Hernia": (0.45, 0.82, 0.06),
@@ -160,8 +160,8 @@ def _signature(finding: str, x, y, lungs, rng: np.random.Generator) -> np.ndarra
         band = np.exp(-(((y - cy - 0.15 * (x - cx)) / (0.18 * r)) ** 2)) * (np.abs(x - cx) < 1.3 * r)
         return 75 * band
     if finding == "Effusion":  # dense fluid filling the base, with a meniscus
-        fill = _soft(_ellipse(x, y, cx, cy + 0.9 * r, 1.5 * r, 1.4 * r), 0.05)
-        return 85 * fill * _soft(_ellipse(x, y, cx, cy, 1.8 * r, 1.8 * r), 0.1)
+        fill = _soft(_ellipse(x, y, cx, cy, 1.5 * r, 1.4 * r), 0.05)
+        return 85 * fill * _soft(_ellipse(x, y, cx, cy - 0.9 * r, 1.8 * r, 1.8 * r), 0.1)
     if finding == "Pleural_Thickening":  # a bright band along the lateral chest wall
         band = np.exp(-(((x - cx) / (0.18 * r)) ** 2)) * np.exp(-(((y - cy) / (2.0 * r)) ** 2))
         return 75 * band
@@ -173,10 +173,13 @@ def _signature(finding: str, x, y, lungs, rng: np.random.Generator) -> np.ndarra
     raise ValueError(f"no signature for {finding}")
 
 
-def draw_findings(rng: np.random.Generator, no_finding_rate: float = 0.35) -> list[str]:
-    """Findings of one picture: none at ``no_finding_rate``, else 1-3 distinct findings."""
+def draw_findings(rng: np.random.Generator, no_finding_rate: float = 0.35,
+                  choices: tuple[str, ...] = FINDINGS) -> list[str]:
+    """Findings of one picture: none at ``no_finding_rate``, else 1-3 distinct findings from ``choices``
+    (listed in ``FINDINGS`` order)."""
     if rng.random() < no_finding_rate:
         return []
     count = int(rng.choice([1, 2, 3], p=[0.55, 0.3, 0.15]))
-    picks = rng.choice(len(FINDINGS), size=count, replace=False)
-    return [FINDINGS[i] for i in sorted(picks)]
+    picks = rng.choice(len(choices), size=min(count, len(choices)), replace=False)
+    chosen = {choices[i] for i in picks}
+    return [f for f in FINDINGS if f in chosen]

@@ -1,0 +1,214 @@
+"""A generic CSV of image paths and labels, single- or multi-label.
+
+    path,label,split,patient_id
+    images/a.png,Effusion|Mass,train,17        one label column, names separated by '|'
+    images/b.png,No Finding,test,18            the negative name means "none of the labels"
+
+    path,Effusion,Mass,split
+    images/a.png,1,0,train                     or one 0/1 column per label
+
+Paths are relative to the CSV's folder (or absolute). The split column (``train``, ``val``/``valid``,
+``test``) is optional: without it, test (20 %) and validation are taken out by a seeded hash of the
+group column (a patient ID keeps a patient's images together), or of the path. Without validation
+rows, validation comes out of the training rows the same way.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from medsight.dataset_format import DatasetFormat, Problem
+from medsight.datasets.splits import canonical_split, file_name_group, split_by_group, three_way_split
+from medsight.errors import DataError
+from medsight.io.writers import write_csv
+from medsight.registry import register_dataset
+
+TEST_FRACTION = 0.2
+POSITIVE = {"1", "1.0", "true", "yes", "y", "positive"}
+NEGATIVE = {"0", "0.0", "false", "no", "n", "negative", ""}
+
+
+@dataclass(frozen=True)
+class CsvColumns:
+    """Which columns hold what. ``labels``: one column of ``separator``-joined names, or one 0/1
+    column per label (two or more). ``split`` and ``group`` are used when the CSV has them."""
+
+    path: str = "path"
+    labels: tuple[str, ...] = ("label",)
+    separator: str = "|"
+    negative: str = "No Finding"
+    split: str = "split"
+    group: str = ""
+    #: without a group column: a regex whose first group, found in the file name, is the group
+    group_pattern: str = ""
+
+    @property
+    def one_column(self) -> bool:
+        return len(self.labels) == 1
+
+
+@dataclass(frozen=True)
+class Row:
+    image: Path
+    names: tuple[str, ...]  # positive labels; empty = negative for all
+    split: str | None
+    group: str
+    line: int
+
+
+def find_csv(path: Path) -> Path:
+    """The CSV itself, or the one CSV inside a folder."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    if path.is_dir():
+        tables = sorted(p for p in path.glob("*.csv") if not p.name.startswith("."))
+        if len(tables) == 1:
+            return tables[0]
+        what = "no CSV file" if not tables else f"{len(tables)} CSV files ({', '.join(t.name for t in tables)})"
+        raise DataError(f"{what} in this folder; give the CSV file itself", path)
+    raise DataError("no such file or folder", path)
+
+
+def _names_from_cells(cells: dict[str, str], columns: CsvColumns, where: str) -> tuple[str, ...]:
+    if columns.one_column:
+        text = cells[columns.labels[0]].strip()
+        if not text:
+            raise DataError(f"empty label in column {columns.labels[0]!r} (use {columns.negative!r} for none)", where)
+        names = tuple(n.strip() for n in text.split(columns.separator)) if columns.separator else (text,)
+        return () if names == (columns.negative,) else tuple(n for n in names if n)
+    positive = []
+    for column in columns.labels:
+        value = cells[column].strip().lower()
+        if value in POSITIVE:
+            positive.append(column)
+        elif value not in NEGATIVE:
+            raise DataError(f"label value {cells[column]!r} in column {column!r} is neither 1 nor 0", where)
+    return tuple(positive)
+
+
+def read_table(csv_path: Path, columns: CsvColumns) -> list[Row]:
+    """Every row, with paths resolved against the CSV's folder."""
+    csv_path = Path(csv_path)
+    with open(csv_path, encoding="utf-8-sig", newline="") as handle:
+        reader = csv.DictReader(handle)
+        header = [h.strip() for h in (reader.fieldnames or [])]
+        reader.fieldnames = header
+        needed = [columns.path, *columns.labels]
+        missing = [c for c in needed if c not in header]
+        if missing:
+            raise DataError(f"no column {missing[0]!r} (columns: {', '.join(header)}); set data.path_column / "
+                            "data.label_columns", csv_path)
+        has_split, has_group = columns.split in header, bool(columns.group) and columns.group in header
+        if columns.group and not has_group:
+            raise DataError(f"no group column {columns.group!r} (columns: {', '.join(header)})", csv_path)
+        rows = []
+        for line, cells in enumerate(reader, start=2):
+            if not any((v or "").strip() for v in cells.values()):
+                continue
+            where = f"{csv_path}:{line}"
+            image_text = (cells[columns.path] or "").strip()
+            if not image_text:
+                raise DataError(f"empty path in column {columns.path!r}", where)
+            image = Path(image_text) if Path(image_text).is_absolute() else csv_path.parent / image_text
+            split = None
+            if has_split and (cells[columns.split] or "").strip():
+                split = canonical_split(cells[columns.split])
+                if split is None:
+                    raise DataError(f"split {cells[columns.split]!r} is not train, val/valid or test", where)
+            group = cells[columns.group].strip() if has_group else file_name_group(columns.group_pattern)(image_text)
+            rows.append(Row(image, _names_from_cells(cells, columns, where), split, group, line))
+    return rows
+
+
+def label_names(rows: Sequence[Row], columns: CsvColumns) -> list[str]:
+    """Label columns in their order, or the sorted names found in the one label column."""
+    if not columns.one_column:
+        return list(columns.labels)
+    return sorted({name for row in rows for name in row.names})
+
+
+def _split_rows(rows: list[Row], val_fraction: float, seed: int, own_val: bool = True) -> dict[str, list[Row]]:
+    if not any(row.split for row in rows):
+        return three_way_split(rows, lambda r: r.group, val_fraction, TEST_FRACTION, seed)
+    unsplit = [row for row in rows if row.split is None]
+    if unsplit:
+        raise DataError(f"row {unsplit[0].line} has no split while others have one", "split column")
+    parts = {name: [row for row in rows if row.split == name] for name in ("train", "val", "test")}
+    if not parts["val"] or not own_val:
+        parts["train"], parts["val"] = split_by_group(parts["train"], lambda r: r.group, val_fraction, seed)
+    return parts
+
+
+def records(csv_path: Path, split: str, columns: CsvColumns = CsvColumns(), val_fraction: float = 0.1,
+            seed: int = 0, own_val: bool = True) -> list[dict]:
+    """Records ``{"image", "names", "id"}`` of one split (train, val, test or all); rows whose image
+    file is missing are left out (``medsight data check csv`` lists them). ``own_val=False`` ignores
+    the CSV's validation rows and takes validation out of the training rows by group."""
+    csv_path = find_csv(csv_path)
+    rows = read_table(csv_path, columns)
+    if split == "all":
+        chosen = rows
+    elif split in ("train", "val", "test"):
+        chosen = _split_rows(rows, val_fraction, seed, own_val)[split]
+    else:
+        raise DataError(f"unknown split {split!r} (expected train, val, test or all)", csv_path)
+    return [{"image": str(row.image), "names": row.names, "id": _image_id(row.image, csv_path.parent)}
+            for row in chosen if row.image.is_file()]
+
+
+def _image_id(image: Path, base: Path) -> str:
+    try:
+        return image.relative_to(base).as_posix()
+    except ValueError:
+        return str(image)
+
+
+@register_dataset("csv")
+class CsvTable(DatasetFormat):
+    description = "a CSV of image paths and labels (one '|'-separated column or 0/1 columns), optional split"
+    synth_options = {"size": "picture size in pixels (default 128)"}
+
+    def synth(self, out: Path, cases: int | None = None, seed: int = 0, size: int = 128, **options) -> Path:
+        """Synthetic chest pictures with ChestX-ray14 findings, listed in ``labels.csv``."""
+        from medsight.datasets.chestxray14 import NO_FINDING
+        from medsight.datasets.synth.chestxray14 import Anatomy, draw_findings, render
+        from medsight.io.writers import atomic_path
+
+        if options:
+            raise DataError(f"unknown option(s) {', '.join(options)} for csv", "synth")
+        count, size = (60 if cases is None else int(cases)), int(size)
+        rng = np.random.default_rng(seed)
+        out = Path(out)
+        rows = []
+        for index in range(count):
+            findings = draw_findings(rng)
+            picture = render(set(findings), Anatomy.draw(rng), size, rng)
+            name = f"images/{index:05d}.png"
+            with atomic_path(out / name) as tmp:
+                Image.fromarray(picture, mode="L").save(tmp, format="PNG")
+            split = "train" if index % 10 < 7 else ("val" if index % 10 < 8 else "test")
+            rows.append({"path": name, "label": "|".join(findings) or NO_FINDING, "split": split,
+                         "patient_id": str(index)})
+        write_csv(rows, out / "labels.csv", ["path", "label", "split", "patient_id"])
+        return out
+
+    def check(self, root: Path, columns: CsvColumns = CsvColumns()) -> list[Problem]:
+        try:
+            csv_path = find_csv(Path(root))
+            rows = read_table(csv_path, columns)
+        except DataError as exc:
+            return [Problem(exc.where or str(root), exc.message)]
+        problems = []
+        if not rows:
+            problems.append(Problem(str(csv_path), "no rows"))
+        for row in rows:
+            if not row.image.is_file():
+                problems.append(Problem(f"{csv_path}:{row.line}", f"image file not found: {row.image}"))
+        return problems

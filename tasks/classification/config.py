@@ -1,0 +1,148 @@
+"""Typed configuration of the classification task: data (format, size, augmentation, sampling),
+model, loss, metrics and inference sections. Choices are checked when the config is built, so a
+typo fails at once with the allowed values."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Optional
+
+from medsight.config import LoaderConfig, TaskConfig, choice, positive
+from medsight.errors import ConfigError
+
+BUILTIN_MODELS = ("densenet121", "simple_cnn")
+#: timm encoders the task is tested with; any other timm model name works too
+TIMM_EXAMPLES = ("resnet18", "resnet34", "resnet50", "efficientnet_b0")
+
+
+@dataclass
+class ClassificationData(LoaderConfig):
+    #: auto: a .csv file -> csv; a folder with Data_Entry_2017*.csv -> chestxray14; else folders
+    format: str = "auto"
+    #: side of the square picture the model sees, pixels
+    image_size: int = 224
+    batch_size: int = 16
+    val_batch_size: int = 32
+    val_fraction: float = 0.1
+    #: seed of the patient-level validation split (independent of trainer.seed)
+    split_seed: int = 0
+    #: dataset: the dataset's own validation split when it has one; train: always take validation out
+    #: of the training split by patient (when the dataset's validation shares patients with training)
+    val_source: str = "dataset"
+    #: folders/CSV without a group column: regex whose first group, found in a file name, is the patient
+    #: (``^(\d+)_`` for NIH names like 00000193_019.png); empty = every image is its own group
+    group_pattern: str = ""
+    #: label names in output order; empty = the dataset's (ChestX-ray14's 14 findings, sorted folders...)
+    labels: list[str] = field(default_factory=list)
+    #: auto (from the data), true, false
+    multi_label: str = "auto"
+    #: ChestX-ray14 views to keep, e.g. [PA]; empty = all
+    views: list[str] = field(default_factory=list)
+    # Generic CSV columns (data.format=csv)
+    path_column: str = "path"
+    label_columns: list[str] = field(default_factory=lambda: ["label"])
+    label_separator: str = "|"
+    negative_label: str = "No Finding"
+    split_column: str = "split"
+    group_column: str = ""
+    #: clip each picture to these percentiles of its values before z-scoring it; [] = no clipping
+    intensity_percentiles: list[float] = field(default_factory=lambda: [0.5, 99.5])
+    # Augmentation (training only); each random transform fires with augment_prob
+    augment_prob: float = 0.8
+    rotate_deg: float = 7.0
+    scale_fraction: float = 0.10
+    translate_fraction: float = 0.05
+    brightness: float = 0.1
+    contrast: float = 0.1
+    #: horizontal flips move the heart to the other side: off by default for chest X-rays
+    hflip_prob: float = 0.0
+    #: none: shuffle; weighted: draw records by inverse label frequency (with replacement)
+    sampler: str = "none"
+
+    def __post_init__(self):
+        super().__post_init__()
+        choice("data.format", self.format, ("auto", "chestxray14", "folders", "csv"))
+        choice("data.multi_label", self.multi_label, ("auto", "true", "false"))
+        choice("data.sampler", self.sampler, ("none", "weighted"))
+        choice("data.val_source", self.val_source, ("dataset", "train"))
+        if self.group_pattern:
+            try:
+                groups = re.compile(self.group_pattern).groups
+            except re.error as exc:
+                raise ConfigError(f"data.group_pattern {self.group_pattern!r} is not a regular expression ({exc})")
+            if groups < 1:
+                raise ConfigError(f"data.group_pattern {self.group_pattern!r} needs a (capture group) for the patient")
+        positive("data.image_size", self.image_size)
+        if not 0 <= self.val_fraction < 1:
+            raise ConfigError(f"data.val_fraction must be in [0, 1), got {self.val_fraction}")
+        if not 0 <= self.hflip_prob <= 1 or not 0 <= self.augment_prob <= 1:
+            raise ConfigError("data.hflip_prob and data.augment_prob must be between 0 and 1")
+        percentiles = self.intensity_percentiles
+        if percentiles and (len(percentiles) != 2 or not 0 <= percentiles[0] < percentiles[1] <= 100):
+            raise ConfigError(f"data.intensity_percentiles must be [low, high] in 0..100 or [], got {percentiles}")
+        if len(set(self.labels)) != len(self.labels):
+            raise ConfigError("data.labels holds a name twice")
+
+
+@dataclass
+class ClassificationModel:
+    #: densenet121 (MONAI, 2D, 1 channel), simple_cnn (the tutorials' baseline), or a timm model name
+    name: str = "densenet121"
+    dropout: float = 0.0
+    #: a local state dict to start from (``medsight train --init-weights PATH``)
+    init_weights: Optional[str] = None
+
+    def __post_init__(self):
+        if self.name not in BUILTIN_MODELS:
+            from medsight.tasks.classification.models import timm_model_exists
+
+            if not timm_model_exists(self.name):
+                choice("model.name", self.name, BUILTIN_MODELS + TIMM_EXAMPLES)
+        if not 0 <= self.dropout < 1:
+            raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout}")
+
+
+@dataclass
+class ClassificationLoss:
+    #: auto: bce for multi-label data, ce (softmax cross-entropy) for single-label; or bce, focal, ce
+    name: str = "auto"
+    #: weigh positives by negatives/positives per label, counted on the training split (bce; ce: class weights)
+    pos_weight: bool = False
+    focal_gamma: float = 2.0
+
+    def __post_init__(self):
+        choice("loss.name", self.name, ("auto", "bce", "focal", "ce"))
+        positive("loss.focal_gamma", self.focal_gamma, allow_zero=True)
+
+
+@dataclass
+class ClassificationMetrics:
+    #: how per-label decision thresholds are chosen on validation: youden (max TPR - FPR) or f1
+    threshold_rule: str = "youden"
+
+    def __post_init__(self):
+        choice("metrics.threshold_rule", self.threshold_rule, ("youden", "f1"))
+
+
+@dataclass
+class ClassificationInfer:
+    #: Grad-CAM heatmap PNGs of the top labels (``medsight predict --cam``)
+    cam: bool = False
+    #: how many of the most probable labels get a heatmap
+    cam_top_k: int = 3
+    #: module whose activations Grad-CAM weighs; auto = the model's last spatial feature map
+    cam_layer: str = "auto"
+
+    def __post_init__(self):
+        positive("infer.cam_top_k", self.cam_top_k)
+
+
+@dataclass
+class ClassificationConfig(TaskConfig):
+    task: str = "classification"
+    data: ClassificationData = field(default_factory=ClassificationData)
+    model: ClassificationModel = field(default_factory=ClassificationModel)
+    loss: ClassificationLoss = field(default_factory=ClassificationLoss)
+    metrics: ClassificationMetrics = field(default_factory=ClassificationMetrics)
+    infer: ClassificationInfer = field(default_factory=ClassificationInfer)

@@ -1,0 +1,111 @@
+"""What ``predict`` writes: ``predictions.csv`` (one row per picture: one probability per label and
+the labels called positive) and Grad-CAM heatmap PNGs, and what ``evaluate`` writes beside its
+metrics (per-picture and per-label tables, ROC curves, a confusion matrix for single-label data)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from sklearn.metrics import roc_curve  # noqa: E402
+
+from medsight.io.pictures import heatmap_png  # noqa: E402
+from medsight.io.writers import atomic_path, write_csv  # noqa: E402
+from medsight.tasks.classification.metrics import has_both_classes, per_label_table, single_label_confusion  # noqa: E402
+from medsight.tasks.classification.sources import LabelSet  # noqa: E402
+
+PREDICTIONS_CSV = "predictions.csv"
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def safe_stem(identifier: str) -> str:
+    """A file-name stem from a picture's id (``sub/dir/00000001_000.png`` -> ``sub_dir_00000001_000``)."""
+    stem = identifier.rsplit(".", 1)[0] if "." in Path(identifier).name else identifier
+    return _UNSAFE.sub("_", stem).strip("_") or "image"
+
+
+def decision_column(labels: LabelSet) -> str:
+    return "findings" if labels.multi_label else "prediction"
+
+
+def called_labels(probabilities: np.ndarray, labels: LabelSet, thresholds: Sequence[float] | None) -> str:
+    """Multi-label: the labels at or above their threshold, '|'-joined (the negative name if none);
+    single-label: the most probable class."""
+    if not labels.multi_label:
+        return labels.names[int(np.argmax(probabilities))]
+    positive = [name for name, p, t in zip(labels.names, probabilities, thresholds) if p >= t]
+    return "|".join(positive) or labels.negative
+
+
+def prediction_row(image: str, probabilities: np.ndarray, labels: LabelSet,
+                   thresholds: Sequence[float] | None) -> dict:
+    row = {"image": image}
+    row.update({name: f"{float(p):.6f}" for name, p in zip(labels.names, probabilities)})
+    row[decision_column(labels)] = called_labels(probabilities, labels, thresholds)
+    return row
+
+
+def write_predictions(rows: list[dict], labels: LabelSet, out: Path) -> Path:
+    return write_csv(rows, out / PREDICTIONS_CSV, ["image", *labels.names, decision_column(labels)])
+
+
+def write_cams(picture: np.ndarray, cams: np.ndarray, label_indices: Sequence[int], probabilities: np.ndarray,
+               labels: LabelSet, identifier: str, out: Path) -> list[Path]:
+    """One PNG per heatmap: picture (H, W) as the model saw it, heatmaps (k, H, W) in 0..1."""
+    written = []
+    for cam, index in zip(cams, label_indices):
+        name = labels.names[int(index)]
+        path = out / "cam" / f"{safe_stem(identifier)}__{safe_stem(name)}.png"
+        title = f"{identifier}: {name} (p = {float(probabilities[int(index)]):.2f})"
+        written.append(heatmap_png(picture, cam, path, title=title))
+    return written
+
+
+# -- evaluation files ------------------------------------------------------------------------------
+def write_evaluation_files(ids: Sequence[str], probabilities: np.ndarray, truth: np.ndarray, labels: LabelSet,
+                           thresholds: Sequence[float] | None, out: Path) -> list[Path]:
+    """per_image.csv, per_label.csv, roc.png and (single-label) confusion_matrix.csv under ``out``."""
+    names = list(labels.names)
+    image_rows = []
+    for identifier, p, y in zip(ids, probabilities, truth):
+        row = {"image": identifier, "truth": "|".join(n for n, v in zip(names, y) if v) or labels.negative}
+        row.update(prediction_row(identifier, p, labels, thresholds))
+        image_rows.append(row)
+    written = [write_csv(image_rows, out / "per_image.csv", ["image", "truth", *names, decision_column(labels)])]
+    table = per_label_table(probabilities, truth, names, thresholds, labels.multi_label)
+    written.append(write_csv(table, out / "per_label.csv", list(table[0])))
+    written.append(roc_png(probabilities, truth, names, out / "roc.png"))
+    if not labels.multi_label:
+        matrix = single_label_confusion(probabilities, truth)
+        rows = [{"truth \\ predicted": name, **{other: int(matrix[i, j]) for j, other in enumerate(names)}}
+                for i, name in enumerate(names)]
+        written.append(write_csv(rows, out / "confusion_matrix.csv", ["truth \\ predicted", *names]))
+    return written
+
+
+def roc_png(probabilities: np.ndarray, truth: np.ndarray, names: Sequence[str], path: Path) -> Path:
+    """ROC curve of every label that has positives and negatives, AUROC in the legend."""
+    from sklearn.metrics import roc_auc_score
+
+    fig, ax = plt.subplots(figsize=(6.5, 6))
+    for k, name in enumerate(names):
+        if not has_both_classes(truth[:, k]):
+            continue
+        fpr, tpr, _ = roc_curve(truth[:, k], probabilities[:, k])
+        ax.plot(fpr, tpr, linewidth=1.2, label=f"{name} ({roc_auc_score(truth[:, k], probabilities[:, k]):.3f})")
+    ax.plot([0, 1], [0, 1], color="gray", linestyle=":", linewidth=1)
+    ax.set_xlabel("1 - specificity")
+    ax.set_ylabel("sensitivity")
+    ax.set_title("ROC per label (AUROC)")
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=90)
+    plt.close(fig)
+    return path

@@ -1,0 +1,249 @@
+"""The ``classification`` task: findings on chest X-rays (ChestX-ray14's 14, multi-label) and
+single-label class-per-folder or CSV image sets, with per-label thresholds chosen on validation and
+Grad-CAM pictures.
+
+State kept in checkpoints (``self.state``): ``labels`` (names in output order), ``multi_label``,
+``negative_label``, ``thresholds`` (per label, chosen on validation while training; None for
+single-label data, which is decided by argmax) and ``loss_weights``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from monai.transforms import Compose, EnsureTyped
+from torch import nn
+
+from medsight import transforms as T
+from medsight.errors import DataError
+from medsight.registry import register_task
+from medsight.task import DemoSpec, Monitor, StepOutput, Task
+from medsight.tasks.classification import outputs
+from medsight.tasks.classification.cam import GradCamMaps
+from medsight.tasks.classification.config import BUILTIN_MODELS, TIMM_EXAMPLES, ClassificationConfig
+from medsight.tasks.classification.losses import class_weights, classification_loss, loss_name, positive_weights
+from medsight.tasks.classification.metrics import DEFAULT_THRESHOLD, choose_thresholds, summarise
+from medsight.tasks.classification.models import build_classifier, last_feature_map_layer, load_init_weights
+from medsight.tasks.classification.sampling import inverse_frequency_weights
+from medsight.tasks.classification.sources import LabelSet, discover_labels, raw_records
+
+CPU_SMALL = {
+    "data": {"image_size": 128, "batch_size": 16, "val_batch_size": 32, "cache": "memory"},
+    "model": {"name": "densenet121"},
+    "optim": {"lr": 1e-3, "weight_decay": 1e-4, "scheduler": "cosine", "warmup_epochs": 0.5},
+    "trainer": {"max_epochs": 8, "precision": "fp32"},
+}
+GPU = {
+    "data": {"image_size": 224, "batch_size": 64, "val_batch_size": 128, "num_workers": 8, "cache": "disk"},
+    "model": {"name": "densenet121"},
+    "optim": {"lr": 3e-4, "weight_decay": 1e-4, "scheduler": "cosine", "warmup_epochs": 1.0},
+    "trainer": {"max_epochs": 20, "precision": "bf16", "channels_last": True, "early_stopping_patience": 5},
+}
+
+
+@register_task("classification")
+class XrayClassification(Task):
+    summary = "findings on chest X-rays (ChestX-ray14, multi-label) and class-per-folder/CSV image sets"
+    config_class = ClassificationConfig
+    datasets = ("chestxray14", "folders", "csv")
+    models = BUILTIN_MODELS + tuple(f"timm: {name}" for name in TIMM_EXAMPLES) + ("timm: any model name",)
+    monitor = Monitor("mean_auroc", "max")
+    profiles = {"cpu-small": CPU_SMALL, "gpu": GPU}
+    demo = DemoSpec(
+        dataset="chestxray14",
+        synth={"cases": 400, "size": 128},
+        profile="cpu-small",
+        overrides=("trainer.max_epochs=6",),
+        quick_synth={"cases": 48, "size": 64},
+        quick_overrides=("data.image_size=64", "data.batch_size=8", "trainer.max_steps_per_epoch=3"),
+        predict_args=("--cam", "infer.cam_top_k=2"),
+        variants=((), ("model.name=simple_cnn", "loss.name=focal", "data.sampler=weighted"),
+                  ("model.name=resnet18", "loss.pos_weight=true")),
+    )
+    #: evaluate's default split
+    evaluate_split = "test"
+
+    def __init__(self, config: ClassificationConfig):
+        super().__init__(config)
+        self._discovered: LabelSet | None = None
+        self._fresh_start = False
+        self._cam: GradCamMaps | None = None
+        self._cam_model: nn.Module | None = None
+        self._rows: list[dict] = []
+
+    # -- labels -----------------------------------------------------------------------------------
+    @property
+    def labels(self) -> LabelSet:
+        if "labels" in self.state:
+            return LabelSet.from_state(self.state)
+        if self._discovered is None:
+            raise DataError("the label set is not known yet: read records first", "task")
+        return self._discovered
+
+    def _label_set(self, data: Path) -> LabelSet:
+        """The checkpoint's labels when there is one (evaluate, resume), else the dataset's."""
+        if "labels" in self.state:
+            return self.labels
+        if self._discovered is None:
+            self._discovered = discover_labels(Path(data), self.config.data)
+        return self._discovered
+
+    @property
+    def thresholds(self) -> list[float] | None:
+        return self.state.get("thresholds")
+
+    # -- data -------------------------------------------------------------------------------------
+    def records(self, data: Path, split: str) -> list[dict]:
+        labels = self._label_set(data)
+        return [{"image": r["image"], "path": r["image"], "id": r["id"], "label": labels.encode(r["names"], r["image"])}
+                for r in raw_records(Path(data), split, self.config.data)]
+
+    def transforms(self, stage: str) -> Compose:
+        """image: (1, S, S) float32, z-scored per picture (after clipping to its percentile range, if set).
+
+        Per-picture scaling makes 8-bit and 16-bit PNGs and windowed DICOMs alike; resizing comes
+        first so the percentiles are taken over S x S pixels, not the full-resolution picture.
+        """
+        d = self.config.data
+        size = d.image_size
+        steps = [*T.load("image", kind="picture"), *T.resize("image", size=(size, size))]
+        if d.intensity_percentiles:
+            low, high = d.intensity_percentiles
+            steps += T.percentile_range("image", lower=low, upper=high)
+        steps += T.zscore("image", nonzero=False)
+        if stage == "train":
+            shift_px = d.translate_fraction * size
+            steps += T.affine("image", prob=d.augment_prob, rotate_deg=d.rotate_deg, scale=d.scale_fraction,
+                              translate=(shift_px, shift_px), dims=2, padding_mode="border")
+            steps += T.intensity("image", prob=d.augment_prob, scale=d.contrast, shift=d.brightness)
+            if d.hflip_prob > 0:
+                steps += T.flips("image", axes=(1,), prob=d.hflip_prob)  # axis 1 = columns: left-right
+        steps.append(EnsureTyped(["image", "label"], dtype=torch.float32, track_meta=False, allow_missing_keys=True))
+        return Compose(steps)
+
+    def on_fit_start(self, train_records: list[dict], val_records: list[dict]) -> None:
+        labels = self.labels
+        truth = np.stack([r["label"] for r in train_records])
+        self.state.update(labels.to_state())
+        self.state["thresholds"] = [DEFAULT_THRESHOLD] * len(labels.names) if labels.multi_label else None
+        weights = None
+        if self.config.loss.pos_weight:
+            weights = positive_weights(truth) if loss_name(self.config.loss.name, labels.multi_label) == "bce" \
+                else class_weights(truth)
+        self.state["loss_weights"] = weights
+        self._fresh_start = True
+        counts = ", ".join(f"{n} {int(c)}" for n, c in zip(labels.names, truth.sum(axis=0)))
+        print(f"labels ({'multi' if labels.multi_label else 'single'}-label), training positives: {counts}")
+
+    def train_sample_weights(self, records: list[dict]) -> list[float] | None:
+        if self.config.data.sampler != "weighted":
+            return None
+        return inverse_frequency_weights(np.stack([r["label"] for r in records]))
+
+    # -- model ------------------------------------------------------------------------------------
+    def build_model(self) -> nn.Module:
+        m = self.config.model
+        model = build_classifier(m.name, len(self.labels.names), m.dropout)
+        # Starting weights apply to a fresh run only: resume, evaluate and predict load the checkpoint's.
+        if m.init_weights and self._fresh_start:
+            print(load_init_weights(model, m.init_weights).summary())
+        return model
+
+    def _probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        logits = logits.float()
+        return torch.sigmoid(logits) if self.labels.multi_label else torch.softmax(logits, dim=1)
+
+    def training_step(self, model: nn.Module, batch: dict) -> StepOutput:
+        logits = model(batch["image"])
+        multi = self.labels.multi_label
+        loss = classification_loss(logits, batch["label"], loss_name(self.config.loss.name, multi), multi,
+                                   self.state.get("loss_weights"), self.config.loss.focal_gamma)
+        return StepOutput(loss=loss, batch_size=len(logits))
+
+    def validation_step(self, model: nn.Module, batch: dict) -> dict[str, list]:
+        probabilities = self._probabilities(model(batch["image"])).cpu().numpy()
+        return {"probabilities": list(probabilities), "label": list(batch["label"].cpu().numpy()),
+                "id": list(batch["id"])}
+
+    def validation_metrics(self, outputs: dict[str, list]) -> dict[str, float]:
+        probabilities, truth = np.stack(outputs["probabilities"]), np.stack(outputs["label"])
+        labels = self.labels
+        if self.learning and labels.multi_label:
+            self.state["thresholds"] = choose_thresholds(probabilities, truth, self.config.metrics.threshold_rule,
+                                                         fallback=self.thresholds)
+        return summarise(probabilities, truth, labels.names, self.thresholds, labels.multi_label)
+
+    def write_evaluation(self, results: dict[str, list], metrics: dict[str, float], out: Path) -> list[Path]:
+        """per_image.csv, per_label.csv, roc.png (and confusion_matrix.csv for single-label data)."""
+        return outputs.write_evaluation_files(results["id"], np.stack(results["probabilities"]),
+                                              np.stack(results["label"]), self.labels, self.thresholds, out)
+
+    # -- inference --------------------------------------------------------------------------------
+    def input_records(self, path: str | None, images: dict[str, str] | None = None) -> list[dict]:
+        from medsight.datasets.folders import IMAGE_SUFFIXES, images_in
+
+        if images:
+            return [self._input_record(Path(p), Path(p).name) for p in images.values()]
+        path = Path(path)
+        if path.is_dir():
+            found = images_in(path)
+            if not found:
+                raise DataError(f"no pictures ({', '.join(IMAGE_SUFFIXES)}) in this folder", path)
+            return [self._input_record(p, p.relative_to(path).as_posix()) for p in found]
+        if not path.exists():
+            raise DataError("file not found", path)
+        if path.suffix.lower() not in IMAGE_SUFFIXES:
+            raise DataError(f"not a picture this task reads ({', '.join(IMAGE_SUFFIXES)})", path)
+        return [self._input_record(path, path.name)]
+
+    @staticmethod
+    def _input_record(path: Path, identifier: str) -> dict:
+        return {"image": str(path), "path": str(path), "id": identifier}
+
+    def predict(self, model: nn.Module, batch: dict) -> list[dict]:
+        images = batch["image"]
+        probabilities = self._probabilities(model(images))
+        items = [{"probabilities": p} for p in probabilities.cpu().numpy()]
+        if self.config.infer.cam:
+            top = probabilities.topk(min(self.config.infer.cam_top_k, probabilities.shape[1]), dim=1).indices
+            maps = [self._gradcam(model, images)(images, top[:, rank]) for rank in range(top.shape[1])]
+            stacked = torch.stack(maps, dim=1).cpu().numpy()  # (B, k, H, W)
+            for item, indices, cams in zip(items, top.cpu().tolist(), stacked):
+                item.update(cam_labels=indices, cams=cams)
+        return items
+
+    def _gradcam(self, model: nn.Module, images: torch.Tensor) -> GradCamMaps:
+        if self._cam is None or self._cam_model is not model:
+            layer = self.config.infer.cam_layer
+            if layer == "auto":
+                layer = last_feature_map_layer(model, images[:1])
+            self._cam, self._cam_model = GradCamMaps(model, layer), model
+        return self._cam
+
+    def write(self, prediction: dict, data: dict, out: Path) -> list[Path]:
+        probabilities = prediction["probabilities"]
+        self._rows.append(outputs.prediction_row(str(data["path"]), probabilities, self.labels, self.thresholds))
+        if "cams" not in prediction:
+            return []
+        picture = np.asarray(data["image"], dtype=np.float32)[0]
+        return outputs.write_cams(picture, prediction["cams"], prediction["cam_labels"], probabilities, self.labels,
+                                  str(data["id"]), Path(out))
+
+    def finish_predictions(self, out: Path) -> list[Path]:
+        rows, self._rows = self._rows, []
+        if not rows:
+            return []
+        return [outputs.write_predictions(rows, self.labels, Path(out))]
+
+    def example_input(self) -> torch.Tensor:
+        size = self.config.data.image_size
+        return torch.zeros(1, 1, size, size)
+
+    @classmethod
+    def demo_inputs(cls, data: Path) -> list[str]:
+        """The first pictures of the first four synthetic patients. ``medsight demo`` asks before the data
+        exist: every synthetic patient has a picture ``_000``, and the first patients' pictures land in
+        ``images_001`` (the generator fills it with the first half of the pictures)."""
+        return [str(Path(data) / "images_001" / "images" / f"{patient:08d}_000.png") for patient in range(1, 5)]

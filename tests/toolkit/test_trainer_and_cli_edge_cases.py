@@ -1,0 +1,105 @@
+"""Trainer and CLI edge cases: a task's weighted sampler; DataErrors that MONAI's Compose wraps in
+RuntimeError still reach the user as one line naming the file; a monitored metric that is NaN."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from monai.data import Dataset
+from monai.transforms import Compose, Lambdad
+
+import medsight.commands
+from medsight.cli import main
+from medsight.config import LoaderConfig, resolve
+from medsight.data import make_loader
+from medsight.errors import DataError, unwrap
+from medsight.inference import _SafeDataset
+from medsight.runtime import Runtime
+from medsight.trainer import Trainer
+from tests.toy_task import ToyConfig, ToyRegression, make_toy_data
+
+
+def test_weighted_loader_draws_by_weight_with_replacement_and_repeats_with_the_seed():
+    dataset = Dataset([{"i": torch.tensor(i)} for i in range(4)])
+    cfg = LoaderConfig()
+
+    def drawn(seed):
+        loader = make_loader(dataset, cfg, batch_size=2, shuffle=True, seed=seed, weights=[0.0, 0.0, 1.0, 3.0])
+        return [int(i) for batch in loader for i in batch["i"]]
+
+    first = drawn(5)
+    assert len(first) == 4 and set(first) <= {2, 3}
+    assert drawn(5) == first
+    with pytest.raises(ValueError, match="3 sample weights for 4 items"):
+        make_loader(dataset, cfg, batch_size=2, shuffle=True, seed=0, weights=[1.0, 1.0, 1.0])
+
+
+class OnlyRecordFive(ToyRegression):
+    """Puts all sampling weight on the record with id "5" and remembers what training saw."""
+
+    seen: list[str] = []
+
+    def train_sample_weights(self, records):
+        return [1.0 if r["id"] == "5" else 0.0 for r in records]
+
+    def training_step(self, model, batch):
+        self.seen.extend(batch["id"])
+        return super().training_step(model, batch)
+
+
+def test_trainer_uses_the_task_sample_weights(tmp_path):
+    data = make_toy_data(tmp_path / "toy", samples=32)
+    config = resolve(ToyConfig, overrides=["trainer.max_epochs=1", "trainer.progress=never",
+                                           "trainer.tensorboard=false", "data.batch_size=4"])
+    task = OnlyRecordFive(config)
+    Trainer(task, data, tmp_path / "run", Runtime("cpu", "fp32")).fit()
+    assert task.seen == ["5"] * 24  # 24 training records, all draws land on the only weighted one
+
+
+def failing_compose(path: Path) -> Compose:
+    def read(_):
+        raise DataError("cannot read picture (truncated)", path)
+
+    return Compose([Lambdad("image", read)])
+
+
+def test_a_data_error_inside_monai_compose_is_found_behind_its_runtime_error(tmp_path):
+    with pytest.raises(RuntimeError) as wrapped:
+        failing_compose(tmp_path / "a.png")({"image": "a"})
+    assert not isinstance(wrapped.value, DataError)
+    assert str(unwrap(wrapped.value)) == f"{tmp_path / 'a.png'}: cannot read picture (truncated)"
+    assert unwrap(RuntimeError("unrelated")) is None
+
+
+def test_batch_predict_reports_the_wrapped_data_error_not_monai_s_wrapper(tmp_path):
+    dataset = _SafeDataset([{"image": "a", "id": "a.png"}], failing_compose(tmp_path / "a.png"))
+    assert dataset[0]["__error__"] == f"{tmp_path / 'a.png'}: cannot read picture (truncated)"
+
+
+def test_cli_prints_a_wrapped_data_error_as_one_line_with_status_2(tmp_path, monkeypatch, capsys):
+    def export(args):
+        try:
+            failing_compose(tmp_path / "a.png")({"image": "a"})
+        except RuntimeError as exc:
+            raise RuntimeError("while exporting") from exc
+
+    monkeypatch.setattr(medsight.commands, "cmd_export", export)
+    status = main(["export", "--checkpoint", "x.pt", "--format", "onnx", "--out", str(tmp_path / "m.onnx")])
+    assert status == 2
+    assert capsys.readouterr().err == f"error: {tmp_path / 'a.png'}: cannot read picture (truncated)\n"
+
+
+class UndefinedMetric(ToyRegression):
+    """A validation metric that is not a number (e.g. AUROC of a validation set with one class)."""
+
+    def validation_metrics(self, outputs):
+        return {"mse": float("nan")}
+
+
+def test_training_goes_on_when_the_monitored_metric_is_not_a_number(tmp_path, capsys):
+    data = make_toy_data(tmp_path / "toy", samples=16)
+    config = resolve(ToyConfig, overrides=["trainer.max_epochs=2", "trainer.progress=never",
+                                           "trainer.tensorboard=false"])
+    summary = Trainer(UndefinedMetric(config), data, tmp_path / "run", Runtime("cpu", "fp32")).fit()
+    assert summary["epochs"] == 2 and summary["best_value"] is None and summary["best"] is None
+    assert "val mse nan  (best none yet)" in capsys.readouterr().out
