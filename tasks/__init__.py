@@ -1,0 +1,1 @@
+"""Task plugins: one module or subpackage per task, registered by name (``medsight.registry``)."""
