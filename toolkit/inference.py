@@ -88,6 +88,18 @@ def evaluate(loaded: Loaded, data: Path, split: str, out: Path, device: str | No
     return metrics
 
 
+def _medsight_cause(exc: BaseException) -> MedsightError | None:
+    """The MedsightError behind ``exc``: MONAI's Compose re-raises a transform's error as
+    ``RuntimeError("applying transform ...")`` from it, which would hide the file and the reason."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, MedsightError):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
 class _SafeDataset(Dataset):
     """Applies the inference transforms; a failing case becomes an error marker, not a crash."""
 
@@ -95,9 +107,10 @@ class _SafeDataset(Dataset):
         record = self.data[index]
         try:
             return super()._transform(index)
-        except MedsightError as exc:
-            return {"__error__": str(exc), "id": record.get("id", str(index))}
-        except Exception as exc:  # a damaged file can fail deep inside a transform
+        except Exception as exc:
+            known = _medsight_cause(exc)
+            if known is not None:
+                return {"__error__": str(known), "id": record.get("id", str(index))}
             where = record.get("id", str(index))
             return {"__error__": f"{where}: {type(exc).__name__}: {exc}", "id": where,
                     "__traceback__": traceback.format_exc()}

@@ -325,3 +325,66 @@ def test_predict_inputs_name_bad_files_and_read_series_uids(tmp_path):
     (tmp_path / "scans").mkdir()
     (tmp_path / "scans" / "a.nii.gz").write_bytes(b"")
     assert [r["seriesuid"] for r in task.input_records(str(tmp_path / "scans"))] == ["a"]
+
+
+# -- predict end to end --------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def random_checkpoint(tmp_path_factory):
+    """A checkpoint of an untrained cpu-small detector (predict needs no training to be tested)."""
+    from medsight import checkpoint
+    from medsight.config import to_dict
+
+    task_class = TASKS.get("detection")
+    cfg = resolve(task_class.config_class, profile=task_class.profiles["cpu-small"],
+                  overrides=["infer.roi_size=[64,64,32]"])
+    torch.manual_seed(0)
+    model = task_class(cfg).build_model()
+    path = tmp_path_factory.mktemp("ckpt") / "untrained.pt"
+    checkpoint.save({"task": "detection", "config": to_dict(cfg), "task_state": {}, "model": model.state_dict()}, path)
+    return path
+
+
+def test_predict_writes_world_marks_for_mhd_and_dicom_and_lists_a_bad_scan(random_checkpoint, synth_luna16, tmp_path,
+                                                                          capsys):
+    from medsight.datasets.luna16 import find_scans, header_geometry
+    from medsight.datasets.synth.dicom import write_series
+    from medsight.datasets.synth.luna16 import make_scan
+
+    mhd = sorted(path for path, _ in find_scans(synth_luna16).values())[0]
+    scan = make_scan(0, np.random.default_rng(3), shape=(48, 48, 16), spacing=(1.5, 1.5, 2.5))
+    series_uid = write_series(scan.volume.astype(np.float32), scan.origin_lps, scan.spacing_mm, scan.direction,
+                              tmp_path / "series", series_uid="1.2.826.0.1.3680043.99.1")
+    broken = tmp_path / "broken.mhd"
+    broken.write_text("ObjectType = Image\nNDims = 3\nDimSize = 4 4 4\nElementType = MET_SHORT\n"
+                      "ElementDataFile = missing.raw\n")
+    out = tmp_path / "out"
+    status = main(["predict", "--checkpoint", str(random_checkpoint), str(mhd), str(tmp_path / "series"), str(broken),
+                   "--out", str(out), "infer.score_threshold=0.0", "infer.overlays_per_scan=2"])
+    printed = capsys.readouterr().out
+    assert status == 1 and "predicted 2 case(s)" in printed
+    assert [line for line in printed.splitlines() if line.startswith("failed:")][0].startswith(f"failed: {broken}")
+    rows = list(csv.DictReader(open(out / "submission.csv")))
+    assert list(rows[0]) == ["seriesuid", "coordX", "coordY", "coordZ", "probability", "diameter_mm"]
+    by_uid = {}
+    for row in rows:
+        by_uid.setdefault(row["seriesuid"], []).append(row)
+    assert set(by_uid) == {mhd.stem, series_uid}
+    assert all(len(marks) <= 100 for marks in by_uid.values())
+    affine, shape, _ = header_geometry(mhd)
+    for row in by_uid[mhd.stem]:
+        index = world_to_voxel([float(row["coordX"]), float(row["coordY"]), float(row["coordZ"])], affine)[0]
+        assert np.all(index > -1) and np.all(index < np.asarray(shape)), "a mark outside its scan"
+    probabilities = [float(r["probability"]) for r in by_uid[mhd.stem]]
+    assert probabilities == sorted(probabilities, reverse=True)
+    overlays = sorted(p.name for p in (out / "overlays").glob("*.png"))
+    assert overlays == sorted([f"{mhd.stem}_mark1.png", f"{mhd.stem}_mark2.png", f"{series_uid}_mark1.png",
+                               f"{series_uid}_mark2.png"])
+
+
+def test_export_traces_the_retinanet_network(random_checkpoint, tmp_path):
+    out = tmp_path / "net.ts"
+    assert main(["export", "--checkpoint", str(random_checkpoint), "--format", "torchscript", "--out", str(out)]) == 0
+    traced = torch.jit.load(str(out))
+    maps = traced(torch.zeros(1, 1, 64, 64, 32))
+    assert isinstance(maps, tuple) and len(maps) == 6  # classification then box maps, three levels each
+    assert maps[0].shape == (1, 3, 16, 16, 16) and maps[3].shape == (1, 18, 16, 16, 16)
