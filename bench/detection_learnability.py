@@ -6,7 +6,7 @@ Prints the FROC table, the CPM, wall time and CPU time (this process and its thr
 and of evaluation. Run it alone (other heavy jobs distort the timings):
 
     flock /tmp/medsight-heavy.lock python bench/detection_learnability.py [--out runs/bench/detection]
-        [--cases 50] [--subsets 5] [--seed 1] [key=value ...]
+        [--cases 100] [--subsets 5] [--seed 1] [key=value ...]
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ def timed(argv: list[str]) -> tuple[int, float, float]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="runs/bench/detection-learnability")
-    parser.add_argument("--cases", type=int, default=50)
+    parser.add_argument("--cases", type=int, default=100)
     parser.add_argument("--subsets", type=int, default=5)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--shape", default="160,160,48")

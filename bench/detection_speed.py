@@ -10,7 +10,7 @@ through the affine as if they were voxel centres, half a voxel off medsight's vo
 the comparison reports the distance before and after removing that known half-voxel offset.
 
     flock /tmp/medsight-heavy.lock python bench/detection_speed.py [--checkpoint CKPT] [--scans 3]
-        [--repeats 3] [--input FILE ...]
+        [--repeats 3] [--shape 320,320,120] [--input FILE ...]
 """
 
 from __future__ import annotations
@@ -54,6 +54,7 @@ def monai_tutorial_way(loaded: Loaded, inputs: list[str], out_csv: Path) -> dict
     )
     from monai.data import DataLoader, Dataset
     from monai.data.utils import no_collation
+    from medsight.datasets.ct_nodules import volume_stem
     from medsight.io.readers import SimpleITKReader
     from monai.transforms import (
         Compose,
@@ -110,7 +111,7 @@ def monai_tutorial_way(loaded: Loaded, inputs: list[str], out_csv: Path) -> dict
             for item, detection in zip(batch, detections):
                 result = postprocessing({"box": detection["box"], "label": detection["label"],
                                          "label_scores": detection["label_scores"], "image": item["image"]})
-                uid = Path(str(item["image"].meta["filename_or_obj"])).name.removesuffix(".mhd")
+                uid = volume_stem(Path(str(item["image"].meta["filename_or_obj"])))
                 box = np.asarray(result["box"], dtype=np.float64).reshape(-1, 6)
                 scores = np.asarray(result["label_scores"], dtype=np.float64).reshape(-1)
                 marks[uid] = np.concatenate([box[:, :3], scores[:, None]], axis=1)
@@ -146,8 +147,9 @@ def compare(ours: dict[str, np.ndarray], theirs: dict[str, np.ndarray], half_vox
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", help="a detection checkpoint (default: a seeded cpu-small detector)")
-    parser.add_argument("--input", nargs="*", default=[], help=".mhd scans (default: synthetic LUNA16 scans)")
+    parser.add_argument("--input", nargs="*", default=[], help="scan files (default: synthetic LUNA16 scans)")
     parser.add_argument("--scans", type=int, default=3)
+    parser.add_argument("--shape", default="320,320,120", help="synthetic scan size x,y,z (0.75x0.75x2.5 mm voxels)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
@@ -155,7 +157,7 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="medsight-det-speed-"))
     inputs = list(args.input)
     if not inputs:
-        data = DATASETS.get("luna16")().synth(work / "data", cases=args.scans, seed=7)
+        data = DATASETS.get("luna16")().synth(work / "data", cases=args.scans, seed=7, shape=args.shape)
         inputs = sorted(str(p) for p in data.glob("subset*/*.mhd"))
     loaded = loaded_detector(args.checkpoint, ["infer.overlays_per_scan=0", *args.overrides])
     ours_times, theirs_times = [], []
@@ -175,8 +177,11 @@ def main() -> int:
     # in LPS, x and y change sign: medsight = MONAI + (sx, sy, -sz) / 2.
     agreement = compare(ours, theirs, half_voxel_mm=np.asarray([0.5, 0.5, -0.5]) * spacing)
     median_ours, median_theirs = statistics.median(ours_times), statistics.median(theirs_times)
-    print(f"\n== detection inference on CPU, fp32, {len(inputs)} scan(s), {args.repeats} repeats, "
+    names = ", ".join(Path(i).name[-20:] for i in inputs)
+    print(f"\n== detection inference on CPU, fp32, {len(inputs)} scan(s) ({names}), {args.repeats} repeats, "
           f"{torch.get_num_threads()} threads, weights: {loaded.path}")
+    windows = f"sliding window {list(loaded.task.config.infer.roi_size)}, overlap {loaded.task.config.infer.overlap}"
+    print(f"{windows}; windows per call: medsight {loaded.task.config.infer.sw_batch_size}, MONAI tutorial 1")
     print(f"medsight predict:        {median_ours:.2f} s/scan (runs: {', '.join(f'{t:.2f}' for t in ours_times)})")
     print(f"MONAI tutorial pipeline: {median_theirs:.2f} s/scan (runs: {', '.join(f'{t:.2f}' for t in theirs_times)})")
     print(f"speed ratio (MONAI time / medsight time): {median_theirs / median_ours:.2f}")

@@ -66,7 +66,8 @@ class DetectionData(LoaderConfig):
         if len(self.window_hu) != 2 or self.window_hu[0] >= self.window_hu[1]:
             raise ConfigError(f"data.window_hu must be [low, high] with low < high, got {self.window_hu}")
         if not 0 <= self.positive_patch_fraction <= 1:
-            raise ConfigError(f"data.positive_patch_fraction must be between 0 and 1, got {self.positive_patch_fraction}")
+            raise ConfigError(f"data.positive_patch_fraction must be between 0 and 1, "
+                              f"got {self.positive_patch_fraction}")
         if not 0 <= self.val_fraction < 1:
             raise ConfigError(f"data.val_fraction must be in [0, 1), got {self.val_fraction}")
 
@@ -102,7 +103,8 @@ class DetectionModel:
         if len(self.widths) != 4 or any(w <= 0 for w in self.widths):
             raise ConfigError(f"model.widths needs four positive channel counts, got {self.widths}")
         if self.fpn_channels <= 0 or self.fpn_channels % 8:
-            raise ConfigError(f"model.fpn_channels must be a positive multiple of 8 (GroupNorm), got {self.fpn_channels}")
+            raise ConfigError(f"model.fpn_channels must be a positive multiple of 8 (GroupNorm), "
+                              f"got {self.fpn_channels}")
         if not self.returned_layers or sorted(set(self.returned_layers)) != list(self.returned_layers) or \
                 min(self.returned_layers) < 1 or max(self.returned_layers) > 4:
             raise ConfigError(f"model.returned_layers must be increasing stages in 1..4, got {self.returned_layers}")
@@ -123,6 +125,8 @@ class DetectionInfer:
     #: sliding-window size, voxels (x, y, z); scans that fit are run in one pass
     roi_size: list[int] = field(default_factory=lambda: [512, 512, 192])
     overlap: float = 0.25
+    #: windows per network call (GPU memory grows with it; on CPU, 2 or more keep PyTorch on oneDNN)
+    sw_batch_size: int = 1
     score_threshold: float = 0.02
     nms_iou: float = 0.22
     topk_per_level: int = 1000
@@ -140,8 +144,10 @@ class DetectionInfer:
         if not 0 < self.nms_iou <= 1:
             raise ConfigError(f"infer.nms_iou must be in (0, 1], got {self.nms_iou}")
         if not 1 <= self.max_marks_per_scan <= 100:
-            raise ConfigError(f"infer.max_marks_per_scan must be 1..100 (LUNA16 scores 100), got {self.max_marks_per_scan}")
+            raise ConfigError(f"infer.max_marks_per_scan must be 1..100 (LUNA16 scores 100), "
+                              f"got {self.max_marks_per_scan}")
         positive("infer.overlays_per_scan", self.overlays_per_scan, allow_zero=True)
+        positive("infer.sw_batch_size", self.sw_batch_size)
 
 
 def _default_trainer() -> TrainerConfig:

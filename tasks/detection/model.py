@@ -115,9 +115,9 @@ def build_detector(model_cfg: DetectionModel, infer_cfg: DetectionInfer) -> Reti
         nms_thresh=infer_cfg.nms_iou,
         detections_per_img=infer_cfg.max_marks_per_scan,
     )
-    detector.set_sliding_window_inferer(
-        roi_size=[int(s) for s in infer_cfg.roi_size], sw_batch_size=1, overlap=infer_cfg.overlap, mode="constant"
-    )
+    detector.set_sliding_window_inferer(roi_size=[int(s) for s in infer_cfg.roi_size],
+                                        sw_batch_size=infer_cfg.sw_batch_size, overlap=infer_cfg.overlap,
+                                        mode="constant")
     if model_cfg.init_weights:
         load_initial_weights(detector, Path(model_cfg.init_weights))
     return detector
