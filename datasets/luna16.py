@@ -42,6 +42,8 @@ class Nodule:
 def read_annotations(path: Path) -> dict[str, list[Nodule]]:
     """seriesuid -> nodules, from annotations.csv or annotations_excluded.csv."""
     nodules: dict[str, list[Nodule]] = {}
+    if not Path(path).is_file():
+        raise DataError("annotation file not found", path)
     with open(path, newline="") as handle:
         reader = csv.DictReader(handle)
         missing = [c for c in ANNOTATION_COLUMNS if c not in (reader.fieldnames or [])]

@@ -250,6 +250,8 @@ class LungNoduleDetection(Task):
         nodules = froc.nodule_arrays(read_annotations(Path(annotations)))
         skipped = froc.nodule_arrays(read_annotations(Path(excluded))) if excluded else {}
         uids = froc.read_seriesuids(Path(seriesuids)) if seriesuids else sorted(set(nodules) | set(marks))
+        if not uids:
+            raise DataError("no scans to score: the annotations and the predictions name none", predictions)
         result = froc.evaluate(marks, nodules, skipped, uids, bootstrap=bootstrap)
         if not seriesuids:
             result.notes.append("no --seriesuids: scored the scans named in the annotations or the predictions")

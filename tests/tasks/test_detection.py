@@ -218,13 +218,17 @@ def test_evaluate_scores_a_submission_file_without_a_model(tmp_path, capsys):
     assert "cpm" in printed and "CPM" in printed
 
 
-def test_a_submission_without_a_probability_column_is_refused_naming_the_file(tmp_path, capsys):
+def test_bad_submission_and_annotation_files_are_refused_naming_the_file(tmp_path, capsys):
     annotations = write_rows(tmp_path / "annotations.csv", "seriesuid,coordX,coordY,coordZ,diameter_mm",
                              ["1.2.3,0,0,0,10"])
     submission = write_rows(tmp_path / "sub.csv", "seriesuid,coordX,coordY,coordZ", ["1.2.3,0,0,0"])
     assert main(["evaluate", "detection", "--predictions", str(submission), "--annotations", str(annotations)]) == 2
     assert capsys.readouterr().err == (f"error: {submission}: missing column(s) probability; a LUNA16 submission "
                                        "has seriesuid,coordX,coordY,coordZ,probability\n")
+    missing = tmp_path / "nowhere.csv"
+    good = write_rows(tmp_path / "good.csv", "seriesuid,coordX,coordY,coordZ,probability", ["1.2.3,0,0,0,0.5"])
+    assert main(["evaluate", "detection", "--predictions", str(good), "--annotations", str(missing)]) == 2
+    assert capsys.readouterr().err == f"error: {missing}: annotation file not found\n"
     bad = write_rows(tmp_path / "bad.csv", "seriesuid,coordX,coordY,coordZ,probability", ["1.2.3,0,zero,0,0.5"])
     assert main(["evaluate", "detection", "--predictions", str(bad), "--annotations", str(annotations)]) == 2
     assert capsys.readouterr().err == f"error: {bad}:2: coordY 'zero' is not a number\n"
