@@ -42,6 +42,8 @@ class Nodule:
 def read_annotations(path: Path) -> dict[str, list[Nodule]]:
     """seriesuid -> nodules, from annotations.csv or annotations_excluded.csv."""
     nodules: dict[str, list[Nodule]] = {}
+    if not Path(path).is_file():
+        raise DataError("annotation file not found", path)
     with open(path, newline="") as handle:
         reader = csv.DictReader(handle)
         missing = [c for c in ANNOTATION_COLUMNS if c not in (reader.fieldnames or [])]
@@ -55,6 +57,39 @@ def read_annotations(path: Path) -> dict[str, list[Nodule]]:
                 raise DataError(f"cannot parse row ({exc})", f"{path}:{number}") from exc
             nodules.setdefault(nodule.seriesuid, []).append(nodule)
     return nodules
+
+
+def nodule_rows(nodules: list[Nodule]) -> list[list[float]]:
+    """Plain ``[x, y, z, diameter_mm]`` rows (world mm, LPS) for records and caches."""
+    return [[n.x, n.y, n.z, n.diameter_mm] for n in nodules]
+
+
+def records(root: Path) -> list[dict]:
+    """One record per scan of a LUNA16 folder, sorted by fold then seriesuid.
+
+    ``{"image": mhd path, "id": uid, "seriesuid": uid, "fold": subset index, "nodules": rows,
+    "excluded": rows}``; rows are ``[x, y, z, diameter_mm]`` in world mm (LPS), from
+    ``annotations.csv`` and ``annotations_excluded.csv`` (optional; a negative diameter means unmeasured).
+    Boxes are made from these on each scan's grid by the task, after resampling.
+    """
+    root = Path(root)
+    scans = find_scans(root)
+    if not scans:
+        raise DataError("no subsetN/<seriesuid>.mhd scans found (LUNA16 layout)", root)
+    annotations_path = root / "annotations.csv"
+    if not annotations_path.is_file():
+        raise DataError("annotations.csv missing (seriesuid,coordX,coordY,coordZ,diameter_mm)", annotations_path)
+    nodules = read_annotations(annotations_path)
+    excluded_path = root / "annotations_excluded.csv"
+    excluded = read_annotations(excluded_path) if excluded_path.is_file() else {}
+    unknown = sorted(set(nodules) - set(scans))
+    if unknown:
+        raise DataError(f"seriesuid {unknown[0]} has no scan in any subset folder "
+                        f"({len(unknown)} such); run `medsight data check luna16 {root}`", annotations_path)
+    out = [{"image": str(path), "id": uid, "seriesuid": uid, "fold": fold,
+            "nodules": nodule_rows(nodules.get(uid, [])), "excluded": nodule_rows(excluded.get(uid, []))}
+           for uid, (path, fold) in scans.items()]
+    return sorted(out, key=lambda r: (r["fold"], r["seriesuid"]))
 
 
 def find_scans(root: Path) -> dict[str, tuple[Path, int]]:

@@ -176,8 +176,9 @@ def predict(loaded: Loaded, inputs: list[str], out: Path, images: dict[str, str]
 
 
 def export(loaded: Loaded, fmt: str, out: Path) -> Path:
-    """TorchScript (traced) or ONNX; checked against the eager model on the task's example input."""
-    model = loaded.model.float().eval()
+    """TorchScript (traced) or ONNX of the task's export module; checked against the eager module on
+    the task's example input."""
+    model = loaded.task.export_module(loaded.model).float().eval()
     example = loaded.task.example_input()
     with torch.inference_mode():
         expected = model(example)

@@ -161,6 +161,11 @@ class Task:
         """A batch-of-one input for export (TorchScript/ONNX)."""
         raise NotImplementedError
 
+    def export_module(self, model: nn.Module) -> nn.Module:
+        """The module ``medsight export`` traces. Default: the model itself; a task whose model has
+        untraceable post-processing (e.g. a detector's NMS) returns its network here."""
+        return model
+
     @classmethod
     def demo_inputs(cls, data: Path) -> list[str]:
         """Inputs ``medsight demo`` predicts on, from the synthetic dataset at ``data``."""

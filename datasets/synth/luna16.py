@@ -95,7 +95,13 @@ def make_scan(
     shape=(160, 160, 48),
     spacing=(0.75, 0.75, 2.5),
     seed: int = 0,
+    direction_lps=None,
 ) -> Scan:
+    """One synthetic chest CT; ``direction_lps`` (LPS cosines, one column per array axis) defaults to identity.
+
+    Nodules and vessels are painted in array space, so any direction gives the same array; world
+    coordinates follow from the grid (``Scan.world``).
+    """
     shape = tuple(int(n) for n in shape)
     spacing = np.asarray(spacing, dtype=np.float64)
     extent = np.asarray(shape) * spacing
@@ -172,7 +178,7 @@ def make_scan(
         volume=np.clip(np.round(volume), -1024, 3071).astype(np.int16),
         origin_lps=origin,
         spacing_mm=spacing,
-        direction=np.eye(3),
+        direction=np.eye(3) if direction_lps is None else np.asarray(direction_lps, dtype=np.float64).reshape(3, 3),
         nodules=nodules,
         excluded=excluded,
         lung_mask=lungs,

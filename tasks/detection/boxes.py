@@ -1,0 +1,78 @@
+"""Nodules in world mm <-> boxes in the voxels of an image, through ``medsight.geometry`` only.
+
+A nodule is a LUNA16 row: centre (x, y, z) in world mm, LPS, and a diameter in mm. A box is MONAI's
+``StandardMode`` ``[x0, y0, z0, x1, y1, z1]`` in voxel-edge coordinates of the image array: voxel
+``i`` spans ``[i, i + 1)``, so a continuous voxel index ``c`` (voxel centres at integers, the
+convention of ``medsight.geometry``) sits at box coordinate ``c + 0.5``. MONAI's box flips, 90-degree
+rotations, crops and zooms use the same convention, which keeps the centre exact through them.
+
+The box of a nodule is the cube around its centre whose side along each array axis is the diameter
+divided by that axis' voxel size: a sphere's extent is its diameter in any direction, so this holds
+for oblique direction matrices too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping
+
+import numpy as np
+import torch
+from monai.transforms import MapTransform
+
+from medsight.geometry import voxel_size_mm, voxel_to_world, world_to_voxel
+
+#: box coordinate of the centre of voxel 0 (voxel-edge convention)
+VOXEL_CENTRE = 0.5
+
+
+def nodules_to_boxes(nodules_mm: np.ndarray, affine_ras: np.ndarray) -> np.ndarray:
+    """Boxes of nodules on a grid.
+
+    nodules_mm: (N, 4) rows ``x, y, z, diameter_mm`` (LPS world mm); affine_ras: (4, 4) of the image
+    array. Returns (N, 6) float32 ``[x0, y0, z0, x1, y1, z1]`` in voxel-edge coordinates.
+    """
+    nodules_mm = np.asarray(nodules_mm, dtype=np.float64).reshape(-1, 4)
+    if len(nodules_mm) == 0:
+        return np.zeros((0, 6), dtype=np.float32)
+    centres = world_to_voxel(nodules_mm[:, :3], affine_ras, space="LPS") + VOXEL_CENTRE
+    half_sides = nodules_mm[:, 3:4] / voxel_size_mm(affine_ras)[None, :] / 2.0
+    return np.concatenate([centres - half_sides, centres + half_sides], axis=1).astype(np.float32)
+
+
+def boxes_to_nodules(boxes: np.ndarray, affine_ras: np.ndarray) -> np.ndarray:
+    """The inverse of ``nodules_to_boxes``: (N, 6) boxes -> (N, 4) ``x, y, z, diameter_mm`` (LPS mm).
+
+    The diameter is the mean of the box's three sides in mm (a detected box is not a perfect cube).
+    """
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 6)
+    if len(boxes) == 0:
+        return np.zeros((0, 4), dtype=np.float64)
+    centres = (boxes[:, :3] + boxes[:, 3:]) / 2.0 - VOXEL_CENTRE
+    world = voxel_to_world(centres, affine_ras, space="LPS")
+    sides_mm = (boxes[:, 3:] - boxes[:, :3]) * voxel_size_mm(affine_ras)[None, :]
+    return np.concatenate([world, sides_mm.mean(axis=1, keepdims=True)], axis=1)
+
+
+def _affine_of(image) -> np.ndarray:
+    affine = getattr(image, "affine", None)
+    if affine is None:
+        raise ValueError("the image carries no affine: load it with medsight's readers")
+    return np.asarray(affine.cpu().numpy() if isinstance(affine, torch.Tensor) else affine, dtype=np.float64)
+
+
+class NodulesToBoxesd(MapTransform):
+    """``data[nodules_key]`` (N, 4) world-mm rows -> ``data[box_key]`` (N, 6) float32 voxel-edge boxes on
+    the grid of ``data[image_key]`` as it is now (after orientation and resampling), and
+    ``data[label_key]`` (N,) int64 zeros (one class: nodule)."""
+
+    def __init__(self, image_key: str = "image", nodules_key: str = "nodules", box_key: str = "boxes",
+                 label_key: str = "labels"):
+        super().__init__([nodules_key])
+        self.image_key, self.nodules_key, self.box_key, self.label_key = image_key, nodules_key, box_key, label_key
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict:
+        d = dict(data)
+        boxes = nodules_to_boxes(np.asarray(d[self.nodules_key], dtype=np.float64), _affine_of(d[self.image_key]))
+        d[self.box_key] = torch.as_tensor(boxes)
+        d[self.label_key] = torch.zeros(len(boxes), dtype=torch.long)
+        return d

@@ -1,0 +1,142 @@
+"""What detection writes: the LUNA16 submission CSV, overlay PNGs of the top marks, and the FROC
+table, curve, plot and summary of an evaluation."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from medsight.geometry import voxel_size_mm, world_to_voxel
+from medsight.io.pictures import marks_png
+from medsight.io.writers import atomic_path, write_csv, write_json
+
+from .boxes import boxes_to_nodules
+from .froc import FP_RATES, FrocResult
+
+SUBMISSION_HEADER = ("seriesuid", "coordX", "coordY", "coordZ", "probability", "diameter_mm")
+
+
+def marks_from_boxes(boxes: np.ndarray, scores: np.ndarray, affine_ras: np.ndarray) -> np.ndarray:
+    """Detected boxes on an image grid -> marks (N, 5) ``x, y, z, probability, diameter_mm``, world mm
+    (LPS, as annotations.csv), highest probability first."""
+    nodules = boxes_to_nodules(boxes, affine_ras)
+    marks = np.concatenate([nodules[:, :3], np.asarray(scores, dtype=np.float64).reshape(-1, 1), nodules[:, 3:]],
+                           axis=1)
+    return marks[np.argsort(-marks[:, 3], kind="stable")]
+
+
+def submission_rows(seriesuid: str, marks: np.ndarray) -> list[dict]:
+    return [dict(zip(SUBMISSION_HEADER, (seriesuid, float(m[0]), float(m[1]), float(m[2]), float(m[3]), float(m[4]))))
+            for m in np.asarray(marks).reshape(-1, 5)]
+
+
+def write_submission(rows: Iterable[dict], path: Path) -> Path:
+    return write_csv(rows, path, SUBMISSION_HEADER)
+
+
+def overlay_pngs(image: np.ndarray, affine_ras: np.ndarray, marks: np.ndarray, seriesuid: str, folder: Path,
+                 count: int, window: tuple[float, float] = (0.0, 1.0)) -> list[Path]:
+    """For each of the ``count`` top marks, the axial slice through its centre with a circle of its
+    diameter, shown the radiological way (patient's right on the left, anterior at the top).
+
+    image: (X, Y, Z) on the grid ``affine_ras`` (oriented RAS by the pipeline); marks: (N, 5) world LPS.
+    """
+    paths = []
+    spacing = voxel_size_mm(affine_ras)
+    for rank, mark in enumerate(np.asarray(marks).reshape(-1, 5)[:count], start=1):
+        i, j, k = world_to_voxel(mark[:3], affine_ras, space="LPS")[0]
+        slice_index = int(np.clip(round(k), 0, image.shape[2] - 1))
+        # RAS array -> LPS array: [x, y].T shows rows from anterior, columns from the patient's right.
+        axial = image[::-1, ::-1, slice_index]
+        x, y = image.shape[0] - 1 - i, image.shape[1] - 1 - j
+        radius = max(mark[4] / 2.0 / spacing[0], 2.0)
+        title = (f"...{seriesuid[-12:]} mark {rank}: p={mark[3]:.2f}, {mark[4]:.1f} mm at "
+                 f"({mark[0]:.1f}, {mark[1]:.1f}, {mark[2]:.1f}) mm LPS")
+        path = folder / f"{seriesuid}_mark{rank}.png"
+        paths.append(marks_png(axial, spacing[:2], [(x, y, radius, f"{mark[3]:.2f}")], path, title=title,
+                               window=window))
+    return paths
+
+
+def write_froc(result: FrocResult, out: Path, title: str = "FROC") -> list[Path]:
+    """``froc.csv`` (the seven operating points), ``froc_curve.csv``, ``froc.png`` and ``summary.json``."""
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for index, rate in enumerate(FP_RATES):
+        row = {"fps_per_scan": rate, "sensitivity": float(result.at_rates[index])}
+        if result.ci_low is not None:
+            row.update(ci_low=float(result.ci_low[index]), ci_high=float(result.ci_high[index]))
+        rows.append(row)
+    columns = ["fps_per_scan", "sensitivity"] + (["ci_low", "ci_high"] if result.ci_low is not None else [])
+    written = [write_csv(rows, out / "froc.csv", columns)]
+    curve = [{"fps_per_scan": float(f), "sensitivity": float(s), "threshold": float(t)}
+             for f, s, t in zip(result.fps_per_scan, result.sensitivity, result.thresholds)]
+    written.append(write_csv(curve, out / "froc_curve.csv", ["fps_per_scan", "sensitivity", "threshold"]))
+    written.append(_froc_png(result, out / "froc.png", title))
+    summary = {
+        "cpm": result.cpm,
+        "sensitivity": {f"{rate:g}": float(v) for rate, v in zip(FP_RATES, result.at_rates)},
+        "scans": result.scans, "nodules": result.nodules, "hits": result.hits,
+        "false_positives": result.false_positives, "ignored_on_excluded": result.ignored_on_excluded,
+        "duplicate_hits": result.duplicate_hits, "dropped_over_cap": result.dropped_over_cap,
+        "notes": result.notes,
+    }
+    if result.cpm_ci is not None:
+        summary["bootstrap"] = {
+            "samples": result.bootstrap_samples, "confidence": result.confidence,
+            "cpm": {"mean": result.cpm_ci[0], "low": result.cpm_ci[1], "high": result.cpm_ci[2]},
+            "sensitivity_low": {f"{r:g}": float(v) for r, v in zip(FP_RATES, result.ci_low)},
+            "sensitivity_high": {f"{r:g}": float(v) for r, v in zip(FP_RATES, result.ci_high)},
+        }
+    written.append(write_json(summary, out / "summary.json"))
+    return written
+
+
+def _froc_png(result: FrocResult, path: Path, title: str) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    grid = np.geomspace(FP_RATES[0], FP_RATES[-1], 200)
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    if np.all(np.isfinite(result.sensitivity)):
+        ax.plot(grid, np.interp(grid, result.fps_per_scan, result.sensitivity), lw=2, label=f"CPM {result.cpm:.3f}")
+    ax.plot(FP_RATES, result.at_rates, "o", color="C0")
+    if result.ci_low is not None:
+        ax.fill_between(FP_RATES, result.ci_low, result.ci_high, alpha=0.2, color="C0",
+                        label=f"{result.confidence:.0%} bootstrap interval")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(FP_RATES, [f"{r:g}" for r in FP_RATES])
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("average false positives per scan")
+    ax.set_ylabel("sensitivity")
+    ax.set_title(f"{title}: {result.scans} scans, {result.nodules} nodules")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+    return path
+
+
+def froc_table(result: FrocResult) -> str:
+    """The seven operating points and the CPM as a text table (for people and logs)."""
+    lines = ["FPs/scan  sensitivity" + ("  95% CI" if result.ci_low is not None else "")]
+    for index, rate in enumerate(FP_RATES):
+        line = f"{rate:8g}  {result.at_rates[index]:11.4f}"
+        if result.ci_low is not None:
+            line += f"  [{result.ci_low[index]:.4f}, {result.ci_high[index]:.4f}]"
+        lines.append(line)
+    line = f"{'CPM':>8s}  {result.cpm:11.4f}"
+    if result.cpm_ci is not None:
+        line += f"  [{result.cpm_ci[1]:.4f}, {result.cpm_ci[2]:.4f}]"
+    lines.append(line)
+    return "\n".join(lines)
+
+
+def arrays_by_uid(uids: Sequence[str], arrays: Sequence) -> dict[str, np.ndarray]:
+    return {uid: np.asarray(a, dtype=np.float64).reshape(-1, 4) for uid, a in zip(uids, arrays)}

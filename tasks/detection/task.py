@@ -1,0 +1,267 @@
+"""``detection``: lung nodules in chest CT (LUNA16 and the generic ct-nodules layout), MONAI 3D RetinaNet,
+scored by the official LUNA16 FROC/CPM rules."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from medsight.errors import DataError
+from medsight.registry import register_task
+from medsight.task import DemoSpec, Monitor, StepOutput, Task
+
+from . import froc, outputs, pipeline
+from .config import DetectionConfig, size_divisible
+from .model import BOX_KEY, LABEL_KEY, SCORE_KEY, ExportedNetwork, build_detector
+
+INPUT_SUFFIXES = (".nii.gz", ".nii", ".mhd", ".mha", ".nrrd", ".nhdr")
+
+CPU_SMALL = {
+    # bench/detection_learnability.py: CPM 0.85 on held-out synthetic scans in about 18 CPU-minutes
+    "trainer": {"max_epochs": 60, "val_every_n_epochs": 10, "precision": "fp32"},
+    "optim": {"name": "adamw", "lr": 2e-3, "weight_decay": 1e-4, "scheduler": "cosine", "warmup_epochs": 0},
+    "data": {
+        "spacing_mm": [1.40625, 1.40625, 2.5],  # twice the GPU voxel size
+        "patch_size": [64, 64, 32],
+        "patches_per_scan": 4,
+        "batch_size": 2,
+        "val_fraction": 0.2,
+        "cache": "memory",
+    },
+    "model": {
+        "depth": 18,
+        "widths": [16, 32, 64, 128],
+        "fpn_channels": 16,
+        "anchor_shapes_voxels": [[3, 3, 2], [5, 5, 3], [7, 7, 4]],
+    },
+    "infer": {"roi_size": [128, 128, 64], "sw_batch_size": 4},
+}
+
+GPU = {
+    # The MONAI lung_nodule_ct_detection bundle's published training settings.
+    "trainer": {"max_epochs": 300, "val_every_n_epochs": 5, "precision": "auto"},
+    "optim": {"name": "sgd", "lr": 1e-2, "momentum": 0.9, "nesterov": True, "weight_decay": 3e-5,
+              "scheduler": "step", "warmup_epochs": 10, "step_epochs": 150, "gamma": 0.1},
+    "data": {
+        "spacing_mm": [0.703125, 0.703125, 1.25],
+        "patch_size": [192, 192, 80],
+        "patches_per_scan": 4,
+        "batch_size": 1,
+        "val_fraction": 0.05,
+        # resampled float32 LUNA16 would need ~240 GB of cache: workers resample each epoch instead
+        "cache": "none",
+        "num_workers": 8,
+    },
+    "model": {"depth": 50, "widths": [64, 128, 256, 512], "fpn_channels": 256,
+              "anchor_shapes_voxels": [[6, 8, 4], [8, 6, 5], [10, 10, 6]]},
+    "infer": {"roi_size": [512, 512, 192], "score_threshold": 0.02, "nms_iou": 0.22},
+}
+
+
+@register_task("detection")
+class LungNoduleDetection(Task):
+    summary = "lung nodules in chest CT: 3D RetinaNet, LUNA16 submission CSV, official FROC/CPM"
+    config_class = DetectionConfig
+    profiles = {"cpu-small": CPU_SMALL, "gpu": GPU}
+    datasets = ("luna16", "ct-nodules")
+    models = ("retinanet-resnet-fpn",)
+    monitor = Monitor("cpm", "max")
+    evaluate_split = "test"
+    demo = DemoSpec(
+        dataset="luna16",
+        synth={"cases": 24, "subsets": 4},
+        profile="cpu-small",
+        overrides=("trainer.max_epochs=20", "trainer.val_every_n_epochs=5"),
+        quick_synth={"cases": 3, "shape": (64, 64, 24), "spacing": (1.8, 1.8, 3.0)},
+        quick_overrides=("data.patch_size=[32,32,16]", "data.patches_per_scan=2", "data.batch_size=1",
+                         "infer.roi_size=[64,64,32]", "trainer.max_steps_per_epoch=2", "infer.overlays_per_scan=1"),
+    )
+
+    def __init__(self, config: DetectionConfig):
+        super().__init__(config)
+        self._submission: list[dict] = []
+
+    # -- data -------------------------------------------------------------------------------------
+    def dataset_records(self, data: Path) -> list[dict]:
+        """Every scan of the dataset folder, through its format's adapter."""
+        fmt = self.config.data.format
+        if fmt == "auto":
+            fmt = "luna16" if any(Path(data).glob("subset[0-9]*")) else "ct-nodules"
+        if fmt == "luna16":
+            from medsight.datasets.luna16 import records
+        else:
+            from medsight.datasets.ct_nodules import records
+        return records(Path(data))
+
+    def records(self, data: Path, split: str) -> list[dict]:
+        """``test``: scans of fold ``data.fold``; ``val``: ``data.val_fraction`` of the others (drawn by
+        ``trainer.seed``); ``train``: the rest; ``all``: every scan."""
+        scans = self.dataset_records(data)
+        if split == "all":
+            return scans
+        held_out = [r for r in scans if r["fold"] == self.config.data.fold]
+        if split == "test":
+            return held_out
+        rest = [r for r in scans if r["fold"] != self.config.data.fold]
+        order = list(range(len(rest)))
+        random.Random(self.config.trainer.seed).shuffle(order)
+        fraction = self.config.data.val_fraction
+        count = 0 if fraction == 0 or len(rest) < 2 else min(len(rest) - 1, max(1, round(fraction * len(rest))))
+        val = {i for i in order[:count]}
+        return [r for i, r in enumerate(rest) if (i in val) == (split == "val")]
+
+    def transforms(self, stage: str):
+        if stage == "train":
+            return pipeline.train_transforms(self.config.data)
+        return pipeline.eval_transforms(self.config.data)
+
+    def collate_fn(self, stage: str):
+        return pipeline.collate_fn(stage)
+
+    # -- model ------------------------------------------------------------------------------------
+    def build_model(self) -> nn.Module:
+        return build_detector(self.config.model, self.config.infer)
+
+    def export_module(self, model: nn.Module) -> nn.Module:
+        """The RetinaNet network (backbone, FPN, heads; a flat list of output maps): the detector's box
+        decoding, NMS and sliding window are data-dependent Python and cannot be traced."""
+        return ExportedNetwork(model.network)
+
+    def training_step(self, model: nn.Module, batch: dict) -> StepOutput:
+        targets = [{BOX_KEY: boxes, LABEL_KEY: labels} for boxes, labels in zip(batch[BOX_KEY], batch[LABEL_KEY])]
+        losses = model(batch["image"], targets)
+        classification, regression = losses["classification"], losses["box_regression"]
+        return StepOutput(loss=classification + regression,
+                          logs={"cls_loss": classification.detach(), "box_loss": regression.detach()},
+                          batch_size=len(targets))
+
+    def _detect(self, model: nn.Module, images) -> list[dict[str, np.ndarray]]:
+        """Whole-scan detection: one pass when a scan fits ``infer.roi_size``, else sliding windows."""
+        results = []
+        roi = self.config.infer.roi_size
+        for image in images:
+            image = torch.as_tensor(image).as_subclass(torch.Tensor).float()
+            use_window = any(size > limit for size, limit in zip(image.shape[-3:], roi))
+            # On CPU, PyTorch runs 3D convolutions of a batch of one with its slow native kernel (oneDNN
+            # only from two): pairing the scan with itself is about three times faster.
+            pair = not use_window and image.device.type == "cpu"
+            detection = model([image, image] if pair else [image], use_inferer=use_window)[0]
+            results.append({"boxes": detection[BOX_KEY].float().cpu().numpy(),
+                            "scores": detection[SCORE_KEY].float().cpu().numpy()})
+        return results
+
+    def validation_step(self, model: nn.Module, batch: dict) -> dict[str, list]:
+        detections = self._detect(model, batch["image"])
+        affines = batch["image"].affine.reshape(-1, 4, 4).cpu().numpy()
+        marks = [outputs.marks_from_boxes(d["boxes"], d["scores"], affine) for d, affine in zip(detections, affines)]
+        return {"seriesuid": list(batch["seriesuid"]), "marks": marks,
+                "nodules": [np.asarray(n, dtype=np.float64).reshape(-1, 4) for n in batch["nodules"]],
+                "excluded": [np.asarray(e, dtype=np.float64).reshape(-1, 4) for e in batch["excluded"]]}
+
+    def _score(self, outputs_: dict[str, list], bootstrap: int = 0) -> froc.FrocResult:
+        uids = outputs_["seriesuid"]
+        return froc.evaluate(
+            marks={uid: np.asarray(m)[:, :4] for uid, m in zip(uids, outputs_["marks"])},
+            nodules=outputs.arrays_by_uid(uids, outputs_["nodules"]),
+            excluded=outputs.arrays_by_uid(uids, outputs_["excluded"]),
+            seriesuids=uids, max_marks=self.config.infer.max_marks_per_scan, bootstrap=bootstrap,
+            seed=self.config.trainer.seed)
+
+    def validation_metrics(self, outputs_: dict[str, list]) -> dict[str, float]:
+        return self._score(outputs_).metrics()
+
+    def write_evaluation(self, outputs_: dict[str, list], metrics: dict[str, float], out: Path) -> list[Path]:
+        rows = [row for uid, marks in zip(outputs_["seriesuid"], outputs_["marks"])
+                for row in outputs.submission_rows(uid, marks)]
+        written = [outputs.write_submission(rows, out / "submission.csv")]
+        result = self._score(outputs_)
+        written += outputs.write_froc(result, out, title="FROC")
+        print(outputs.froc_table(result))
+        return written
+
+    # -- inference --------------------------------------------------------------------------------
+    def input_records(self, path: str | None, images: dict[str, str] | None = None) -> list[dict]:
+        """A CT file (.mhd, NIfTI, NRRD), a DICOM series folder, or a folder of such scans."""
+        if images:
+            raise DataError("detection reads one CT per case: give files or folders as inputs, not --image",
+                            "command line")
+        source = Path(path)
+        if not source.exists():
+            raise DataError("file or folder not found", source)
+        if source.is_file():
+            if not source.name.lower().endswith(INPUT_SUFFIXES):
+                raise DataError(f"not a CT volume ({', '.join(INPUT_SUFFIXES)} or a DICOM series folder)", source)
+            return [_scan_record(source)]
+        from medsight.datasets.ct_nodules import dicom_series_uids, volume_stem
+
+        volumes = sorted(p for p in source.rglob("*") if p.is_file() and volume_stem(p))
+        if volumes:
+            return [_scan_record(p) for p in volumes]
+        uids = dicom_series_uids(source)
+        if uids:
+            # several series: the reader takes the one with most slices and reports its uid in the metadata
+            return [{"image": str(source), "id": source.name, "seriesuid": uids[0] if len(uids) == 1 else source.name}]
+        raise DataError("no CT scans here (NIfTI, MHD, NRRD files or DICOM series)", source)
+
+    def predict(self, model: nn.Module, batch: dict) -> list[dict[str, np.ndarray]]:
+        return self._detect(model, batch["image"])
+
+    def write(self, prediction: dict, data: dict, out: Path) -> list[Path]:
+        image = data["image"]
+        affine = np.asarray(image.affine.cpu().numpy(), dtype=np.float64)
+        seriesuid = image.meta.get("series_uid") or data.get("seriesuid") or data.get("id")
+        marks = outputs.marks_from_boxes(prediction["boxes"], prediction["scores"], affine)
+        self._submission.extend(outputs.submission_rows(str(seriesuid), marks))
+        count = self.config.infer.overlays_per_scan
+        if count == 0 or len(marks) == 0:
+            return []
+        return outputs.overlay_pngs(image[0].cpu().numpy(), affine, marks, str(seriesuid), out / "overlays", count)
+
+    def finish_predictions(self, out: Path) -> list[Path]:
+        return [outputs.write_submission(self._submission, out / "submission.csv")]
+
+    def example_input(self) -> torch.Tensor:
+        size = [2 * d for d in size_divisible(self.config.model)]
+        return torch.rand(1, 1, *size, generator=torch.Generator().manual_seed(0))
+
+    @classmethod
+    def demo_inputs(cls, data: Path) -> list[str]:
+        from medsight.datasets.luna16 import find_scans
+
+        held_out = sorted(str(path) for path, fold in find_scans(Path(data)).values() if fold == 0)
+        return held_out[:2]
+
+    # -- scoring a submission file ----------------------------------------------------------------
+    @classmethod
+    def score_predictions(cls, predictions: Path, annotations: str | None, excluded: str | None,
+                          seriesuids: str | None, out: Path, bootstrap: int = 0) -> dict[str, float]:
+        """Score any system's LUNA16 submission CSV by the official rules; writes froc.csv, froc.png,
+        froc_curve.csv and summary.json to ``out``. Without ``seriesuids``, the scans scored are those
+        named in the annotations or the predictions (scans with neither would be missed: pass the list)."""
+        from medsight.datasets.luna16 import read_annotations
+
+        if not annotations:
+            raise DataError("scoring needs --annotations (annotations.csv of the scans)", "command line")
+        marks = froc.read_submission(Path(predictions))
+        nodules = froc.nodule_arrays(read_annotations(Path(annotations)))
+        skipped = froc.nodule_arrays(read_annotations(Path(excluded))) if excluded else {}
+        uids = froc.read_seriesuids(Path(seriesuids)) if seriesuids else sorted(set(nodules) | set(marks))
+        if not uids:
+            raise DataError("no scans to score: the annotations and the predictions name none", predictions)
+        result = froc.evaluate(marks, nodules, skipped, uids, bootstrap=bootstrap)
+        if not seriesuids:
+            result.notes.append("no --seriesuids: scored the scans named in the annotations or the predictions")
+        outputs.write_froc(result, Path(out), title=Path(predictions).stem)
+        print(outputs.froc_table(result))
+        return result.metrics()
+
+
+def _scan_record(path: Path) -> dict:
+    from medsight.datasets.ct_nodules import volume_stem
+
+    uid = volume_stem(path) or path.stem
+    return {"image": str(path), "id": uid, "seriesuid": uid}
