@@ -144,8 +144,8 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         from medsight.trainer import Interrupted
 
-        print(f"{'stopped' if isinstance(known, Interrupted) else 'error'}: {known}", file=sys.stderr)
-        return known.exit_status
+        print(f"{'stopped' if isinstance(exc, Interrupted) else 'error'}: {exc}", file=sys.stderr)
+        return exc.exit_status
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
