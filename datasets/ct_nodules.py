@@ -28,9 +28,9 @@ import SimpleITK as sitk
 from pydicom.errors import InvalidDicomError
 
 from medsight.dataset_format import DatasetFormat, Problem
-from medsight.datasets.luna16 import ANNOTATION_COLUMNS, nodule_rows, read_annotations
+from medsight.datasets.luna16 import ANNOTATION_COLUMNS, annotation_problems, nodule_rows, read_annotations
 from medsight.errors import DataError
-from medsight.geometry import affine_from_itk, voxel_to_world, world_to_voxel
+from medsight.geometry import affine_from_itk, voxel_to_world
 from medsight.io.writers import write_csv
 from medsight.registry import register_dataset
 
@@ -222,25 +222,7 @@ class CtNodules(DatasetFormat):
             path = root / name
             if not path.is_file():
                 continue
-            try:
-                table = read_annotations(path)
-            except DataError as exc:
-                problems.append(Problem(exc.where or str(path), exc.message))
-                continue
-            for uid, items in table.items():
-                if uid not in scans:
-                    problems.append(Problem(str(path), f"seriesuid {uid} has no scan"))
-                    continue
-                try:
-                    affine, shape = _geometry(scans[uid])
-                except DataError as exc:
-                    problems.append(Problem(exc.where or str(scans[uid]), exc.message))
-                    continue
-                for nodule in items:
-                    index = world_to_voxel(nodule.centre, affine, space="LPS")[0]
-                    if np.any(index < -0.5) or np.any(index > np.asarray(shape[:3]) - 0.5):
-                        problems.append(Problem(str(path), f"nodule at ({nodule.x:.1f}, {nodule.y:.1f}, "
-                                                           f"{nodule.z:.1f}) mm lies outside scan {uid}"))
+            problems += annotation_problems(path, scans, lambda uid: _geometry(scans[uid]))
         return problems
 
 

@@ -198,24 +198,36 @@ class Luna16(DatasetFormat):
                 if name == "annotations.csv":
                     problems.append(Problem(str(path), "missing"))
                 continue
-            try:
-                table = read_annotations(path)
-            except DataError as exc:
-                problems.append(Problem(exc.where or str(path), exc.message))
-                continue
-            for uid, nodules in table.items():
-                if uid not in scans:
-                    problems.append(Problem(str(path), f"seriesuid {uid} has no scan in any subset folder"))
-                    continue
-                if uid not in geometry:
-                    continue
-                affine, shape = geometry[uid]
-                for nodule in nodules:
-                    index = world_to_voxel(nodule.centre, affine, space="LPS")[0]
-                    if np.any(index < -0.5) or np.any(index > np.asarray(shape) - 0.5):
-                        problems.append(Problem(str(path), f"nodule at ({nodule.x:.1f}, {nodule.y:.1f}, {nodule.z:.1f}) "
-                                                           f"mm lies outside scan {uid} (voxel {np.round(index, 1).tolist()})"))
+            problems += annotation_problems(path, scans, geometry.get, missing="has no scan in any subset folder")
         return problems
+
+
+def annotation_problems(path: Path, scans, geometry, missing: str = "has no scan") -> list[Problem]:
+    """Problems of one annotation CSV: unreadable, rows naming a scan that is not there, nodules outside
+    their scan. ``geometry(uid)`` gives the scan's (affine, shape), None to skip it, or raises DataError."""
+    try:
+        table = read_annotations(path)
+    except DataError as exc:
+        return [Problem(exc.where or str(path), exc.message)]
+    problems = []
+    for uid, nodules in table.items():
+        if uid not in scans:
+            problems.append(Problem(str(path), f"seriesuid {uid} {missing}"))
+            continue
+        try:
+            found = geometry(uid)
+        except DataError as exc:
+            problems.append(Problem(exc.where or str(scans[uid]), exc.message))
+            continue
+        if found is None:
+            continue
+        affine, shape = found
+        for nodule in nodules:
+            index = world_to_voxel(nodule.centre, affine, space="LPS")[0]
+            if np.any(index < -0.5) or np.any(index > np.asarray(shape[:3]) - 0.5):
+                problems.append(Problem(str(path), f"nodule at ({nodule.x:.1f}, {nodule.y:.1f}, {nodule.z:.1f}) mm "
+                                                   f"lies outside scan {uid} (voxel {np.round(index, 1).tolist()})"))
+    return problems
 
 
 def _triple(value, kind) -> tuple:
