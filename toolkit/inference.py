@@ -60,12 +60,15 @@ def load_for_inference(path: str | Path, overrides: list[str] | tuple = (), weig
     return Loaded(task=task, model=model, state=state, path=path)
 
 
-def _runtime(task: Task, device: str | None, precision: str | None) -> Runtime:
-    """Inference precision: the command line's, else the task's ``infer.precision``, else training's."""
+def _runtime(task: Task, device: str | None, precision: str | None, stage: str) -> Runtime:
+    """Precision and memory layout: the command line's, else (predict) the task's ``infer.precision``
+    and ``infer.channels_last``, else training's. ``evaluate`` runs as validation ran, so its metrics
+    and the thresholds chosen on validation reproduce; ``predict`` may take the faster settings."""
     cfg = task.config.trainer
-    infer = getattr(task.config, "infer", None)
+    infer = getattr(task.config, "infer", None) if stage == "predict" else None
     precision = precision or getattr(infer, "precision", None) or cfg.precision
-    return Runtime(device or cfg.device, precision, cfg.channels_last, compile=False, distributed=False)
+    channels_last = getattr(infer, "channels_last", cfg.channels_last)
+    return Runtime(device or cfg.device, precision, channels_last, compile=False, distributed=False)
 
 
 def evaluate(loaded: Loaded, data: Path, split: str, out: Path, device: str | None = None,
@@ -77,7 +80,7 @@ def evaluate(loaded: Loaded, data: Path, split: str, out: Path, device: str | No
     records = task.records(Path(data), split)
     if not records:
         raise DataError(f"no records in split {split!r}", data)
-    runtime = _runtime(task, device, precision)
+    runtime = _runtime(task, device, precision, "evaluate")
     model = runtime.setup_model(loaded.model, train=False)
     dataset = make_dataset(records, task.transforms("val"), task.config.data, None, cache=False)
     started = time.perf_counter()
@@ -143,7 +146,7 @@ def predict(loaded: Loaded, inputs: list[str], out: Path, images: dict[str, str]
             records.extend(task.input_records(None, images=images))
         except MedsightError as exc:
             report.failures.append(str(exc))
-    runtime = _runtime(task, device, precision)
+    runtime = _runtime(task, device, precision, "predict")
     model = runtime.setup_model(loaded.model, train=False)
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()

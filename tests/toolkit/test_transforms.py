@@ -23,3 +23,17 @@ def test_background_shift_leaves_zero_background_and_textured_borders_alone():
     assert torch.equal(same, image)
     noisy = torch.randn(1, 10, 10, 10)  # no constant background (not skull-stripped)
     assert torch.equal(T.background_to_zero("image")[0]({"image": noisy.clone()})["image"], noisy)
+
+
+def test_percentile_range_matches_monai_per_channel_and_leaves_a_flat_picture_at_zero():
+    from monai.data import MetaTensor
+    from monai.transforms import ScaleIntensityRangePercentilesd
+
+    picture = MetaTensor(torch.rand(2, 64, 48) * torch.tensor([1000.0, 4.0])[:, None, None])
+    monai = ScaleIntensityRangePercentilesd("image", lower=0.5, upper=99.5, b_min=0.0, b_max=1.0, clip=True,
+                                            channel_wise=True)({"image": picture.clone()})["image"]
+    ours = T.percentile_range("image", lower=0.5, upper=99.5)[0]({"image": picture})["image"]
+    assert isinstance(ours, MetaTensor) and not torch.equal(ours, picture)
+    torch.testing.assert_close(ours.as_tensor(), monai.as_tensor(), atol=1e-6, rtol=0)
+    flat = T.percentile_range("image")[0]({"image": torch.full((1, 8, 8), 5.0)})["image"]
+    assert torch.equal(flat, torch.zeros(1, 8, 8))
