@@ -27,6 +27,7 @@ from monai.transforms import (
     ScaleIntensityRanged,
     Spacingd,
 )
+from monai.utils import convert_to_dst_type
 
 from medsight.io.readers import image_loaderd
 
@@ -135,13 +136,13 @@ class PercentileRanged(MapTransform):
     def __call__(self, data):
         d = dict(data)
         for key in self.key_iterator(d):
-            image = d[key].clone()
-            for channel in range(image.shape[0]):
-                values = image[channel]
-                low, high = np.percentile(values.detach().cpu().numpy(), [self.lower, self.upper])
-                scale = 1.0 / (high - low) if high > low else 1.0
-                image[channel] = ((values - float(low)) * scale).clamp(0.0, 1.0)
-            d[key] = image
+            image = d[key]
+            array = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
+            flat = array.reshape(array.shape[0], -1)
+            low, high = np.percentile(flat, [self.lower, self.upper], axis=1, keepdims=True)
+            scale = np.divide(1.0, high - low, out=np.ones_like(high), where=high > low)
+            scaled = np.clip((flat - low) * scale, 0.0, 1.0).astype(array.dtype, copy=False).reshape(array.shape)
+            d[key] = convert_to_dst_type(scaled, image)[0]
         return d
 
 

@@ -108,7 +108,10 @@ class XrayClassification(Task):
         """
         d = self.config.data
         size = d.image_size
-        steps = [*T.load("image", kind="picture"), *T.resize("image", size=(size, size))]
+        # Pictures need no geometry past loading: plain tensors skip MetaTensor bookkeeping in every
+        # later transform (about a third of the per-picture cost of predict).
+        steps = [*T.load("image", kind="picture"), EnsureTyped("image", dtype=torch.float32, track_meta=False),
+                 *T.resize("image", size=(size, size))]
         if d.intensity_percentiles:
             low, high = d.intensity_percentiles
             steps += T.percentile_range("image", lower=low, upper=high)
