@@ -46,6 +46,8 @@ def run_demo(out: Path, tasks: list[str] | None = None, quick: bool = False) -> 
             continue
         started = time.perf_counter()
         print(f"\n== {name}: {task.summary}")
+        if spec.note:
+            print(spec.note)
         data = out / "data" / f"{spec.dataset}"
         run = out / name
         synth = dict(spec.synth, **(spec.quick_synth if quick else {}))
@@ -64,10 +66,12 @@ def run_demo(out: Path, tasks: list[str] | None = None, quick: bool = False) -> 
                           "trainer.progress=never", *spec.overrides, *(spec.quick_overrides if quick else ())])
         steps.append(["evaluate", "--checkpoint", CHECKPOINT, "--data", str(data)]
                      + (["--split", spec.evaluate_split] if spec.evaluate_split else []))
-        steps.append(["predict", "--checkpoint", CHECKPOINT, *task.demo_inputs(data), "--out",
-                      str(run / "predictions"), *spec.predict_args])
+        # the inputs are picked once the data exist (the steps before it may synthesise them)
+        steps.append(lambda: ["predict", "--checkpoint", CHECKPOINT, *task.demo_inputs(data), "--out",
+                              str(run / "predictions"), *spec.predict_args])
         status = 0
-        for argv in steps:
+        for step in steps:
+            argv = step() if callable(step) else step
             status = _run([str(_checkpoint(run)) if a == CHECKPOINT else a for a in argv])
             if status != 0:
                 failed.append(f"{name}: `medsight {shlex.join(argv)}` exited with {status}")

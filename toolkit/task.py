@@ -74,6 +74,8 @@ class DemoSpec:
     variants: tuple[tuple[str, ...], ...] = ((),)
     #: the split ``medsight demo`` evaluates (held-out data); None = the task's evaluate_split
     evaluate_split: str | None = None
+    #: printed under the task's heading: what this short run can and cannot show
+    note: str = ""
 
 
 class Task:

@@ -246,7 +246,6 @@ class XrayClassification(Task):
 
     @classmethod
     def demo_inputs(cls, data: Path) -> list[str]:
-        """The first pictures of the first four synthetic patients. ``medsight demo`` asks before the data
-        exist: every synthetic patient has a picture ``_000``, and the first patients' pictures land in
-        ``images_001`` (the generator fills it with the first half of the pictures)."""
+        """The first pictures of the first four synthetic patients: every synthetic patient has a picture
+        ``_000``, and the first patients' pictures land in ``images_001``."""
         return [str(Path(data) / "images_001" / "images" / f"{patient:08d}_000.png") for patient in range(1, 5)]

@@ -76,6 +76,9 @@ class LungNoduleDetection(Task):
         synth={"cases": 24, "subsets": 4},
         profile="cpu-small",
         overrides=("trainer.max_epochs=20", "trainer.val_every_n_epochs=5"),
+        note=("A short run that walks the whole pipeline (train, FROC, submission CSV, overlays): 20 epochs on\n"
+              "14 scans is too little for the detector to find nodules, so expect a CPM near 0. The learnable\n"
+              "setting is bench/detection_learnability.py: 80 scans, 60 epochs, held-out CPM 0.85 in 19 CPU-min."),
         quick_synth={"cases": 3, "shape": (64, 64, 24), "spacing": (1.8, 1.8, 3.0)},
         quick_overrides=("data.patch_size=[32,32,16]", "data.patches_per_scan=2", "data.batch_size=1",
                          "infer.roi_size=[64,64,32]", "trainer.max_steps_per_epoch=2", "infer.overlays_per_scan=1"),
