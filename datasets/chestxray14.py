@@ -25,6 +25,7 @@ import numpy as np
 from PIL import Image
 
 from medsight.dataset_format import DatasetFormat, Problem
+from medsight.datasets.folders import unreadable_image
 from medsight.datasets.splits import split_by_group
 from medsight.errors import DataError
 from medsight.io.writers import write_text
@@ -282,11 +283,8 @@ class ChestXray14(DatasetFormat):
         for name, path in sorted(paths.items()):
             if name not in known:
                 problems.append(Problem(str(path), "image has no row in the labels CSV"))
-            try:
-                with Image.open(path) as image:
-                    image.load()
-            except Exception as exc:
-                problems.append(Problem(str(path), f"unreadable PNG ({exc})"))
+            if (problem := unreadable_image(path)) is not None:
+                problems.append(Problem(str(path), problem))
         patients = {e.image: e.patient_id for e in entries}
         lists = {}
         for list_name in ("train_val_list.txt", "test_list.txt"):

@@ -151,7 +151,7 @@ class ClassFolders(DatasetFormat):
                 if not images:
                     problems.append(Problem(str(folder), "class folder holds no images"))
                 for path in images:
-                    problem = _unreadable(path)
+                    problem = unreadable_image(path)
                     if problem:
                         problems.append(Problem(str(path), problem))
             missing = sorted(set(names) - {f.name for f in _subfolders(parent)})
@@ -163,7 +163,7 @@ class ClassFolders(DatasetFormat):
         return problems
 
 
-def _unreadable(path: Path) -> str | None:
+def unreadable_image(path: Path) -> str | None:
     """Why ``path`` cannot be read as an image, or None. DICOM: header only (fast)."""
     try:
         if path.suffix.lower().lstrip(".") in DICOM_SUFFIXES:

@@ -3,13 +3,13 @@ scored by the official LUNA16 FROC/CPM rules."""
 
 from __future__ import annotations
 
-import random
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
+from medsight.datasets.splits import split_by_group
 from medsight.errors import DataError
 from medsight.registry import register_task
 from medsight.task import DemoSpec, Monitor, StepOutput, Task
@@ -102,7 +102,8 @@ class LungNoduleDetection(Task):
 
     def records(self, data: Path, split: str) -> list[dict]:
         """``test``: scans of fold ``data.fold``; ``val``: ``data.val_fraction`` of the others (drawn by
-        ``trainer.seed``); ``train``: the rest; ``all``: every scan."""
+        ``trainer.seed`` by a hash of each seriesuid, so adding scans moves no other); ``train``: the rest;
+        ``all``: every scan."""
         scans = self.dataset_records(data)
         if split == "all":
             return scans
@@ -110,12 +111,11 @@ class LungNoduleDetection(Task):
         if split == "test":
             return held_out
         rest = [r for r in scans if r["fold"] != self.config.data.fold]
-        order = list(range(len(rest)))
-        random.Random(self.config.trainer.seed).shuffle(order)
-        fraction = self.config.data.val_fraction
-        count = 0 if fraction == 0 or len(rest) < 2 else min(len(rest) - 1, max(1, round(fraction * len(rest))))
-        val = {i for i in order[:count]}
-        return [r for i, r in enumerate(rest) if (i in val) == (split == "val")]
+        fraction = self.config.data.val_fraction if len(rest) > 1 else 0.0  # one scan: train on it
+        train, val = split_by_group(rest, lambda r: r["seriesuid"], fraction, seed=self.config.trainer.seed)
+        if not train:  # a tiny set: keep one scan to train on
+            train, val = val[:1], val[1:]
+        return val if split == "val" else train
 
     def transforms(self, stage: str):
         if stage == "train":

@@ -12,5 +12,10 @@ def test_quick_demo_runs_every_task_to_predictions(tmp_path, capsys):
     for name in demos:
         predictions = tmp_path / name / "predictions"
         assert predictions.is_dir() and any(predictions.iterdir()), name
+    # each task's predict got its inputs from the data the demo had just synthesised
+    assert len((tmp_path / "classification/predictions/predictions.csv").read_text().splitlines()) == 1 + 4
+    assert len(list((tmp_path / "classification/predictions/cam").glob("*.png"))) == 4 * 2
+    assert (tmp_path / "detection/predictions/submission.csv").read_text().startswith("seriesuid,coordX")
+    assert len(list((tmp_path / "segmentation/predictions").glob("*_seg.nii.gz"))) == 1
     assert (tmp_path / "report.html").is_file()
     assert "FAILED" not in capsys.readouterr().out
