@@ -108,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     data = sub.add_parser("data", help="synthetic datasets and dataset checks")
     data_sub = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
     synth = data_sub.add_parser("synth", help="write a synthetic dataset in the official layout")
-    synth.add_argument("dataset", help="chestxray14, luna16 or brats")
+    synth.add_argument("dataset", help="a dataset format: chestxray14, luna16, brats, ct-nodules, folders, csv")
     synth.add_argument("out", help="output folder")
     synth.add_argument("--cases", type=int, default=None, help="number of images/scans/cases")
     synth.add_argument("--seed", type=int, default=0)

@@ -34,7 +34,7 @@ def run_demo(out: Path, tasks: list[str] | None = None, quick: bool = False) -> 
     names = tasks or TASKS.names()
     if not names:
         print("medsight demo: no tasks are registered yet, so there is nothing to train; "
-              "`medsight data synth` works for chestxray14, luna16 and brats")
+              "`medsight data synth` works for every registered dataset format")
         return 0
     out = Path(out)
     rows, failed = [], []
