@@ -148,7 +148,7 @@ def _split_rows(rows: list[Row], val_fraction: float, seed: int, own_val: bool =
 
 def records(csv_path: Path, split: str, columns: CsvColumns = CsvColumns(), val_fraction: float = 0.1,
             seed: int = 0, own_val: bool = True) -> list[dict]:
-    """Records ``{"image", "names", "id"}`` of one split (train, val, test or all); rows whose image
+    """Records ``{"image", "names", "id", "group"}`` of one split (train, val, test or all); rows whose image
     file is missing are left out (``medsight data check csv`` lists them). ``own_val=False`` ignores
     the CSV's validation rows and takes validation out of the training rows by group."""
     csv_path = find_csv(csv_path)
@@ -159,8 +159,8 @@ def records(csv_path: Path, split: str, columns: CsvColumns = CsvColumns(), val_
         chosen = _split_rows(rows, val_fraction, seed, own_val)[split]
     else:
         raise DataError(f"unknown split {split!r} (expected train, val, test or all)", csv_path)
-    return [{"image": str(row.image), "names": row.names, "id": _image_id(row.image, csv_path.parent)}
-            for row in chosen if row.image.is_file()]
+    return [{"image": str(row.image), "names": row.names, "id": _image_id(row.image, csv_path.parent),
+             "group": row.group} for row in chosen if row.image.is_file()]
 
 
 def _image_id(image: Path, base: Path) -> str:

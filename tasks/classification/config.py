@@ -57,14 +57,15 @@ class ClassificationData(LoaderConfig):
     contrast: float = 0.1
     #: horizontal flips move the heart to the other side: off by default for chest X-rays
     hflip_prob: float = 0.0
-    #: none: shuffle; weighted: draw records by inverse label frequency (with replacement)
+    #: none: shuffle; weighted: draw records by inverse label frequency; patient: every patient (group)
+    #: equally often, however many pictures it has (both draw with replacement)
     sampler: str = "none"
 
     def __post_init__(self):
         super().__post_init__()
         choice("data.format", self.format, ("auto", "chestxray14", "folders", "csv"))
         choice("data.multi_label", self.multi_label, ("auto", "true", "false"))
-        choice("data.sampler", self.sampler, ("none", "weighted"))
+        choice("data.sampler", self.sampler, ("none", "weighted", "patient"))
         choice("data.val_source", self.val_source, ("dataset", "train"))
         if self.group_pattern:
             try:

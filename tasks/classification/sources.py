@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from medsight.datasets import chestxray14, csv_table, folders
+from medsight.datasets.splits import file_name_group
 from medsight.errors import DataError
 from medsight.tasks.classification.config import ClassificationData
 
@@ -64,17 +65,19 @@ def csv_columns(cfg: ClassificationData) -> csv_table.CsvColumns:
 
 
 def raw_records(data: Path, split: str, cfg: ClassificationData) -> list[dict]:
-    """Records ``{"image", "names", "id"}`` of one split of a dataset in any supported format."""
+    """Records ``{"image", "names", "id", "group"}`` of one split of a dataset in any supported format; the
+    group is the patient where the dataset names one (else the image)."""
     fmt = resolve_format(data, cfg.format)
     own_val = cfg.val_source == "dataset"
     if fmt == "chestxray14":  # validation always comes out of train_val by patient
         splits = ("train", "val", "test") if split == "all" else (split,)
         found = [r for part in splits
                  for r in chestxray14.records(data, part, cfg.val_fraction, cfg.split_seed, cfg.views or None)]
-        return [{"image": r["image"], "id": r["id"],
+        return [{"image": r["image"], "id": r["id"], "group": str(r["patient"]),
                  "names": tuple(n for n, on in zip(chestxray14.FINDINGS, r["label"]) if on)} for r in found]
     if fmt == "folders":
-        return [{"image": r["image"], "id": r["id"], "names": (r["class"],)}
+        group_of = file_name_group(cfg.group_pattern)
+        return [{"image": r["image"], "id": r["id"], "names": (r["class"],), "group": group_of(r["id"])}
                 for r in folders.records(data, split, cfg.val_fraction, cfg.split_seed, cfg.group_pattern, own_val)]
     return csv_table.records(data, split, csv_columns(cfg), cfg.val_fraction, cfg.split_seed, own_val)
 

@@ -26,7 +26,7 @@ from medsight.tasks.classification.config import BUILTIN_MODELS, TIMM_EXAMPLES, 
 from medsight.tasks.classification.losses import class_weights, classification_loss, loss_name, positive_weights
 from medsight.tasks.classification.metrics import DEFAULT_THRESHOLD, choose_thresholds, summarise
 from medsight.tasks.classification.models import build_classifier, last_feature_map_layer, load_init_weights
-from medsight.tasks.classification.sampling import inverse_frequency_weights
+from medsight.tasks.classification.sampling import inverse_frequency_weights, per_group_weights
 from medsight.tasks.classification.sources import LabelSet, discover_labels, raw_records
 
 CPU_SMALL = {
@@ -97,8 +97,8 @@ class XrayClassification(Task):
     # -- data -------------------------------------------------------------------------------------
     def records(self, data: Path, split: str) -> list[dict]:
         labels = self._label_set(data)
-        return [{"image": r["image"], "path": r["image"], "id": r["id"], "label": labels.encode(r["names"], r["image"])}
-                for r in raw_records(Path(data), split, self.config.data)]
+        return [{"image": r["image"], "path": r["image"], "id": r["id"], "group": r["group"],
+                 "label": labels.encode(r["names"], r["image"])} for r in raw_records(Path(data), split, self.config.data)]
 
     def transforms(self, stage: str) -> Compose:
         """image: (1, S, S) float32, z-scored per picture (after clipping to its percentile range, if set).
@@ -141,9 +141,12 @@ class XrayClassification(Task):
         print(f"labels ({'multi' if labels.multi_label else 'single'}-label), training positives: {counts}")
 
     def train_sample_weights(self, records: list[dict]) -> list[float] | None:
-        if self.config.data.sampler != "weighted":
-            return None
-        return inverse_frequency_weights(np.stack([r["label"] for r in records]))
+        sampler = self.config.data.sampler
+        if sampler == "weighted":
+            return inverse_frequency_weights(np.stack([r["label"] for r in records]))
+        if sampler == "patient":
+            return per_group_weights([r["group"] for r in records])
+        return None
 
     # -- model ------------------------------------------------------------------------------------
     def build_model(self) -> nn.Module:

@@ -85,7 +85,8 @@ def test_csv_one_label_column_reads_multi_label_rows_and_the_negative_name(tmp_p
     assert csv_table.label_names(rows, CsvColumns()) == ["Effusion", "Mass"]
     assert rows[0].image == tmp_path / "images" / "a.png"
     test = csv_table.records(table, "test")
-    assert test == [{"image": str(tmp_path / "images" / "c.png"), "names": ("Mass",), "id": "images/c.png"}]
+    assert test == [{"image": str(tmp_path / "images" / "c.png"), "names": ("Mass",), "id": "images/c.png",
+                     "group": "images/c.png"}]  # no group column: each picture is its own group
 
 
 def test_csv_flag_columns_keep_their_order_and_a_bad_value_names_file_and_line(tmp_path):

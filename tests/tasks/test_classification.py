@@ -28,7 +28,7 @@ from medsight.tasks.classification.losses import classification_loss, positive_w
 from medsight.tasks.classification.metrics import choose_thresholds, operating_points, summarise
 from medsight.tasks.classification.models import build_classifier, last_feature_map_layer, load_init_weights
 from medsight.tasks.classification.outputs import PREDICTIONS_CSV
-from medsight.tasks.classification.sampling import inverse_frequency_weights
+from medsight.tasks.classification.sampling import inverse_frequency_weights, per_group_weights
 from medsight.tasks.classification.sources import LabelSet
 
 LABELS = ["Mass", "Effusion"]
@@ -181,6 +181,26 @@ def test_inverse_frequency_weights_give_each_class_the_same_total_weight():
     assert weights[:6].sum() == pytest.approx(1.0) and weights[6:].sum() == pytest.approx(1.0)
     multi = np.array([[1, 1], [0, 1], [0, 1], [0, 0]])  # the rarest positive label decides; none -> negatives
     assert inverse_frequency_weights(multi) == [1.0, pytest.approx(1 / 3), pytest.approx(1 / 3), 1.0]
+
+
+def test_patient_sampler_weighs_every_patient_alike_in_every_format(synth_chestxray14, tmp_path):
+    assert per_group_weights(["7", "7", "7", "9"]) == [pytest.approx(1 / 3)] * 3 + [1.0]
+    xray = make_task("data.sampler=patient")
+    records = xray.records(synth_chestxray14, "train")
+    patients = {r["id"]: str(int(r["id"].split("_")[0])) for r in records}  # NIH names: <patient>_<index>.png
+    assert all(r["group"] == patients[r["id"]] for r in records)
+    assert len(set(patients.values())) < len(records)  # the synthetic set has follow-up pictures
+    totals: dict[str, float] = {}
+    for record, weight in zip(records, xray.train_sample_weights(records)):
+        totals[record["group"]] = totals.get(record["group"], 0.0) + weight
+    assert list(totals.values()) == pytest.approx([1.0] * len(totals))
+    folders = DATASETS.get("folders")().synth(tmp_path / "folders", cases=12, seed=1, size=32)
+    by_name = make_task(r"data.group_pattern=(\d{4})\d\.png").records(folders, "all")  # 00012.png: 0001
+    assert all(r["group"] == Path(r["id"]).name[:4] for r in by_name) and len(by_name) == 12
+    table = DATASETS.get("csv")().synth(tmp_path / "csv", cases=12, seed=1, size=32)
+    rows = make_task("data.group_column=patient_id").records(table / "labels.csv", "all")
+    assert {r["group"] for r in rows} == {r["patient_id"] for r in read_rows(table / "labels.csv")}
+    assert make_task().train_sample_weights(records) is None
 
 
 def test_thresholds_separate_cleanly_separable_scores_and_keep_the_old_one_without_positives():
