@@ -17,6 +17,13 @@ model that recognises the patient scores below chance on it. Its ``test`` split 
 (63 pictures, all with the other class): the test AUROC over the other pictures is printed too.
 3. ``medsight predict --cam`` on the samples with both models: the CSVs and the Grad-CAM PNGs.
 
+Binary settings tried against the 0.70 target (full test / unseen-patient test AUROC): DenseNet121
+0.662/0.724; selected on the set's valid split 0.670/0.765; simple_cnn 0.653/0.768; resnet18
+0.613/0.730; EMA + dropout 0.3 + weight decay 0.05 0.667/0.760; hflip + stronger augmentation
+0.684/0.758; the same at 128 px 0.647/0.752; data.sampler=patient 0.663/0.756; the mean of six of
+these 0.671/0.765. Every one ranks most of patient 181's 42 abnormal test pictures (24 normal
+pictures of that patient are in train) below the normal ones.
+
 Skips cleanly (exit 0) when the data folder is absent. The real images are never copied.
 """
 
