@@ -60,13 +60,25 @@ def pick_precision(requested: str, device: torch.device) -> str:
 
 
 def channels_last_(module: nn.Module) -> nn.Module:
-    """Put 4-D (2D conv) weights in channels_last and 5-D (3D conv) weights in channels_last_3d."""
+    """Put 4-D (2D conv) weights in channels_last and 5-D (3D conv) weights in channels_last_3d.
+
+    ``Tensor.to(memory_format=...)``, not ``.contiguous(...)``: a 1x1 kernel or a 1-channel tensor is
+    contiguous in both layouts, and ``.contiguous`` keeps its NCHW strides, so oneDNN treats the
+    weight as NCHW and reorders on every call (DenseNet121 on CPU, bf16: 32 instead of 22 ms/picture).
+    """
     for tensor in list(module.parameters()) + list(module.buffers()):
-        if tensor.dim() == 4:
-            tensor.data = tensor.data.contiguous(memory_format=torch.channels_last)
-        elif tensor.dim() == 5:
-            tensor.data = tensor.data.contiguous(memory_format=torch.channels_last_3d)
+        if tensor.dim() in (4, 5):
+            tensor.data = to_channels_last(tensor.data)
     return module
+
+
+def to_channels_last(tensor: torch.Tensor) -> torch.Tensor:
+    """A 4-D or 5-D tensor with unambiguous channels-last strides (other tensors unchanged)."""
+    if tensor.dim() == 4:
+        return tensor.to(memory_format=torch.channels_last)
+    if tensor.dim() == 5:
+        return tensor.to(memory_format=torch.channels_last_3d)
+    return tensor
 
 
 class Runtime:
@@ -118,10 +130,7 @@ class Runtime:
         if isinstance(batch, torch.Tensor):
             tensor = batch.to(self.device, non_blocking=True)
             if self.channels_last and tensor.is_floating_point():
-                if tensor.dim() == 4:
-                    tensor = tensor.contiguous(memory_format=torch.channels_last)
-                elif tensor.dim() == 5:
-                    tensor = tensor.contiguous(memory_format=torch.channels_last_3d)
+                tensor = to_channels_last(tensor)
             return tensor
         if isinstance(batch, Mapping):
             return {k: self.to_device(v) for k, v in batch.items()}

@@ -103,3 +103,18 @@ def test_training_goes_on_when_the_monitored_metric_is_not_a_number(tmp_path, ca
     summary = Trainer(UndefinedMetric(config), data, tmp_path / "run", Runtime("cpu", "fp32")).fit()
     assert summary["epochs"] == 2 and summary["best_value"] is None and summary["best"] is None
     assert "val mse nan  (best none yet)" in capsys.readouterr().out
+
+
+def test_channels_last_gives_1x1_kernels_and_1_channel_inputs_unambiguous_channels_last_strides():
+    """A 1x1 kernel is contiguous in both layouts; with NCHW strides oneDNN reorders it on every call."""
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3), torch.nn.Conv2d(8, 4, 1), torch.nn.Conv3d(4, 2, 1))
+    runtime = Runtime("cpu", "fp32", channels_last=True, distributed=False)
+    runtime.setup_model(model, train=False)
+    assert model[0].weight.stride() == (9, 1, 3, 1)  # (out, in=1, 3, 3): channels stride 1
+    assert model[1].weight.stride() == (8, 1, 8, 8)  # (out, in=8, 1, 1)
+    assert model[2].weight.stride() == (4, 1, 4, 4, 4)
+    batch = runtime.to_device({"image": torch.zeros(2, 1, 5, 5), "volume": torch.zeros(2, 1, 3, 3, 3)})
+    assert batch["image"].stride() == (25, 1, 5, 1) and batch["volume"].stride() == (27, 1, 9, 3, 1)
+    picture = torch.randn(1, 1, 6, 6)
+    expected = torch.nn.functional.conv2d(picture, model[0].weight.contiguous(), model[0].bias)
+    assert torch.allclose(model[0](picture.to(memory_format=torch.channels_last)), expected, atol=1e-6)
