@@ -20,8 +20,8 @@ model that recognises the patient scores below chance on it. Its ``test`` split 
 Binary settings tried against the 0.70 target (full test / unseen-patient test AUROC): DenseNet121
 0.662/0.724; selected on the set's valid split 0.670/0.765; simple_cnn 0.653/0.768; resnet18
 0.613/0.730; EMA + dropout 0.3 + weight decay 0.05 0.667/0.760; hflip + stronger augmentation
-0.684/0.758; the same at 128 px 0.647/0.752; data.sampler=patient 0.663/0.756; the mean of six of
-these 0.671/0.765. Every one ranks most of patient 181's 42 abnormal test pictures (24 normal
+0.684/0.758; the same at 128 px 0.647/0.752, for 10 epochs 0.691/0.710 (seed 1: 0.681/0.770; with
+EMA 0.642/0.762); data.sampler=patient 0.663/0.756; the mean of six of these 0.671/0.765. Every one ranks most of patient 181's 42 abnormal test pictures (24 normal
 pictures of that patient are in train) below the normal ones.
 
 Skips cleanly (exit 0) when the data folder is absent. The real images are never copied.
