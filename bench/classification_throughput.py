@@ -12,8 +12,9 @@ Without ``--data`` the pictures are synthetic chest radiographs at ``--size`` pi
 medsight checkpoint (throughput does not depend on what the weights learnt). Both pipelines run in
 this process, interleaved, after one warm-up pass each; each time covers reading, preprocessing,
 the model and turning logits into probabilities (medsight also writes predictions.csv). medsight
-runs as ``medsight predict`` does by default (the checkpoint's batch size and loader workers: 32 and
-none, the fastest on a 2-core CPU), and once more with one loader worker process.
+runs as ``medsight predict`` does by default (on a CPU a batch of about 8 x 224 x 224 model-input
+pixels, ``infer.batch_size``; the checkpoint's loader workers: none, the fastest on a 2-core CPU),
+and once more with one loader worker process.
 """
 
 from __future__ import annotations
@@ -111,7 +112,7 @@ def main() -> None:
         ckpt = Path(args.checkpoint) if args.checkpoint else random_weights_checkpoint(work / "random.pt",
                                                                                        args.image_size)
         loaded = load_for_inference(ckpt)
-        model, batch = loaded.model.eval(), args.batch_size or loaded.task.config.data.val_batch_size
+        model, batch = loaded.model.eval(), args.batch_size or loaded.task.predict_batch_size(torch.device("cpu"))
         seeds_loop(model, paths[:2], args.image_size)  # warm-up: oneDNN builds its kernels on first use
         settings = {  # medsight predict's defaults are bf16 (where the CPU has it) and channels-last
             "medsight fp32 + ch.-last": ("fp32", []),  # what a CPU without native bf16 gets

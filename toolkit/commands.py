@@ -213,7 +213,7 @@ def add_commands(sub) -> None:
     predict.add_argument("--tta", action="store_true", help="segmentation: flip test-time augmentation")
     predict.add_argument("--device")
     predict.add_argument("--precision", choices=["fp32", "bf16", "fp16", "auto"])
-    predict.add_argument("--batch-size", type=int)
+    predict.add_argument("--batch-size", type=int, help="items per batch (default: the task picks one for the device)")
     predict.set_defaults(func=cmd_predict)
 
     export = sub.add_parser("export", help="export a checkpoint's model as TorchScript or ONNX")

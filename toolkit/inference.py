@@ -153,7 +153,7 @@ def predict(loaded: Loaded, inputs: list[str], out: Path, images: dict[str, str]
     if records:
         dataset = _SafeDataset(records, task.transforms("infer"))
         collate = _collate_skipping_errors(task.collate_fn("infer") or list_data_collate)
-        size = batch_size or task.config.data.val_batch_size
+        size = batch_size or task.predict_batch_size(runtime.device)
         loader = make_loader(dataset, task.config.data, size, shuffle=False, seed=0, collate_fn=collate)
         # no_grad, not inference_mode: a task may turn autograd back on (Grad-CAM needs it).
         with torch.no_grad():

@@ -147,6 +147,10 @@ class Task:
         explicit ``role=file`` images. Raise ``DataError`` naming the file for a bad input."""
         raise NotImplementedError
 
+    def predict_batch_size(self, device: torch.device) -> int:
+        """Items per ``predict`` batch on ``device`` (``medsight predict --batch-size`` overrides it)."""
+        return self.config.data.val_batch_size
+
     def predict(self, model: nn.Module, batch: Any) -> list[Any]:
         """One prediction per item of ``batch`` (already on the device, inside autocast)."""
         raise NotImplementedError

@@ -139,9 +139,14 @@ class ClassificationInfer:
     precision: str = "auto"
     #: 2D convolutions in channels-last memory layout (faster with bf16 on CPU and on CUDA)
     channels_last: bool = True
+    #: pictures per predict batch; 0 = auto: data.val_batch_size on a GPU; on a CPU, about
+    #: CPU_PIXELS_PER_BATCH model-input pixels (8 pictures at 224 px, 64 at 64 px), which keeps a
+    #: DenseNet's activations in cache (bench/classification_throughput.py)
+    batch_size: int = 0
 
     def __post_init__(self):
         positive("infer.cam_top_k", self.cam_top_k)
+        positive("infer.batch_size", self.batch_size, allow_zero=True)
         choice("infer.precision", self.precision, ("auto", "fp32", "bf16", "fp16"))
 
 

@@ -43,6 +43,12 @@ GPU = {
 }
 
 
+#: predict on a CPU: about this many model-input pixels per batch, at most CPU_MAX_BATCH pictures.
+#: DenseNet121 bf16 at 224 px: 19-22 ms/picture at batch 8, 22-24 at 32 (fp32: 34 vs 47-51)
+CPU_PIXELS_PER_BATCH = 8 * 224 * 224
+CPU_MAX_BATCH = 64
+
+
 @register_task("classification")
 class XrayClassification(Task):
     summary = "findings on chest X-rays (ChestX-ray14, multi-label) and class-per-folder/CSV image sets"
@@ -207,6 +213,13 @@ class XrayClassification(Task):
     @staticmethod
     def _input_record(path: Path, identifier: str) -> dict:
         return {"image": str(path), "path": str(path), "id": identifier}
+
+    def predict_batch_size(self, device: torch.device) -> int:
+        if self.config.infer.batch_size:
+            return self.config.infer.batch_size
+        if device.type != "cpu":
+            return self.config.data.val_batch_size
+        return max(1, min(CPU_MAX_BATCH, CPU_PIXELS_PER_BATCH // self.config.data.image_size ** 2))
 
     def predict(self, model: nn.Module, batch: dict) -> list[dict]:
         images = batch["image"]

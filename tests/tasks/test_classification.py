@@ -203,6 +203,18 @@ def test_patient_sampler_weighs_every_patient_alike_in_every_format(synth_chestx
     assert make_task().train_sample_weights(records) is None
 
 
+def test_predict_batch_on_a_cpu_follows_the_picture_size_and_is_configurable():
+    cpu, gpu = torch.device("cpu"), torch.device("cuda", 0)
+    assert make_task("data.image_size=224").predict_batch_size(cpu) == 8
+    assert make_task("data.image_size=128").predict_batch_size(cpu) == 24
+    assert make_task("data.image_size=64").predict_batch_size(cpu) == 64  # at most 64
+    assert make_task("data.image_size=2048").predict_batch_size(cpu) == 1
+    assert make_task("data.image_size=224", "data.val_batch_size=48").predict_batch_size(gpu) == 48
+    assert make_task("infer.batch_size=5").predict_batch_size(cpu) == 5
+    with pytest.raises(ConfigError, match="infer.batch_size"):
+        make_task("infer.batch_size=-1")
+
+
 def test_thresholds_separate_cleanly_separable_scores_and_keep_the_old_one_without_positives():
     scores = np.array([[0.10, 0.2], [0.35, 0.4], [0.62, 0.1], [0.90, 0.3]])
     truth = np.array([[0, 0], [0, 0], [1, 0], [1, 0]])
