@@ -134,7 +134,7 @@ class ClassificationInfer:
     cam_top_k: int = 3
     #: module whose activations Grad-CAM weighs; auto = the model's last spatial feature map
     cam_layer: str = "auto"
-    #: auto: bf16 on CUDA and on CPUs with native bf16 (probabilities within 0.002 of fp32; 1.8x the
+    #: auto: bf16 on CUDA and on CPUs with native bf16 (probabilities within 0.002 of fp32; 1.6x the
     #: fp32 images/s here, bench/classification_throughput.py), else fp32
     precision: str = "auto"
     #: 2D convolutions in channels-last memory layout (faster with bf16 on CPU and on CUDA)
