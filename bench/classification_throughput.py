@@ -33,6 +33,7 @@ from medsight import checkpoint
 from medsight.config import resolve, to_dict
 from medsight.inference import load_for_inference, predict
 from medsight.registry import DATASETS
+from medsight.runtime import cpu_has_native_bf16
 from medsight.tasks.classification import XrayClassification
 from medsight.tasks.classification.config import ClassificationConfig
 from medsight.tasks.classification.sources import LabelSet
@@ -97,7 +98,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, help="medsight's batch (default: the checkpoint's)")
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    bf16 = "bf16" if torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32"
+    bf16 = "bf16" if cpu_has_native_bf16() else "fp32"
     with tempfile.TemporaryDirectory() as work:
         work = Path(work)
         if args.data:

@@ -16,6 +16,7 @@ Images are PNG/JPEG/BMP/TIFF or DICOM files, found recursively inside a class fo
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -71,14 +72,18 @@ def class_names(root: Path) -> list[str]:
     return names
 
 
-def _labelled(parent: Path, root: Path) -> list[dict]:
-    return [{"image": str(path), "class": folder.name, "id": path.relative_to(root).as_posix()}
-            for folder in _subfolders(parent) for path in images_in(folder)]
+def _labelled(parent: Path, root: Path, group_of: Callable[[str], str]) -> list[dict]:
+    records = []
+    for folder in _subfolders(parent):
+        for path in images_in(folder):
+            identifier = path.relative_to(root).as_posix()
+            records.append({"image": str(path), "class": folder.name, "id": identifier, "group": group_of(identifier)})
+    return records
 
 
 def records(root: Path, split: str, val_fraction: float = 0.1, seed: int = 0, group_pattern: str | None = None,
             own_val: bool = True) -> list[dict]:
-    """Records ``{"image", "class", "id"}`` of one split (train, val, test or all).
+    """Records ``{"image", "class", "id", "group"}`` of one split (train, val, test or all).
 
     Splits made here keep groups whole: a group is what ``group_pattern`` finds in a file name (a
     patient ID), else the image. ``own_val=False`` ignores a validation folder and takes validation
@@ -92,17 +97,17 @@ def records(root: Path, split: str, val_fraction: float = 0.1, seed: int = 0, gr
     group_of = file_name_group(group_pattern)
     folders = split_folders(root)
     if not folders:
-        everything = _labelled(root, root)
+        everything = _labelled(root, root, group_of)
         if split == "all":
             return everything
-        return three_way_split(everything, lambda r: group_of(r["id"]), val_fraction, TEST_FRACTION, seed)[split]
+        return three_way_split(everything, lambda r: r["group"], val_fraction, TEST_FRACTION, seed)[split]
     if split == "all":
-        return [r for folder in folders.values() for r in _labelled(folder, root)]
+        return [r for folder in folders.values() for r in _labelled(folder, root, group_of)]
     if split in ("train", "val") and ("val" not in folders or not own_val):
-        train, val = split_by_group(_labelled(folders["train"], root) if "train" in folders else [],
-                                    lambda r: group_of(r["id"]), val_fraction, seed)
+        train, val = split_by_group(_labelled(folders["train"], root, group_of) if "train" in folders else [],
+                                    lambda r: r["group"], val_fraction, seed)
         return train if split == "train" else val
-    return _labelled(folders[split], root) if split in folders else []
+    return _labelled(folders[split], root, group_of) if split in folders else []
 
 
 @register_dataset("folders")

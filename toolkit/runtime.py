@@ -67,8 +67,7 @@ def channels_last_(module: nn.Module) -> nn.Module:
     weight as NCHW and reorders on every call (DenseNet121 on CPU, bf16: 32 instead of 22 ms/picture).
     """
     for tensor in list(module.parameters()) + list(module.buffers()):
-        if tensor.dim() in (4, 5):
-            tensor.data = to_channels_last(tensor.data)
+        tensor.data = to_channels_last(tensor.data)
     return module
 
 

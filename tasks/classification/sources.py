@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 
 from medsight.datasets import chestxray14, csv_table, folders
-from medsight.datasets.splits import file_name_group
 from medsight.errors import DataError
 from medsight.tasks.classification.config import ClassificationData
 
@@ -76,8 +75,7 @@ def raw_records(data: Path, split: str, cfg: ClassificationData) -> list[dict]:
         return [{"image": r["image"], "id": r["id"], "group": str(r["patient"]),
                  "names": tuple(n for n, on in zip(chestxray14.FINDINGS, r["label"]) if on)} for r in found]
     if fmt == "folders":
-        group_of = file_name_group(cfg.group_pattern)
-        return [{"image": r["image"], "id": r["id"], "names": (r["class"],), "group": group_of(r["id"])}
+        return [{"image": r["image"], "id": r["id"], "names": (r["class"],), "group": r["group"]}
                 for r in folders.records(data, split, cfg.val_fraction, cfg.split_seed, cfg.group_pattern, own_val)]
     return csv_table.records(data, split, csv_columns(cfg), cfg.val_fraction, cfg.split_seed, own_val)
 
