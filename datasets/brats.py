@@ -17,17 +17,19 @@ are detected from the layout (or set in the config) and checked against the labe
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Optional
 
 import nibabel as nib
 import numpy as np
 
-from medsight.dataset_format import DatasetFormat, Problem
-from medsight.errors import DataError
+from medsight.dataset_format import DatasetFormat, Problem, SplitOptions
+from medsight.datasets.schemas import MRI_CASES
+from medsight.datasets.splits import fold_of
+from medsight.errors import ConfigError, DataError
 from medsight.registry import register_dataset
 
 ROLES = ("t1", "t1c", "t2", "flair")
@@ -39,6 +41,7 @@ SUFFIX_ROLES = {
     "brats2023": {"t1n": "t1", "t1c": "t1c", "t2w": "t2", "t2f": "flair"},
 }
 SEPARATOR = {"brats2021": "_", "brats2023": "-"}
+NAMINGS = ("brats2021", "brats2023", "patterns", "msd")
 # BRATS 2013/2015 releases name files e.g. VSD.Brain.XX.O.MR_Flair.54512.mha or Flair_subtrMeanDivStd.nii.gz.
 DEFAULT_PATTERNS = {
     "flair": r"flair",
@@ -124,7 +127,7 @@ class Case:
             found = [role for role in ROLES if role in self.images]
             raise DataError(f"case {self.id}: no {', '.join(missing)} image (found: {', '.join(found) or 'none'})",
                             folder)
-        record: dict = {"id": self.id, "convention": convention}
+        record: dict = {"id": self.id, "group": self.id, "convention": convention}
         if self.four_d is not None:
             record["image"] = str(self.four_d)
             record["channels"] = [MSD_CHANNEL_ROLES.index(role) for role in modalities]
@@ -260,9 +263,32 @@ def detect_convention(cases: list[Case], naming: str, configured: str = "auto") 
 
 
 def assign_folds(case_ids: list[str], folds: int, seed: int = 0) -> dict[str, int]:
-    """Balanced, deterministic folds: cases ordered by a hash of (seed, id), then dealt round-robin."""
-    order = sorted(case_ids, key=lambda c: hashlib.sha256(f"{seed}:{c}".encode()).hexdigest())
-    return {case: position % folds for position, case in enumerate(order)}
+    """Each case's fold from its own hash (``medsight.datasets.splits.fold_of``): adding cases moves
+    no other case; folds are balanced in expectation, not exactly."""
+    return {case: fold_of(case, folds, seed) for case in case_ids}
+
+
+@dataclass
+class BratsOptions(SplitOptions):
+    #: auto, brats2021, brats2023, patterns, msd
+    naming: str = "auto"
+    #: auto or one of CONVENTIONS
+    label_convention: str = "auto"
+    #: the roles each case must have, in the model's channel order
+    modalities: list[str] = field(default_factory=lambda: list(ROLES))
+    #: role -> regular expression on file names, for naming=patterns (default: BRATS 2013/2015 names)
+    patterns: Optional[dict[str, str]] = None
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.naming not in ("auto", *NAMINGS):
+            raise ConfigError(f"data.naming={self.naming!r} is not one of auto, {', '.join(NAMINGS)}")
+        if self.label_convention not in ("auto", *CONVENTIONS):
+            raise ConfigError(f"data.label_convention={self.label_convention!r} is not one of auto, "
+                              f"{', '.join(sorted(CONVENTIONS))}")
+        unknown = [role for role in self.modalities if role not in ROLES]
+        if unknown or not self.modalities or len(set(self.modalities)) != len(self.modalities):
+            raise ConfigError(f"data.modalities must list distinct roles of {', '.join(ROLES)}, got {self.modalities}")
 
 
 def check_case(case: Case, convention: LabelConvention, expected_roles=ROLES) -> list[Problem]:
@@ -272,7 +298,9 @@ def check_case(case: Case, convention: LabelConvention, expected_roles=ROLES) ->
         for role in expected_roles:
             if role not in case.images:
                 problems.append(Problem(str(folder), f"case {case.id}: {role} image missing"))
-    files = {role: p for role, p in case.images.items()} if case.four_d is None else {"4D": case.four_d}
+    # the roles a model reads (an extra modality on another grid does not stop training)
+    files = {role: p for role, p in case.images.items() if role in expected_roles} if case.four_d is None \
+        else {"4D": case.four_d}
     if case.label is not None:
         files["seg"] = case.label
     grids = {}
@@ -307,6 +335,8 @@ def check_case(case: Case, convention: LabelConvention, expected_roles=ROLES) ->
 @register_dataset("brats")
 class BraTS(DatasetFormat):
     description = "BraTS brain-tumour MRI (2018-2021, 2023+, 2013/2015 folders, MSD Task01), labels -> ET/TC/WT"
+    schema = MRI_CASES
+    options_class = BratsOptions
     synth_options = {
         "naming": "2021 (default: BraTS2021_xxxxx/..._t1ce.nii.gz), 2023 (BraTS-GLI-xxxxx-000/...-t1c.nii.gz), "
                   "2015 (brats_2013_patNNNN_1/Flair_...nii.gz, OTMultiClass.nii.gz) or msd (Task01 4D)",
@@ -325,18 +355,37 @@ class BraTS(DatasetFormat):
         size = tuple(int(v) for v in (shape.split(",") if isinstance(shape, str) else shape))
         return write_dataset(Path(out), 8 if cases is None else int(cases), seed, layouts[str(naming)], size)
 
-    def check(self, root: Path) -> list[Problem]:
+    @classmethod
+    def detect(cls, root: Path) -> float:
+        """MSD and BraTS 2018+ names are sure signs; BRATS 2013/2015-style case folders are matched by role
+        patterns, weakly."""
         root = Path(root)
+        if not root.is_dir():
+            return 0.0
+        naming = detect_naming(root)
+        if naming != "patterns":
+            return 1.0
         try:
-            naming = detect_naming(root)
-            cases = find_cases(root, naming)
-            convention = detect_convention(cases, naming)
+            return 0.3 if find_cases(root, "patterns") else 0.0
+        except DataError:
+            return 0.0
+
+    def records(self, root: Path, split: str) -> list[dict]:
+        return records(root, split, self.options)
+
+    def check(self, root: Path) -> list[Problem]:
+        """Every case: its modalities (``data.modalities``) present, on one grid, labels in the convention."""
+        root = Path(root)
+        options = self.options
+        try:
+            naming = detect_naming(root) if options.naming == "auto" else options.naming
+            cases = find_cases(root, naming, options.patterns)
+            convention = detect_convention(cases, naming, options.label_convention)
         except DataError as exc:
             return [Problem(exc.where or str(root), exc.message)]
-        expected = ROLES if naming in SUFFIX_ROLES else ()
         problems: list[Problem] = []
         for case in cases:
-            problems.extend(check_case(case, convention, expected))
+            problems.extend(check_case(case, convention, tuple(options.modalities)))
         if naming == "msd":
             try:
                 json.loads((root / "dataset.json").read_text())
@@ -345,36 +394,25 @@ class BraTS(DatasetFormat):
         return problems
 
 
-def records(
-    root: Path,
-    split: str,
-    modalities: tuple[str, ...] = ROLES,
-    naming: str = "auto",
-    label_convention: str = "auto",
-    patterns: dict[str, str] | None = None,
-    fold: int = 0,
-    folds: int = 5,
-    seed: int = 0,
-) -> list[dict]:
-    """Records ``{"image": [one path per modality] | 4D path, "label", "id", "convention"}`` of a split.
+def records(root: Path, split: str, options: BratsOptions | None = None) -> list[dict]:
+    """Records ``{"image": [one path per modality] | 4D path, "label", "id", "group", "convention"}`` of a split.
 
-    Cases are dealt into ``folds`` by a hash of their id: ``val`` is fold ``fold``, ``train`` the
+    Each case's fold comes from its own hash: ``val`` is fold ``fold`` of ``folds``, ``train`` the
     others; ``test`` and ``all`` are every case (point ``--data`` at a held-out folder to test).
     Only labelled cases are used for train/val.
     """
+    options = options or BratsOptions()
     root = Path(root)
-    naming = detect_naming(root) if naming == "auto" else naming
-    cases = find_cases(root, naming, patterns)
-    convention = detect_convention(cases, naming, label_convention)
+    naming = detect_naming(root) if options.naming == "auto" else options.naming
+    cases = find_cases(root, naming, options.patterns)
+    convention = detect_convention(cases, naming, options.label_convention)
     if split in ("train", "val"):
         cases = [c for c in cases if c.label is not None]
-        if folds > 1:
-            if not 0 <= fold < folds:
-                raise DataError(f"data.fold={fold} is not in 0..{folds - 1}", "config")
-            assigned = assign_folds([c.id for c in cases], folds, seed)
-            cases = [c for c in cases if (assigned[c.id] == fold) == (split == "val")]
+        if options.folds > 1:
+            assigned = assign_folds([c.id for c in cases], options.folds, options.split_seed)
+            cases = [c for c in cases if (assigned[c.id] == options.fold) == (split == "val")]
         elif split == "val":
             cases = []
     elif split not in ("test", "all"):
         raise DataError(f"unknown split {split!r} (expected train, val, test or all)", root)
-    return [case.record(tuple(modalities), convention.name) for case in cases]
+    return [case.record(tuple(options.modalities), convention.name) for case in cases]

@@ -17,16 +17,16 @@ import gzip
 import io
 import math
 import re
-from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from medsight.dataset_format import DatasetFormat, Problem
+from medsight.dataset_format import DatasetFormat, Problem, SplitOptions
 from medsight.datasets.folders import unreadable_image
-from medsight.datasets.splits import split_by_group
+from medsight.datasets.schemas import LABELLED_PICTURES
+from medsight.datasets.splits import TEST_SEED, held_out, split_by_group
 from medsight.errors import DataError
 from medsight.io.writers import write_text
 from medsight.registry import register_dataset
@@ -161,40 +161,34 @@ def patient_of(image: str) -> str:
     return str(int(match.group(1))) if match else image
 
 
-def split_by_patient(names: Iterable[str], patients: dict[str, str], val_fraction: float, seed: int):
-    """Deterministic patient-level split of ``names`` into (train, val)."""
-    return split_by_group(list(names), patients.__getitem__, val_fraction, seed)
+@dataclass
+class ChestXray14Options(SplitOptions):
+    #: views to keep, e.g. [PA]; empty = all
+    views: list[str] = field(default_factory=list)
 
 
-def records(
-    root: Path,
-    split: str,
-    val_fraction: float = 0.1,
-    seed: int = 0,
-    views: Iterable[str] | None = None,
-) -> list[dict]:
-    """Records ``{"image", "label" (14,), "id", "patient"}`` of one split: train, val or test.
+def records(root: Path, split: str, options: ChestXray14Options | None = None) -> list[dict]:
+    """Records ``{"image", "names", "id", "group"}`` of one split: train, val, test or all (the group is
+    the patient).
 
-    Uses the official ``train_val_list.txt``/``test_list.txt``; validation patients come out of
-    train_val. Without the list files, test is a patient-level 20 % hold-out.
+    Uses the official ``train_val_list.txt``/``test_list.txt``; validation patients always come out of
+    train_val by their own hash. Without the list files, test is a patient-level 20 % hold-out.
     """
+    options = options or ChestXray14Options()
     root = Path(root)
+    if split not in ("train", "val", "test", "all"):
+        raise DataError(f"unknown split {split!r} (expected train, val, test or all)", root)
     entries = {e.image: e for e in read_data_entry(find_labels_csv(root))}
     paths = image_paths(root)
-    wanted_views = {v.upper() for v in views} if views else None
-    patients = {name: e.patient_id for name, e in entries.items()}
+    wanted_views = {v.upper() for v in options.views} if options.views else None
     train_val_file, test_file = root / "train_val_list.txt", root / "test_list.txt"
     if train_val_file.is_file() and test_file.is_file():
         train_val, test = read_list(train_val_file), read_list(test_file)
     else:
-        train_val, test = split_by_patient(sorted(entries), patients, 0.2, seed=1_000_003)
-    if split == "test":
-        names = test
-    elif split in ("train", "val"):
-        train, val = split_by_patient([n for n in train_val if n in entries], patients, val_fraction, seed)
-        names = train if split == "train" else val
-    else:
-        raise DataError(f"unknown split {split!r} (expected train, val or test)", root)
+        train_val, test = split_by_group(sorted(entries), lambda name: entries[name].patient_id, 0.2, seed=TEST_SEED)
+    train, val = split_by_group([n for n in train_val if n in entries], lambda name: entries[name].patient_id,
+                                options.val_fraction, options.split_seed)
+    names = {"train": train, "val": val, "test": test, "all": train + val + test}[split]
     out = []
     for name in names:
         entry = entries.get(name)
@@ -202,13 +196,15 @@ def records(
             continue  # `data check` reports these; training uses what exists
         if wanted_views and entry.view.upper() not in wanted_views:
             continue
-        out.append({"image": str(paths[name]), "label": entry.labels(), "id": name, "patient": entry.patient_id})
+        out.append({"image": str(paths[name]), "names": entry.findings, "id": name, "group": entry.patient_id})
     return out
 
 
 @register_dataset("chestxray14")
 class ChestXray14(DatasetFormat):
     description = "NIH ChestX-ray14: 14 findings on frontal chest X-rays (PNG + Data_Entry_2017.csv)"
+    schema = LABELLED_PICTURES
+    options_class = ChestXray14Options
     synth_options = {"size": "picture size in pixels (default 256)", "revision": "2017 (default) or 2020 CSV",
                      "findings": "comma-separated findings to draw from (default: all 14)"}
 
@@ -254,12 +250,24 @@ class ChestXray14(DatasetFormat):
         lines = [header] + [",".join(str(v) for v in row) + trailer for row in rows]
         write_text("\n".join(lines) + "\n", out / csv_name)
         patients = sorted(names_by_patient)
-        test_patients = set(rng.choice(patients, size=max(1, round(0.2 * len(patients))), replace=False).tolist())
+        # Each patient's side depends on the patient alone (as in a real release, adding patients moves none).
+        test_patients = {p for p in patients if held_out(str(p), 0.2, seed=TEST_SEED + seed)}
         train_val = [n for p in patients if p not in test_patients for n in names_by_patient[p]]
         test = [n for p in patients if p in test_patients for n in names_by_patient[p]]
         write_text("\n".join(train_val) + "\n", out / "train_val_list.txt")
         write_text("\n".join(test) + "\n", out / "test_list.txt")
         return out
+
+    @classmethod
+    def detect(cls, root: Path) -> float:
+        root = Path(root)
+        return 1.0 if root.is_dir() and any((root / name).is_file() for name in LABEL_FILES) else 0.0
+
+    def records(self, root: Path, split: str) -> list[dict]:
+        return records(root, split, self.options)
+
+    def metadata(self, root: Path) -> dict:
+        return {"labels": list(FINDINGS), "multi_label": True}
 
     def check(self, root: Path) -> list[Problem]:
         root = Path(root)

@@ -17,15 +17,22 @@ from __future__ import annotations
 
 import csv
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from medsight.dataset_format import DatasetFormat, Problem
-from medsight.datasets.splits import canonical_split, file_name_group, split_by_group, three_way_split
-from medsight.errors import DataError
+from medsight.dataset_format import DatasetFormat, Problem, SplitOptions
+from medsight.datasets.schemas import LABELLED_PICTURES
+from medsight.datasets.splits import (
+    canonical_split,
+    check_group_pattern,
+    file_name_group,
+    split_by_group,
+    three_way_split,
+)
+from medsight.errors import ConfigError, DataError
 from medsight.io.writers import write_csv
 from medsight.registry import register_dataset
 
@@ -34,23 +41,29 @@ POSITIVE = {"1", "1.0", "true", "yes", "y", "positive"}
 NEGATIVE = {"0", "0.0", "false", "no", "n", "negative", ""}
 
 
-@dataclass(frozen=True)
-class CsvColumns:
-    """Which columns hold what. ``labels``: one column of ``separator``-joined names, or one 0/1
-    column per label (two or more). ``split`` and ``group`` are used when the CSV has them."""
+@dataclass
+class CsvOptions(SplitOptions):
+    """Which columns hold what. ``label_columns``: one column of ``label_separator``-joined names, or one
+    0/1 column per label (two or more). ``split_column`` and ``group_column`` are used when the CSV has them."""
 
-    path: str = "path"
-    labels: tuple[str, ...] = ("label",)
-    separator: str = "|"
-    negative: str = "No Finding"
-    split: str = "split"
-    group: str = ""
+    path_column: str = "path"
+    label_columns: list[str] = field(default_factory=lambda: ["label"])
+    label_separator: str = "|"
+    negative_label: str = "No Finding"
+    split_column: str = "split"
+    group_column: str = ""
     #: without a group column: a regex whose first group, found in the file name, is the group
     group_pattern: str = ""
 
+    def __post_init__(self):
+        super().__post_init__()
+        check_group_pattern(self.group_pattern)
+        if not self.label_columns:
+            raise ConfigError("data.label_columns names no column")
+
     @property
     def one_column(self) -> bool:
-        return len(self.labels) == 1
+        return len(self.label_columns) == 1
 
 
 @dataclass(frozen=True)
@@ -76,15 +89,15 @@ def find_csv(path: Path) -> Path:
     raise DataError("no such file or folder", path)
 
 
-def _names_from_cells(cells: dict[str, str], columns: CsvColumns, where: str) -> tuple[str, ...]:
+def _names_from_cells(cells: dict[str, str], columns: CsvOptions, where: str) -> tuple[str, ...]:
     if columns.one_column:
-        text = cells[columns.labels[0]].strip()
+        text = cells[columns.label_columns[0]].strip()
         if not text:
-            raise DataError(f"empty label in column {columns.labels[0]!r} (use {columns.negative!r} for none)", where)
-        names = tuple(n.strip() for n in text.split(columns.separator)) if columns.separator else (text,)
-        return () if names == (columns.negative,) else tuple(n for n in names if n)
+            raise DataError(f"empty label in column {columns.label_columns[0]!r} (use {columns.negative_label!r} for none)", where)
+        names = tuple(n.strip() for n in text.split(columns.label_separator)) if columns.label_separator else (text,)
+        return () if names == (columns.negative_label,) else tuple(n for n in names if n)
     positive = []
-    for column in columns.labels:
+    for column in columns.label_columns:
         value = cells[column].strip().lower()
         if value in POSITIVE:
             positive.append(column)
@@ -93,70 +106,71 @@ def _names_from_cells(cells: dict[str, str], columns: CsvColumns, where: str) ->
     return tuple(positive)
 
 
-def read_table(csv_path: Path, columns: CsvColumns) -> list[Row]:
+def read_table(csv_path: Path, columns: CsvOptions) -> list[Row]:
     """Every row, with paths resolved against the CSV's folder."""
     csv_path = Path(csv_path)
     with open(csv_path, encoding="utf-8-sig", newline="") as handle:
         reader = csv.DictReader(handle)
         header = [h.strip() for h in (reader.fieldnames or [])]
         reader.fieldnames = header
-        needed = [columns.path, *columns.labels]
+        needed = [columns.path_column, *columns.label_columns]
         missing = [c for c in needed if c not in header]
         if missing:
             raise DataError(f"no column {missing[0]!r} (columns: {', '.join(header)}); set data.path_column / "
                             "data.label_columns", csv_path)
-        has_split, has_group = columns.split in header, bool(columns.group) and columns.group in header
-        if columns.group and not has_group:
-            raise DataError(f"no group column {columns.group!r} (columns: {', '.join(header)})", csv_path)
+        has_split, has_group = columns.split_column in header, bool(columns.group_column) and columns.group_column in header
+        if columns.group_column and not has_group:
+            raise DataError(f"no group column {columns.group_column!r} (columns: {', '.join(header)})", csv_path)
         rows = []
         for line, cells in enumerate(reader, start=2):
             if not any((v or "").strip() for v in cells.values()):
                 continue
             where = f"{csv_path}:{line}"
-            image_text = (cells[columns.path] or "").strip()
+            image_text = (cells[columns.path_column] or "").strip()
             if not image_text:
-                raise DataError(f"empty path in column {columns.path!r}", where)
+                raise DataError(f"empty path in column {columns.path_column!r}", where)
             image = Path(image_text) if Path(image_text).is_absolute() else csv_path.parent / image_text
             split = None
-            if has_split and (cells[columns.split] or "").strip():
-                split = canonical_split(cells[columns.split])
+            if has_split and (cells[columns.split_column] or "").strip():
+                split = canonical_split(cells[columns.split_column])
                 if split is None:
-                    raise DataError(f"split {cells[columns.split]!r} is not train, val/valid or test", where)
-            group = cells[columns.group].strip() if has_group else file_name_group(columns.group_pattern)(image_text)
+                    raise DataError(f"split {cells[columns.split_column]!r} is not train, val/valid or test", where)
+            group = cells[columns.group_column].strip() if has_group else file_name_group(columns.group_pattern)(image_text)
             rows.append(Row(image, _names_from_cells(cells, columns, where), split, group, line))
     return rows
 
 
-def label_names(rows: Sequence[Row], columns: CsvColumns) -> list[str]:
+def label_names(rows: Sequence[Row], columns: CsvOptions) -> list[str]:
     """Label columns in their order, or the sorted names found in the one label column."""
     if not columns.one_column:
-        return list(columns.labels)
+        return list(columns.label_columns)
     return sorted({name for row in rows for name in row.names})
 
 
-def _split_rows(rows: list[Row], val_fraction: float, seed: int, own_val: bool = True) -> dict[str, list[Row]]:
+def _split_rows(rows: list[Row], options: CsvOptions) -> dict[str, list[Row]]:
     if not any(row.split for row in rows):
-        return three_way_split(rows, lambda r: r.group, val_fraction, TEST_FRACTION, seed)
+        return three_way_split(rows, lambda r: r.group, options.val_fraction, TEST_FRACTION, options.split_seed)
     unsplit = [row for row in rows if row.split is None]
     if unsplit:
         raise DataError(f"row {unsplit[0].line} has no split while others have one", "split column")
     parts = {name: [row for row in rows if row.split == name] for name in ("train", "val", "test")}
-    if not parts["val"] or not own_val:
-        parts["train"], parts["val"] = split_by_group(parts["train"], lambda r: r.group, val_fraction, seed)
+    if not parts["val"] or options.val_source == "train":
+        parts["train"], parts["val"] = split_by_group(parts["train"], lambda r: r.group, options.val_fraction,
+                                                      options.split_seed)
     return parts
 
 
-def records(csv_path: Path, split: str, columns: CsvColumns = CsvColumns(), val_fraction: float = 0.1,
-            seed: int = 0, own_val: bool = True) -> list[dict]:
+def records(csv_path: Path, split: str, options: CsvOptions | None = None) -> list[dict]:
     """Records ``{"image", "names", "id", "group"}`` of one split (train, val, test or all); rows whose image
-    file is missing are left out (``medsight data check csv`` lists them). ``own_val=False`` ignores
+    file is missing are left out (``medsight data check csv`` lists them). ``val_source=train`` ignores
     the CSV's validation rows and takes validation out of the training rows by group."""
+    options = options or CsvOptions()
     csv_path = find_csv(csv_path)
-    rows = read_table(csv_path, columns)
+    rows = read_table(csv_path, options)
     if split == "all":
         chosen = rows
     elif split in ("train", "val", "test"):
-        chosen = _split_rows(rows, val_fraction, seed, own_val)[split]
+        chosen = _split_rows(rows, options)[split]
     else:
         raise DataError(f"unknown split {split!r} (expected train, val, test or all)", csv_path)
     return [{"image": str(row.image), "names": row.names, "id": _image_id(row.image, csv_path.parent),
@@ -173,6 +187,8 @@ def _image_id(image: Path, base: Path) -> str:
 @register_dataset("csv")
 class CsvTable(DatasetFormat):
     description = "a CSV of image paths and labels (one '|'-separated column or 0/1 columns), optional split"
+    schema = LABELLED_PICTURES
+    options_class = CsvOptions
     synth_options = {"size": "picture size in pixels (default 128)"}
 
     def synth(self, out: Path, cases: int | None = None, seed: int = 0, size: int = 128, **options) -> Path:
@@ -199,10 +215,31 @@ class CsvTable(DatasetFormat):
         write_csv(rows, out / "labels.csv", ["path", "label", "split", "patient_id"])
         return out
 
-    def check(self, root: Path, columns: CsvColumns = CsvColumns()) -> list[Problem]:
+    @classmethod
+    def detect(cls, root: Path) -> float:
+        """A .csv file, or a folder holding exactly one CSV file."""
+        root = Path(root)
+        if root.is_file():
+            return 0.6 if root.suffix.lower() == ".csv" else 0.0
+        if root.is_dir():
+            tables = [p for p in root.glob("*.csv") if not p.name.startswith(".")]
+            return 0.5 if len(tables) == 1 else 0.0
+        return 0.0
+
+    def records(self, root: Path, split: str) -> list[dict]:
+        return records(root, split, self.options)
+
+    def metadata(self, root: Path) -> dict:
+        """Label columns in their order, or the sorted names of the one label column; multi-label when
+        there are several columns or any row has other than one name."""
+        rows = read_table(find_csv(root), self.options)
+        multi = not self.options.one_column or any(len(row.names) != 1 for row in rows)
+        return {"labels": label_names(rows, self.options), "multi_label": multi}
+
+    def check(self, root: Path) -> list[Problem]:
         try:
             csv_path = find_csv(Path(root))
-            rows = read_table(csv_path, columns)
+            rows = read_table(csv_path, self.options)
         except DataError as exc:
             return [Problem(exc.where or str(root), exc.message)]
         problems = []

@@ -18,7 +18,6 @@ diameter per connected component).
 from __future__ import annotations
 
 import csv
-import hashlib
 from pathlib import Path
 
 import nibabel as nib
@@ -28,7 +27,15 @@ import SimpleITK as sitk
 from pydicom.errors import InvalidDicomError
 
 from medsight.dataset_format import DatasetFormat, Problem
-from medsight.datasets.luna16 import ANNOTATION_COLUMNS, annotation_problems, nodule_rows, read_annotations
+from medsight.datasets.luna16 import (
+    ANNOTATION_COLUMNS,
+    annotation_problems,
+    fold_split,
+    nodule_rows,
+    read_annotations,
+)
+from medsight.datasets.schemas import NODULE_SCANS
+from medsight.datasets.splits import fold_of
 from medsight.errors import DataError
 from medsight.geometry import affine_from_itk, voxel_to_world
 from medsight.io.writers import write_csv
@@ -81,7 +88,7 @@ def find_scans(root: Path) -> dict[str, Path]:
 
 def stable_fold(seriesuid: str, folds: int = FOLDS) -> int:
     """A fold that depends on the seriesuid only, so adding scans never moves the others."""
-    return int(hashlib.sha256(seriesuid.encode()).hexdigest(), 16) % folds
+    return fold_of(seriesuid, folds, seed=0)
 
 
 def read_folds(path: Path) -> dict[str, int]:
@@ -98,8 +105,9 @@ def read_folds(path: Path) -> dict[str, int]:
     return folds
 
 
-def records(root: Path) -> list[dict]:
-    """Records like ``medsight.datasets.luna16.records``: image, id, seriesuid, fold, nodules, excluded."""
+def scan_records(root: Path) -> list[dict]:
+    """Records like ``medsight.datasets.luna16.scan_records``: image, id, group, seriesuid, fold, nodules,
+    excluded."""
     root = Path(root)
     nodules_path = root / "nodules.csv"
     if not nodules_path.is_file():
@@ -114,7 +122,7 @@ def records(root: Path) -> list[dict]:
     if unknown:
         raise DataError(f"seriesuid {unknown[0]} has no scan ({len(unknown)} such); run "
                         f"`medsight data check ct-nodules {root}`", nodules_path)
-    out = [{"image": str(path), "id": uid, "seriesuid": uid, "fold": folds.get(uid, stable_fold(uid)),
+    out = [{"image": str(path), "id": uid, "group": uid, "seriesuid": uid, "fold": folds.get(uid, stable_fold(uid)),
             "nodules": nodule_rows(nodules.get(uid, [])), "excluded": nodule_rows(excluded.get(uid, []))}
            for uid, path in scans.items()]
     return sorted(out, key=lambda r: (r["fold"], r["seriesuid"]))
@@ -166,6 +174,7 @@ def _geometry(path: Path) -> tuple[np.ndarray, tuple[int, ...]]:
 @register_dataset("ct-nodules")
 class CtNodules(DatasetFormat):
     description = "CT scans (NIfTI/MHD/NRRD/DICOM series) + nodules.csv in world mm (LPS): generic nodule detection"
+    schema = NODULE_SCANS
     synth_options = {
         "shape": "volume size x,y,z in voxels (default 96,96,32)",
         "spacing": "voxel size x,y,z in mm (default 1.0,1.0,2.5)",
@@ -204,6 +213,13 @@ class CtNodules(DatasetFormat):
         write_csv(rows, out / "nodules.csv", ANNOTATION_COLUMNS)
         write_csv(excluded_rows, out / "excluded.csv", ANNOTATION_COLUMNS)
         return out
+
+    @classmethod
+    def detect(cls, root: Path) -> float:
+        return 0.9 if (Path(root) / "nodules.csv").is_file() else 0.0
+
+    def records(self, root: Path, split: str) -> list[dict]:
+        return fold_split(scan_records(root), split, self.options)
 
     def check(self, root: Path) -> list[Problem]:
         root = Path(root)

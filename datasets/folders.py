@@ -17,15 +17,18 @@ Images are PNG/JPEG/BMP/TIFF or DICOM files, found recursively inside a class fo
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from medsight.dataset_format import DatasetFormat, Problem
+from medsight.dataset_format import DatasetFormat, Problem, SplitOptions
+from medsight.datasets.schemas import LABELLED_PICTURES
 from medsight.datasets.splits import (
     SPLIT_NAMES,
     canonical_split,
+    check_group_pattern,
     file_name_group,
     split_by_group,
     three_way_split,
@@ -36,6 +39,17 @@ from medsight.registry import register_dataset
 
 IMAGE_SUFFIXES = tuple(f".{s}" for s in PICTURE_SUFFIXES + DICOM_SUFFIXES)
 TEST_FRACTION = 0.2
+
+
+@dataclass
+class FoldersOptions(SplitOptions):
+    #: regex whose first group, found in a file name, is the patient (``^(\d+)_`` for NIH names like
+    #: 00000193_019.png); empty = every image is its own group
+    group_pattern: str = ""
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_group_pattern(self.group_pattern)
 
 
 def is_image_file(path: Path) -> bool:
@@ -77,35 +91,36 @@ def _labelled(parent: Path, root: Path, group_of: Callable[[str], str]) -> list[
     for folder in _subfolders(parent):
         for path in images_in(folder):
             identifier = path.relative_to(root).as_posix()
-            records.append({"image": str(path), "class": folder.name, "id": identifier, "group": group_of(identifier)})
+            records.append({"image": str(path), "names": (folder.name,), "id": identifier,
+                            "group": group_of(identifier)})
     return records
 
 
-def records(root: Path, split: str, val_fraction: float = 0.1, seed: int = 0, group_pattern: str | None = None,
-            own_val: bool = True) -> list[dict]:
-    """Records ``{"image", "class", "id", "group"}`` of one split (train, val, test or all).
+def records(root: Path, split: str, options: FoldersOptions | None = None) -> list[dict]:
+    """Records ``{"image", "names", "id", "group"}`` of one split (train, val, test or all).
 
     Splits made here keep groups whole: a group is what ``group_pattern`` finds in a file name (a
-    patient ID), else the image. ``own_val=False`` ignores a validation folder and takes validation
+    patient ID), else the image. ``val_source=train`` ignores a validation folder and takes validation
     out of train (when the dataset's own validation images share patients with its training images).
     """
+    options = options or FoldersOptions()
     root = Path(root)
     if not root.is_dir():
         raise DataError("no such folder", root)
-    if split not in ("train", "val", "test", "all"):
-        raise DataError(f"unknown split {split!r} (expected train, val, test or all)", root)
-    group_of = file_name_group(group_pattern)
+    group_of = file_name_group(options.group_pattern)
     folders = split_folders(root)
     if not folders:
         everything = _labelled(root, root, group_of)
         if split == "all":
             return everything
-        return three_way_split(everything, lambda r: r["group"], val_fraction, TEST_FRACTION, seed)[split]
+        return three_way_split(everything, lambda r: r["group"], options.val_fraction, TEST_FRACTION,
+                               options.split_seed)[split]
     if split == "all":
         return [r for folder in folders.values() for r in _labelled(folder, root, group_of)]
+    own_val = options.val_source == "dataset"
     if split in ("train", "val") and ("val" not in folders or not own_val):
         train, val = split_by_group(_labelled(folders["train"], root, group_of) if "train" in folders else [],
-                                    lambda r: r["group"], val_fraction, seed)
+                                    lambda r: r["group"], options.val_fraction, options.split_seed)
         return train if split == "train" else val
     return _labelled(folders[split], root, group_of) if split in folders else []
 
@@ -113,6 +128,8 @@ def records(root: Path, split: str, val_fraction: float = 0.1, seed: int = 0, gr
 @register_dataset("folders")
 class ClassFolders(DatasetFormat):
     description = "class-per-folder image sets (ROOT/[train|val|test/]<class>/*.png|jpg|dcm), single-label"
+    schema = LABELLED_PICTURES
+    options_class = FoldersOptions
     synth_options = {"size": "picture size in pixels (default 128)",
                      "classes": "two class names, normal first (default normal,pneumonia)"}
 
@@ -138,6 +155,28 @@ class ClassFolders(DatasetFormat):
             with atomic_path(path) as tmp:
                 Image.fromarray(picture, mode="L").save(tmp, format="PNG")
         return out
+
+    @classmethod
+    def detect(cls, root: Path) -> float:
+        """A generic layout: any folder whose (split) subfolders hold pictures matches, weakly."""
+        root = Path(root)
+        if not root.is_dir():
+            return 0.0
+        try:
+            parents = list(split_folders(root).values()) or [root]
+        except DataError:
+            return 0.0
+        for parent in parents:
+            for folder in _subfolders(parent):
+                if any(is_image_file(p) for p in folder.iterdir()):
+                    return 0.1
+        return 0.0
+
+    def records(self, root: Path, split: str) -> list[dict]:
+        return records(root, split, self.options)
+
+    def metadata(self, root: Path) -> dict:
+        return {"labels": class_names(root), "multi_label": False}
 
     def check(self, root: Path) -> list[Problem]:
         root = Path(root)

@@ -13,7 +13,9 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from medsight.dataset_format import DatasetFormat, Problem
+from medsight.dataset_format import DatasetFormat, Problem, SplitOptions
+from medsight.datasets.schemas import NODULE_SCANS
+from medsight.datasets.splits import split_by_group
 from medsight.errors import DataError
 from medsight.geometry import affine_from_itk, voxel_to_world, world_to_voxel
 from medsight.io.writers import write_csv
@@ -64,10 +66,10 @@ def nodule_rows(nodules: list[Nodule]) -> list[list[float]]:
     return [[n.x, n.y, n.z, n.diameter_mm] for n in nodules]
 
 
-def records(root: Path) -> list[dict]:
+def scan_records(root: Path) -> list[dict]:
     """One record per scan of a LUNA16 folder, sorted by fold then seriesuid.
 
-    ``{"image": mhd path, "id": uid, "seriesuid": uid, "fold": subset index, "nodules": rows,
+    ``{"image": mhd path, "id": uid, "group": uid, "seriesuid": uid, "fold": subset index, "nodules": rows,
     "excluded": rows}``; rows are ``[x, y, z, diameter_mm]`` in world mm (LPS), from
     ``annotations.csv`` and ``annotations_excluded.csv`` (optional; a negative diameter means unmeasured).
     Boxes are made from these on each scan's grid by the task, after resampling.
@@ -86,10 +88,23 @@ def records(root: Path) -> list[dict]:
     if unknown:
         raise DataError(f"seriesuid {unknown[0]} has no scan in any subset folder "
                         f"({len(unknown)} such); run `medsight data check luna16 {root}`", annotations_path)
-    out = [{"image": str(path), "id": uid, "seriesuid": uid, "fold": fold,
+    out = [{"image": str(path), "id": uid, "group": uid, "seriesuid": uid, "fold": fold,
             "nodules": nodule_rows(nodules.get(uid, [])), "excluded": nodule_rows(excluded.get(uid, []))}
            for uid, (path, fold) in scans.items()]
     return sorted(out, key=lambda r: (r["fold"], r["seriesuid"]))
+
+
+def fold_split(scans: list[dict], split: str, options: SplitOptions) -> list[dict]:
+    """``test``: the scans of fold ``options.fold`` (LUNA16's subset index: its cross-validation fold);
+    ``val``: the other scans whose own hash falls below ``val_fraction`` (seed ``split_seed``);
+    ``train``: the rest; ``all``: every scan."""
+    if split == "all":
+        return list(scans)
+    if split == "test":
+        return [r for r in scans if r["fold"] == options.fold]
+    rest = [r for r in scans if r["fold"] != options.fold]
+    train, val = split_by_group(rest, lambda r: r["group"], options.val_fraction, options.split_seed)
+    return val if split == "val" else train
 
 
 def find_scans(root: Path) -> dict[str, tuple[Path, int]]:
@@ -127,6 +142,7 @@ _COMPONENT_BYTES = {
 @register_dataset("luna16")
 class Luna16(DatasetFormat):
     description = "LUNA16: lung nodules in chest CT (subsetN/<seriesuid>.mhd + annotations.csv, world mm)"
+    schema = NODULE_SCANS
     synth_options = {
         "subsets": "number of subsetN folders (default: min(cases, 10))",
         "shape": "volume size x,y,z in voxels (default 160,160,48)",
@@ -169,6 +185,13 @@ class Luna16(DatasetFormat):
         write_csv(excluded, out / "annotations_excluded.csv", ANNOTATION_COLUMNS)
         write_csv(candidates, out / "candidates.csv", CANDIDATE_COLUMNS)
         return out
+
+    @classmethod
+    def detect(cls, root: Path) -> float:
+        return 1.0 if Path(root).is_dir() and find_scans(Path(root)) else 0.0
+
+    def records(self, root: Path, split: str) -> list[dict]:
+        return fold_split(scan_records(root), split, self.options)
 
     def check(self, root: Path) -> list[Problem]:
         root = Path(root)

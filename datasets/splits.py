@@ -1,17 +1,19 @@
-"""Deterministic group-level splits (a group is a patient, or an image when nothing better is known).
+"""Group-level splits that are stable by construction (a group is a patient, a scan or a case; an
+image when nothing better is known).
 
-A hash of (seed, group) orders the groups, so a group's side of the split depends only on the seed
-and on itself, never on which other groups exist: adding images to a dataset never moves an old
-patient from training into validation.
+Each group's side is decided by its own hash alone: ``unit_hash(seed, group)`` is a number in
+[0, 1) and the group is held out when that number is below the held-out fraction. No other group
+takes part in the decision, so adding data never moves an existing group from training into
+validation or back. The price is that the held-out share is the fraction in expectation, not
+exactly: with few groups it can be empty (the trainer then says so and trains without validation).
 """
 
 from __future__ import annotations
 
 import hashlib
-import math
 import re
-from pathlib import PurePath
 from collections.abc import Callable, Hashable, Iterable, Sequence
+from pathlib import PurePath
 from typing import TypeVar
 
 Item = TypeVar("Item")
@@ -22,6 +24,9 @@ SPLIT_NAMES: dict[str, tuple[str, ...]] = {
     "val": ("val", "valid", "validation", "dev"),
     "test": ("test", "testing"),
 }
+#: the seed of the test hold-out where a dataset names no test split: fixed, so that changing
+#: ``data.split_seed`` (validation) never moves a test patient into training
+TEST_SEED = 1_000_003
 
 
 def canonical_split(name: str) -> str | None:
@@ -33,21 +38,35 @@ def canonical_split(name: str) -> str | None:
     return None
 
 
+def unit_hash(seed: int, group: Hashable) -> float:
+    """A number in [0, 1) that depends on (seed, group) only, uniformly spread over groups."""
+    digest = hashlib.sha256(f"{seed}:{group}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def held_out(group: Hashable, fraction: float, seed: int) -> bool:
+    """Whether ``group`` belongs to the held-out ``fraction`` drawn by ``seed``."""
+    return fraction > 0 and unit_hash(seed, group) < fraction
+
+
+def fold_of(group: Hashable, folds: int, seed: int) -> int:
+    """The fold (0..folds-1) of ``group``: its own hash cut into ``folds`` equal ranges."""
+    return min(int(unit_hash(seed, group) * folds), folds - 1)
+
+
 def split_by_group(items: Sequence[Item], group_of: Callable[[Item], Hashable], fraction: float,
                    seed: int) -> tuple[list[Item], list[Item]]:
-    """(rest, held out): ``ceil(fraction * groups)`` whole groups held out, chosen by a seeded hash."""
-    groups = sorted({str(group_of(item)) for item in items})
-    keyed = sorted(groups, key=lambda g: hashlib.sha256(f"{seed}:{g}".encode()).hexdigest())
-    held = set(keyed[: int(math.ceil(fraction * len(keyed)))]) if fraction > 0 else set()
-    rest = [item for item in items if str(group_of(item)) not in held]
-    out = [item for item in items if str(group_of(item)) in held]
+    """(rest, held out): every item of a group whose hash falls below ``fraction`` is held out."""
+    rest, out = [], []
+    for item in items:
+        (out if held_out(str(group_of(item)), fraction, seed) else rest).append(item)
     return rest, out
 
 
 def three_way_split(items: Iterable[Item], group_of: Callable[[Item], Hashable], val_fraction: float,
                     test_fraction: float, seed: int) -> dict[str, list[Item]]:
-    """train/val/test by group when a dataset names no split: test first (fixed seed), then val."""
-    train_val, test = split_by_group(list(items), group_of, test_fraction, seed=1_000_003)
+    """train/val/test by group when a dataset names no split: test by a fixed seed, then val by ``seed``."""
+    train_val, test = split_by_group(list(items), group_of, test_fraction, seed=TEST_SEED)
     train, val = split_by_group(train_val, group_of, val_fraction, seed)
     return {"train": train, "val": val, "test": test}
 
@@ -64,3 +83,17 @@ def file_name_group(pattern: str | None) -> Callable[[str], str]:
         return found.group(1) if found else str(path)
 
     return group
+
+
+def check_group_pattern(pattern: str) -> None:
+    """ConfigError unless ``pattern`` is empty or a regular expression with a capture group."""
+    from medsight.errors import ConfigError
+
+    if not pattern:
+        return
+    try:
+        groups = re.compile(pattern).groups
+    except re.error as exc:
+        raise ConfigError(f"data.group_pattern {pattern!r} is not a regular expression ({exc})") from None
+    if groups < 1:
+        raise ConfigError(f"data.group_pattern {pattern!r} needs a (capture group) for the patient")

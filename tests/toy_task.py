@@ -58,8 +58,6 @@ class ToyConfig(TaskConfig):
 class ToyRegression(Task):
     summary = "toy regression for trainer tests"
     config_class = ToyConfig
-    datasets = ("toy",)
-    models = ("mlp",)
     monitor = Monitor("mse", "min")
     profiles = {"cpu-small": {"trainer": {"max_epochs": 2}}}
 
@@ -69,7 +67,7 @@ class ToyRegression(Task):
         self._kill_at = int(os.environ.get("MEDSIGHT_TOY_KILL_AT_STEP", "0"))
 
     def records(self, data, split):
-        arrays = np.load(Path(data) / "toy.npz")
+        arrays = np.load(Path(data.root) / "toy.npz")
         n = len(arrays["y"])
         ids = range(0, int(n * 0.75)) if split == "train" else range(int(n * 0.75), n)
         return [{"x": arrays["x"][i], "y": arrays["y"][i:i + 1], "id": str(i)} for i in ids]

@@ -4,12 +4,16 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import traceback
 from pathlib import Path
 
 import medsight
 from medsight.errors import MedsightError, unwrap
+from medsight.progress import setup_logging
+
+log = logging.getLogger("medsight.cli")
 
 
 def _parse_options(pairs: list[str]) -> dict[str, str]:
@@ -34,23 +38,31 @@ def _parse_options(pairs: list[str]) -> dict[str, str]:
 
 
 def cmd_tasks(args) -> int:
-    from medsight.registry import TASKS
+    """Every task with the dataset formats that produce its schema and the models of its family, then
+    every dataset format."""
+    from medsight.dataset_format import formats_for
+    from medsight.models import models
+    from medsight.registry import DATASETS, TASKS
 
-    names = TASKS.names()
-    if not names:
-        print("no tasks registered")
-        return 0
-    for name in names:
+    for name in TASKS.names():
         task = TASKS.get(name)
-        datasets = ", ".join(getattr(task, "datasets", ())) or "-"
-        print(f"{name:16s} {task.summary}\n{'':16s} datasets: {datasets}; models: {', '.join(task.models)}")
+        datasets = ", ".join(formats_for(task.schema)) if task.schema is not None else "its own"
+        family = ", ".join(models(task.model_family).names()) if task.model_family else "-"
+        log.info(f"{name:16s} {task.summary}\n{'':16s} datasets: {datasets}\n{'':16s} models: {family}")
+    if not TASKS.names():
+        log.info("no tasks registered")
+    log.info("\ndataset formats:")
+    for name in DATASETS.names():
+        fmt = DATASETS.get(name)
+        schema = fmt.schema.name if fmt.schema is not None else "-"
+        log.info(f"{name:16s} {fmt.description} [{schema}]")
     return 0
 
 
 def cmd_info(args) -> int:
     from medsight.info import describe
 
-    print(describe())
+    log.info(describe())
     return 0
 
 
@@ -59,24 +71,35 @@ def cmd_data_synth(args, extra: list[str]) -> int:
 
     fmt = DATASETS.get(args.dataset)()
     out = fmt.synth(Path(args.out), cases=args.cases, seed=args.seed, **_parse_options(extra))
-    print(f"wrote synthetic {args.dataset} dataset to {out}")
+    log.info(f"wrote synthetic {args.dataset} dataset to {out}")
     return 0
 
 
 def cmd_data_check(args) -> int:
-    from medsight.registry import DATASETS
+    """The same reading ``train`` does (same format, same ``data.*`` overrides), file by file."""
+    from medsight.dataset_format import DataSource, dataclass_keys, detect_format, options_from_overrides
+    from medsight.registry import DATASETS, TASKS
 
-    fmt = DATASETS.get(args.dataset)()
     root = Path(args.path)
     if not root.exists():
         raise MedsightError("no such folder", root)
-    problems = fmt.check(root)
+    name = detect_format(root) if args.dataset == "auto" else args.dataset
+    fmt_class = DATASETS.get(name)
+    consumers = [TASKS.get(t) for t in TASKS.names()]
+    known = set().union(*(dataclass_keys(t.config_class) for t in consumers
+                          if t.schema is not None and fmt_class.schema is not None
+                          and t.schema.name == fmt_class.schema.name))
+    options, ignored = options_from_overrides(fmt_class, args.overrides, known)
+    if ignored:
+        log.info(f"(not about reading the data, ignored here: {' '.join(ignored)})")
+    source = DataSource(fmt_class(options), root)
+    problems = source.check()
     for problem in problems:
-        print(f"problem: {problem}")
+        log.info(f"problem: {problem}")
     if problems:
-        print(f"{args.dataset}: {len(problems)} problem(s) in {root}")
+        log.info(f"{name}: {len(problems)} problem(s) in {root}")
         return 2
-    print(f"{args.dataset}: {root} is clean")
+    log.info(f"{name}: {root} is clean: {source.describe()}")
     return 0
 
 
@@ -96,7 +119,8 @@ def _absorb_positionals(args, extra: list[str]) -> list[str]:
     return leftover
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(task_options: tuple[str, ...] = ()) -> argparse.ArgumentParser:
+    """The parser; ``task_options``: commands that also get every registered task's own options."""
     parser = argparse.ArgumentParser(prog="medsight", description=medsight.__doc__.splitlines()[0])
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     parser.add_argument("--version", action="version", version=f"medsight {medsight.__version__}")
@@ -108,27 +132,32 @@ def build_parser() -> argparse.ArgumentParser:
     data = sub.add_parser("data", help="synthetic datasets and dataset checks")
     data_sub = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
     synth = data_sub.add_parser("synth", help="write a synthetic dataset in the official layout")
-    synth.add_argument("dataset", help="a dataset format: chestxray14, luna16, brats, ct-nodules, folders, csv")
+    synth.add_argument("dataset", help="a dataset format (medsight tasks lists them): chestxray14, luna16, brats, "
+                                       "ct-nodules, folders, csv, and any a plug-in registers")
     synth.add_argument("out", help="output folder")
     synth.add_argument("--cases", type=int, default=None, help="number of images/scans/cases")
     synth.add_argument("--seed", type=int, default=0)
     synth.set_defaults(func=cmd_data_synth, takes_extra=True)
-    check = data_sub.add_parser("check", help="validate a dataset folder, file by file")
-    check.add_argument("dataset")
+    check = data_sub.add_parser("check", help="validate a dataset folder, file by file, as train would read it")
+    check.add_argument("dataset", help="a dataset format (medsight tasks lists them), or auto")
     check.add_argument("path")
+    check.add_argument("overrides", nargs="*", metavar="key=value",
+                       help="the data.* overrides train would take, e.g. data.modalities=[flair,t1c]")
     check.set_defaults(func=cmd_data_check)
 
     from medsight.commands import add_commands
 
-    add_commands(sub)
+    add_commands(sub, task_options=set(task_options))
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     debug = "--debug" in argv
+    setup_logging()
     try:
-        parser = build_parser()
+        command = next((a for a in argv if not a.startswith("-")), None)
+        parser = build_parser(task_options=(command,) if command in ("predict", "evaluate") else ())
         args, extra = parser.parse_known_args(argv)
         extra = _absorb_positionals(args, extra)
         if extra and not getattr(args, "takes_extra", False):

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import argparse
+import logging
 import re
 import time
 from pathlib import Path
 
 from medsight.errors import CheckpointError, ConfigError, MedsightError
 
+log = logging.getLogger(__name__)
 KEY_VALUE_HELP = "config overrides, e.g. trainer.max_epochs=5 optim.lr=3e-4"
 _OVERRIDE = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)+=")
 
@@ -23,6 +26,16 @@ def _run_dir_of(path: Path) -> Path:
     if path.is_dir():
         return path
     return path.parent.parent if path.parent.name == "checkpoints" else path.parent
+
+
+def _starting_weights_alias(config) -> None:
+    """``model.init_weights`` is the old spelling of ``trainer.init_weights``: honoured when a run starts."""
+    model = getattr(config, "model", None)
+    old = getattr(model, "init_weights", None)
+    if old:
+        if config.trainer.init_weights and config.trainer.init_weights != old:
+            raise ConfigError("model.init_weights and trainer.init_weights (--init-weights) differ; give one")
+        config.trainer.init_weights, model.init_weights = old, None
 
 
 def cmd_train(args) -> int:
@@ -52,12 +65,17 @@ def cmd_train(args) -> int:
         profile = task_class.profiles[args.profile]
     overrides = list(args.overrides)
     if args.init_weights:
+        if args.resume:
+            raise ConfigError("--init-weights starts a new run; a resumed run continues from its checkpoint",
+                              "command line")
         if not Path(args.init_weights).is_file():
             raise ConfigError("--init-weights: file not found", args.init_weights)
-        overrides.append(f"model.init_weights={Path(args.init_weights).resolve()}")
+        overrides.append(f"trainer.init_weights={Path(args.init_weights).resolve()}")
     config = resolve(task_class.config_class, profile=profile, files=args.config or [], overrides=overrides,
                      base=base)
     config.task = args.task
+    if not args.resume:
+        _starting_weights_alias(config)
     if not data.exists():
         raise MedsightError("no such dataset folder", data)
     cfg = config.trainer
@@ -79,15 +97,15 @@ def cmd_train(args) -> int:
             best = summary["best_value"]
             shown = f"{summary['best_metric']} {best:.4f} at epoch {summary['best_epoch']}" if best is not None else \
                 "no validation metric"
-            print(f"done: {summary['epochs']} epochs, best {shown}; checkpoints in {run_dir / 'checkpoints'}; "
-                  f"report {report}")
+            log.info(f"done: {summary['epochs']} epochs, best {shown}; checkpoints in {run_dir / 'checkpoints'}; "
+                     f"report {report}")
     finally:
         runtime.close()
     return 0
 
 
 def cmd_evaluate(args) -> int:
-    from medsight.inference import evaluate, load_for_inference
+    from medsight.inference import evaluate
     from medsight.registry import TASKS
 
     task_words, overrides = _split_overrides(([args.task] if args.task else []) + list(args.overrides))
@@ -99,17 +117,13 @@ def cmd_evaluate(args) -> int:
             raise ConfigError("scoring a predictions file needs the task: medsight evaluate TASK --predictions ...",
                               "command line")
         task_class = TASKS.get(args.task)
-        scorer = getattr(task_class, "score_predictions", None)
-        if scorer is None:
-            raise ConfigError(f"task {args.task} cannot score a predictions file", "command line")
         out = Path(args.out or Path(args.predictions).parent / "evaluation")
-        metrics = scorer(predictions=Path(args.predictions), annotations=args.annotations, excluded=args.excluded,
-                         seriesuids=args.seriesuids, out=out, bootstrap=args.bootstrap)
+        metrics = task_class.score_predictions(Path(args.predictions), args, out)
         _print_metrics(metrics, out)
         return 0
     if not args.checkpoint or not args.data:
         raise ConfigError("evaluate needs --checkpoint and --data (or TASK --predictions FILE)", "command line")
-    loaded = load_for_inference(args.checkpoint, overrides)
+    loaded = _load_with_task_options(args, "evaluate", overrides)
     if args.task and args.task != loaded.task.name:
         raise CheckpointError(f"made for task {loaded.task.name!r}, not {args.task!r}", args.checkpoint)
     split = args.split or loaded.task.evaluate_split
@@ -122,18 +136,14 @@ def cmd_evaluate(args) -> int:
 def _print_metrics(metrics: dict, out: Path) -> None:
     width = max((len(k) for k in metrics), default=10)
     for key, value in metrics.items():
-        print(f"{key:{width}s}  {value:.4f}" if isinstance(value, float) else f"{key:{width}s}  {value}")
-    print(f"written to {out}")
+        log.info(f"{key:{width}s}  {value:.4f}" if isinstance(value, float) else f"{key:{width}s}  {value}")
+    log.info(f"written to {out}")
 
 
 def cmd_predict(args) -> int:
-    from medsight.inference import load_for_inference, predict
+    from medsight.inference import predict
 
     args.inputs, overrides = _split_overrides(args.inputs)
-    if args.cam:
-        overrides.append("infer.cam=true")
-    if args.tta:
-        overrides.append("infer.tta=true")
     images = {}
     for pair in args.image or []:
         role, sep, path = pair.partition("=")
@@ -142,17 +152,54 @@ def cmd_predict(args) -> int:
         images[role.strip().lower()] = path
     if not args.inputs and not images:
         raise ConfigError("give at least one input (a file or folder) or --image ROLE=PATH", "command line")
-    loaded = load_for_inference(args.checkpoint, overrides)
+    loaded = _load_with_task_options(args, "predict", overrides)
     report = predict(loaded, args.inputs, Path(args.out), images=images or None, device=args.device,
                      precision=args.precision, batch_size=args.batch_size, debug=args.debug)
-    print(f"predicted {report.cases} case(s) in {report.seconds:.1f} s; wrote {len(report.written)} file(s) "
-          f"to {args.out}")
+    log.info(f"predicted {report.cases} case(s) in {report.seconds:.1f} s; wrote {len(report.written)} file(s) "
+             f"to {args.out}")
     for failure in report.failures:
-        print(f"failed: {failure}")
+        log.info(f"failed: {failure}")
     if report.failures:
-        print(f"{len(report.failures)} input(s) failed; the others were written")
+        log.info(f"{len(report.failures)} input(s) failed; the others were written")
         return 1
     return 0
+
+
+# -- options that tasks add --------------------------------------------------------------------------
+def add_task_arguments(parser, command: str) -> None:
+    """Every registered task's own options for ``command``, each task in its own help group. The owner
+    of each option is remembered, so that an option of another task than the checkpoint's is refused."""
+    from medsight.registry import TASKS
+
+    owners: dict[str, str] = {}
+    for name in TASKS.names():
+        group = parser.add_argument_group(f"{name} options")
+        before = {action.dest for action in parser._actions}
+        try:
+            TASKS.get(name).add_arguments(group, command)
+        except argparse.ArgumentError as exc:
+            log.warning(f"task {name}: option not added to {command} ({exc})")
+        owners.update({action.dest: name for action in parser._actions if action.dest not in before})
+    parser.set_defaults(task_option_owners=owners)
+
+
+def _load_with_task_options(args, command: str, overrides: list[str]):
+    """The checkpoint loaded for inference, with the overrides its task makes of its own options; an
+    option of another task than the checkpoint's is an error."""
+    from medsight import checkpoint
+    from medsight.inference import load_for_inference
+    from medsight.registry import TASKS
+
+    state = checkpoint.load(args.checkpoint)
+    task_name = state["task"]
+    owners: dict[str, str] = getattr(args, "task_option_owners", {})
+    for dest, owner in owners.items():
+        if owner != task_name and getattr(args, dest, None) not in (None, False, 0, [], ""):
+            flag = "--" + dest.replace("_", "-")
+            raise ConfigError(f"{flag} is an option of the {owner} task; this checkpoint is a {task_name} model",
+                              "command line")
+    extra = TASKS.get(task_name).overrides_from_arguments(args, command)
+    return load_for_inference(args.checkpoint, list(overrides) + extra, state=state)
 
 
 def cmd_export(args) -> int:
@@ -160,7 +207,7 @@ def cmd_export(args) -> int:
 
     loaded = load_for_inference(args.checkpoint)
     out = export(loaded, args.format, Path(args.out))
-    print(f"exported {loaded.task.name} model as {args.format} to {out}")
+    log.info(f"exported {loaded.task.name} model as {args.format} to {out}")
     return 0
 
 
@@ -170,8 +217,9 @@ def cmd_demo(args) -> int:
     return run_demo(Path(args.out), tasks=args.tasks, quick=args.quick)
 
 
-def add_commands(sub) -> None:
-    """Register the model commands on the ``medsight`` sub-parser."""
+def add_commands(sub, task_options: set[str] = frozenset()) -> None:
+    """Register the model commands on the ``medsight`` sub-parser; ``task_options``: the commands that get
+    the registered tasks' own options (importing every task costs a second: only where needed)."""
     train = sub.add_parser("train", help="train a task on a dataset folder")
     train.add_argument("task")
     train.add_argument("--data", help="dataset folder (stored in checkpoints, so --resume needs none)")
@@ -181,7 +229,8 @@ def add_commands(sub) -> None:
     train.add_argument("--name", help="run name (default: date-time)")
     train.add_argument("--resume", help="continue exactly from a run folder or checkpoint")
     train.add_argument("--init-weights", metavar="PATH",
-                       help="start from a local state dict (same as model.init_weights=PATH)")
+                       help="start a new run from local weights (a state dict or a medsight checkpoint), applied "
+                            "once when the run starts (trainer.init_weights)")
     train.add_argument("overrides", nargs="*", metavar="key=value", help=KEY_VALUE_HELP)
     train.set_defaults(func=cmd_train)
 
@@ -193,13 +242,11 @@ def add_commands(sub) -> None:
     evaluate.add_argument("--out", help="output folder (default RUN/evaluation/SPLIT)")
     evaluate.add_argument("--device")
     evaluate.add_argument("--precision", choices=["fp32", "bf16", "fp16", "auto"])
-    evaluate.add_argument("--predictions", help="a submission file to score without a model")
-    evaluate.add_argument("--annotations")
-    evaluate.add_argument("--excluded")
-    evaluate.add_argument("--seriesuids")
-    evaluate.add_argument("--bootstrap", type=int, default=0, help="bootstrap resamples for confidence intervals")
+    evaluate.add_argument("--predictions", help="a predictions file to score without a model (with TASK)")
     evaluate.add_argument("overrides", nargs="*", metavar="key=value", help=KEY_VALUE_HELP)
     evaluate.set_defaults(func=cmd_evaluate)
+    if "evaluate" in task_options:
+        add_task_arguments(evaluate, "evaluate")
 
     predict = sub.add_parser("predict", help="predict files or folders; a bad case is reported, the rest go on")
     predict.add_argument("--checkpoint", required=True)
@@ -209,12 +256,12 @@ def add_commands(sub) -> None:
     predict.add_argument("--out", required=True)
     predict.add_argument("--image", action="append", metavar="ROLE=PATH",
                          help="one case from explicit files, e.g. --image flair=a.nii.gz --image t1c=b.nii.gz")
-    predict.add_argument("--cam", action="store_true", help="classification: Grad-CAM pictures")
-    predict.add_argument("--tta", action="store_true", help="segmentation: flip test-time augmentation")
     predict.add_argument("--device")
     predict.add_argument("--precision", choices=["fp32", "bf16", "fp16", "auto"])
     predict.add_argument("--batch-size", type=int, help="items per batch (default: the task picks one for the device)")
     predict.set_defaults(func=cmd_predict)
+    if "predict" in task_options:
+        add_task_arguments(predict, "predict")
 
     export = sub.add_parser("export", help="export a checkpoint's model as TorchScript or ONNX")
     export.add_argument("--checkpoint", required=True)

@@ -32,6 +32,8 @@ __all__ = [
     "from_dict",
     "to_dict",
     "to_yaml",
+    "parse_override",
+    "resolve_structured",
 ]
 
 
@@ -69,17 +71,26 @@ class TrainerConfig:
     ema_decay: Optional[float] = None
     #: also write last.pt every N optimizer steps (mid-epoch resume); null = at epoch ends only
     checkpoint_every_n_steps: Optional[int] = None
-    nonfinite_loss: str = "error"  # error: stop; skip: drop the batch and go on
-    progress: str = "auto"  # auto (bars on a terminal only), always, never
+    #: error: stop (checked every log_every_n_steps optimizer steps, and before every checkpoint, so the
+    #: device is not waited on at each step); skip: drop the batch and go on (checked at every step)
+    nonfinite_loss: str = "error"
+    #: auto: bars on a terminal, a line every 10 s elsewhere (logs, pipes); bars (or always), lines, never
+    progress: str = "auto"
+    #: every N optimizer steps: log the loss and learning rate (metrics.jsonl, TensorBoard), check for
+    #: non-finite losses and (under DDP) stop requests, in one host sync and one all-reduce
     log_every_n_steps: int = 10
     tensorboard: bool = True
     #: CPU threads for torch (null = torch's default)
     threads: Optional[int] = None
+    #: local weights to start a fresh run from (``medsight train --init-weights PATH``): applied once,
+    #: when the run starts; resume, evaluate, predict and export never read it
+    init_weights: Optional[str] = None
 
     def __post_init__(self):
         choice("trainer.precision", self.precision, ("fp32", "bf16", "fp16", "auto"))
         choice("trainer.nonfinite_loss", self.nonfinite_loss, ("error", "skip"))
-        choice("trainer.progress", self.progress, ("auto", "always", "never"))
+        choice("trainer.progress", self.progress, ("auto", "bars", "always", "lines", "never"))
+        positive("trainer.log_every_n_steps", self.log_every_n_steps)
         if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", self.device):
             raise ConfigError(f"trainer.device={self.device!r} is not auto, cpu, mps, cuda or cuda:N")
         positive("trainer.max_epochs", self.max_epochs, allow_zero=True)
@@ -123,12 +134,25 @@ class LoaderConfig:
     cache: str = "memory"  # none, memory (CacheDataset), disk (PersistentDataset)
     cache_rate: float = 1.0
     cache_dir: Optional[str] = None  # default: <run dir>/cache
+    #: the dataset format (a registered name, see ``medsight tasks``); auto = the one that recognises the folder
+    format: str = "auto"
+    #: settings of a plug-in format that this task's config does not name (validated by the format)
+    format_options: dict[str, Any] = field(default_factory=dict)
+    #: share of training groups (patients, scans, cases) held out for validation, by their own hash
     val_fraction: float = 0.2
+    #: seed of validation hold-outs and folds, for every task (independent of trainer.seed)
+    split_seed: int = 0
     fold: int = 0
     folds: int = 5
+    #: dataset: the dataset's own validation split when it has one; train: always take validation
+    #: out of the training split by group (when the dataset's validation shares patients with training)
+    val_source: str = "dataset"
 
     def __post_init__(self):
         choice("data.loader", self.loader, ("torch", "thread"))
+        choice("data.val_source", self.val_source, ("dataset", "train"))
+        if not 0 <= self.val_fraction < 1:
+            raise ConfigError(f"data.val_fraction must be in [0, 1), got {self.val_fraction}")
         choice("data.cache", self.cache, ("none", "memory", "disk"))
         positive("data.batch_size", self.batch_size)
         if not 0 <= self.cache_rate <= 1:
@@ -168,7 +192,8 @@ def _merge(base, update, source: str):
         raise _friendly(exc, source) from None
 
 
-def _parse_override(text: str) -> dict:
+def parse_override(text: str) -> tuple[str, Any]:
+    """``a.b=value`` -> ("a.b", value parsed as YAML: numbers, booleans, lists; else the string)."""
     if "=" not in text:
         raise ConfigError(f"override {text!r} is not key=value", "command line")
     key, value = text.split("=", 1)
@@ -176,13 +201,27 @@ def _parse_override(text: str) -> dict:
         parsed = yaml.safe_load(value) if value != "" else ""
     except yaml.YAMLError:
         parsed = value
+    return key.strip(), parsed
+
+
+def _parse_override(text: str) -> dict:
+    key, parsed = parse_override(text)
     node: dict = {}
     cursor = node
-    parts = key.strip().split(".")
+    parts = key.split(".")
     for part in parts[:-1]:
         cursor = cursor.setdefault(part, {})
     cursor[parts[-1]] = parsed
     return node
+
+
+def resolve_structured(config_class: type, values: Mapping, source: str = "config") -> Any:
+    """An instance of the dataclass ``config_class`` from ``values``, typed and validated like a config."""
+    cfg = _merge(OmegaConf.structured(config_class), OmegaConf.create(dict(values)), source)
+    try:
+        return OmegaConf.to_object(cfg)
+    except OmegaConfBaseException as exc:
+        raise _friendly(exc, source) from None
 
 
 def resolve(

@@ -1,17 +1,34 @@
 """``medsight demo``: for every registered task, synthetic data in the official layout -> train on the
-CPU -> evaluate -> predict -> report, by running the same commands a user would type."""
+CPU -> evaluate on data the run never saw -> predict -> report, by running the same commands a user
+would type. The top page ``report.html`` shows each task's key figure and picture."""
 
 from __future__ import annotations
 
+import html
+import json
+import logging
 import shlex
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from medsight.io.writers import write_text
 from medsight.registry import TASKS
 
-
+log = logging.getLogger(__name__)
 CHECKPOINT = "<checkpoint>"
+
+
+@dataclass
+class DemoResult:
+    name: str
+    run: Path
+    report: Path | None
+    seconds: float
+    status: int
+    metric: str = ""
+    value: float | None = None
+    evaluated_on: str = ""
 
 
 def _option(value) -> str:
@@ -26,49 +43,70 @@ def _checkpoint(run: Path) -> Path:
 def _run(argv: list[str]) -> int:
     from medsight.cli import main
 
-    print(f"\n$ medsight {shlex.join(argv)}", flush=True)
+    log.info(f"\n$ medsight {shlex.join(argv)}")
     return main(argv)
+
+
+def _synth_step(dataset: str, folder: Path, synth: dict, seed: int) -> list[str]:
+    synth = dict(synth)
+    cases = synth.pop("cases", None)
+    return (["data", "synth", dataset, str(folder), "--seed", str(seed)] + (["--cases", str(cases)] if cases else [])
+            + [f"--{k}={_option(v)}" for k, v in synth.items()])
+
+
+def _steps(name: str, task, out: Path, run: Path, quick: bool) -> tuple[list, str]:
+    """The commands of one task's demo, and a description of the data its evaluation uses."""
+    spec = task.demo
+    data = out / "data" / spec.dataset
+    synth = dict(spec.synth, **(spec.quick_synth if quick else {}))
+    steps: list = []
+    if data.exists():
+        log.info(f"(synthetic {spec.dataset} data already in {data})")
+    else:
+        steps.append(_synth_step(spec.dataset, data, synth, seed=0))
+    if (run / "checkpoints" / "last.pt").exists():
+        log.info(f"{run} holds a model from an earlier demo: training skipped (delete {run} to train again)")
+    else:
+        steps.append(["train", name, "--data", str(data), "--profile", spec.profile, "--out", str(run),
+                      *spec.overrides, *(spec.quick_overrides if quick else ())])
+    if spec.held_out_cases:
+        held_out = out / "data" / f"{spec.dataset}-held-out"
+        cases = min(spec.held_out_cases, 2) if quick else spec.held_out_cases
+        if not held_out.exists():
+            steps.append(_synth_step(spec.dataset, held_out, dict(synth, cases=cases), seed=1))
+        steps.append(["evaluate", "--checkpoint", CHECKPOINT, "--data", str(held_out), "--split", "all",
+                      "--out", str(run / "evaluation" / "held-out")])
+        evaluated_on = f"{cases} held-out cases synthesised with another seed"
+    else:
+        split = spec.evaluate_split or task.evaluate_split
+        steps.append(["evaluate", "--checkpoint", CHECKPOINT, "--data", str(data), "--split", split,
+                      "--out", str(run / "evaluation" / split)])
+        evaluated_on = f"the {split} split, which training never reads"
+    # the inputs are picked once the data exist (the steps before it may synthesise them)
+    steps.append(lambda: ["predict", "--checkpoint", CHECKPOINT, *task.demo_inputs(data), "--out",
+                          str(run / "predictions"), *spec.predict_args])
+    return steps, evaluated_on
 
 
 def run_demo(out: Path, tasks: list[str] | None = None, quick: bool = False) -> int:
     names = tasks or TASKS.names()
     if not names:
-        print("medsight demo: no tasks are registered yet, so there is nothing to train; "
-              "`medsight data synth` works for every registered dataset format")
+        log.info("medsight demo: no tasks are registered yet, so there is nothing to train; "
+                 "`medsight data synth` works for every registered dataset format")
         return 0
     out = Path(out)
-    rows, failed = [], []
+    results, failed = [], []
     for name in names:
         task = TASKS.get(name)
-        spec = task.demo
-        if spec is None:
-            print(f"\n== {name}: no demo defined, skipped")
+        if task.demo is None:
+            log.info(f"\n== {name}: no demo defined, skipped")
             continue
         started = time.perf_counter()
-        print(f"\n== {name}: {task.summary}")
-        if spec.note:
-            print(spec.note)
-        data = out / "data" / f"{spec.dataset}"
+        log.info(f"\n== {name}: {task.summary}")
+        if task.demo.note:
+            log.info(task.demo.note)
         run = out / name
-        synth = dict(spec.synth, **(spec.quick_synth if quick else {}))
-        cases = synth.pop("cases", None)
-        steps = []
-        if data.exists():
-            print(f"(synthetic {spec.dataset} data already in {data})")
-        else:
-            steps.append(["data", "synth", spec.dataset, str(data), "--seed", "0"]
-                         + (["--cases", str(cases)] if cases else [])
-                         + [f"--{k}={_option(v)}" for k, v in synth.items()])
-        if (run / "checkpoints" / "last.pt").exists():
-            print(f"{run} holds a model from an earlier demo: training skipped (delete {run} to train again)")
-        else:
-            steps.append(["train", name, "--data", str(data), "--profile", spec.profile, "--out", str(run),
-                          "trainer.progress=never", *spec.overrides, *(spec.quick_overrides if quick else ())])
-        steps.append(["evaluate", "--checkpoint", CHECKPOINT, "--data", str(data)]
-                     + (["--split", spec.evaluate_split] if spec.evaluate_split else []))
-        # the inputs are picked once the data exist (the steps before it may synthesise them)
-        steps.append(lambda: ["predict", "--checkpoint", CHECKPOINT, *task.demo_inputs(data), "--out",
-                              str(run / "predictions"), *spec.predict_args])
+        steps, evaluated_on = _steps(name, task, out, run, quick)
         status = 0
         for step in steps:
             argv = step() if callable(step) else step
@@ -79,18 +117,54 @@ def run_demo(out: Path, tasks: list[str] | None = None, quick: bool = False) -> 
         from medsight.report import write_report
 
         report = write_report(run, title=f"medsight demo: {name}") if run.exists() else None
-        rows.append((name, run, report, time.perf_counter() - started, status))
-    index = ["<!doctype html><html><head><meta charset='utf-8'><title>medsight demo</title></head><body>",
-             "<h1>medsight demo</h1><ul>"]
-    for name, run, report, seconds, status in rows:
-        link = f'<a href="{report.relative_to(out)}">{name}</a>' if report else name
-        index.append(f"<li>{link}: {'ok' if status == 0 else 'FAILED'} in {seconds:.0f} s</li>")
-    index.append("</ul></body></html>\n")
-    summary = write_text("\n".join(index), out / "report.html")
-    print("\n== demo summary")
-    for name, run, report, seconds, status in rows:
-        print(f"{name:16s} {'ok' if status == 0 else 'FAILED':7s} {seconds:6.0f} s   outputs in {run}")
-    print(f"open {summary} for the reports, pictures and metrics")
+        result = DemoResult(name, run, report, time.perf_counter() - started, status, task.monitor.metric,
+                            evaluated_on=evaluated_on)
+        result.value = _evaluated(run, result.metric)
+        results.append(result)
+    summary = write_text(_index_page(results, out), out / "report.html")
+    log.info("\n== demo summary")
+    for r in results:
+        figure = f"{r.metric} {r.value:.3f}" if r.value is not None else ""
+        log.info(f"{r.name:16s} {'ok' if r.status == 0 else 'FAILED':7s} {r.seconds:6.0f} s   {figure:22s} "
+                 f"outputs in {r.run}")
+    log.info(f"open {summary} for the reports, pictures and metrics")
     for failure in failed:
-        print(f"failed: {failure}")
+        log.info(f"failed: {failure}")
     return 1 if failed else 0
+
+
+def _evaluated(run: Path, metric: str) -> float | None:
+    """The monitored metric of the run's evaluation (on held-out data), if it was written."""
+    for path in sorted(run.glob("evaluation/*/metrics.json")):
+        value = json.loads(path.read_text()).get("metrics", {}).get(metric)
+        if isinstance(value, (int, float)):
+            return float(value)
+    return None
+
+
+def _picture(run: Path) -> Path | None:
+    """The first prediction picture (Grad-CAM, overlay), else an evaluation plot."""
+    for pattern in ("predictions/**/*.png", "evaluation/*/*.png"):
+        found = sorted(run.glob(pattern))
+        if found:
+            return found[0]
+    return None
+
+
+def _index_page(results: list[DemoResult], out: Path) -> str:
+    parts = ["<!doctype html><html><head><meta charset='utf-8'><title>medsight demo</title><style>"
+             "body{font-family:sans-serif;max-width:1200px;margin:auto;padding:1em}img{max-width:100%}"
+             "section{border-top:1px solid #ccc;padding:0.5em 0}</style></head><body><h1>medsight demo</h1>",
+             "<p>Synthetic data in each dataset's official layout; models trained on a CPU for a few minutes. "
+             "The figures say the pipeline works end to end, not that the models are useful on real images.</p>"]
+    for r in results:
+        link = f'<a href="{html.escape(str(r.report.relative_to(out)))}">full report</a>' if r.report else ""
+        figure = (f"<p><b>{html.escape(r.metric)} {r.value:.3f}</b> on {html.escape(r.evaluated_on)}</p>"
+                  if r.value is not None else "<p>no evaluation</p>")
+        picture = _picture(r.run)
+        image = (f'<img src="{html.escape(str(picture.relative_to(out)))}" alt="{html.escape(picture.name)}">'
+                 if picture else "")
+        parts.append(f"<section><h2>{html.escape(r.name)}: {'ok' if r.status == 0 else 'FAILED'} in "
+                     f"{r.seconds:.0f} s</h2>{figure}{image}<p>{link}</p></section>")
+    parts.append("</body></html>\n")
+    return "\n".join(parts)

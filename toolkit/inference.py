@@ -3,6 +3,7 @@ resolved config and the task's learnt state (label order, thresholds, label conv
 
 from __future__ import annotations
 
+import logging
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -16,10 +17,13 @@ from medsight.config import resolve
 from medsight.data import make_loader
 from medsight.errors import CheckpointError, DataError, MedsightError, unwrap
 from medsight.io.writers import atomic_path, write_json
+from medsight.progress import progress
 from medsight.registry import TASKS
 from medsight.runtime import Runtime
 from medsight.task import Task
 from medsight.trainer import run_validation
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -34,10 +38,12 @@ class Loaded:
         return self.path.parent.parent if self.path.parent.name == "checkpoints" else self.path.parent
 
 
-def load_for_inference(path: str | Path, overrides: list[str] | tuple = (), weights: str = "auto") -> Loaded:
-    """Task, model (EMA weights when the run kept them) and raw state of a checkpoint."""
+def load_for_inference(path: str | Path, overrides: list[str] | tuple = (), weights: str = "auto",
+                       state: dict | None = None) -> Loaded:
+    """Task, model (EMA weights when the run kept them) and raw state of a checkpoint (``state``: the
+    checkpoint already loaded from ``path``)."""
     path = Path(path)
-    state = checkpoint.load(path)
+    state = state if state is not None else checkpoint.load(path)
     if path.is_dir():
         path = path / "checkpoints" / "last.pt" if (path / "checkpoints" / "last.pt").is_file() else path / "last.pt"
     task_class = TASKS.get(state["task"])
@@ -77,14 +83,14 @@ def evaluate(loaded: Loaded, data: Path, split: str, out: Path, device: str | No
     from medsight.data import make_dataset
 
     task = loaded.task
-    records = task.records(Path(data), split)
+    records = task.records(task.open_data(data), split)
     if not records:
         raise DataError(f"no records in split {split!r}", data)
     runtime = _runtime(task, device, precision, "evaluate")
     model = runtime.setup_model(loaded.model, train=False)
     dataset = make_dataset(records, task.transforms("val"), task.config.data, None, cache=False)
     started = time.perf_counter()
-    outputs = run_validation(task, model, dataset, task.config, runtime)
+    outputs = run_validation(task, model, dataset, task.config, runtime, desc=f"evaluate {split}")
     metrics = task.validation_metrics(outputs)
     out.mkdir(parents=True, exist_ok=True)
     write_json({"checkpoint": str(loaded.path), "data": str(data), "split": split, "cases": len(records),
@@ -150,18 +156,21 @@ def predict(loaded: Loaded, inputs: list[str], out: Path, images: dict[str, str]
     model = runtime.setup_model(loaded.model, train=False)
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
+    writer = task.prediction_writer(out)
     if records:
         dataset = _SafeDataset(records, task.transforms("infer"))
         collate = _collate_skipping_errors(task.collate_fn("infer") or list_data_collate)
         size = batch_size or task.predict_batch_size(runtime.device)
         loader = make_loader(dataset, task.config.data, size, shuffle=False, seed=0, collate_fn=collate)
+        display = progress(len(records), "predict", task.config.trainer.progress, unit="case")
         # no_grad, not inference_mode: a task may turn autograd back on (Grad-CAM needs it).
         with torch.no_grad():
             for batch, errors in loader:
+                display.update(len(errors))
                 for error in errors:
                     report.failures.append(error["__error__"])
                     if debug and "__traceback__" in error:
-                        print(error["__traceback__"])
+                        log.error(error["__traceback__"])
                 if batch is None:
                     continue
                 on_device = runtime.to_device(batch)
@@ -169,11 +178,13 @@ def predict(loaded: Loaded, inputs: list[str], out: Path, images: dict[str, str]
                     predictions = task.predict(model, on_device)
                 for prediction, item in zip(predictions, decollate_batch(batch, detach=True)):
                     try:
-                        report.written.extend(task.write(prediction, item, out))
+                        report.written.extend(writer.write(prediction, item))
                         report.cases += 1
                     except MedsightError as exc:
                         report.failures.append(str(exc))
-    report.written.extend(task.finish_predictions(out))
+                    display.update(1)
+        display.close()
+    report.written.extend(writer.finish())
     report.seconds = time.perf_counter() - started
     return report
 

@@ -6,13 +6,10 @@ import html
 import json
 from pathlib import Path
 
-import matplotlib
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-from medsight.io.writers import atomic_path, write_text  # noqa: E402
-from medsight.runlog import read  # noqa: E402
+from medsight.io.writers import atomic_path, write_text
+from medsight.runlog import read
 
 MAX_PICTURES = 12
 
@@ -25,7 +22,8 @@ def _curves(run_dir: Path) -> Path | None:
         return None
     val_keys = [k for k in (val[0] if val else {}) if k not in ("time", "phase", "epoch", "global_step")
                 and isinstance(val[0][k], (int, float))][:6]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    fig = Figure(figsize=(10, 3.6))
+    axes = fig.subplots(1, 2)
     axes[0].plot([e["epoch"] for e in train], [e.get("loss") for e in train], marker="o")
     axes[0].set_title("training loss")
     axes[0].set_xlabel("epoch")
@@ -39,7 +37,6 @@ def _curves(run_dir: Path) -> Path | None:
     path = run_dir / "curves.png"
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=90)
-    plt.close(fig)
     return path
 
 

@@ -175,6 +175,12 @@ class Runtime:
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
         return tensor.tolist()
 
+    def all_reduce_tensor(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Sum of a device tensor over ranks (the tensor itself when not distributed)."""
+        if self.distributed:
+            dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        return tensor
+
     def any(self, flag: bool) -> bool:
         """True on every rank if it is True on any rank (stop requests, non-finite losses)."""
         return self.all_reduce_sum([1.0 if flag else 0.0])[0] > 0

@@ -1,27 +1,38 @@
 """The task protocol: what a task plugin owns, and what it never touches.
 
-A task owns its default config and profiles, the dataset formats it reads, its transforms per
-stage, ``build_model()``, the training step (loss + values to log), validation outputs and
-metrics (and which metric picks the best checkpoint, in which direction), inference,
-post-processing and writing. It never moves tensors between devices, never calls ``backward()``,
-never builds optimizers and never touches AMP or DDP: the trainer and the runtime do.
+A task owns its default config and profiles, the record schema it reads (every dataset format that
+produces it can feed the task), its transforms per stage, the model family it builds from, the
+training step (loss + values to log), validation outputs and metrics (and which metric picks the
+best checkpoint, in which direction), inference, post-processing and writing. It never moves tensors
+between devices, never calls ``backward()``, never builds optimizers, never loads starting weights
+and never touches AMP or DDP: the trainer and the runtime do.
+
+Lifecycle. A task is made from its config; its ``state`` (what it learns from data that inference
+needs: label order, thresholds, label convention) is then set exactly once, either by
+``learn_state(data)`` when a training run starts, or by ``load_state_dict`` from a checkpoint
+(evaluate, predict, export, resume). Everything else reads the state and never sets it, except
+``validation_metrics`` while ``learning`` (thresholds chosen on validation).
 
     @register_task("segmentation")
     class BrainTumourSegmentation(Task):
         config_class = SegmentationConfig
-        def records(self, data, split): ...
+        schema = MRI_CASES                     # the records it reads
+        model_family = "segmentation"          # medsight.models registry it builds from
+        def learn_state(self, data): ...        # fresh training only
+        def records(self, data, split): ...     # default: data.records(split)
         def transforms(self, stage): ...
-        def build_model(self): ...
+        def build_model(self): ...              # architecture only; weights come from elsewhere
         def training_step(self, model, batch) -> StepOutput: ...
         def validation_step(self, model, batch) -> dict[str, list]: ...
         def validation_metrics(self, outputs) -> dict[str, float]: ...
-        def input_record(self, inputs) -> dict: ...
-        def predict(self, model, batch): ...
-        def write(self, prediction, data, out) -> list[Path]: ...
+        def input_records(self, path, images) -> list[dict]: ...
+        def predict(self, model, batch) -> list: ...
+        def prediction_writer(self, out) -> PredictionWriter: ...   # one per predict call
 """
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +42,8 @@ import torch
 from torch import nn
 
 from medsight.config import TaskConfig
+from medsight.dataset_format import DataSource, RecordSchema, open_dataset
+from medsight.errors import TaskError
 
 Stage = Literal["train", "val", "infer"]
 Split = Literal["train", "val", "test", "all"]
@@ -70,12 +83,29 @@ class DemoSpec:
     quick_synth: dict = field(default_factory=dict)
     quick_overrides: tuple[str, ...] = ()
     predict_args: tuple[str, ...] = ()
-    #: override sets the contract test runs one by one (e.g. each model family)
-    variants: tuple[tuple[str, ...], ...] = ((),)
-    #: the split ``medsight demo`` evaluates (held-out data); None = the task's evaluate_split
+    #: the split ``medsight demo`` evaluates; None = the task's evaluate_split. It must be data the run
+    #: never saw: with ``held_out_cases`` the demo synthesises that many more cases (another seed) and
+    #: evaluates all of them instead
     evaluate_split: str | None = None
+    held_out_cases: int = 0
     #: printed under the task's heading: what this short run can and cannot show
     note: str = ""
+
+
+class PredictionWriter:
+    """Writes one ``predict`` call's outputs; made fresh for each call by ``Task.prediction_writer``, so
+    rows gathered for a summary file (a CSV of every image) belong to that call alone."""
+
+    def __init__(self, out: Path):
+        self.out = Path(out)
+
+    def write(self, prediction: Any, data: dict) -> list[Path]:
+        """Post-process one item (``data``: its de-collated CPU inputs with metadata) and write it."""
+        raise NotImplementedError
+
+    def finish(self) -> list[Path]:
+        """Files that sum up the whole call (e.g. one CSV for all images). Default: none."""
+        return []
 
 
 class Task:
@@ -84,9 +114,10 @@ class Task:
     config_class: ClassVar[type[TaskConfig]] = TaskConfig
     #: named partial configs (nested dicts), e.g. "cpu-small" and "gpu"
     profiles: ClassVar[dict[str, dict]] = {}
-    #: dataset format names this task reads
-    datasets: ClassVar[tuple[str, ...]] = ()
-    models: ClassVar[tuple[str, ...]] = ()
+    #: the record schema this task reads; None = the task reads its data without dataset formats
+    schema: ClassVar[RecordSchema | None] = None
+    #: the ``medsight.models`` family ``build_model`` creates from (``medsight tasks`` lists its names)
+    model_family: ClassVar[str | None] = None
     monitor: ClassVar[Monitor] = Monitor("loss", "min")
     demo: ClassVar[DemoSpec | None] = None
     #: the split ``medsight evaluate`` uses when none is given
@@ -103,8 +134,17 @@ class Task:
         self.learning = True
 
     # -- data -------------------------------------------------------------------------------------
-    def records(self, data: Path, split: Split) -> list[dict]:
-        raise NotImplementedError
+    def open_data(self, root: Path | str) -> DataSource:
+        """The dataset at ``root`` through ``data.format`` (or the registered format that recognises it)."""
+        return open_dataset(root, self.config.data, self.schema)
+
+    def learn_state(self, data: DataSource) -> None:
+        """Fresh training only, before anything else: learn ``self.state`` from the data (label set, label
+        convention, loss weights...). Resume, evaluate, predict and export load the state instead."""
+
+    def records(self, data: DataSource, split: Split) -> list[dict]:
+        """The records of a split as the transforms read them. Default: the format's records."""
+        return data.records(split)
 
     def transforms(self, stage: Stage) -> Callable:
         raise NotImplementedError
@@ -113,9 +153,6 @@ class Task:
         """Batch collation; None means MONAI's ``list_data_collate``."""
         return None
 
-    def on_fit_start(self, train_records: list[dict], val_records: list[dict]) -> None:
-        """Learn what the data say before training (class weights, label order...) into ``self.state``."""
-
     def train_sample_weights(self, records: list[dict]) -> list[float] | None:
         """Relative chance of drawing each training record (a weighted sampler, with replacement,
         ``len(records)`` draws per epoch); None shuffles every record once per epoch."""
@@ -123,6 +160,8 @@ class Task:
 
     # -- model ------------------------------------------------------------------------------------
     def build_model(self) -> nn.Module:
+        """The architecture, freshly initialised. Starting weights are applied by the trainer when a run
+        starts, checkpoint weights by whoever loads the checkpoint."""
         raise NotImplementedError
 
     def training_step(self, model: nn.Module, batch: Any) -> StepOutput:
@@ -155,13 +194,9 @@ class Task:
         """One prediction per item of ``batch`` (already on the device, inside autocast)."""
         raise NotImplementedError
 
-    def write(self, prediction: Any, data: dict, out: Path) -> list[Path]:
-        """Post-process one item (``data``: its de-collated, CPU inputs with metadata) and write it."""
+    def prediction_writer(self, out: Path) -> PredictionWriter:
+        """A writer for one ``predict`` call into ``out``."""
         raise NotImplementedError
-
-    def finish_predictions(self, out: Path) -> list[Path]:
-        """Files that sum up a whole prediction run (e.g. one CSV for all images). Default: none."""
-        return []
 
     def example_input(self) -> torch.Tensor:
         """A batch-of-one input for export (TorchScript/ONNX)."""
@@ -177,9 +212,31 @@ class Task:
         """Inputs ``medsight demo`` predicts on, from the synthetic dataset at ``data``."""
         return []
 
+    # -- command line -----------------------------------------------------------------------------
+    @classmethod
+    def add_arguments(cls, parser: argparse._ArgumentGroup, command: str) -> None:
+        """Add this task's own options to ``command`` (``predict``, ``evaluate``...) of the CLI."""
+
+    @classmethod
+    def overrides_from_arguments(cls, args: argparse.Namespace, command: str) -> list[str]:
+        """Config overrides (``key=value``) that this task's options given to ``command`` stand for."""
+        return []
+
+    @classmethod
+    def score_predictions(cls, predictions: Path, args: argparse.Namespace, out: Path) -> dict[str, float]:
+        """``medsight evaluate TASK --predictions FILE``: score a predictions file without a model."""
+        raise TaskError(f"task {cls.name} cannot score a predictions file", "command line")
+
     # -- state ------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         return dict(self.state)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.state = dict(state)
+
+    def require_state(self, key: str) -> Any:
+        """``self.state[key]``, or a clear error when neither ``learn_state`` nor a checkpoint set it."""
+        if key not in self.state:
+            raise TaskError(f"{self.name}: {key!r} is not known yet: it is learnt when training starts "
+                            "(learn_state) or loaded from a checkpoint", "task")
+        return self.state[key]

@@ -5,16 +5,20 @@
 the task supplies data, model, loss and metrics. The checkpoint is a plain dict (see
 ``medsight.checkpoint``); resuming from it continues exactly: batch order and augmentations
 are a function of (seed, epoch, rank), and RNG states are restored mid-epoch.
+
+The device is not waited on at every step: losses are summed on the device, and their finiteness
+and (under DDP) stop requests are checked every ``trainer.log_every_n_steps`` optimizer steps, before
+every checkpoint and at the end of each epoch, in one host sync and one all-reduce.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import os
 import shutil
 import signal
-import sys
 import threading
 import time
 from collections import defaultdict
@@ -25,16 +29,19 @@ from typing import Any
 import numpy as np
 import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-from tqdm import tqdm
 
 from medsight import checkpoint
 from medsight.config import TaskConfig, to_dict, to_yaml
 from medsight.data import epoch_seed, make_dataset, make_loader, partition
 from medsight.errors import DataError, MedsightError, TrainingError
 from medsight.io.writers import atomic_path, write_text
+from medsight.optim import build_optimizer, build_scheduler
+from medsight.progress import progress as progress_display
 from medsight.runlog import RunLog
 from medsight.runtime import Runtime
 from medsight.task import Task
+
+log = logging.getLogger(__name__)
 
 
 class Interrupted(MedsightError):
@@ -62,35 +69,6 @@ def configure_determinism(deterministic: bool) -> None:
         torch.backends.cudnn.benchmark = True
 
 
-def build_optimizer(model: torch.nn.Module, cfg) -> torch.optim.Optimizer:
-    params = [p for p in model.parameters() if p.requires_grad]
-    if cfg.name == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
-                               weight_decay=cfg.weight_decay)
-    return torch.optim.AdamW(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
-
-
-def build_scheduler(optimizer, cfg, steps_per_epoch: int, max_epochs: int):
-    """Per optimizer step: linear warm-up, then cosine, poly or step decay (PyTorch's schedulers)."""
-    from torch.optim import lr_scheduler as S
-
-    total = max(1, steps_per_epoch * max_epochs)
-    warmup = min(int(round(cfg.warmup_epochs * steps_per_epoch)), total - 1)
-    remaining = max(1, total - warmup)
-    if cfg.scheduler == "cosine":
-        main = S.CosineAnnealingLR(optimizer, T_max=remaining, eta_min=cfg.min_lr)
-    elif cfg.scheduler == "poly":
-        main = S.PolynomialLR(optimizer, total_iters=remaining, power=cfg.poly_power)
-    elif cfg.scheduler == "step":
-        main = S.StepLR(optimizer, step_size=max(1, cfg.step_epochs * steps_per_epoch), gamma=cfg.gamma)
-    else:
-        main = S.ConstantLR(optimizer, factor=1.0, total_iters=0)
-    if warmup <= 0:
-        return main
-    ramp = S.LinearLR(optimizer, start_factor=1.0 / (warmup + 1), end_factor=1.0, total_iters=warmup)
-    return S.SequentialLR(optimizer, schedulers=[ramp, main], milestones=[warmup])
-
-
 @dataclass
 class Progress:
     """Where training stands; saved in every checkpoint."""
@@ -105,6 +83,35 @@ class Progress:
     history: list = field(default_factory=list)
 
 
+class DeviceSums:
+    """Losses and logged values summed on the device (weighted by batch size), read only when asked."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.dtype = torch.float32 if device.type == "mps" else torch.float64
+        self.values: dict[str, torch.Tensor] = {}
+        self.samples = 0
+        self.nonfinite = torch.zeros((), device=device, dtype=self.dtype)
+
+    def add(self, logs: dict[str, Any], batch_size: int) -> None:
+        for key, value in logs.items():
+            value = value.detach() if isinstance(value, torch.Tensor) else torch.tensor(float(value))
+            value = value.to(self.device, self.dtype) * batch_size
+            self.values[key] = self.values[key] + value if key in self.values else value
+        self.samples += batch_size
+
+    def flag_nonfinite(self, loss: torch.Tensor) -> None:
+        self.nonfinite = self.nonfinite + (~torch.isfinite(loss.detach())).any().to(self.dtype)
+
+    def means(self, totals: list[float], samples: float) -> dict[str, float]:
+        return {key: totals[i] / max(samples, 1.0) for i, key in enumerate(sorted(self.values))}
+
+    def packed(self, stop: bool) -> torch.Tensor:
+        """[non-finite count, stop flag, samples, sums by key] in one tensor: one sync, one all-reduce."""
+        head = torch.tensor([float(stop), float(self.samples)], device=self.device, dtype=self.dtype)
+        return torch.cat([self.nonfinite.reshape(1), head, *[self.values[k].reshape(1) for k in sorted(self.values)]])
+
+
 class Trainer:
     def __init__(self, task: Task, data: Path, run_dir: Path, runtime: Runtime | None = None):
         self.task = task
@@ -117,6 +124,9 @@ class Trainer:
         self.progress = Progress()
         self._stop_signal: int | None = None
         self._resume_rng: dict | None = None
+        self.started_from: dict | None = None
+        self.data_format: str | None = None
+        self._healthy_step = 0  # the optimizer step at the last check that found every loss finite
         self.log = RunLog(self.run_dir, enabled=self.runtime.is_main, tensorboard=self.cfg.tensorboard)
 
     @property
@@ -150,29 +160,38 @@ class Trainer:
         if self.cfg.threads:
             torch.set_num_threads(self.cfg.threads)
         seed_everything(self.cfg.seed + self.runtime.rank)
-        rt = self.runtime
-        train_records = self.task.records(self.data, "train")
-        val_records = self.task.records(self.data, "val")
-        if not train_records:
-            raise DataError("no training records found", self.data)
+        rt, task = self.runtime, self.task
+        source = task.open_data(self.data)
+        self.data_format = getattr(source.fmt, "name", None)
         if resume is not None:
-            self.task.load_state_dict(resume.get("task_state", {}))
+            task.load_state_dict(resume.get("task_state", {}))
+            self.started_from = resume.get("started_from")
         else:
-            self.task.on_fit_start(train_records, val_records)
+            task.learn_state(source)
+        train_records, val_records = task.records(source, "train"), task.records(source, "val")
+        if not train_records:
+            held = f" ({len(val_records)} records fell in validation)" if val_records else ""
+            raise DataError(f"no training records found{held}; splits are drawn by each patient's or case's own hash: "
+                            "with very few, set data.split_seed, data.fold/data.folds or data.val_fraction", self.data)
+        if not val_records:
+            self._say(f"no validation records (data.val_fraction {getattr(self.config.data, 'val_fraction', '?')} "
+                      f"drew none): training without validation, best.pt is not written")
         self.has_validation = bool(val_records)
         self.train_records = partition(train_records, rt.rank, rt.world_size, self.cfg.seed, train=True)
         self.val_records = partition(val_records, rt.rank, rt.world_size, self.cfg.seed, train=False)
-        data_cfg = self.config.data
-        cache_dir = Path(data_cfg.cache_dir) if data_cfg.cache_dir else self.run_dir / "cache"
-        self.train_set = make_dataset(self.train_records, self.task.transforms("train"), data_cfg,
-                                      cache_dir / "train")
-        self.sample_weights = self.task.train_sample_weights(self.train_records)
-        self.val_set = make_dataset(self.val_records, self.task.transforms("val"), data_cfg, cache_dir / "val")
-        self.raw_model = self.task.build_model()
-        self.model = rt.setup_model(self.raw_model, train=True,
-                                    find_unused_parameters=self.task.find_unused_parameters)
+        self._make_datasets()
+        self.raw_model = task.build_model()
+        if resume is None and self.cfg.init_weights:
+            from medsight.weights import load_initial_weights
+
+            report = load_initial_weights(self.raw_model, self.cfg.init_weights)
+            self.started_from = report.to_dict()
+            for line in report.lines():
+                self._say(line)
+        self.model = rt.setup_model(self.raw_model, train=True, find_unused_parameters=task.find_unused_parameters)
         self.optimizer = build_optimizer(self.raw_model, self.config.optim)
-        batches = len(self.train_records) // data_cfg.batch_size + (len(self.train_records) % data_cfg.batch_size > 0)
+        batch_size = self.config.data.batch_size
+        batches = math.ceil(len(self.train_records) / batch_size)
         if self.cfg.max_steps_per_epoch:
             batches = min(batches, self.cfg.max_steps_per_epoch)
         self.batches_per_epoch = max(1, batches)
@@ -182,12 +201,21 @@ class Trainer:
                                   use_buffers=True) if self.cfg.ema_decay else None)
         if resume is not None:
             self._restore(resume)
+        self._healthy_step = self.progress.global_step
         if rt.is_main:
             self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
             write_text(to_yaml(self.config), self.run_dir / "config.yaml")
             self.log.truncate_after(self.progress.global_step)
-        self._say(f"{self.task.name}: {len(train_records)} training and {len(val_records)} validation records; "
-                  f"{rt.describe()}; run folder {self.run_dir}")
+        self._say(f"{task.name}: {len(train_records)} training and {len(val_records)} validation records "
+                  f"({self.data_format or 'task-read'} data); {rt.describe()}; run folder {self.run_dir}")
+
+    def _make_datasets(self) -> None:
+        data_cfg = self.config.data
+        cache_dir = Path(data_cfg.cache_dir) if data_cfg.cache_dir else self.run_dir / "cache"
+        self.train_set = make_dataset(self.train_records, self.task.transforms("train"), data_cfg,
+                                      cache_dir / "train")
+        self.sample_weights = self.task.train_sample_weights(self.train_records)
+        self.val_set = make_dataset(self.val_records, self.task.transforms("val"), data_cfg, cache_dir / "val")
 
     def _restore(self, state: dict) -> None:
         self.raw_model.load_state_dict(state["model"])
@@ -218,10 +246,11 @@ class Trainer:
         if not skip:
             seed_everything(epoch_seed(cfg.seed, epoch, rt.rank) ^ 0x5EED)  # dropout etc.: fixed per epoch
         loader = self.train_loader(epoch)
-        accumulate = cfg.accumulate_grad_batches
-        sums: dict[str, float] = defaultdict(float)
-        samples, started = 0, time.perf_counter()
-        bar = self._bar(self.batches_per_epoch, f"epoch {epoch + 1}/{cfg.max_epochs}", initial=skip)
+        self._epoch_sums, self._interval_sums = DeviceSums(rt.device), DeviceSums(rt.device)
+        self._epoch, started = epoch, time.perf_counter()
+        self._interval_started = started
+        self._bar = progress_display(self.batches_per_epoch, f"epoch {epoch + 1}/{cfg.max_epochs}", cfg.progress,
+                                     unit="batch", initial=skip, enabled=rt.is_main)
         self.optimizer.zero_grad(set_to_none=True)
         for index, batch in enumerate(loader):
             if index >= self.batches_per_epoch:
@@ -231,57 +260,83 @@ class Trainer:
             if index == skip and self._resume_rng is not None:
                 checkpoint.set_rng_state(self._resume_rng)
                 self._resume_rng = None
-            last_micro = (index + 1) % accumulate == 0 or index + 1 == self.batches_per_epoch
-            output = self._micro_step(batch, epoch, index, accumulate, last_micro)
+            last_micro = (index + 1) % cfg.accumulate_grad_batches == 0 or index + 1 == self.batches_per_epoch
+            self._micro_step(batch, last_micro)
             self.progress.step_in_epoch = index + 1
-            if output is not None:
-                for key, value in {"loss": output.loss, **output.logs}.items():
-                    value = value.detach() if isinstance(value, torch.Tensor) else value
-                    sums[key] += float(value) * output.batch_size
-                samples += output.batch_size
-            bar.update(1)
+            self._bar.update(1)
             if last_micro:
-                self._optimizer_step()
-                if not bar.disable:
-                    bar.set_postfix(loss=f"{sums['loss'] / max(samples, 1):.4f}", lr=f"{self._lr():.2e}",
-                                    samples_s=f"{samples / max(time.perf_counter() - started, 1e-9):.1f}")
-                if cfg.checkpoint_every_n_steps and self.progress.global_step % cfg.checkpoint_every_n_steps == 0:
-                    self.save("last.pt")
-                if rt.any(self._stop_signal is not None):
-                    bar.close()
-                    self._interrupt(epoch)
-        bar.close()
+                self._end_step()
+        self._bar.close()
         if self._resume_rng is not None:  # resumed from a checkpoint taken on the epoch's last batch
             checkpoint.set_rng_state(self._resume_rng)
             self._resume_rng = None
         elapsed = time.perf_counter() - started
-        totals = rt.all_reduce_sum([samples] + [sums[k] for k in sorted(sums)])
-        count = max(totals[0], 1.0)
-        logs = {k: totals[i + 1] / count for i, k in enumerate(sorted(sums))}
-        logs.update(lr=self._lr(), samples_per_s=totals[0] / max(elapsed, 1e-9), epoch_seconds=elapsed)
+        totals = self._synchronise(self._epoch_sums)  # raises on a non-finite loss or a stop request
+        logs = self._epoch_sums.means(totals[3:], totals[2])
+        logs.update(lr=self._lr(), samples_per_s=totals[2] / max(elapsed, 1e-9), epoch_seconds=elapsed)
         self.progress.step_in_epoch = 0
         return logs
 
-    def _micro_step(self, batch, epoch: int, index: int, accumulate: int, last_micro: bool):
+    def _micro_step(self, batch, last_micro: bool) -> None:
         rt = self.runtime
         batch = rt.to_device(batch)
         with rt.no_sync(self.model, skip_sync=not last_micro):
             with rt.autocast():
                 output = self.task.training_step(self.model, batch)
-            if rt.any(not bool(torch.isfinite(output.loss.detach()).all())):
-                return self._nonfinite(output, epoch, index)
-            rt.backward(output.loss / accumulate)
-        return output
+            # skip mode must decide now, so it waits for the device at every step (error mode does not)
+            if self.cfg.nonfinite_loss == "skip" and rt.any(not bool(torch.isfinite(output.loss.detach()).all())):
+                self.progress.skipped_batches += 1
+                self.optimizer.zero_grad(set_to_none=True)
+                return
+            logs = {"loss": output.loss, **output.logs}
+            for sums in (self._epoch_sums, self._interval_sums):
+                sums.flag_nonfinite(output.loss)
+                sums.add(logs, output.batch_size)
+            rt.backward(output.loss / self.cfg.accumulate_grad_batches)
 
-    def _nonfinite(self, output, epoch: int, index: int):
-        if self.cfg.nonfinite_loss == "skip":
-            self.progress.skipped_batches += 1
-            self.optimizer.zero_grad(set_to_none=True)
-            return None
+    def _end_step(self) -> None:
+        """After the last micro-batch of an optimizer step: step, then now and then sync and log."""
+        self._optimizer_step()
+        cfg = self.cfg
+        if not self.runtime.distributed and self._stop_signal is not None:
+            self._synchronise(self._interval_sums)  # checks health first (never saves a diverged model), stops
+        due_log = self.progress.global_step % cfg.log_every_n_steps == 0
+        due_checkpoint = cfg.checkpoint_every_n_steps and self.progress.global_step % cfg.checkpoint_every_n_steps == 0
+        if due_log or due_checkpoint:
+            totals = self._synchronise(self._interval_sums)
+            if due_log:
+                self._log_interval(totals)
+            if due_checkpoint:
+                self.save("last.pt")
+
+    def _synchronise(self, sums: DeviceSums) -> list[float]:
+        """One host sync and one all-reduce: raise on a non-finite loss, stop on a signal (any rank)."""
+        totals = self.runtime.all_reduce_tensor(sums.packed(stop=self._stop_signal is not None)).tolist()
+        if totals[0] > 0:
+            self._nonfinite()
+        if totals[1] > 0:
+            self._bar.close()
+            self._interrupt()
+        self._healthy_step = self.progress.global_step
+        return totals
+
+    def _log_interval(self, totals: list[float]) -> None:
+        now = time.perf_counter()
+        values = self._interval_sums.means(totals[3:], totals[2])
+        values.update(lr=self._lr(), samples_per_s=totals[2] / max(now - self._interval_started, 1e-9))
+        self.log.log("step", self.progress.epoch, self.progress.global_step, values)
+        if not self._bar.disable:
+            self._bar.set_postfix(loss=f"{values['loss']:.4f}", lr=f"{values['lr']:.2e}",
+                                  samples_s=f"{values['samples_per_s']:.1f}")
+        self._interval_sums, self._interval_started = DeviceSums(self.runtime.device), now
+
+    def _nonfinite(self):
         last = self.checkpoint_dir / "last.pt"
         kept = f"the last good checkpoint is {last}" if last.exists() else "no checkpoint was written yet"
+        first, now = self._healthy_step + 1, max(self.progress.global_step, self._healthy_step + 1)
+        steps = f"optimizer step {now}" if first == now else f"optimizer steps {first}-{now}"
         raise TrainingError(
-            f"non-finite loss ({float(output.loss.detach()):.4g}) at epoch {epoch + 1}, step {index + 1}; {kept}. "
+            f"non-finite loss in epoch {self._epoch + 1} ({steps}; checked every trainer.log_every_n_steps); {kept}. "
             "Lower optim.lr, set trainer.grad_clip_norm, or set trainer.nonfinite_loss=skip to drop such batches",
             "training",
         )
@@ -308,10 +363,9 @@ class Trainer:
         return self.ema.module if self.ema is not None else self.raw_model
 
     def validate(self, epoch: int) -> dict[str, float]:
-        model = self.eval_model()
-        outputs = run_validation(self.task, model, self.val_set, self.config, self.runtime)
-        metrics = self.task.validation_metrics(outputs) if outputs else {}
-        return metrics
+        outputs = run_validation(self.task, self.eval_model(), self.val_set, self.config, self.runtime,
+                                 desc=f"validation {epoch + 1}/{self.cfg.max_epochs}")
+        return self.task.validation_metrics(outputs) if outputs else {}
 
     # -- end of epoch -----------------------------------------------------------------------------
     def end_epoch(self, epoch: int, train_logs: dict, metrics: dict | None) -> None:
@@ -362,6 +416,8 @@ class Trainer:
             "task": self.task.name,
             "config": to_dict(self.config),
             "data": str(self.data),
+            "data_format": self.data_format,
+            "started_from": self.started_from,
             "task_state": self.task.state_dict(),
             "model": self.raw_model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -384,13 +440,13 @@ class Trainer:
             return None
         return checkpoint.save(self.state(), self.checkpoint_dir / name)
 
-    def _interrupt(self, epoch: int) -> None:
+    def _interrupt(self) -> None:
         signum = self._stop_signal or signal.SIGTERM
         self.save("last.pt")
         self.log.close()
         name = signal.Signals(signum).name
         raise Interrupted(
-            f"stopped by {name} in epoch {epoch + 1} after step {self.progress.step_in_epoch}; wrote "
+            f"stopped by {name} in epoch {self._epoch + 1} after step {self.progress.step_in_epoch}; wrote "
             f"{self.checkpoint_dir / 'last.pt'}; continue with: medsight train {self.task.name} --resume {self.run_dir}",
             int(signum),
         )
@@ -428,24 +484,20 @@ class Trainer:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
 
-    def _bar(self, total: int, description: str, initial: int = 0):
-        mode = self.cfg.progress
-        show = self.runtime.is_main and (mode == "always" or (mode == "auto" and sys.stderr.isatty()))
-        return tqdm(total=total, initial=initial, desc=description, unit="batch", disable=not show, leave=False,
-                    dynamic_ncols=True)
-
     def _say(self, text: str) -> None:
         if self.runtime.is_main:
-            print(text, flush=True)
+            log.info(text)
 
 
-def run_validation(task: Task, model: torch.nn.Module, dataset, config: TaskConfig, runtime: Runtime) -> dict[str, list]:
+def run_validation(task: Task, model: torch.nn.Module, dataset, config: TaskConfig, runtime: Runtime,
+                   desc: str = "validation") -> dict[str, list]:
     """Run ``task.validation_step`` over a dataset (this rank's part) and gather the outputs of all ranks."""
     loader = make_loader(dataset, config.data, config.data.val_batch_size, shuffle=False, seed=0,
                          collate_fn=task.collate_fn("val"))
     outputs: dict[str, list] = defaultdict(list)
     was_training = model.training
     model.eval()
+    display = progress_display(len(loader), desc, config.trainer.progress, unit="batch", enabled=runtime.is_main)
     with torch.inference_mode():
         for batch in loader:
             batch = runtime.to_device(batch)
@@ -453,6 +505,8 @@ def run_validation(task: Task, model: torch.nn.Module, dataset, config: TaskConf
                 result = task.validation_step(model, batch)
             for key, values in result.items():
                 outputs[key].extend(values)
+            display.update(1)
+    display.close()
     model.train(was_training)
     merged: dict[str, list] = defaultdict(list)
     for part in runtime.gather(dict(outputs)):

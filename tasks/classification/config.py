@@ -4,32 +4,24 @@ typo fails at once with the allowed values."""
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from typing import Optional
 
 from medsight.config import LoaderConfig, TaskConfig, choice, positive
+from medsight.dataset_format import check_format_name
+from medsight.datasets.schemas import LABELLED_PICTURES
+from medsight.datasets.splits import check_group_pattern
 from medsight.errors import ConfigError
-
-BUILTIN_MODELS = ("densenet121", "simple_cnn")
-#: timm encoders the task is tested with; any other timm model name works too
-TIMM_EXAMPLES = ("resnet18", "resnet34", "resnet50", "efficientnet_b0")
+from medsight.models import models as registry
 
 
 @dataclass
 class ClassificationData(LoaderConfig):
-    #: auto: a .csv file -> csv; a folder with Data_Entry_2017*.csv -> chestxray14; else folders
-    format: str = "auto"
     #: side of the square picture the model sees, pixels
     image_size: int = 224
     batch_size: int = 16
     val_batch_size: int = 32
     val_fraction: float = 0.1
-    #: seed of the patient-level validation split (independent of trainer.seed)
-    split_seed: int = 0
-    #: dataset: the dataset's own validation split when it has one; train: always take validation out
-    #: of the training split by patient (when the dataset's validation shares patients with training)
-    val_source: str = "dataset"
     #: folders/CSV without a group column: regex whose first group, found in a file name, is the patient
     #: (``^(\d+)_`` for NIH names like 00000193_019.png); empty = every image is its own group
     group_pattern: str = ""
@@ -63,20 +55,11 @@ class ClassificationData(LoaderConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        choice("data.format", self.format, ("auto", "chestxray14", "folders", "csv"))
+        check_format_name(self.format, LABELLED_PICTURES)
         choice("data.multi_label", self.multi_label, ("auto", "true", "false"))
         choice("data.sampler", self.sampler, ("none", "weighted", "patient"))
-        choice("data.val_source", self.val_source, ("dataset", "train"))
-        if self.group_pattern:
-            try:
-                groups = re.compile(self.group_pattern).groups
-            except re.error as exc:
-                raise ConfigError(f"data.group_pattern {self.group_pattern!r} is not a regular expression ({exc})")
-            if groups < 1:
-                raise ConfigError(f"data.group_pattern {self.group_pattern!r} needs a (capture group) for the patient")
+        check_group_pattern(self.group_pattern)
         positive("data.image_size", self.image_size)
-        if not 0 <= self.val_fraction < 1:
-            raise ConfigError(f"data.val_fraction must be in [0, 1), got {self.val_fraction}")
         if not 0 <= self.hflip_prob <= 1 or not 0 <= self.augment_prob <= 1:
             raise ConfigError("data.hflip_prob and data.augment_prob must be between 0 and 1")
         percentiles = self.intensity_percentiles
@@ -91,15 +74,13 @@ class ClassificationModel:
     #: densenet121 (MONAI, 2D, 1 channel), simple_cnn (the tutorials' baseline), or a timm model name
     name: str = "densenet121"
     dropout: float = 0.0
-    #: a local state dict to start from (``medsight train --init-weights PATH``)
+    #: old spelling of trainer.init_weights (``--init-weights``): read only when a training run starts
     init_weights: Optional[str] = None
 
     def __post_init__(self):
-        if self.name not in BUILTIN_MODELS:
-            from medsight.tasks.classification.models import timm_model_exists
+        from medsight.tasks.classification import models  # noqa: F401  (registers the family's models)
 
-            if not timm_model_exists(self.name):
-                choice("model.name", self.name, BUILTIN_MODELS + TIMM_EXAMPLES)
+        registry("classification").check(self.name)
         if not 0 <= self.dropout < 1:
             raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout}")
 

@@ -1,30 +1,21 @@
-"""Classifiers for 1-channel pictures, starting weights from a local file, and the layer Grad-CAM reads.
+"""Classifiers of pictures, registered in the ``classification`` model family, and the layer Grad-CAM reads.
 
-- ``densenet121``: MONAI's DenseNet121, 2D, 1 input channel (CheXNet's architecture);
+- ``densenet121``: MONAI's DenseNet121, 2D (CheXNet's architecture);
 - ``simple_cnn``: the seed tutorials' small baseline CNN;
-- any timm model name (``resnet18``, ``resnet50``, ``efficientnet_b0``...), built with ``in_chans=1``.
+- any timm model name (``resnet18``, ``resnet50``, ``efficientnet_b0``...), built with ``in_chans``.
 
-No weights are ever downloaded: ``model.init_weights`` (``medsight train --init-weights PATH``)
-loads a local state dict, adapting a 3-channel first convolution to 1 channel and skipping
-tensors whose shapes differ (a head for another number of labels).
+No weights are ever downloaded: starting weights are the trainer's (``--init-weights PATH``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from medsight.errors import CheckpointError
-
-
-def timm_model_exists(name: str) -> bool:
-    import timm
-
-    return bool(timm.is_model(name))
+from medsight.models import Provider, create_model, models, register_model
 
 
 class SimpleCNN(nn.Module):
@@ -53,98 +44,46 @@ class SimpleCNN(nn.Module):
         return self.head(self.pool(self.features(x)))
 
 
-def build_classifier(name: str, num_outputs: int, dropout: float = 0.0) -> nn.Module:
-    """A classifier of (B, 1, H, W) pictures into (B, num_outputs) logits."""
-    if name == "densenet121":
-        from monai.networks.nets import DenseNet121
-
-        return DenseNet121(spatial_dims=2, in_channels=1, out_channels=num_outputs, dropout_prob=dropout)
-    if name == "simple_cnn":
-        return SimpleCNN(num_outputs, dropout=dropout)
+def timm_model_exists(name: str) -> bool:
     import timm
 
-    return timm.create_model(name, pretrained=False, in_chans=1, num_classes=num_outputs, drop_rate=dropout)
+    return bool(timm.is_model(name))
 
 
-# -- starting weights ------------------------------------------------------------------------------
-@dataclass
-class InitReport:
-    """What loading starting weights did, tensor by tensor."""
+@register_model("classification", "densenet121")
+def densenet121(config, in_channels: int, out_channels: int) -> nn.Module:
+    """MONAI's DenseNet121 in 2D (CheXNet's architecture)."""
+    from monai.networks.nets import DenseNet121
 
-    source: Path
-    loaded: list[str] = field(default_factory=list)
-    adapted: list[str] = field(default_factory=list)  # 3-channel first convolution summed to 1 channel
-    skipped: list[str] = field(default_factory=list)  # present in both, shapes differ (e.g. the head)
-    missing: list[str] = field(default_factory=list)  # in the model, not in the file: left as initialised
-    unexpected: list[str] = field(default_factory=list)  # in the file, not in the model: ignored
-
-    def summary(self) -> str:
-        parts = [f"init weights from {self.source}: {len(self.loaded)} tensors loaded"]
-        for label, names in (("adapted to 1 channel", self.adapted), ("skipped (shape differs)", self.skipped),
-                             ("missing (left as initialised)", self.missing),
-                             ("unexpected (ignored)", self.unexpected)):
-            if names:
-                shown = ", ".join(names[:6]) + (f" and {len(names) - 6} more" if len(names) > 6 else "")
-                parts.append(f"{len(names)} {label}: {shown}")
-        return "; ".join(parts)
+    return DenseNet121(spatial_dims=2, in_channels=in_channels, out_channels=out_channels,
+                       dropout_prob=config.dropout)
 
 
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Tensors of a state dict file: a plain state dict, ``{"state_dict": ...}``, or a medsight
-    checkpoint (``{"model": ...}``); DDP's ``module.`` and torch.compile's ``_orig_mod.`` prefixes go."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError("init weights file not found", path)
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # unpickling refusals, damaged zips and foreign formats all land here
-        raise CheckpointError(f"cannot read a state dict ({str(exc).splitlines()[0][:160]})", path) from None
-    for key in ("model", "state_dict"):
-        if isinstance(state, Mapping) and isinstance(state.get(key), Mapping):
-            state = state[key]
-    if not isinstance(state, Mapping) or not any(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CheckpointError("holds no state dict (a mapping of parameter names to tensors)", path)
-    tensors = {}
-    for key, value in state.items():
-        if isinstance(value, torch.Tensor):
-            for prefix in ("module.", "_orig_mod."):
-                key = key.removeprefix(prefix)
-            tensors[key] = value
-    return tensors
+@register_model("classification", "simple_cnn")
+def simple_cnn(config, in_channels: int, out_channels: int) -> nn.Module:
+    return SimpleCNN(out_channels, in_channels=in_channels, dropout=config.dropout)
 
 
-def _as_one_channel(weight: torch.Tensor, target: torch.Size) -> torch.Tensor | None:
-    """A first convolution made for RGB, for gray input: a gray picture copied into R, G and B
-    gives conv(w_R + w_G + w_B), so summing over input channels keeps the response."""
-    if weight.dim() == 4 and weight.shape[1] == 3 and target[1] == 1 and weight.shape[0] == target[0] \
-            and weight.shape[2:] == target[2:]:
-        return weight.sum(dim=1, keepdim=True)
-    return None
+def _timm(name: str, config, in_channels: int, out_channels: int) -> nn.Module:
+    import timm
+
+    return timm.create_model(name, pretrained=False, in_chans=in_channels, num_classes=out_channels,
+                             drop_rate=config.dropout)
 
 
-def load_init_weights(model: nn.Module, path: str | Path) -> InitReport:
-    """Load what fits of a local state dict into ``model``; raise if nothing fits."""
-    source = read_state_dict(path)
-    own = model.state_dict()
-    report = InitReport(Path(path))
-    chosen: dict[str, torch.Tensor] = {}
-    for key, value in source.items():
-        if key not in own:
-            report.unexpected.append(key)
-        elif value.shape == own[key].shape:
-            chosen[key] = value
-            report.loaded.append(key)
-        elif (adapted := _as_one_channel(value, own[key].shape)) is not None:
-            chosen[key] = adapted
-            report.adapted.append(key)
-        else:
-            report.skipped.append(f"{key} {tuple(value.shape)} vs {tuple(own[key].shape)}")
-    report.missing = [key for key in own if key not in chosen]
-    if not chosen:
-        raise CheckpointError(f"no tensor fits the model (file keys like {', '.join(list(source)[:3])}; model keys "
-                              f"like {', '.join(list(own)[:3])})", path)
-    model.load_state_dict(chosen, strict=False)
-    return report
+models("classification").add_provider(Provider("timm: any timm model name (resnet18, efficientnet_b0, ...)",
+                                                timm_model_exists, _timm))
+
+
+def build_classifier(name: str, num_outputs: int, dropout: float = 0.0, in_channels: int = 1) -> nn.Module:
+    """A classifier of (B, in_channels, H, W) pictures into (B, num_outputs) logits, from the registry."""
+    return create_model("classification", name, _ModelSettings(name, dropout), in_channels, num_outputs)
+
+
+@dataclass(frozen=True)
+class _ModelSettings:
+    name: str
+    dropout: float = 0.0
 
 
 # -- Grad-CAM target -------------------------------------------------------------------------------

@@ -8,17 +8,15 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
+from sklearn.metrics import roc_curve
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from sklearn.metrics import roc_curve  # noqa: E402
-
-from medsight.io.pictures import heatmap_png  # noqa: E402
-from medsight.io.writers import atomic_path, write_csv  # noqa: E402
-from medsight.tasks.classification.metrics import has_both_classes, per_label_table, single_label_confusion  # noqa: E402
-from medsight.tasks.classification.sources import LabelSet  # noqa: E402
+from medsight.io.pictures import heatmap_png
+from medsight.io.writers import atomic_path, write_csv
+from medsight.task import PredictionWriter
+from medsight.tasks.classification.labels import LabelSet
+from medsight.tasks.classification.metrics import has_both_classes, per_label_table, single_label_confusion
 
 PREDICTIONS_CSV = "predictions.csv"
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -67,6 +65,29 @@ def write_cams(picture: np.ndarray, cams: np.ndarray, label_indices: Sequence[in
     return written
 
 
+class PicturePredictions(PredictionWriter):
+    """One predict call: a row per picture for ``predictions.csv`` (written by ``finish``), Grad-CAM PNGs
+    as each picture comes."""
+
+    def __init__(self, out: Path, labels: LabelSet, thresholds: Sequence[float] | None):
+        super().__init__(out)
+        self.labels = labels
+        self.thresholds = thresholds
+        self.rows: list[dict] = []
+
+    def write(self, prediction: dict, data: dict) -> list[Path]:
+        probabilities = prediction["probabilities"]
+        self.rows.append(prediction_row(str(data["path"]), probabilities, self.labels, self.thresholds))
+        if "cams" not in prediction:
+            return []
+        picture = np.asarray(data["image"], dtype=np.float32)[0]
+        return write_cams(picture, prediction["cams"], prediction["cam_labels"], probabilities, self.labels,
+                          str(data["id"]), self.out)
+
+    def finish(self) -> list[Path]:
+        return [write_predictions(self.rows, self.labels, self.out)] if self.rows else []
+
+
 # -- evaluation files ------------------------------------------------------------------------------
 def write_evaluation_files(ids: Sequence[str], probabilities: np.ndarray, truth: np.ndarray, labels: LabelSet,
                            thresholds: Sequence[float] | None, out: Path) -> list[Path]:
@@ -93,7 +114,8 @@ def roc_png(probabilities: np.ndarray, truth: np.ndarray, names: Sequence[str], 
     """ROC curve of every label that has positives and negatives, AUROC in the legend."""
     from sklearn.metrics import roc_auc_score
 
-    fig, ax = plt.subplots(figsize=(6.5, 6))
+    fig = Figure(figsize=(6.5, 6))
+    ax = fig.subplots()
     for k, name in enumerate(names):
         if not has_both_classes(truth[:, k]):
             continue
@@ -107,5 +129,4 @@ def roc_png(probabilities: np.ndarray, truth: np.ndarray, names: Sequence[str], 
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=90)
-    plt.close(fig)
     return path

@@ -9,6 +9,7 @@ single-label data, which is decided by argmax) and ``loss_weights``.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -17,17 +18,22 @@ from monai.transforms import Compose, EnsureTyped
 from torch import nn
 
 from medsight import transforms as T
+from medsight.dataset_format import DataSource
+from medsight.datasets.schemas import LABELLED_PICTURES
 from medsight.errors import DataError
+from medsight.models import create_model
 from medsight.registry import register_task
-from medsight.task import DemoSpec, Monitor, StepOutput, Task
+from medsight.task import DemoSpec, Monitor, PredictionWriter, StepOutput, Task
 from medsight.tasks.classification import outputs
 from medsight.tasks.classification.cam import GradCamMaps
-from medsight.tasks.classification.config import BUILTIN_MODELS, TIMM_EXAMPLES, ClassificationConfig
+from medsight.tasks.classification.config import ClassificationConfig
+from medsight.tasks.classification.labels import LabelSet, label_set
 from medsight.tasks.classification.losses import class_weights, classification_loss, loss_name, positive_weights
 from medsight.tasks.classification.metrics import DEFAULT_THRESHOLD, choose_thresholds, summarise
-from medsight.tasks.classification.models import build_classifier, last_feature_map_layer, load_init_weights
+from medsight.tasks.classification.models import last_feature_map_layer
 from medsight.tasks.classification.sampling import inverse_frequency_weights, per_group_weights
-from medsight.tasks.classification.sources import LabelSet, discover_labels, raw_records
+
+log = logging.getLogger(__name__)
 
 CPU_SMALL = {
     "data": {"image_size": 128, "batch_size": 16, "val_batch_size": 32, "cache": "memory"},
@@ -53,8 +59,8 @@ CPU_MAX_BATCH = 64
 class XrayClassification(Task):
     summary = "findings on chest X-rays (ChestX-ray14, multi-label) and class-per-folder/CSV image sets"
     config_class = ClassificationConfig
-    datasets = ("chestxray14", "folders", "csv")
-    models = BUILTIN_MODELS + tuple(f"timm: {name}" for name in TIMM_EXAMPLES) + ("timm: any model name",)
+    schema = LABELLED_PICTURES
+    model_family = "classification"
     monitor = Monitor("mean_auroc", "max")
     profiles = {"cpu-small": CPU_SMALL, "gpu": GPU}
     demo = DemoSpec(
@@ -65,46 +71,47 @@ class XrayClassification(Task):
         quick_synth={"cases": 48, "size": 64},
         quick_overrides=("data.image_size=64", "data.batch_size=8", "trainer.max_steps_per_epoch=3"),
         predict_args=("--cam", "infer.cam_top_k=2"),
-        variants=((), ("model.name=simple_cnn", "loss.name=focal", "data.sampler=weighted"),
-                  ("model.name=resnet18", "loss.pos_weight=true")),
     )
     #: evaluate's default split
     evaluate_split = "test"
 
     def __init__(self, config: ClassificationConfig):
         super().__init__(config)
-        self._discovered: LabelSet | None = None
-        self._fresh_start = False
         self._cam: GradCamMaps | None = None
         self._cam_model: nn.Module | None = None
-        self._rows: list[dict] = []
 
     # -- labels -----------------------------------------------------------------------------------
     @property
     def labels(self) -> LabelSet:
-        if "labels" in self.state:
-            return LabelSet.from_state(self.state)
-        if self._discovered is None:
-            raise DataError("the label set is not known yet: read records first", "task")
-        return self._discovered
-
-    def _label_set(self, data: Path) -> LabelSet:
-        """The checkpoint's labels when there is one (evaluate, resume), else the dataset's."""
-        if "labels" in self.state:
-            return self.labels
-        if self._discovered is None:
-            self._discovered = discover_labels(Path(data), self.config.data)
-        return self._discovered
+        """The label set in output order: learnt when training starts, else the checkpoint's."""
+        self.require_state("labels")
+        return LabelSet.from_state(self.state)
 
     @property
     def thresholds(self) -> list[float] | None:
         return self.state.get("thresholds")
 
     # -- data -------------------------------------------------------------------------------------
-    def records(self, data: Path, split: str) -> list[dict]:
-        labels = self._label_set(data)
+    def learn_state(self, data: DataSource) -> None:
+        """The label set (the dataset's, or ``data.labels``), default thresholds, and the loss weights
+        counted on the training split."""
+        labels = label_set(data.metadata(), self.config.data, data.root)
+        self.state.update(labels.to_state())
+        self.state["thresholds"] = [DEFAULT_THRESHOLD] * len(labels.names) if labels.multi_label else None
+        train = self.records(data, "train")
+        truth = np.stack([r["label"] for r in train]) if train else np.zeros((0, len(labels.names)), np.float32)
+        weights = None
+        if self.config.loss.pos_weight and len(truth):
+            weights = positive_weights(truth) if loss_name(self.config.loss.name, labels.multi_label) == "bce" \
+                else class_weights(truth)
+        self.state["loss_weights"] = weights
+        counts = ", ".join(f"{n} {int(c)}" for n, c in zip(labels.names, truth.sum(axis=0)))
+        log.info(f"labels ({'multi' if labels.multi_label else 'single'}-label), training positives: {counts}")
+
+    def records(self, data: DataSource, split: str) -> list[dict]:
+        labels = self.labels
         return [{"image": r["image"], "path": r["image"], "id": r["id"], "group": r["group"],
-                 "label": labels.encode(r["names"], r["image"])} for r in raw_records(Path(data), split, self.config.data)]
+                 "label": labels.encode(r["names"], r["image"])} for r in data.records(split)]
 
     def transforms(self, stage: str) -> Compose:
         """image: (1, S, S) float32, z-scored per picture (after clipping to its percentile range, if set).
@@ -132,20 +139,6 @@ class XrayClassification(Task):
         steps.append(EnsureTyped(["image", "label"], dtype=torch.float32, track_meta=False, allow_missing_keys=True))
         return Compose(steps)
 
-    def on_fit_start(self, train_records: list[dict], val_records: list[dict]) -> None:
-        labels = self.labels
-        truth = np.stack([r["label"] for r in train_records])
-        self.state.update(labels.to_state())
-        self.state["thresholds"] = [DEFAULT_THRESHOLD] * len(labels.names) if labels.multi_label else None
-        weights = None
-        if self.config.loss.pos_weight:
-            weights = positive_weights(truth) if loss_name(self.config.loss.name, labels.multi_label) == "bce" \
-                else class_weights(truth)
-        self.state["loss_weights"] = weights
-        self._fresh_start = True
-        counts = ", ".join(f"{n} {int(c)}" for n, c in zip(labels.names, truth.sum(axis=0)))
-        print(f"labels ({'multi' if labels.multi_label else 'single'}-label), training positives: {counts}")
-
     def train_sample_weights(self, records: list[dict]) -> list[float] | None:
         sampler = self.config.data.sampler
         if sampler == "weighted":
@@ -157,11 +150,7 @@ class XrayClassification(Task):
     # -- model ------------------------------------------------------------------------------------
     def build_model(self) -> nn.Module:
         m = self.config.model
-        model = build_classifier(m.name, len(self.labels.names), m.dropout)
-        # Starting weights apply to a fresh run only: resume, evaluate and predict load the checkpoint's.
-        if m.init_weights and self._fresh_start:
-            print(load_init_weights(model, m.init_weights).summary())
-        return model
+        return create_model("classification", m.name, m, in_channels=1, out_channels=len(self.labels.names))
 
     def _probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         logits = logits.float()
@@ -241,20 +230,8 @@ class XrayClassification(Task):
             self._cam, self._cam_model = GradCamMaps(model, layer), model
         return self._cam
 
-    def write(self, prediction: dict, data: dict, out: Path) -> list[Path]:
-        probabilities = prediction["probabilities"]
-        self._rows.append(outputs.prediction_row(str(data["path"]), probabilities, self.labels, self.thresholds))
-        if "cams" not in prediction:
-            return []
-        picture = np.asarray(data["image"], dtype=np.float32)[0]
-        return outputs.write_cams(picture, prediction["cams"], prediction["cam_labels"], probabilities, self.labels,
-                                  str(data["id"]), Path(out))
-
-    def finish_predictions(self, out: Path) -> list[Path]:
-        rows, self._rows = self._rows, []
-        if not rows:
-            return []
-        return [outputs.write_predictions(rows, self.labels, Path(out))]
+    def prediction_writer(self, out: Path) -> PredictionWriter:
+        return outputs.PicturePredictions(out, self.labels, self.thresholds)
 
     def example_input(self) -> torch.Tensor:
         size = self.config.data.image_size
@@ -265,3 +242,14 @@ class XrayClassification(Task):
         """The first pictures of the first four synthetic patients: every synthetic patient has a picture
         ``_000``, and the first patients' pictures land in ``images_001``."""
         return [str(Path(data) / "images_001" / "images" / f"{patient:08d}_000.png") for patient in range(1, 5)]
+
+    # -- command line -----------------------------------------------------------------------------
+    @classmethod
+    def add_arguments(cls, parser, command: str) -> None:
+        if command == "predict":
+            parser.add_argument("--cam", action="store_true",
+                                help="Grad-CAM heatmaps of the infer.cam_top_k most probable labels")
+
+    @classmethod
+    def overrides_from_arguments(cls, args, command: str) -> list[str]:
+        return ["infer.cam=true"] if command == "predict" and getattr(args, "cam", False) else []

@@ -11,7 +11,10 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from medsight.config import LoaderConfig, OptimConfig, TaskConfig, TrainerConfig, choice, positive
+from medsight.dataset_format import check_format_name
+from medsight.datasets.schemas import NODULE_SCANS
 from medsight.errors import ConfigError
+from medsight.models import models as registry
 
 #: ResNet depth -> (block type, blocks per stage), as in MONAI's and torchvision's ResNets
 RESNET_DEPTHS = {
@@ -36,11 +39,10 @@ class DetectionData(LoaderConfig):
     """Dataset layout, preprocessing and training patches.
 
     Splits: ``fold`` is the held-out subset (LUNA16 ``subsetN``; ``evaluate`` scores it);
-    ``val_fraction`` of the remaining scans, drawn by ``trainer.seed``, choose the best checkpoint.
+    ``val_fraction`` of the remaining scans, each drawn by its own hash (``data.split_seed``), choose
+    the best checkpoint.
     """
 
-    #: auto (luna16 when subsetN folders exist, else ct-nodules), luna16, ct-nodules
-    format: str = "auto"
     batch_size: int = 1  # scans per step; each gives ``patches_per_scan`` patches
     patches_per_scan: int = 4
     val_fraction: float = 0.1
@@ -57,7 +59,7 @@ class DetectionData(LoaderConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        choice("data.format", self.format, ("auto", "luna16", "ct-nodules"))
+        check_format_name(self.format, NODULE_SCANS)
         positive("data.patches_per_scan", self.patches_per_scan)
         _triple("data.spacing_mm", self.spacing_mm)
         _triple("data.patch_size", self.patch_size, int)
@@ -68,14 +70,14 @@ class DetectionData(LoaderConfig):
         if not 0 <= self.positive_patch_fraction <= 1:
             raise ConfigError(f"data.positive_patch_fraction must be between 0 and 1, "
                               f"got {self.positive_patch_fraction}")
-        if not 0 <= self.val_fraction < 1:
-            raise ConfigError(f"data.val_fraction must be in [0, 1), got {self.val_fraction}")
 
 
 @dataclass
 class DetectionModel:
     """RetinaNet: a 3D ResNet + FPN backbone, anchors sized for nodules, ATSS matching, hard negatives."""
 
+    #: the network, from the ``detection`` model family (``medsight tasks`` lists them)
+    name: str = "retinanet"
     depth: int = 50
     #: channels of the four ResNet stages before the block expansion
     widths: list[int] = field(default_factory=lambda: [64, 128, 256, 512])
@@ -94,10 +96,13 @@ class DetectionModel:
     min_negatives: int = 16
     cls_loss: str = "bce"  # bce, focal
     box_loss: str = "smooth_l1"  # smooth_l1, giou
-    #: a local state dict (medsight checkpoint, detector or RetinaNet network) to start from
+    #: old spelling of trainer.init_weights (``--init-weights``): read only when a training run starts
     init_weights: Optional[str] = None
 
     def __post_init__(self):
+        from medsight.tasks.detection import model  # noqa: F401  (registers the family's networks)
+
+        registry("detection").check(self.name)
         if self.depth not in RESNET_DEPTHS:
             raise ConfigError(f"model.depth={self.depth} is not one of {', '.join(map(str, RESNET_DEPTHS))}")
         if len(self.widths) != 4 or any(w <= 0 for w in self.widths):

@@ -7,8 +7,6 @@ from here is complete: nothing is left to forget before training or inference.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 from monai.apps.detection.networks.retinanet_detector import RetinaNetDetector
 from monai.apps.detection.networks.retinanet_network import RetinaNet
@@ -19,7 +17,7 @@ from monai.networks.blocks.backbone_fpn_utils import BackboneWithFPN
 from monai.networks.nets import resnet
 from torch import nn
 
-from medsight.errors import CheckpointError
+from medsight.models import create_model, register_model
 
 from .config import RESNET_DEPTHS, DetectionInfer, DetectionModel, size_divisible
 
@@ -29,7 +27,7 @@ LABEL_KEY = "labels"
 SCORE_KEY = "labels_scores"
 
 
-def build_backbone(cfg: DetectionModel) -> BackboneWithFPN:
+def build_backbone(cfg: DetectionModel, in_channels: int = 1) -> BackboneWithFPN:
     """3D ResNet of ``cfg.depth`` and ``cfg.widths`` with an FPN of ``cfg.fpn_channels`` on the
     ``cfg.returned_layers`` stages (plus a max-pooled extra level); stages after the last returned one
     are not built into the extractor."""
@@ -41,7 +39,7 @@ def build_backbone(cfg: DetectionModel) -> BackboneWithFPN:
         layers=list(layers),
         block_inplanes=list(cfg.widths),
         spatial_dims=3,
-        n_input_channels=1,
+        n_input_channels=in_channels,
         conv1_t_size=kernel,
         conv1_t_stride=tuple(int(s) for s in cfg.conv1_stride),
         feed_forward=False,
@@ -51,17 +49,23 @@ def build_backbone(cfg: DetectionModel) -> BackboneWithFPN:
     return BackboneWithFPN(backbone, return_layers, in_channels, cfg.fpn_channels, spatial_dims=3)
 
 
-def build_network(cfg: DetectionModel) -> RetinaNet:
-    """The trainable part: backbone + FPN + classification and box-regression heads (one class).
+@register_model("detection", "retinanet")
+def retinanet(cfg: DetectionModel, in_channels: int = 1, out_channels: int = 1) -> RetinaNet:
+    """MONAI's 3D RetinaNet network: ResNet (``cfg.depth``, ``cfg.widths``) + FPN, ``out_channels`` classes."""
+    return build_network(cfg, in_channels, out_channels)
+
+
+def build_network(cfg: DetectionModel, in_channels: int = 1, num_classes: int = 1) -> RetinaNet:
+    """The trainable part: backbone + FPN + classification and box-regression heads.
 
     ``use_list_output``: the network returns a flat list (classification maps, then box maps), which
     TorchScript tracing and ONNX export accept, and which the detector reads as well.
     """
     return RetinaNet(
         spatial_dims=3,
-        num_classes=1,
+        num_classes=num_classes,
         num_anchors=len(cfg.anchor_shapes_voxels),
-        feature_extractor=build_backbone(cfg),
+        feature_extractor=build_backbone(cfg, in_channels),
         size_divisible=size_divisible(cfg),
         use_list_output=True,
     )
@@ -87,10 +91,14 @@ def build_anchors(cfg: DetectionModel) -> AnchorGeneratorWithAnchorShape:
     )
 
 
-def build_detector(model_cfg: DetectionModel, infer_cfg: DetectionInfer) -> RetinaNetDetector:
-    """A complete RetinaNetDetector: network, anchors, ATSS matcher, hard-negative sampler, losses,
-    target keys, box selection (score threshold, NMS, at most ``max_marks_per_scan``) and sliding window."""
-    detector = RetinaNetDetector(network=build_network(model_cfg), anchor_generator=build_anchors(model_cfg))
+def build_detector(model_cfg: DetectionModel, infer_cfg: DetectionInfer,
+                   network: RetinaNet | None = None) -> RetinaNetDetector:
+    """A complete RetinaNetDetector around ``network`` (default: the ``model.name`` network of the registry):
+    anchors, ATSS matcher, hard-negative sampler, losses, target keys, box selection (score threshold,
+    NMS, at most ``max_marks_per_scan``) and sliding window."""
+    if network is None:
+        network = create_model("detection", model_cfg.name, model_cfg, in_channels=1, out_channels=1)
+    detector = RetinaNetDetector(network=network, anchor_generator=build_anchors(model_cfg))
     detector.set_target_keys(box_key=BOX_KEY, label_key=LABEL_KEY)
     # ATSS adapts the IoU threshold to each nodule: small nodules still get positive anchors.
     detector.set_atss_matcher(num_candidates=model_cfg.atss_candidates, center_in_gt=False)
@@ -118,27 +126,4 @@ def build_detector(model_cfg: DetectionModel, infer_cfg: DetectionInfer) -> Reti
     detector.set_sliding_window_inferer(roi_size=[int(s) for s in infer_cfg.roi_size],
                                         sw_batch_size=infer_cfg.sw_batch_size, overlap=infer_cfg.overlap,
                                         mode="constant")
-    if model_cfg.init_weights:
-        load_initial_weights(detector, Path(model_cfg.init_weights))
     return detector
-
-
-def load_initial_weights(detector: RetinaNetDetector, path: Path) -> None:
-    """Load a medsight checkpoint's model, a detector state dict, or a bare RetinaNet state dict
-    (e.g. the MONAI bundle's ``model.pt``), read with ``weights_only=True``."""
-    if not path.is_file():
-        raise CheckpointError("initial weights not found", path)
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # pickle refusals and damaged files alike: the file is not usable
-        raise CheckpointError(f"cannot read initial weights ({str(exc).splitlines()[0][:160]})", path) from None
-    if isinstance(state, dict) and isinstance(state.get("model"), dict):
-        state = state["model"]
-    if not isinstance(state, dict):
-        raise CheckpointError("initial weights are not a state dict", path)
-    if not any(key.startswith("network.") for key in state):
-        state = {f"network.{key}": value for key, value in state.items()}
-    try:
-        detector.load_state_dict(state)
-    except RuntimeError as exc:
-        raise CheckpointError(f"initial weights do not fit model.* ({str(exc).splitlines()[0]})", path) from None

@@ -11,6 +11,7 @@ import numpy as np
 from medsight.geometry import voxel_size_mm, world_to_voxel
 from medsight.io.pictures import marks_png
 from medsight.io.writers import atomic_path, write_csv, write_json
+from medsight.task import PredictionWriter
 
 from .boxes import boxes_to_nodules
 from .froc import FP_RATES, FrocResult
@@ -34,6 +35,30 @@ def submission_rows(seriesuid: str, marks: np.ndarray) -> list[dict]:
 
 def write_submission(rows: Iterable[dict], path: Path) -> Path:
     return write_csv(rows, path, SUBMISSION_HEADER)
+
+
+class NoduleSubmission(PredictionWriter):
+    """One predict call: the marks of every scan, gathered for one ``submission.csv`` (written by
+    ``finish``), and overlay PNGs of each scan's top marks as the scan comes."""
+
+    def __init__(self, out: Path, overlays_per_scan: int):
+        super().__init__(out)
+        self.overlays_per_scan = overlays_per_scan
+        self.rows: list[dict] = []
+
+    def write(self, prediction: dict, data: dict) -> list[Path]:
+        image = data["image"]
+        affine = np.asarray(image.affine.cpu().numpy(), dtype=np.float64)
+        seriesuid = str(image.meta.get("series_uid") or data.get("seriesuid") or data.get("id"))
+        marks = marks_from_boxes(prediction["boxes"], prediction["scores"], affine)
+        self.rows.extend(submission_rows(seriesuid, marks))
+        if self.overlays_per_scan == 0 or len(marks) == 0:
+            return []
+        return overlay_pngs(image[0].cpu().numpy(), affine, marks, seriesuid, self.out / "overlays",
+                            self.overlays_per_scan)
+
+    def finish(self) -> list[Path]:
+        return [write_submission(self.rows, self.out / "submission.csv")]
 
 
 def overlay_pngs(image: np.ndarray, affine_ras: np.ndarray, marks: np.ndarray, seriesuid: str, folder: Path,
@@ -95,13 +120,11 @@ def write_froc(result: FrocResult, out: Path, title: str = "FROC") -> list[Path]
 
 
 def _froc_png(result: FrocResult, path: Path, title: str) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     grid = np.geomspace(FP_RATES[0], FP_RATES[-1], 200)
-    fig, ax = plt.subplots(figsize=(6, 4.5))
+    fig = Figure(figsize=(6, 4.5))
+    ax = fig.subplots()
     if np.all(np.isfinite(result.sensitivity)):
         ax.plot(grid, np.interp(grid, result.fps_per_scan, result.sensitivity), lw=2, label=f"CPM {result.cpm:.3f}")
     ax.plot(FP_RATES, result.at_rates, "o", color="C0")
@@ -119,7 +142,6 @@ def _froc_png(result: FrocResult, path: Path, title: str) -> Path:
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
     return path
 
 

@@ -32,8 +32,16 @@ IMAGE = "image"
 #: keys whose values differ in length between items: kept as lists when batching
 RAGGED_KEYS = (BOX_KEY, LABEL_KEY, "nodules", "excluded")
 
-# Scans without nodules give background patches only; MONAI warns about that once per scan.
-warnings.filterwarnings("ignore", message="Num foregrounds 0", module=r"monai\.transforms\.utils")
+
+
+class PatchesByPosNeg(RandCropBoxByPosNegLabeld):
+    """MONAI's box-aware positive/negative patch sampler. A scan without nodules gives background
+    patches only, which is expected here: MONAI's warning about it is silenced for this call alone."""
+
+    def __call__(self, data, lazy=None):
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Num foregrounds 0")
+            return super().__call__(data)
 
 
 def preprocessing(cfg: DetectionData) -> list:
@@ -69,7 +77,7 @@ def train_transforms(cfg: DetectionData) -> Compose:
         NodulesToBoxesd(IMAGE, "nodules", BOX_KEY, LABEL_KEY),
         # at the end, so that box coordinates (from voxel 0) are unchanged by the padding
         SpatialPadd(IMAGE, spatial_size=list(cfg.patch_size), method="end"),
-        RandCropBoxByPosNegLabeld(
+        PatchesByPosNeg(
             image_keys=[IMAGE], box_keys=BOX_KEY, label_keys=[LABEL_KEY], spatial_size=list(cfg.patch_size),
             whole_box=True, num_samples=cfg.patches_per_scan, pos=positive, neg=1.0 - positive,
         ),

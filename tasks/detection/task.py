@@ -3,20 +3,23 @@ scored by the official LUNA16 FROC/CPM rules."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from medsight.datasets.splits import split_by_group
+from medsight.datasets.schemas import NODULE_SCANS
 from medsight.errors import DataError
 from medsight.registry import register_task
-from medsight.task import DemoSpec, Monitor, StepOutput, Task
+from medsight.task import DemoSpec, Monitor, PredictionWriter, StepOutput, Task
 
 from . import froc, outputs, pipeline
 from .config import DetectionConfig, size_divisible
 from .model import BOX_KEY, LABEL_KEY, SCORE_KEY, ExportedNetwork, build_detector
+
+log = logging.getLogger(__name__)
 
 INPUT_SUFFIXES = (".nii.gz", ".nii", ".mhd", ".mha", ".nrrd", ".nhdr")
 
@@ -67,8 +70,8 @@ class LungNoduleDetection(Task):
     summary = "lung nodules in chest CT: 3D RetinaNet, LUNA16 submission CSV, official FROC/CPM"
     config_class = DetectionConfig
     profiles = {"cpu-small": CPU_SMALL, "gpu": GPU}
-    datasets = ("luna16", "ct-nodules")
-    models = ("retinanet-resnet-fpn",)
+    schema = NODULE_SCANS
+    model_family = "detection"
     monitor = Monitor("cpm", "max")
     evaluate_split = "test"
     demo = DemoSpec(
@@ -83,39 +86,6 @@ class LungNoduleDetection(Task):
         quick_overrides=("data.patch_size=[32,32,16]", "data.patches_per_scan=2", "data.batch_size=1",
                          "infer.roi_size=[64,64,32]", "trainer.max_steps_per_epoch=2", "infer.overlays_per_scan=1"),
     )
-
-    def __init__(self, config: DetectionConfig):
-        super().__init__(config)
-        self._submission: list[dict] = []
-
-    # -- data -------------------------------------------------------------------------------------
-    def dataset_records(self, data: Path) -> list[dict]:
-        """Every scan of the dataset folder, through its format's adapter."""
-        fmt = self.config.data.format
-        if fmt == "auto":
-            fmt = "luna16" if any(Path(data).glob("subset[0-9]*")) else "ct-nodules"
-        if fmt == "luna16":
-            from medsight.datasets.luna16 import records
-        else:
-            from medsight.datasets.ct_nodules import records
-        return records(Path(data))
-
-    def records(self, data: Path, split: str) -> list[dict]:
-        """``test``: scans of fold ``data.fold``; ``val``: ``data.val_fraction`` of the others (drawn by
-        ``trainer.seed`` by a hash of each seriesuid, so adding scans moves no other); ``train``: the rest;
-        ``all``: every scan."""
-        scans = self.dataset_records(data)
-        if split == "all":
-            return scans
-        held_out = [r for r in scans if r["fold"] == self.config.data.fold]
-        if split == "test":
-            return held_out
-        rest = [r for r in scans if r["fold"] != self.config.data.fold]
-        fraction = self.config.data.val_fraction if len(rest) > 1 else 0.0  # one scan: train on it
-        train, val = split_by_group(rest, lambda r: r["seriesuid"], fraction, seed=self.config.trainer.seed)
-        if not train:  # a tiny set: keep one scan to train on
-            train, val = val[:1], val[1:]
-        return val if split == "val" else train
 
     def transforms(self, stage: str):
         if stage == "train":
@@ -183,7 +153,7 @@ class LungNoduleDetection(Task):
         written = [outputs.write_submission(rows, out / "submission.csv")]
         result = self._score(outputs_)
         written += outputs.write_froc(result, out, title="FROC")
-        print(outputs.froc_table(result))
+        log.info(outputs.froc_table(result))
         return written
 
     # -- inference --------------------------------------------------------------------------------
@@ -213,19 +183,8 @@ class LungNoduleDetection(Task):
     def predict(self, model: nn.Module, batch: dict) -> list[dict[str, np.ndarray]]:
         return self._detect(model, batch["image"])
 
-    def write(self, prediction: dict, data: dict, out: Path) -> list[Path]:
-        image = data["image"]
-        affine = np.asarray(image.affine.cpu().numpy(), dtype=np.float64)
-        seriesuid = image.meta.get("series_uid") or data.get("seriesuid") or data.get("id")
-        marks = outputs.marks_from_boxes(prediction["boxes"], prediction["scores"], affine)
-        self._submission.extend(outputs.submission_rows(str(seriesuid), marks))
-        count = self.config.infer.overlays_per_scan
-        if count == 0 or len(marks) == 0:
-            return []
-        return outputs.overlay_pngs(image[0].cpu().numpy(), affine, marks, str(seriesuid), out / "overlays", count)
-
-    def finish_predictions(self, out: Path) -> list[Path]:
-        return [outputs.write_submission(self._submission, out / "submission.csv")]
+    def prediction_writer(self, out: Path) -> PredictionWriter:
+        return outputs.NoduleSubmission(out, self.config.infer.overlays_per_scan)
 
     def example_input(self) -> torch.Tensor:
         size = [2 * d for d in size_divisible(self.config.model)]
@@ -238,15 +197,26 @@ class LungNoduleDetection(Task):
         held_out = sorted(str(path) for path, fold in find_scans(Path(data)).values() if fold == 0)
         return held_out[:2]
 
-    # -- scoring a submission file ----------------------------------------------------------------
+    # -- command line: scoring a submission file --------------------------------------------------
     @classmethod
-    def score_predictions(cls, predictions: Path, annotations: str | None, excluded: str | None,
-                          seriesuids: str | None, out: Path, bootstrap: int = 0) -> dict[str, float]:
+    def add_arguments(cls, parser, command: str) -> None:
+        if command == "evaluate":
+            parser.add_argument("--annotations", help="with --predictions: annotations.csv of the scans")
+            parser.add_argument("--excluded", help="with --predictions: annotations_excluded.csv (marks on these "
+                                                   "are neither hits nor false positives)")
+            parser.add_argument("--seriesuids", help="with --predictions: the scans scored (CSV or one uid a line)")
+            parser.add_argument("--bootstrap", type=int, default=0,
+                                help="with --predictions: bootstrap resamples for confidence intervals")
+
+    @classmethod
+    def score_predictions(cls, predictions: Path, args, out: Path) -> dict[str, float]:
         """Score any system's LUNA16 submission CSV by the official rules; writes froc.csv, froc.png,
-        froc_curve.csv and summary.json to ``out``. Without ``seriesuids``, the scans scored are those
+        froc_curve.csv and summary.json to ``out``. Without ``--seriesuids``, the scans scored are those
         named in the annotations or the predictions (scans with neither would be missed: pass the list)."""
         from medsight.datasets.luna16 import read_annotations
 
+        annotations, excluded = getattr(args, "annotations", None), getattr(args, "excluded", None)
+        seriesuids, bootstrap = getattr(args, "seriesuids", None), getattr(args, "bootstrap", 0) or 0
         if not annotations:
             raise DataError("scoring needs --annotations (annotations.csv of the scans)", "command line")
         marks = froc.read_submission(Path(predictions))
@@ -259,7 +229,7 @@ class LungNoduleDetection(Task):
         if not seriesuids:
             result.notes.append("no --seriesuids: scored the scans named in the annotations or the predictions")
         outputs.write_froc(result, Path(out), title=Path(predictions).stem)
-        print(outputs.froc_table(result))
+        log.info(outputs.froc_table(result))
         return result.metrics()
 
 

@@ -6,10 +6,12 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from medsight.config import LoaderConfig, TaskConfig, choice, positive
+from medsight.dataset_format import check_format_name
 from medsight.datasets.brats import CONVENTIONS, ROLES
+from medsight.datasets.schemas import MRI_CASES
 from medsight.errors import ConfigError
+from medsight.models import models as registry
 
-MODELS = ("segresnet", "unet", "dynunet", "smp_unet2d")
 
 
 @dataclass
@@ -30,6 +32,7 @@ class SegmentationData(LoaderConfig):
 
     def __post_init__(self):
         super().__post_init__()
+        check_format_name(self.format, MRI_CASES)
         choice("data.naming", self.naming, ("auto", "brats2021", "brats2023", "patterns", "msd"))
         choice("data.label_convention", self.label_convention, ("auto", *sorted(CONVENTIONS)))
         for role in self.modalities:
@@ -52,10 +55,13 @@ class SegmentationModel:
     channels: list[int] = field(default_factory=lambda: [16, 32, 64, 128, 256])
     #: smp_unet2d: any segmentation-models-pytorch encoder (weights only from init_weights: no downloads)
     encoder: str = "resnet18"
+    #: old spelling of trainer.init_weights (``--init-weights``): read only when a training run starts
     init_weights: Optional[str] = None
 
     def __post_init__(self):
-        choice("model.name", self.name, MODELS)
+        from medsight.tasks.segmentation import models  # noqa: F401  (registers the family's networks)
+
+        registry("segmentation").check(self.name)
         positive("model.init_filters", self.init_filters)
         if self.name == "segresnet" and self.init_filters % 8:
             raise ConfigError(f"model.init_filters={self.init_filters}: SegResNet's group norm needs a multiple of 8")

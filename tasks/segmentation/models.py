@@ -4,10 +4,11 @@ inversion onto the input grid are one pipeline for both."""
 
 from __future__ import annotations
 
-
 import torch
 from monai.networks.nets import DynUNet, SegResNet, UNet
 from torch import nn
+
+from medsight.models import create_model, register_model
 
 from .config import SegmentationModel
 
@@ -36,29 +37,42 @@ class SliceWise(nn.Module):
         return out.reshape(b, z, k, x, y).permute(0, 2, 3, 4, 1)
 
 
-def build_network(cfg: SegmentationModel, in_channels: int, out_channels: int = 3) -> nn.Module:
-    if cfg.name == "segresnet":
-        return SegResNet(spatial_dims=3, in_channels=in_channels, out_channels=out_channels,
-                         init_filters=cfg.init_filters, blocks_down=tuple(cfg.blocks_down),
-                         blocks_up=(1,) * (len(cfg.blocks_down) - 1), dropout_prob=cfg.dropout or None)
-    if cfg.name == "unet":
-        return UNet(spatial_dims=3, in_channels=in_channels, out_channels=out_channels, channels=tuple(cfg.channels),
-                    strides=(2,) * (len(cfg.channels) - 1), num_res_units=2, dropout=cfg.dropout)
-    if cfg.name == "dynunet":
-        depth = len(cfg.blocks_down) + 1
-        kernels = [[3, 3, 3]] * depth
-        strides = [[1, 1, 1]] + [[2, 2, 2]] * (depth - 1)
-        filters = [cfg.init_filters * 2**i for i in range(depth)]
-        return DynUNet(spatial_dims=3, in_channels=in_channels, out_channels=out_channels, kernel_size=kernels,
-                       strides=strides, upsample_kernel_size=strides[1:], filters=filters, dropout=cfg.dropout,
-                       res_block=True)
-    if cfg.name == "smp_unet2d":
-        import segmentation_models_pytorch as smp
+@register_model("segmentation", "segresnet")
+def segresnet(cfg: SegmentationModel, in_channels: int, out_channels: int) -> nn.Module:
+    return SegResNet(spatial_dims=3, in_channels=in_channels, out_channels=out_channels,
+                     init_filters=cfg.init_filters, blocks_down=tuple(cfg.blocks_down),
+                     blocks_up=(1,) * (len(cfg.blocks_down) - 1), dropout_prob=cfg.dropout or None)
 
-        net2d = smp.Unet(encoder_name=cfg.encoder, encoder_weights=None, in_channels=in_channels,
-                         classes=out_channels)
-        return SliceWise(net2d)
-    raise ValueError(cfg.name)
+
+@register_model("segmentation", "unet")
+def unet(cfg: SegmentationModel, in_channels: int, out_channels: int) -> nn.Module:
+    return UNet(spatial_dims=3, in_channels=in_channels, out_channels=out_channels, channels=tuple(cfg.channels),
+                strides=(2,) * (len(cfg.channels) - 1), num_res_units=2, dropout=cfg.dropout)
+
+
+@register_model("segmentation", "dynunet")
+def dynunet(cfg: SegmentationModel, in_channels: int, out_channels: int) -> nn.Module:
+    depth = len(cfg.blocks_down) + 1
+    kernels = [[3, 3, 3]] * depth
+    strides = [[1, 1, 1]] + [[2, 2, 2]] * (depth - 1)
+    filters = [cfg.init_filters * 2**i for i in range(depth)]
+    return DynUNet(spatial_dims=3, in_channels=in_channels, out_channels=out_channels, kernel_size=kernels,
+                   strides=strides, upsample_kernel_size=strides[1:], filters=filters, dropout=cfg.dropout,
+                   res_block=True)
+
+
+@register_model("segmentation", "smp_unet2d")
+def smp_unet2d(cfg: SegmentationModel, in_channels: int, out_channels: int) -> nn.Module:
+    """A segmentation-models-pytorch U-Net (``cfg.encoder``) run on every axial slice."""
+    import segmentation_models_pytorch as smp
+
+    net2d = smp.Unet(encoder_name=cfg.encoder, encoder_weights=None, in_channels=in_channels, classes=out_channels)
+    return SliceWise(net2d)
+
+
+def build_network(cfg: SegmentationModel, in_channels: int, out_channels: int = 3) -> nn.Module:
+    """The ``cfg.name`` network of the ``segmentation`` model family."""
+    return create_model("segmentation", cfg.name, cfg, in_channels, out_channels)
 
 
 def parameter_count(model: nn.Module) -> str:

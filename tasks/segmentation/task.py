@@ -4,6 +4,7 @@ dataset's label values on the input's own grid."""
 from __future__ import annotations
 
 import itertools
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -14,19 +15,22 @@ from monai.losses import DiceLoss
 from monai.transforms import Invertd
 from torch import nn
 
-from medsight.checkpoint import load_initial_weights
+from medsight.dataset_format import DataSource
 from medsight.datasets import brats
+from medsight.datasets.schemas import MRI_CASES
 from medsight.errors import DataError
 from medsight.io.pictures import volume_overlay_png
 from medsight.io.readers import load as load_image
 from medsight.io.writers import write_csv, write_nifti
 from medsight.registry import register_task
-from medsight.task import DemoSpec, Monitor, StepOutput, Task
+from medsight.task import DemoSpec, Monitor, PredictionWriter, StepOutput, Task
 
 from .config import PROFILES, SegmentationConfig
 from .metrics import METRIC_NAMES, region_scores, summarise, summary_table
 from .models import SliceWise, build_network
 from .transforms import pipeline
+
+log = logging.getLogger(__name__)
 
 
 @register_task("segmentation")
@@ -34,8 +38,8 @@ class BrainTumourSegmentation(Task):
     summary = "brain tumour in multi-modal MRI (BraTS): ET/TC/WT regions, Dice and HD95"
     config_class = SegmentationConfig
     profiles = PROFILES
-    datasets = ("brats",)
-    models = ("segresnet", "unet", "dynunet", "smp_unet2d")
+    schema = MRI_CASES
+    model_family = "segmentation"
     monitor = Monitor("mean_dice", "max")
     evaluate_split = "all"
     demo = DemoSpec(
@@ -43,56 +47,47 @@ class BrainTumourSegmentation(Task):
         synth={"cases": 10, "shape": (96, 96, 64)},
         profile="cpu-small",
         overrides=("trainer.max_epochs=20", "trainer.val_every_n_epochs=5", "data.folds=5"),
-        evaluate_split="val",
+        held_out_cases=4,
         quick_synth={"cases": 4, "shape": (40, 40, 32)},
+        # split_seed 1: the four quick cases' own hashes put two in each of the two folds
         quick_overrides=("data.patch_size=[32,32,32]", "data.patches_per_case=1", "infer.roi_size=[48,48,48]",
-                         "model.init_filters=8", "data.folds=2"),
-        variants=((), ("model.name=smp_unet2d", "data.patch_size=[32,32,4]", "model.encoder=resnet18")),
+                         "model.init_filters=8", "data.folds=2", "data.split_seed=1"),
     )
 
     def __init__(self, config: SegmentationConfig):
         super().__init__(config)
-        self._transforms: dict[str, object] = {}
+        self._transforms: dict[tuple[str, str], object] = {}
+        self._dice = DiceLoss(sigmoid=True, smooth_nr=0.0, smooth_dr=1e-5, squared_pred=True)
+        self._bce = nn.BCEWithLogitsLoss()
 
     # -- data -------------------------------------------------------------------------------------
     @property
     def modalities(self) -> tuple[str, ...]:
         return tuple(self.config.data.modalities)
 
-    def records(self, data: Path, split: str) -> list[dict]:
-        cfg = self.config.data
-        return brats.records(data, split, self.modalities, cfg.naming, cfg.label_convention, cfg.patterns,
-                             fold=cfg.fold, folds=cfg.folds, seed=self.config.trainer.seed)
-
-    def on_fit_start(self, train_records: list[dict], val_records: list[dict]) -> None:
-        conventions = {r["convention"] for r in train_records + val_records}
+    def learn_state(self, data: DataSource) -> None:
+        """The label convention of the cases (one for all), the modalities and the voxel size."""
+        conventions = {r["convention"] for r in data.records("train") + data.records("val")}
         if len(conventions) > 1:
-            raise DataError(f"cases use different label conventions ({', '.join(sorted(conventions))})", "data")
+            raise DataError(f"cases use different label conventions ({', '.join(sorted(conventions))})", data.root)
+        if not conventions:
+            raise DataError("no labelled cases to train on", data.root)
         self.state.update(convention=conventions.pop(), modalities=list(self.modalities),
                           spacing_mm=list(self.config.data.spacing_mm))
 
     def transforms(self, stage: str):
-        if stage not in self._transforms:
-            self._transforms[stage] = pipeline(stage, self.config, self.state.get("convention", "brats2021"))
-        return self._transforms[stage]
+        convention = self.state.get("convention", "brats2021")
+        if (stage, convention) not in self._transforms:
+            self._transforms[stage, convention] = pipeline(stage, self.config, convention)
+        return self._transforms[stage, convention]
 
     # -- model ------------------------------------------------------------------------------------
     def build_model(self) -> nn.Module:
-        model = build_network(self.config.model, in_channels=len(self.modalities))
-        if self.config.model.init_weights:
-            for line in load_initial_weights(model, self.config.model.init_weights):
-                print(line)
-        return model
-
-    def _loss(self) -> nn.Module:
-        if not hasattr(self, "_dice"):
-            self._dice = DiceLoss(sigmoid=True, smooth_nr=0.0, smooth_dr=1e-5, squared_pred=True)
-            self._bce = nn.BCEWithLogitsLoss()
-        return self._dice, self._bce
+        return build_network(self.config.model, in_channels=len(self.modalities))
 
     def training_step(self, model: nn.Module, batch: dict) -> StepOutput:
         logits = model(batch["image"])
-        dice, bce = self._loss()
+        dice, bce = self._dice, self._bce
         label = batch["label"].as_tensor() if isinstance(batch["label"], MetaTensor) else batch["label"]
         dice_loss = dice(logits.float(), label)
         bce_loss = bce(logits.float(), label)
@@ -141,9 +136,10 @@ class BrainTumourSegmentation(Task):
         per_case = write_csv(cases, out / "per_case.csv", ["id", *METRIC_NAMES])
         table = summary_table(outputs)
         summary = write_csv(table, out / "summary.csv", ["statistic", *METRIC_NAMES])
-        print(f"{'':10s}" + "".join(f"{name:>10s}" for name in METRIC_NAMES))
-        for row in table[:2]:
-            print(f"{row['statistic']:10s}" + "".join(f"{row[name]:10.3f}" for name in METRIC_NAMES))
+        lines = [f"{'':10s}" + "".join(f"{name:>10s}" for name in METRIC_NAMES)]
+        lines += [f"{row['statistic']:10s}" + "".join(f"{row[name]:10.3f}" for name in METRIC_NAMES)
+                  for row in table[:2]]
+        log.info("\n".join(lines))
         return [per_case, summary]
 
     def input_records(self, path: str | None, images: dict[str, str] | None = None) -> list[dict]:
@@ -177,31 +173,17 @@ class BrainTumourSegmentation(Task):
     def predict(self, model: nn.Module, batch: dict) -> list[torch.Tensor]:
         return list(self.probabilities(model, batch["image"]).cpu())
 
-    def write(self, prediction: torch.Tensor, data: dict, out: Path) -> list[Path]:
-        """Invert the preprocessing (crop, spacing, orientation) onto the input's grid, threshold,
-        regions -> the convention's label values, write ``<id>_seg.nii.gz`` (+ picture, probabilities)."""
-        item = {"image": data["image"], "pred": MetaTensor(prediction, meta=dict(data["image"].meta))}
-        inverted = Invertd(keys="pred", transform=self.transforms("infer"), orig_keys="image",
-                           nearest_interp=False)(item)["pred"]
-        probs = inverted.as_tensor().numpy()
-        affine = np.asarray(data["image"].meta["original_affine"], dtype=np.float64)
-        convention = brats.CONVENTIONS[data.get("convention") or self.state.get("convention", "brats2021")]
-        regions = probs > self.config.infer.threshold
-        labels = convention.from_regions(regions)
-        reference = _first_file(data)
-        case_id = str(data["id"])
-        written = [write_nifti(labels, affine, out / f"{case_id}_seg.nii.gz", reference=reference, dtype=np.uint8)]
-        if self.config.infer.probabilities:
-            written.append(write_nifti(np.moveaxis(probs, 0, -1).astype(np.float32), affine,
-                                       out / f"{case_id}_prob.nii.gz"))
-        if self.config.infer.overlay:
-            picture_source = _picture_source(data, self.modalities)
-            image = load_image(picture_source)[0].numpy()
-            nested = convention.to_regions(labels)
-            written.append(volume_overlay_png(image, affine, out / f"{case_id}_overlay.png",
-                                              {name: nested[i] for i, name in enumerate(brats.REGIONS)},
-                                              title=f"{case_id}: ET red, TC yellow, WT green"))
-        return written
+    def prediction_writer(self, out: Path) -> PredictionWriter:
+        return LabelMaps(out, self)
+
+    @classmethod
+    def add_arguments(cls, parser, command: str) -> None:
+        if command == "predict":
+            parser.add_argument("--tta", action="store_true", help="average over the 8 flips of the three axes")
+
+    @classmethod
+    def overrides_from_arguments(cls, args, command: str) -> list[str]:
+        return ["infer.tta=true"] if command == "predict" and getattr(args, "tta", False) else []
 
     def example_input(self) -> torch.Tensor:
         size = [64 if s <= 0 else min(s, 64) for s in self.config.infer.roi_size]
@@ -211,6 +193,40 @@ class BrainTumourSegmentation(Task):
     def demo_inputs(cls, data: Path) -> list[str]:
         cases = sorted(p for p in Path(data).iterdir() if p.is_dir())
         return [str(cases[-1])]
+
+
+class LabelMaps(PredictionWriter):
+    """One predict call: per case, the label map on the input's grid (+ probabilities, overlay picture)."""
+
+    def __init__(self, out: Path, task: BrainTumourSegmentation):
+        super().__init__(out)
+        self.task = task
+
+    def write(self, prediction: torch.Tensor, data: dict) -> list[Path]:
+        """Invert the preprocessing (crop, spacing, orientation) onto the input's grid, threshold,
+        regions -> the convention's label values, write ``<id>_seg.nii.gz`` (+ picture, probabilities)."""
+        item = {"image": data["image"], "pred": MetaTensor(prediction, meta=dict(data["image"].meta))}
+        inverted = Invertd(keys="pred", transform=self.task.transforms("infer"), orig_keys="image",
+                           nearest_interp=False)(item)["pred"]
+        probs = inverted.as_tensor().numpy()
+        affine = np.asarray(data["image"].meta["original_affine"], dtype=np.float64)
+        convention = brats.CONVENTIONS[data.get("convention") or self.task.state.get("convention", "brats2021")]
+        regions = probs > self.task.config.infer.threshold
+        labels = convention.from_regions(regions)
+        reference = _first_file(data)
+        case_id = str(data["id"])
+        written = [write_nifti(labels, affine, self.out / f"{case_id}_seg.nii.gz", reference=reference, dtype=np.uint8)]
+        if self.task.config.infer.probabilities:
+            written.append(write_nifti(np.moveaxis(probs, 0, -1).astype(np.float32), affine,
+                                       self.out / f"{case_id}_prob.nii.gz"))
+        if self.task.config.infer.overlay:
+            picture_source = _picture_source(data, self.task.modalities)
+            image = load_image(picture_source)[0].numpy()
+            nested = convention.to_regions(labels)
+            written.append(volume_overlay_png(image, affine, self.out / f"{case_id}_overlay.png",
+                                              {name: nested[i] for i, name in enumerate(brats.REGIONS)},
+                                              title=f"{case_id}: ET red, TC yellow, WT green"))
+        return written
 
 
 def _files(data: dict) -> list[str]:

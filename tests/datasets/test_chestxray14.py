@@ -5,7 +5,14 @@ import gzip
 import numpy as np
 import pytest
 
-from medsight.datasets.chestxray14 import FINDINGS, HEADER_2017, HEADER_2020, read_data_entry, records
+from medsight.datasets.chestxray14 import (
+    FINDINGS,
+    HEADER_2017,
+    HEADER_2020,
+    ChestXray14Options,
+    read_data_entry,
+    records,
+)
 from medsight.errors import DataError
 
 ROWS = [
@@ -55,8 +62,9 @@ def test_unknown_finding_names_file_and_line(tmp_path):
 
 
 def test_no_patient_is_in_two_splits(synth_chestxray14):
-    splits = {name: records(synth_chestxray14, name, val_fraction=0.25, seed=0) for name in ("train", "val", "test")}
-    patients = {name: {r["patient"] for r in recs} for name, recs in splits.items()}
+    options = ChestXray14Options(val_fraction=0.25)
+    splits = {name: records(synth_chestxray14, name, options) for name in ("train", "val", "test")}
+    patients = {name: {r["group"] for r in recs} for name, recs in splits.items()}
     assert all(splits.values())
     assert not patients["train"] & patients["val"]
     assert not patients["train"] & patients["test"]
@@ -64,11 +72,12 @@ def test_no_patient_is_in_two_splits(synth_chestxray14):
     total = sum(len(r) for r in splits.values())
     assert total == len((synth_chestxray14 / "Data_Entry_2017.csv").read_text().splitlines()) - 1
     first = splits["train"][0]
-    assert first["label"].dtype == np.float32 and first["label"].shape == (14,)
+    assert set(first["names"]) <= set(FINDINGS)
 
 
 def test_view_filter_keeps_only_that_view(synth_chestxray14):
     lines = (synth_chestxray14 / "Data_Entry_2017.csv").read_text().splitlines()[1:]
     ap = {line.split(",")[0] for line in lines if line.split(",")[6] == "AP"}
-    kept = records(synth_chestxray14, "train", views=["AP"]) + records(synth_chestxray14, "test", views=["AP"])
+    options = ChestXray14Options(views=["AP"])
+    kept = records(synth_chestxray14, "train", options) + records(synth_chestxray14, "test", options)
     assert kept and {r["id"] for r in kept} <= ap

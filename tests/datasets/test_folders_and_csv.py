@@ -7,7 +7,8 @@ import pytest
 from PIL import Image
 
 from medsight.datasets import csv_table, folders
-from medsight.datasets.csv_table import CsvColumns
+from medsight.datasets.csv_table import CsvOptions
+from medsight.datasets.folders import FoldersOptions
 from medsight.errors import DataError
 from medsight.registry import DATASETS
 
@@ -31,22 +32,24 @@ def test_split_folders_with_a_valid_folder_give_each_split_and_sorted_classes(tm
                                     "test/NORMAL": 2})
     assert folders.class_names(root) == ["NORMAL", "PNEUMONIA"]
     train = folders.records(root, "train")
-    assert sorted(r["class"] for r in train) == ["NORMAL"] * 2 + ["PNEUMONIA"] * 3
+    assert sorted(r["names"] for r in train) == [("NORMAL",)] * 2 + [("PNEUMONIA",)] * 3
     assert {r["id"] for r in folders.records(root, "val")} == {"valid/NORMAL/img0.png", "valid/PNEUMONIA/img0.png"}
-    assert [r["class"] for r in folders.records(root, "test")] == ["NORMAL", "NORMAL"]
+    assert [r["names"] for r in folders.records(root, "test")] == [("NORMAL",), ("NORMAL",)]
     assert len(folders.records(root, "all")) == 9
 
 
 def test_without_a_validation_folder_validation_comes_out_of_train_disjointly(tmp_path):
-    root = tree(tmp_path / "xray", {"train/a": 10, "train/b": 10, "test/a": 1})
-    train, val = folders.records(root, "train", val_fraction=0.25), folders.records(root, "val", val_fraction=0.25)
-    assert len(val) == 5 and len(train) == 15
+    root = tree(tmp_path / "xray", {"train/a": 100, "train/b": 100, "test/a": 1})
+    options = FoldersOptions(val_fraction=0.25)
+    train, val = folders.records(root, "train", options), folders.records(root, "val", options)
+    assert len(train) + len(val) == 200 and 30 <= len(val) <= 70  # 50 expected; binomial spread
     assert not {r["id"] for r in train} & {r["id"] for r in val}
 
 
 def test_class_folders_without_split_folders_put_every_image_in_exactly_one_split(tmp_path):
     root = tree(tmp_path / "xray", {"cat": 20, "dog": 20})
-    parts = {s: {r["id"] for r in folders.records(root, s, val_fraction=0.1, seed=3)} for s in ("train", "val", "test")}
+    options = FoldersOptions(val_fraction=0.1, split_seed=3)
+    parts = {s: {r["id"] for r in folders.records(root, s, options)} for s in ("train", "val", "test")}
     assert sum(len(p) for p in parts.values()) == 40
     assert parts["test"] and parts["val"] and parts["train"]
     assert not (parts["train"] & parts["val"]) and not (parts["train"] & parts["test"])
@@ -80,9 +83,9 @@ def test_csv_one_label_column_reads_multi_label_rows_and_the_negative_name(tmp_p
         picture(tmp_path / "images" / f"{name}.png")
     table = write_table(tmp_path / "labels.csv", ["path,label,split", "images/a.png,Effusion|Mass,train",
                                                   "images/b.png,No Finding,train", "images/c.png,Mass,test"])
-    rows = csv_table.read_table(table, CsvColumns())
+    rows = csv_table.read_table(table, CsvOptions())
     assert [r.names for r in rows] == [("Effusion", "Mass"), (), ("Mass",)]
-    assert csv_table.label_names(rows, CsvColumns()) == ["Effusion", "Mass"]
+    assert csv_table.label_names(rows, CsvOptions()) == ["Effusion", "Mass"]
     assert rows[0].image == tmp_path / "images" / "a.png"
     test = csv_table.records(table, "test")
     assert test == [{"image": str(tmp_path / "images" / "c.png"), "names": ("Mass",), "id": "images/c.png",
@@ -91,7 +94,7 @@ def test_csv_one_label_column_reads_multi_label_rows_and_the_negative_name(tmp_p
 
 def test_csv_flag_columns_keep_their_order_and_a_bad_value_names_file_and_line(tmp_path):
     picture(tmp_path / "a.png")
-    columns = CsvColumns(labels=("Mass", "Effusion"))
+    columns = CsvOptions(label_columns=["Mass", "Effusion"])
     good = write_table(tmp_path / "good.csv", ["path,Mass,Effusion", "a.png,0,1.0"])
     assert [r.names for r in csv_table.read_table(good, columns)] == [("Effusion",)]
     assert csv_table.label_names(csv_table.read_table(good, columns), columns) == ["Mass", "Effusion"]
@@ -107,10 +110,10 @@ def test_csv_without_split_column_keeps_each_patient_in_one_split(tmp_path):
         picture(tmp_path / f"{index}.png")
         lines.append(f"{index}.png,{'Mass' if index % 3 else 'No Finding'},p{index // 3}")
     table = write_table(tmp_path / "labels.csv", lines)
-    columns = CsvColumns(group="patient")
+    columns = CsvOptions(group_column="patient", val_fraction=0.2)
     patients = {}
     for split in ("train", "val", "test"):
-        ids = [r["id"] for r in csv_table.records(table, split, columns, val_fraction=0.2)]
+        ids = [r["id"] for r in csv_table.records(table, split, columns)]
         patients[split] = {int(i.split(".")[0]) // 3 for i in ids}
         assert ids
     assert sum(len(p) for p in patients.values()) == 20  # every patient once
@@ -120,7 +123,7 @@ def test_csv_without_split_column_keeps_each_patient_in_one_split(tmp_path):
 def test_csv_missing_column_lists_the_columns_there_are(tmp_path):
     table = write_table(tmp_path / "labels.csv", ["file,finding", "a.png,Mass"])
     with pytest.raises(DataError) as error:
-        csv_table.read_table(table, CsvColumns())
+        csv_table.read_table(table, CsvOptions())
     assert str(error.value) == (f"{table}: no column 'path' (columns: file, finding); set data.path_column / "
                                 "data.label_columns")
 
@@ -153,11 +156,12 @@ def test_validation_can_come_out_of_train_by_the_patient_in_the_file_name(tmp_pa
     for name in layout:
         picture(root / name)
     picture(root / "valid" / "well" / "00000001_007.png")
-    train = folders.records(root, "train", val_fraction=0.3, group_pattern=r"^(\d+)_", own_val=False)
-    val = folders.records(root, "val", val_fraction=0.3, group_pattern=r"^(\d+)_", own_val=False)
+    options = FoldersOptions(val_fraction=0.3, group_pattern=r"^(\d+)_", val_source="train")
+    train, val = folders.records(root, "train", options), folders.records(root, "val", options)
     patient = lambda r: Path(r["id"]).name.split("_")[0]  # noqa: E731
-    assert len(val) == 9 and len(train) == 21  # 3 of 10 patients, all their pictures
+    assert val and len(val) + len(train) == 30 and len(val) % 3 == 0  # whole patients, all their pictures
     assert not {patient(r) for r in train} & {patient(r) for r in val}
+    assert all("valid" not in r["id"] for r in train + val)
     assert [r["id"] for r in folders.records(root, "val")] == ["valid/well/00000001_007.png"]
 
 
@@ -167,9 +171,9 @@ def test_csv_validation_rows_can_be_ignored_for_a_patient_split_of_train(tmp_pat
         picture(tmp_path / f"{index}.png")
         lines.append(f"{index}.png,Mass,{'valid' if index >= 30 else 'train'},p{index // 2}")
     table = write_table(tmp_path / "labels.csv", lines)
-    columns = CsvColumns(group="patient")
-    assert len(csv_table.records(table, "val", columns)) == 10
-    val = csv_table.records(table, "val", columns, val_fraction=0.2, own_val=False)
-    train = csv_table.records(table, "train", columns, val_fraction=0.2, own_val=False)
-    assert len(val) == 6 and len(train) == 24  # 3 of 15 training patients, 2 rows each
+    assert len(csv_table.records(table, "val", CsvOptions(group_column="patient"))) == 10
+    columns = CsvOptions(group_column="patient", val_fraction=0.2, val_source="train")
+    val, train = csv_table.records(table, "val", columns), csv_table.records(table, "train", columns)
+    assert val and len(val) + len(train) == 30 and len(val) % 2 == 0  # whole training patients, 2 rows each
+    assert {r["group"] for r in val}.isdisjoint(r["group"] for r in train)
     assert all(int(r["id"].split(".")[0]) < 30 for r in val + train)

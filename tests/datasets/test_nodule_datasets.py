@@ -5,8 +5,8 @@ damaged copies named file by file."""
 import numpy as np
 import pytest
 
-from medsight.datasets.ct_nodules import find_scans, records, stable_fold
-from medsight.datasets.luna16 import records as luna16_records
+from medsight.datasets.ct_nodules import find_scans, scan_records as records, stable_fold
+from medsight.datasets.luna16 import scan_records as luna16_records
 from medsight.errors import DataError
 from medsight.registry import DATASETS
 

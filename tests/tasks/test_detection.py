@@ -19,7 +19,7 @@ from medsight.registry import DATASETS, TASKS
 from medsight.tasks.detection import froc
 from medsight.tasks.detection.boxes import boxes_to_nodules, nodules_to_boxes
 from medsight.tasks.detection.config import DetectionConfig
-from medsight.tasks.detection.pipeline import augmentation, eval_transforms, train_transforms
+from medsight.tasks.detection.pipeline import eval_transforms, train_transforms
 
 from medsight.config import resolve
 
@@ -261,9 +261,9 @@ def test_the_factory_builds_a_complete_detector():
 
 # -- data ----------------------------------------------------------------------------------------
 def test_luna16_records_carry_folds_nodules_and_excluded(synth_luna16):
-    from medsight.datasets.luna16 import records
+    from medsight.datasets.luna16 import scan_records
 
-    rows = records(synth_luna16)
+    rows = scan_records(synth_luna16)
     assert len(rows) == 3 and sorted(r["fold"] for r in rows) == [0, 1, 2]
     assert sum(len(r["nodules"]) for r in rows) == len((synth_luna16 / "annotations.csv").read_text().splitlines()) - 1
     assert all(len(n) == 4 for r in rows for n in r["nodules"] + r["excluded"])
@@ -271,13 +271,15 @@ def test_luna16_records_carry_folds_nodules_and_excluded(synth_luna16):
 
 def test_splits_hold_out_the_fold_and_draw_validation_from_the_rest(synth_luna16):
     task = TASKS.get("detection")(config(val_fraction=0.5))
-    test, train, val = (task.records(synth_luna16, s) for s in ("test", "train", "val"))
+    data = task.open_data(synth_luna16)
+    test, train, val = (task.records(data, s) for s in ("test", "train", "val"))
     assert [r["fold"] for r in test] == [0]
-    assert len(train) == 1 and len(val) == 1 and {r["fold"] for r in train + val} == {1, 2}
+    assert len(train) + len(val) == 2 and {r["fold"] for r in train + val} == {1, 2}
+    assert not {r["seriesuid"] for r in train} & {r["seriesuid"] for r in val}
 
 
 def test_ct_nodules_layout_reads_nifti_nrrd_and_dicom_with_nodules_on_target(tmp_path):
-    from medsight.datasets.ct_nodules import records
+    from medsight.datasets.ct_nodules import scan_records as records
 
     root = DATASETS.get("ct-nodules")().synth(tmp_path / "ct", cases=3, seed=2, shape=(48, 48, 16))
     assert DATASETS.get("ct-nodules")().check(root) == []

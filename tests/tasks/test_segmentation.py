@@ -37,7 +37,7 @@ def synth(tmp_path, naming, cases=2):
 def test_every_naming_is_found_with_its_label_convention(tmp_path, naming, layout, convention):
     root = synth(tmp_path, naming)
     assert brats.detect_naming(root) == layout
-    records = brats.records(root, "all", modalities=("flair", "t1c"))
+    records = brats.records(root, "all", brats.BratsOptions(modalities=["flair", "t1c"]))
     assert len(records) == 2
     assert {r["convention"] for r in records} == {convention}
     record = records[0]
@@ -59,7 +59,8 @@ def test_role_patterns_can_be_configured(tmp_path):
     write_case_files(case, "patient7", rng, SHAPE, np.eye(4), {"flair": "ax_FLAIR_fs.nii.gz", "t1c": "T1_GD_post.nii.gz"},
                      "brats2015", "tumour_mask.nii.gz")
     patterns = {"flair": "flair", "t1c": "_gd_", "seg": "tumour_mask"}
-    records = brats.records(tmp_path / "data", "all", modalities=("flair", "t1c"), naming="patterns", patterns=patterns)
+    options = brats.BratsOptions(modalities=["flair", "t1c"], naming="patterns", patterns=patterns)
+    records = brats.records(tmp_path / "data", "all", options)
     assert [Path(p).name for p in records[0]["image"]] == ["ax_FLAIR_fs.nii.gz", "T1_GD_post.nii.gz"]
     assert Path(records[0]["label"]).name == "tumour_mask.nii.gz"
 
@@ -132,7 +133,7 @@ def oracle_write(task, record: dict, label_path: str, out: Path) -> Path:
     val = task.transforms("val")({**record, "label": label_path})
     assert infer["image"].shape == val["image"].shape  # same preprocessing grid
     item = decollate_batch(list_data_collate([infer]))[0]
-    written = task.write(val["label"].as_tensor().float(), item, out)
+    written = task.prediction_writer(out).write(val["label"].as_tensor().float(), item)
     return [p for p in written if p.name.endswith("_seg.nii.gz")][0]
 
 

@@ -182,7 +182,9 @@ def test_non_finite_loss_stops_naming_epoch_and_step_and_keeps_last_good_checkpo
                  "model.nan_at_step=16", *QUIET)  # 12 steps per epoch: step 4 of epoch 2
     assert result.returncode == 2
     line = result.stderr.strip().splitlines()[-1]
-    assert line.startswith("error: training: non-finite loss (nan) at epoch 2, step 4; the last good checkpoint is")
+    # checked every trainer.log_every_n_steps (10) optimizer steps, not at every step
+    assert line.startswith("error: training: non-finite loss in epoch 2 (optimizer steps 13-20; checked every "
+                           "trainer.log_every_n_steps); the last good checkpoint is")
     state = checkpoint.load(run / "checkpoints" / "last.pt")
     assert state["epoch"] == 1 and all(torch.isfinite(v).all() for v in state["model"].values())
 

@@ -1,5 +1,6 @@
 """PNG pictures for people: three orthogonal planes with label contours, a heatmap over an X-ray,
-an axial CT slice with circled marks. Drawn with matplotlib (Agg), written atomically.
+an axial CT slice with circled marks. Drawn on matplotlib ``Figure`` objects (no global backend or
+pyplot state is touched), written atomically.
 
 Volumes are shown the radiological way: axial and coronal planes with the patient's right on
 the picture's left and anterior/superior at the top, whatever the orientation on disk.
@@ -10,15 +11,14 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-import matplotlib
+import nibabel as nib
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Circle
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import nibabel as nib  # noqa: E402
-import numpy as np  # noqa: E402
-
-from medsight.geometry import voxel_size_mm  # noqa: E402
-from medsight.io.writers import atomic_path  # noqa: E402
+from medsight.geometry import voxel_size_mm
+from medsight.io.writers import atomic_path
 
 REGION_COLOURS = ("#ff3b30", "#ffcc00", "#34c759", "#0a84ff", "#bf5af2", "#ff9f0a")
 
@@ -34,7 +34,6 @@ def _to_ras(array: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarr
 def _save(fig, path: Path) -> Path:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100, facecolor="black")
-    plt.close(fig)
     return path
 
 
@@ -74,7 +73,8 @@ def volume_overlay_png(
         centre = np.argwhere(_to_ras(marker, affine)[0])[0]
     low, high = np.percentile(image_ras[image_ras != 0] if np.any(image_ras != 0) else image_ras, [0.5, 99.5])
     aspects = [spacing[1] / spacing[0], spacing[2] / spacing[0], spacing[2] / spacing[1]]
-    fig, axes = plt.subplots(1, 3, figsize=(12, 4.4))
+    fig = Figure(figsize=(12, 4.4))
+    axes = fig.subplots(1, 3)
     for ax, (plane, picture), aspect in zip(axes, _planes(image_ras, centre), aspects):
         ax.imshow(picture, cmap="gray", vmin=low, vmax=max(high, low + 1e-6), aspect=aspect, interpolation="nearest")
         for colour, (name, mask) in zip(REGION_COLOURS, masks_ras.items()):
@@ -83,7 +83,7 @@ def volume_overlay_png(
                 ax.contour(outline, levels=[0.5], colors=[colour], linewidths=1.2)
         ax.set_title(plane, color="white", fontsize=10)
         ax.axis("off")
-    handles = [plt.Line2D([], [], color=c, label=n) for c, n in zip(REGION_COLOURS, masks_ras)]
+    handles = [Line2D([], [], color=c, label=n) for c, n in zip(REGION_COLOURS, masks_ras)]
     if handles:
         fig.legend(handles=handles, loc="lower center", ncol=len(handles), frameon=False, labelcolor="white")
     fig.suptitle(title, color="white")
@@ -92,7 +92,8 @@ def volume_overlay_png(
 
 def heatmap_png(image: np.ndarray, heatmap: np.ndarray, path: str | Path, title: str = "") -> Path:
     """A 2D picture ``[row, column]`` with a heatmap (same shape, values in 0..1) over it."""
-    fig, axes = plt.subplots(1, 2, figsize=(8, 4.4))
+    fig = Figure(figsize=(8, 4.4))
+    axes = fig.subplots(1, 2)
     for ax in axes:
         ax.imshow(image, cmap="gray", interpolation="bilinear")
         ax.axis("off")
@@ -110,10 +111,11 @@ def marks_png(
     window: tuple[float, float] = (-1000.0, 400.0),
 ) -> Path:
     """An axial slice ``[x, y]`` with circles ``(x_index, y_index, radius_in_x_voxels, label)``."""
-    fig, ax = plt.subplots(figsize=(6, 6.3))
+    fig = Figure(figsize=(6, 6.3))
+    ax = fig.subplots()
     ax.imshow(axial_slice.T, cmap="gray", vmin=window[0], vmax=window[1], aspect=spacing_mm[1] / spacing_mm[0])
     for x, y, radius, label in circles:
-        ax.add_patch(plt.Circle((x, y), radius, fill=False, color="#ffcc00", linewidth=1.5))
+        ax.add_patch(Circle((x, y), radius, fill=False, color="#ffcc00", linewidth=1.5))
         ax.text(x + radius + 2, y, label, color="#ffcc00", fontsize=9)
     ax.axis("off")
     ax.set_title(title, color="white", fontsize=10)

@@ -12,6 +12,9 @@ Array layout:
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -310,9 +313,25 @@ def readers(kind: str = "volume", series_uid: str | None = None) -> list[ImageRe
     raise ValueError(f"unknown reader kind {kind!r} (expected 'volume' or 'picture')")
 
 
+@contextlib.contextmanager
+def _without_gpu_codec_notice():
+    """MONAI's ``LoadImage`` builds its optional GPU DICOM reader (nvImageCodec) and, where that codec is
+    absent (every CPU machine), warns and logs about it each time: silenced while one is built."""
+    logger = logging.getLogger("monai.data.nvimgcodec_pydicom_plugin")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="NvImgCodecPydicomReader: nvImageCodec decoder plugin")
+            yield
+    finally:
+        logger.setLevel(level)
+
+
 def image_loader(kind: str = "volume", series_uid: str | None = None, **kwargs) -> LoadImage:
     """A MONAI ``LoadImage`` that picks medsight's readers by file suffix (folders are DICOM series)."""
-    loader = LoadImage(reader=None, image_only=True, **kwargs)
+    with _without_gpu_codec_notice():
+        loader = LoadImage(reader=None, image_only=True, **kwargs)
     # Registered after construction, so LoadImage keeps choosing by suffix and our readers come first.
     for reader in readers(kind, series_uid):
         loader.register(reader)
@@ -321,7 +340,8 @@ def image_loader(kind: str = "volume", series_uid: str | None = None, **kwargs) 
 
 def image_loaderd(keys: Sequence[str] | str, kind: str = "volume", **kwargs) -> LoadImaged:
     """The dictionary version of ``image_loader``."""
-    loaderd = LoadImaged(keys=keys, reader=None, image_only=True, **kwargs)
+    with _without_gpu_codec_notice():
+        loaderd = LoadImaged(keys=keys, reader=None, image_only=True, **kwargs)
     for reader in readers(kind):
         loaderd.register(reader)
     return loaderd

@@ -1,0 +1,150 @@
+"""Starting weights: the one loader a training run uses, once, when it starts (``--init-weights PATH``).
+
+Evaluate, predict, export and resume never read starting weights: a checkpoint holds the trained
+weights whole. The loader reads any local state dict safely (``torch.load(weights_only=True)``):
+
+- a medsight checkpoint (its EMA weights when the run kept them, as ``predict`` uses), a plain state
+  dict, or a ``{"state_dict": ...}`` / ``{"model": ...}`` wrapper; DDP's ``module.`` and
+  ``torch.compile``'s ``_orig_mod.`` prefixes go;
+- names are aligned when the file's and the model's differ by a leading component (a bare RetinaNet
+  network saved without the detector's ``network.``, or a wrapper's ``model.``);
+- a first convolution made for another number of input channels is adapted (RGB -> gray: the three
+  kernels summed; 1 -> N: repeated and divided), so responses keep their scale;
+- tensors whose shapes differ otherwise (a head for another label set) are skipped and reported.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import pickle
+import zipfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from medsight.errors import CheckpointError
+
+
+@dataclass
+class WeightsReport:
+    """What loading starting weights did, tensor by tensor."""
+
+    source: str
+    sha256: str = ""
+    loaded: list[str] = field(default_factory=list)
+    adapted: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        total = len(self.loaded) + len(self.adapted) + len(self.missing)
+        lines = [f"starting weights {self.source}: {len(self.loaded) + len(self.adapted)} of {total} model "
+                 "tensors loaded"]
+        for label, names in (("adapted input channels", self.adapted), ("skipped (shape differs)", self.skipped),
+                             ("missing (left as initialised)", self.missing),
+                             ("unexpected (ignored)", self.unexpected)):
+            if names:
+                shown = "; ".join(names[:6]) + (f" and {len(names) - 6} more" if len(names) > 6 else "")
+                lines.append(f"  {len(names)} {label}: {shown}")
+        return lines
+
+    def to_dict(self) -> dict:
+        """What a checkpoint records about where its run started (plain values only)."""
+        return {"path": self.source, "sha256": self.sha256, "loaded": len(self.loaded), "adapted": self.adapted,
+                "skipped": self.skipped, "missing": len(self.missing), "unexpected": len(self.unexpected)}
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """The tensors of a local weights file, keyed as the model that saved them named them."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError("weights file not found", path)
+    try:
+        raw = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(f"refused: loading this file would need arbitrary unpickling "
+                              f"({str(exc).splitlines()[0][:120]}); give a state dict", path) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise CheckpointError(f"damaged or unreadable weights ({str(exc).splitlines()[0][:160]})", path) from None
+    if isinstance(raw, Mapping) and raw.get("format", "").startswith("medsight-checkpoint") \
+            and isinstance(raw.get("ema"), Mapping):
+        raw = {k.removeprefix("module."): v for k, v in raw["ema"].items() if k.startswith("module.")}
+    for key in ("model", "state_dict"):
+        if isinstance(raw, Mapping) and isinstance(raw.get(key), Mapping):
+            raw = raw[key]
+            break
+    if not isinstance(raw, Mapping) or not any(isinstance(v, torch.Tensor) for v in raw.values()):
+        raise CheckpointError("holds no state dict (a mapping of parameter names to tensors)", path)
+    tensors = {}
+    for key, value in raw.items():
+        if isinstance(value, torch.Tensor):
+            for prefix in ("module.", "_orig_mod."):
+                key = key.removeprefix(prefix)
+            tensors[key] = value
+    return tensors
+
+
+def align_names(source: dict[str, torch.Tensor], own: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``source`` renamed by the one leading-component change (none, strip ``X.``, add ``X.``) that makes
+    the most of its names the model's own."""
+
+    def renamed(strip: str = "", add: str = "") -> dict[str, torch.Tensor]:
+        return {add + key.removeprefix(strip): value for key, value in source.items()
+                if not strip or key.startswith(strip)}
+
+    candidates = [renamed()]
+    candidates += [renamed(strip=f"{head}.") for head in {k.split(".", 1)[0] for k in source if "." in k}]
+    candidates += [renamed(add=f"{head}.") for head in {k.split(".", 1)[0] for k in own if "." in k}]
+    return max(candidates, key=lambda named: sum(key in own for key in named))
+
+
+def adapt_input_channels(source: torch.Tensor, target_shape: torch.Size) -> torch.Tensor | None:
+    """A convolution kernel for another number of input channels: to 1 channel the kernels are summed
+    (a gray picture copied into R, G and B gives conv(w_R + w_G + w_B)); from 1 channel it is repeated
+    and divided, so responses keep their scale. None when the shapes differ otherwise."""
+    if source.dim() < 3 or source.shape[0] != target_shape[0] or source.shape[2:] != target_shape[2:]:
+        return None
+    have, want = source.shape[1], target_shape[1]
+    if want == 1:
+        return source.sum(dim=1, keepdim=True)
+    if have == 1:
+        return source.repeat(1, want, *([1] * (source.dim() - 2))) / want
+    return None
+
+
+def load_initial_weights(model: nn.Module, path: str | Path) -> WeightsReport:
+    """Load what fits of a local weights file into ``model``; raise when nothing fits."""
+    path = Path(path)
+    own = model.state_dict()
+    source = align_names(read_state_dict(path), own)
+    report = WeightsReport(str(path), sha256=_sha256(path))
+    chosen: dict[str, torch.Tensor] = {}
+    for key, value in source.items():
+        if key not in own:
+            report.unexpected.append(key)
+        elif value.shape == own[key].shape:
+            chosen[key] = value
+            report.loaded.append(key)
+        elif (converted := adapt_input_channels(value, own[key].shape)) is not None:
+            chosen[key] = converted
+            report.adapted.append(f"{key} {tuple(value.shape)} -> {tuple(own[key].shape)}")
+        else:
+            report.skipped.append(f"{key} {tuple(value.shape)} vs {tuple(own[key].shape)}")
+    report.missing = [key for key in own if key not in chosen]
+    if not chosen:
+        raise CheckpointError(f"no tensor fits the model (file keys like {', '.join(list(source)[:3])}; model keys "
+                              f"like {', '.join(list(own)[:3])})", path)
+    model.load_state_dict(chosen, strict=False)
+    return report
