@@ -85,3 +85,14 @@ def test_task_trains_resumes_evaluates_predicts_and_exports(name, variant, datas
     exported = tmp_path / "model.ts"
     assert main(["export", "--checkpoint", str(used), "--format", "torchscript", "--out", str(exported)]) == 0
     assert exported.stat().st_size > 0
+
+
+@pytest.mark.parametrize("name", TASKS.names())
+def test_every_profile_of_every_task_resolves_to_a_valid_config(name):
+    from medsight.config import resolve
+
+    task = TASKS.get(name)
+    for profile in task.profiles.values():
+        config = resolve(task.config_class, profile=profile)
+        assert config.trainer.max_epochs > 0
+        task(config)  # a task can be made from it

@@ -177,3 +177,15 @@ def test_csv_validation_rows_can_be_ignored_for_a_patient_split_of_train(tmp_pat
     assert val and len(val) + len(train) == 30 and len(val) % 2 == 0  # whole training patients, 2 rows each
     assert {r["group"] for r in val}.isdisjoint(r["group"] for r in train)
     assert all(int(r["id"].split(".")[0]) < 30 for r in val + train)
+
+
+def test_a_synthetic_csv_set_is_detected_as_csv_not_as_a_class_folder_named_images(tmp_path):
+    from medsight.dataset_format import open_dataset
+    from medsight.datasets.schemas import LABELLED_PICTURES
+
+    data = DATASETS.get("csv")().synth(tmp_path / "S", cases=10, seed=0, size=16)
+    assert (data / "images").is_dir()  # what folders would take for a class
+    assert open_dataset(data, None, LABELLED_PICTURES).format_name == "csv"
+    assert open_dataset(data / "labels.csv", None, LABELLED_PICTURES).format_name == "csv"
+    classes = tree(tmp_path / "classes", {"cat": 2, "dog": 2})
+    assert open_dataset(classes, None, LABELLED_PICTURES).format_name == "folders"

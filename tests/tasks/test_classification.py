@@ -52,15 +52,13 @@ def read_rows(path: Path) -> list[dict]:
 
 
 # -- registration, config -------------------------------------------------------------------------
-def test_task_is_registered_through_its_entry_point_with_both_profiles():
+def test_task_is_registered_through_its_entry_point_and_reads_every_picture_format():
+    from medsight.dataset_format import formats_for
+
     task = TASKS.get("classification")
     assert task is XrayClassification
-    assert set(task.profiles) == {"cpu-small", "gpu"}
-    gpu = resolve(ClassificationConfig, profile=task.profiles["gpu"])
-    assert (gpu.model.name, gpu.data.image_size, gpu.trainer.precision, gpu.trainer.channels_last) == \
-        ("densenet121", 224, "bf16", True)
-    assert 32 <= gpu.data.batch_size <= 64
-    assert task.demo.dataset == "chestxray14" and "--cam" in task.demo.predict_args
+    assert {"chestxray14", "folders", "csv"} <= set(formats_for(task.schema))
+    assert task.demo.dataset in formats_for(task.schema)
 
 
 def test_config_refuses_an_unknown_model_and_format_with_a_suggestion():

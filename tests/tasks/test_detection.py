@@ -394,3 +394,18 @@ def test_export_traces_the_retinanet_network(random_checkpoint, tmp_path):
     maps = traced(torch.zeros(1, 1, 64, 64, 32))
     assert isinstance(maps, tuple) and len(maps) == 6  # classification then box maps, three levels each
     assert maps[0].shape == (1, 3, 16, 16, 16) and maps[3].shape == (1, 18, 16, 16, 16)
+
+
+def test_each_predict_call_writes_only_its_own_scans_with_one_loaded_model(random_checkpoint, synth_luna16,
+                                                                           tmp_path):
+    """A prediction run's rows belong to a writer made for that call, not to the loaded task."""
+    from medsight.datasets.luna16 import find_scans
+    from medsight.inference import load_for_inference, predict
+
+    first, second = sorted(path for path, _ in find_scans(synth_luna16).values())[:2]
+    loaded = load_for_inference(random_checkpoint, ["infer.score_threshold=0.0", "infer.overlays_per_scan=0"])
+    for scan, out in ((first, tmp_path / "a"), (second, tmp_path / "b")):
+        report = predict(loaded, [str(scan)], out)
+        assert report.cases == 1 and not report.failures
+        uids = {row["seriesuid"] for row in csv.DictReader(open(out / "submission.csv"))}
+        assert uids == {scan.stem}

@@ -81,6 +81,29 @@ def test_labels_to_regions_to_labels_round_trip(name):
     assert regions[0].any() and regions[2].sum() > regions[1].sum() > regions[0].sum()
 
 
+@pytest.mark.parametrize("name, et, core, oedema", [
+    ("brats2021", 4, 1, 2),  # 1 NCR/NET, 2 ED, 4 ET
+    ("brats2023", 3, 1, 2),  # 1 NETC, 2 SNFH, 3 ET
+    ("brats2024", 3, 1, 2),  # as 2023, plus 4 RC (resection cavity: no tumour region)
+    ("brats2015", 4, 1, 2),  # 1 necrosis, 2 oedema, 3 non-enhancing, 4 enhancing
+    ("msd", 3, 2, 1),        # 1 oedema, 2 non-enhancing, 3 enhancing
+])
+def test_each_convention_maps_a_hand_made_map_as_its_release_documents(name, et, core, oedema):
+    convention = brats.CONVENTIONS[name]
+    # voxels: enhancing, core without enhancement, oedema only, background
+    regions = np.array([[1, 0, 0, 0], [1, 1, 0, 0], [1, 1, 1, 0]], dtype=bool)
+    assert convention.from_regions(regions).tolist() == [et, core, oedema, 0]
+    labels = np.array([0, 1, 2, 3, 4])
+    expected = {
+        "brats2021": [[0, 0, 0, 0, 1], [0, 1, 0, 0, 1], [0, 1, 1, 0, 1]],
+        "brats2023": [[0, 0, 0, 1, 0], [0, 1, 0, 1, 0], [0, 1, 1, 1, 0]],
+        "brats2024": [[0, 0, 0, 1, 0], [0, 1, 0, 1, 0], [0, 1, 1, 1, 0]],
+        "brats2015": [[0, 0, 0, 0, 1], [0, 1, 0, 1, 1], [0, 1, 1, 1, 1]],
+        "msd": [[0, 0, 0, 1, 0], [0, 0, 1, 1, 0], [0, 1, 1, 1, 0]],
+    }[name]
+    assert convention.to_regions(labels).astype(int).tolist() == expected
+
+
 def test_msd_labels_through_a_2018_converter_would_lose_et():
     msd_labels = labels_of(tissue_example(), "msd")
     wrong = brats.CONVENTIONS["brats2021"].to_regions(msd_labels)
@@ -290,12 +313,18 @@ def test_model_trained_on_2021_naming_predicts_2023_naming_on_the_inputs_grid(ti
 
     checkpoint, _ = tiny_model
     case = next(p for p in synth(tmp_path, "2023", cases=1).iterdir() if p.is_dir())
-    assert main(["predict", "--checkpoint", str(checkpoint), str(case), "--out", str(tmp_path / "out"), "--tta"]) == 0
+    assert main(["predict", "--checkpoint", str(checkpoint), str(case), "--out", str(tmp_path / "out"), "--tta",
+                 "infer.probabilities=true", "infer.threshold=0.3"]) == 0
     seg = nib.load(str(tmp_path / "out" / f"{case.name}_seg.nii.gz"))
     source = nib.load(str(case / f"{case.name}-t2f.nii.gz"))
     assert seg.shape == source.shape
     np.testing.assert_allclose(seg.affine, source.affine)
-    assert set(np.unique(np.asarray(seg.dataobj)).tolist()) <= {0, 1, 2, 3}  # written in the 2023 convention
+    # the label map is the 2023 convention's reading of the written region probabilities, voxel for voxel
+    probabilities = np.asarray(nib.load(str(tmp_path / "out" / f"{case.name}_prob.nii.gz")).dataobj)
+    regions = np.moveaxis(probabilities, -1, 0) > 0.3
+    assert regions[2].any(), "the tiny model calls some whole tumour at this threshold"
+    written = np.asarray(seg.dataobj)
+    np.testing.assert_array_equal(written, brats.CONVENTIONS["brats2023"].from_regions(regions))
 
 
 def test_explicit_images_and_dicom_series_subfolders_are_inputs(tiny_model, tmp_path):
@@ -321,3 +350,13 @@ def test_explicit_images_and_dicom_series_subfolders_are_inputs(tiny_model, tmp_
     np.testing.assert_allclose(seg.affine, nib.load(str(flair)).affine, atol=1e-4)
     missing = main(["predict", "--checkpoint", str(checkpoint), "--image", f"flair={flair}", "--out", str(tmp_path)])
     assert missing == 1
+
+
+def test_an_option_of_another_task_is_refused_naming_its_task(tiny_model, tmp_path, capsys):
+    from medsight.cli import main
+
+    checkpoint, data = tiny_model
+    case = sorted(p for p in data.iterdir() if p.is_dir())[0]
+    assert main(["predict", "--checkpoint", str(checkpoint), str(case), "--out", str(tmp_path), "--cam"]) == 2
+    assert capsys.readouterr().err == ("error: command line: --cam is an option of the classification task; this "
+                                       "checkpoint is a segmentation model\n")

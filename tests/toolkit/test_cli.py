@@ -39,3 +39,47 @@ def test_info_reports_versions_device_and_readers():
     assert result.returncode == 0
     for needle in ("medsight ", "torch ", "monai ", "SimpleITK ", "device: ", "NIfTI", "DICOM", "pydicom decoders"):
         assert needle in result.stdout
+
+
+def test_each_task_adds_its_own_options_to_predict_and_evaluate():
+    helped = run_cli("predict", "--help")
+    assert helped.returncode == 0
+    text = helped.stdout
+    assert "classification options:" in text and "--cam" in text.split("classification options:")[1]
+    assert "segmentation options:" in text and "--tta" in text.split("segmentation options:")[1]
+    evaluate = run_cli("evaluate", "--help").stdout
+    assert "detection options:" in evaluate and "--annotations" in evaluate.split("detection options:")[1]
+
+
+def test_the_toolkit_names_no_task_and_no_task_option():
+    """Tasks add their options (``Task.add_arguments``); the toolkit never imports a task or a format."""
+    from pathlib import Path
+
+    toolkit = Path(__file__).resolve().parents[2] / "toolkit"
+    for source in toolkit.rglob("*.py"):
+        text = source.read_text()
+        for needle in ('"--cam"', '"--tta"', '"--annotations"', '"--bootstrap"', "infer.cam", "infer.tta",
+                       "import medsight.tasks", "from medsight.tasks", "from medsight.datasets"):
+            assert needle not in text, f"{source.name} mentions {needle}"
+
+
+def test_data_check_agrees_with_train_on_the_same_folder_and_overrides(tmp_path):
+    """BRATS 2015-style cases with FLAIR and T1c only: both refuse them with the default four modalities
+    and both accept them with data.modalities=[flair,t1c]."""
+    data = tmp_path / "brats2015"
+    assert run_cli("data", "synth", "brats", str(data), "--cases", "3", "--naming", "2015",
+                   "--shape", "24,24,16").returncode == 0
+    for extra in list(data.glob("*/T1_*")) + list(data.glob("*/T2_*")):
+        extra.unlink()
+    quick = ["--profile", "cpu-small", "trainer.max_epochs=1", "data.patch_size=[16,16,16]", "infer.roi_size=[24,24,16]",
+             "model.init_filters=8", "data.folds=1", "trainer.tensorboard=false"]
+    checked = run_cli("data", "check", "brats", str(data))
+    trained = run_cli("train", "segmentation", "--data", str(data), "--out", str(tmp_path / "a"), *quick)
+    assert checked.returncode == 2 and trained.returncode == 2
+    assert "t1 image missing" in checked.stdout and "no t1, t2 image" in trained.stderr
+    both = ["data.modalities=[flair,t1c]"]
+    checked = run_cli("data", "check", "brats", str(data), *both, "trainer.max_epochs=1", "data.patch_size=[16,16,16]")
+    assert checked.returncode == 0, checked.stdout
+    assert "ignored here: trainer.max_epochs=1 data.patch_size=[16,16,16]" in checked.stdout
+    trained = run_cli("train", "segmentation", "--data", str(data), "--out", str(tmp_path / "b"), *quick, *both)
+    assert trained.returncode == 0, trained.stderr[-2000:]

@@ -1,7 +1,9 @@
 """The torchvision compatibility step: imports work with a CPU torch, and it is a no-op otherwise."""
 
+import importlib.util
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -50,9 +52,33 @@ def test_step_is_a_no_op_once_torchvision_is_imported(monkeypatch):
     assert _compat.ensure_torchvision_importable() is False
 
 
+def _torchvision_library() -> Path | None:
+    spec = importlib.util.find_spec("torchvision")
+    folder = Path(next(iter(spec.submodule_search_locations)))
+    return next(iter(sorted(folder.glob("_C*.so")) + sorted(folder.glob("_C*.pyd"))), None)
+
+
 @pytest.mark.parametrize("name", ["nms", "qnms"])
-def test_defined_schemas_match_torchvisions(name):
+def test_defined_schemas_are_the_ones_compiled_into_torchvisions_own_library(name):
+    """Our schema text must be torchvision's: its compiled library holds the declaration (the linker may
+    merge the tail of the string with another, so the argument list is compared)."""
+    library = _torchvision_library()
+    if library is None:
+        pytest.skip("this torchvision ships no compiled library")
+    arguments = _compat._SCHEMAS[name].split(")")[0]  # e.g. "nms(Tensor dets, Tensor scores, float iou_threshold"
+    assert f"torchvision::{arguments[:-1]}".encode() in library.read_bytes()
+
+
+def test_the_defined_schema_accepts_the_call_torchvision_makes():
+    """torchvision calls ``torch.ops.torchvision.nms(boxes, scores, iou_threshold)``: with the compatibility
+    step the call binds to the schema and only then finds no kernel; with matching builds it runs."""
     import torch
 
-    schema = torch._C._get_schema(f"torchvision::{name}", "")
-    assert str(schema) == f"torchvision::{name}(Tensor dets, Tensor scores, float iou_threshold) -> Tensor"
+    boxes, scores = torch.tensor([[0.0, 0, 1, 1], [0, 0, 1, 1]]), torch.tensor([0.9, 0.8])
+    if _compat._LIBRARY is None:  # the extension loaded: the real operator
+        assert torch.ops.torchvision.nms(boxes, scores, 0.5).tolist() == [0]
+        return
+    with pytest.raises(NotImplementedError, match="Could not run 'torchvision::nms' with arguments from the 'CPU'"):
+        torch.ops.torchvision.nms(boxes, scores, 0.5)
+    with pytest.raises(RuntimeError, match="missing value for argument 'iou_threshold'"):
+        torch.ops.torchvision.nms(boxes, scores)

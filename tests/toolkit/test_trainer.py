@@ -25,6 +25,15 @@ from .test_trainer_resume import TOY, toy
 QUIET = ["trainer.progress=never", "trainer.tensorboard=false"]
 
 
+def free_port() -> int:
+    """A TCP port nobody listens on now (for torchrun's rendezvous): parallel test runs do not collide."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 @pytest.fixture(scope="module")
 def toy_data(tmp_path_factory):
     return make_toy_data(tmp_path_factory.mktemp("toy") / "data", samples=128)
@@ -47,7 +56,7 @@ def test_two_process_ddp_on_gloo_matches_one_process(toy_data, tmp_path):
     assert toy("train", "toy", "--data", str(toy_data), "--out", str(single), "data.batch_size=96",
                *common).returncode == 0
     ddp = tmp_path / "ddp"
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
                 str(TOY), "train", "toy", "--data", str(toy_data), "--out", str(ddp), "data.batch_size=48", *common]
     result = subprocess.run(torchrun, capture_output=True, text=True, timeout=600,
                             env=dict(os.environ, OMP_NUM_THREADS="1"))

@@ -57,15 +57,19 @@ def uninterrupted(toy_data, tmp_path_factory):
 
 
 def test_sigkill_after_an_epoch_boundary_then_resume_is_bitwise_equal(toy_data, uninterrupted, tmp_path):
-    kill_at = random.Random(os.getpid()).randint(STEPS_PER_EPOCH + 1, 3 * STEPS_PER_EPOCH)
+    # A varied kill step across runs; MEDSIGHT_TEST_SEED=N reproduces a failing one (the seed is printed).
+    seed = int(os.environ.get("MEDSIGHT_TEST_SEED", os.getpid()))
+    kill_at = random.Random(seed).randint(STEPS_PER_EPOCH + 1, 3 * STEPS_PER_EPOCH)
+    where = f"kill at step {kill_at} (MEDSIGHT_TEST_SEED={seed})"
+    print(where)
     run = tmp_path / "run"
     killed = toy("train", "toy", "--data", str(toy_data), "--out", str(run), *COMMON,
                  env_extra={"MEDSIGHT_TOY_KILL_AT_STEP": str(kill_at)})
-    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    assert killed.returncode == -signal.SIGKILL, f"{where}: {killed.stderr[-2000:]}"
     before = weights(run)
-    assert before["epoch"] == (kill_at - 1) // STEPS_PER_EPOCH and before["step_in_epoch"] == 0
+    assert before["epoch"] == (kill_at - 1) // STEPS_PER_EPOCH and before["step_in_epoch"] == 0, where
     resumed = toy("train", "toy", "--resume", str(run))
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert resumed.returncode == 0, f"{where}: {resumed.stderr[-3000:]}"
     assert_bitwise_equal(weights(run), uninterrupted)
     lines = (run / "metrics.jsonl").read_text().splitlines()
     assert len([line for line in lines if '"phase": "train"' in line]) == 4  # no epoch logged twice

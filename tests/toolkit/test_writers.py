@@ -91,8 +91,46 @@ def test_overlay_picture_shows_the_mask_contour_in_its_colour(tmp_path):
     assert red.sum() > 50  # the WT contour is drawn in the first region colour
 
 
-def test_heatmap_and_marks_pictures_are_written(tmp_path):
-    heatmap_png(np.zeros((32, 32)), np.eye(32), tmp_path / "h.png", title="Mass 0.91")
-    marks_png(np.zeros((32, 32)) - 800, (0.7, 0.7), [(10, 12, 4, "0.95")], tmp_path / "m.png")
-    assert Image.open(tmp_path / "h.png").format == "PNG"
-    assert Image.open(tmp_path / "m.png").format == "PNG"
+def _content_box(rgb: np.ndarray) -> tuple[int, int, int, int]:
+    """(top, bottom, left, right) of the non-black pixels: where the picture was drawn."""
+    rows, cols = np.nonzero(rgb.max(axis=-1) > 12)
+    return rows.min(), rows.max(), cols.min(), cols.max()
+
+
+def _panels(rgb: np.ndarray) -> list[np.ndarray]:
+    """The side-by-side panels of a figure: runs of columns holding non-black pixels."""
+    used = (rgb.max(axis=-1) > 12).any(axis=0)
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], used.astype(int), [0]])))
+    return [rgb[:, start:stop] for start, stop in zip(edges[::2], edges[1::2]) if stop - start > 20]
+
+
+def test_heatmap_is_drawn_over_the_picture_where_its_values_are_high(tmp_path):
+    picture = np.tile(np.linspace(50, 200, 32), (32, 1))
+    heat = np.zeros((32, 32))
+    heat[2:10, 4:12] = 1.0  # upper left
+    path = heatmap_png(picture, heat, tmp_path / "h.png", title="")
+    rgb = np.asarray(Image.open(path).convert("RGB")).astype(int)
+    plain, right = _panels(rgb)  # the second panel carries the heatmap
+    top, bottom, left, rightmost = _content_box(right)
+    hot = right[..., 0] - right[..., 2] > 40  # reddish: the top of the jet colour map
+    rows, cols = np.nonzero(hot)
+    assert len(rows) > 100
+    centre_row = (rows.mean() - top) / (bottom - top) * 32
+    centre_col = (cols.mean() - left) / (rightmost - left) * 32
+    assert abs(centre_row - 6) < 2.5 and abs(centre_col - 8) < 2.5
+    assert not (plain[..., 0] - plain[..., 2] > 40).any()  # the first panel is the picture alone
+
+
+def test_a_mark_is_circled_where_it_is_on_the_slice(tmp_path):
+    axial = np.full((40, 40), -800.0)  # [x, y]: shown with x across and y down
+    path = marks_png(axial, (1.0, 1.0), [(30, 10, 4, "")], tmp_path / "m.png", title="")
+    rgb = np.asarray(Image.open(path).convert("RGB")).astype(int)
+    top, bottom, left, right = _content_box(rgb)
+    yellow = (rgb[..., 0] > 200) & (rgb[..., 1] > 150) & (rgb[..., 2] < 80)
+    rows, cols = np.nonzero(yellow)
+    assert len(rows) > 20
+    x = (cols.mean() - left) / (right - left) * 40 - 0.5
+    y = (rows.mean() - top) / (bottom - top) * 40 - 0.5
+    assert abs(x - 30) < 1.5 and abs(y - 10) < 1.5
+    radius = (cols.max() - cols.min()) / 2 / (right - left) * 40
+    assert abs(radius - 4) < 1.0

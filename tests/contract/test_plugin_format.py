@@ -1,0 +1,62 @@
+"""A dataset format from a separate package (tests/plugins/medsight-tsv-pictures), installed with pip into a
+temporary folder and found through the entry-point group ``medsight.datasets`` alone, feeds the existing
+classification task: ``medsight tasks`` lists it, ``data synth``/``data check`` use it, ``train`` detects
+it with ``data.format=auto`` and ``evaluate`` reads it."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+PLUGIN = Path(__file__).resolve().parents[1] / "plugins" / "medsight-tsv-pictures"
+
+
+@pytest.fixture(scope="module")
+def plugin_env(tmp_path_factory):
+    target = tmp_path_factory.mktemp("site")
+    installed = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-index",
+                                "--no-build-isolation", "--target", str(target), str(PLUGIN)],
+                               capture_output=True, text=True, timeout=300)
+    assert installed.returncode == 0, installed.stderr[-2000:]
+    assert list(target.glob("medsight_tsv_pictures-*.dist-info"))
+    return dict(os.environ, PYTHONPATH=str(target), PYTHONUNBUFFERED="1")
+
+
+def medsight(env, *args, timeout=600):
+    return subprocess.run([sys.executable, "-m", "medsight", *args], capture_output=True, text=True, env=env,
+                          timeout=timeout)
+
+
+def test_a_format_from_another_package_is_listed_and_feeds_the_classification_task(plugin_env, tmp_path):
+    listed = medsight(plugin_env, "tasks")
+    assert listed.returncode == 0, listed.stderr
+    classification = listed.stdout.split("classification", 1)[1].split("\n")[1]
+    assert classification.strip() == "datasets: chestxray14, csv, folders, tsv-pictures"
+    assert "tsv-pictures     findings.tsv (file, findings, patient, set)" in listed.stdout
+
+    data = tmp_path / "pictures"
+    assert medsight(plugin_env, "data", "synth", "tsv-pictures", str(data), "--cases", "40").returncode == 0
+    checked = medsight(plugin_env, "data", "check", "auto", str(data))
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert checked.stdout.startswith(f"tsv-pictures: {data} is clean: ")
+    refused = medsight(plugin_env, "data", "check", "tsv-pictures", str(data), "data.seprator=;")
+    assert refused.returncode == 2 and "unknown key data.seprator (did you mean data.separator?)" in refused.stderr
+
+    run = tmp_path / "run"
+    trained = medsight(plugin_env, "train", "classification", "--data", str(data), "--out", str(run),
+                       "model.name=simple_cnn", "data.image_size=48", "trainer.max_epochs=2", "data.val_fraction=0.3",
+                       "data.format_options.separator=+", "trainer.tensorboard=false")
+    assert trained.returncode == 0, trained.stdout[-2000:] + trained.stderr[-2000:]
+    assert "(tsv-pictures data)" in trained.stdout
+    evaluated = medsight(plugin_env, "evaluate", "--checkpoint", str(run / "checkpoints" / "last.pt"),
+                         "--data", str(data), "--out", str(tmp_path / "eval"))
+    assert evaluated.returncode == 0, evaluated.stderr[-2000:]
+    per_image = (tmp_path / "eval" / "per_image.csv").read_text().splitlines()
+    assert per_image[0].startswith("image,truth,Mass,Effusion") and len(per_image) - 1 == 8  # every 5th is test
+
+    (data / "pics" / "0003.png").unlink()
+    damaged = medsight(plugin_env, "data", "check", "tsv-pictures", str(data))
+    assert damaged.returncode == 2
+    assert f"problem: {data / 'findings.tsv'}: pics/0003.png: picture not found" in damaged.stdout

@@ -1,0 +1,64 @@
+"""Splits are stable by construction, for every registered format: adding 10 % new patients (scans,
+cases) to a dataset moves no existing one to another split. Validation drawn by hash (``val_source=train``)
+is checked too where a format would otherwise use the dataset's own validation split."""
+
+from pathlib import Path
+
+import pytest
+
+from medsight.dataset_format import build_options
+from medsight.datasets.splits import fold_of, held_out, split_by_group, unit_hash
+from medsight.registry import DATASETS
+
+#: per format: synth options small enough for a test, and a case count (then 10 % more)
+SETS = {
+    "chestxray14": ({"size": 32}, 60),
+    "folders": ({"size": 32}, 60),
+    "csv": ({"size": 32}, 60),
+    "luna16": ({"shape": (24, 24, 8), "spacing": (2.0, 2.0, 4.0)}, 10),
+    "ct-nodules": ({"shape": (24, 24, 8), "spacing": (2.0, 2.0, 4.0)}, 10),
+    "brats": ({"shape": (12, 12, 8)}, 20),
+}
+VARIANTS = [{"val_fraction": 0.3}, {"val_source": "train", "val_fraction": 0.3}]
+
+
+def assignment(name: str, root: Path, options: dict) -> dict[str, tuple[str, ...]]:
+    """group -> the splits it is in (BraTS's ``test`` is every case, so a group may be in two)."""
+    fmt = DATASETS.get(name)(build_options(DATASETS.get(name), options))
+    seen: dict[str, tuple[str, ...]] = {}
+    for split in ("train", "val", "test"):
+        for group in {record["group"] for record in fmt.records(root, split)}:
+            seen[group] = seen.get(group, ()) + (split,)
+    assert not any({"train", "val"} <= set(splits) for splits in seen.values()), "a group in train and val"
+    return seen
+
+
+@pytest.mark.parametrize("name", sorted(SETS))
+def test_adding_ten_percent_new_patients_moves_no_existing_patient(name, tmp_path):
+    assert name in DATASETS.names()
+    synth, count = SETS[name]
+    small = DATASETS.get(name)().synth(tmp_path / "small", cases=count, seed=3, **synth)
+    large = DATASETS.get(name)().synth(tmp_path / "large", cases=count + max(1, count // 10), seed=3, **synth)
+    for options in VARIANTS:
+        before, after = assignment(name, small, options), assignment(name, large, options)
+        assert set(before) < set(after), "the larger set holds every old group and new ones"
+        moved = {group: (before[group], after[group]) for group in before if after[group] != before[group]}
+        assert not moved, f"{name} {options}: groups changed split: {moved}"
+        used = {split for splits in before.values() for split in splits}
+        assert {"train", "val", "test"} <= used, f"{name} {options}: a split is empty: {before}"
+
+
+def test_every_registered_format_with_a_generator_is_covered():
+    assert set(SETS) <= set(DATASETS.names())
+
+
+def test_a_group_is_held_out_by_its_own_hash_alone():
+    groups = [f"patient{i}" for i in range(2000)]
+    rest, out = split_by_group(groups, str, 0.2, seed=5)
+    assert {g for g in out} == {g for g in groups if unit_hash(5, g) < 0.2}
+    assert 0.17 < len(out) / len(groups) < 0.23
+    rest_more, out_more = split_by_group(groups + [f"new{i}" for i in range(200)], str, 0.2, seed=5)
+    assert set(out) <= set(out_more) and set(rest) <= set(rest_more)
+    assert held_out("patient7", 0.2, seed=5) == ("patient7" in out) and not held_out("patient7", 0.0, seed=5)
+    folds = [fold_of(g, 5, seed=0) for g in groups]
+    assert set(folds) == {0, 1, 2, 3, 4} and max(folds.count(k) for k in range(5)) < 1.2 * len(groups) / 5
