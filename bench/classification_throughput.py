@@ -36,7 +36,7 @@ from medsight.registry import DATASETS
 from medsight.runtime import cpu_has_native_bf16
 from medsight.tasks.classification import XrayClassification
 from medsight.tasks.classification.config import ClassificationConfig
-from medsight.tasks.classification.sources import LabelSet
+from medsight.tasks.classification.labels import LabelSet
 
 TARGET_RATIO = 3.0
 

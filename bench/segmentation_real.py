@@ -22,7 +22,7 @@ import numpy as np
 
 import medsight  # noqa: F401
 from medsight.cli import main as medsight
-from medsight.datasets.brats import assign_folds, find_cases
+from medsight.datasets.brats import find_cases
 
 HERE = Path(__file__).resolve().parents[1]
 
@@ -35,15 +35,15 @@ def run(argv: list[str]) -> None:
 
 
 def brats2015(root: Path, out: Path, minutes: float, epochs: int, fold: int) -> None:
-    cases = [c.id for c in find_cases(root)]
-    held_out = [c for c, f in assign_folds(cases, 4, seed=0).items() if f == fold][0]
+    cases = sorted(c.id for c in find_cases(root))
+    held_out = cases[fold]  # named outright as the validation case (data.val_groups), never trained on
     print(f"\n== BRATS 2015: train on {sorted(set(cases) - {held_out})}, test on {held_out}")
     run_dir = out / "brats2015"
     started = time.perf_counter()
     run(["train", "segmentation", "--data", str(root), "--profile", "cpu-small", "--out", str(run_dir),
-         "data.modalities=[flair,t1c]", "data.folds=4", f"data.fold={fold}", "data.patches_per_case=6",
+         "data.modalities=[flair,t1c]", f"data.val_groups=[{held_out}]", "data.patches_per_case=6",
          f"trainer.max_epochs={epochs}", f"trainer.max_minutes={minutes}", "trainer.val_every_n_epochs=10000",
-         "trainer.progress=never"])
+         "trainer.progress=lines"])
     minutes_used = (time.perf_counter() - started) / 60
     last = run_dir / "checkpoints" / "last.pt"
     run(["evaluate", "--checkpoint", str(last), "--data", str(root), "--split", "val", "--out",

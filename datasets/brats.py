@@ -27,6 +27,7 @@ import nibabel as nib
 import numpy as np
 
 from medsight.dataset_format import DatasetFormat, Problem, SplitOptions
+from medsight.datasets.conventions import CONVENTIONS, DEFAULT_CONVENTION, LabelConvention
 from medsight.datasets.schemas import MRI_CASES
 from medsight.datasets.splits import fold_of
 from medsight.errors import ConfigError, DataError
@@ -51,62 +52,6 @@ DEFAULT_PATTERNS = {
     "seg": r"(?:^|[._])ot(?:multiclass)?[._]|(?:^|[._-])seg(?:mentation)?[._]|label",
 }
 MSD_CHANNEL_ROLES = ("flair", "t1", "t1c", "t2")  # dataset.json: FLAIR, T1w, t1gd, T2w
-
-
-@dataclass(frozen=True)
-class LabelConvention:
-    """Label values of one release and the regions they make up."""
-
-    name: str
-    labels: dict[int, str]
-    et: tuple[int, ...]
-    tc: tuple[int, ...]
-    wt: tuple[int, ...]
-    #: label written back for ET, for TC outside ET, for WT outside TC
-    write: tuple[int, int, int]
-
-    def to_regions(self, label: np.ndarray) -> np.ndarray:
-        """(..., ) integer label map -> (3, ...) bool, channels ET, TC, WT."""
-        label = np.asarray(label)
-        return np.stack([np.isin(label, values) for values in (self.et, self.tc, self.wt)])
-
-    def from_regions(self, regions: np.ndarray) -> np.ndarray:
-        """(3, ...) ET, TC, WT masks -> label map; the regions are made nested first (ET in TC in WT)."""
-        regions = np.asarray(regions).astype(bool)
-        wt = regions[2] | regions[1] | regions[0]
-        tc = (regions[1] | regions[0]) & wt
-        et = regions[0] & tc
-        label = np.zeros(regions.shape[1:], dtype=np.uint8)
-        label[wt] = self.write[2]
-        label[tc] = self.write[1]
-        label[et] = self.write[0]
-        return label
-
-    def check_values(self, values, where) -> None:
-        unknown = sorted(set(int(v) for v in values) - set(self.labels) - {0})
-        if unknown:
-            raise DataError(
-                f"label value(s) {unknown} are not in the {self.name} convention "
-                f"({', '.join(f'{k} {v}' for k, v in self.labels.items())}); set data.label_convention",
-                where,
-            )
-
-
-CONVENTIONS = {
-    "brats2021": LabelConvention("brats2021", {1: "NCR/NET", 2: "ED", 4: "ET"}, (4,), (1, 4), (1, 2, 4), (4, 1, 2)),
-    "brats2023": LabelConvention("brats2023", {1: "NETC", 2: "SNFH", 3: "ET"}, (3,), (1, 3), (1, 2, 3), (3, 1, 2)),
-    "brats2024": LabelConvention(
-        "brats2024", {1: "NETC", 2: "SNFH", 3: "ET", 4: "RC"}, (3,), (1, 3), (1, 2, 3), (3, 1, 2)
-    ),
-    "brats2015": LabelConvention(
-        "brats2015", {1: "necrosis", 2: "oedema", 3: "non-enhancing", 4: "enhancing"}, (4,), (1, 3, 4), (1, 2, 3, 4),
-        (4, 1, 2),
-    ),
-    "msd": LabelConvention("msd", {1: "oedema", 2: "non-enhancing", 3: "enhancing"}, (3,), (2, 3), (1, 2, 3), (3, 2, 1)),
-}
-# 2018-2020 share the 2021 labels.
-CONVENTIONS["brats2018"] = CONVENTIONS["brats2021"]
-DEFAULT_CONVENTION = {"brats2021": "brats2021", "brats2023": "brats2023", "patterns": "brats2015", "msd": "msd"}
 
 
 @dataclass
@@ -397,8 +342,8 @@ class BraTS(DatasetFormat):
 def records(root: Path, split: str, options: BratsOptions | None = None) -> list[dict]:
     """Records ``{"image": [one path per modality] | 4D path, "label", "id", "group", "convention"}`` of a split.
 
-    Each case's fold comes from its own hash: ``val`` is fold ``fold`` of ``folds``, ``train`` the
-    others; ``test`` and ``all`` are every case (point ``--data`` at a held-out folder to test).
+    Each case's fold comes from its own hash: ``val`` is fold ``fold`` of ``folds`` (or the cases named in
+    ``val_groups``), ``train`` the others; ``test`` and ``all`` are every case (point ``--data`` at a held-out folder to test).
     Only labelled cases are used for train/val.
     """
     options = options or BratsOptions()
@@ -408,7 +353,10 @@ def records(root: Path, split: str, options: BratsOptions | None = None) -> list
     convention = detect_convention(cases, naming, options.label_convention)
     if split in ("train", "val"):
         cases = [c for c in cases if c.label is not None]
-        if options.folds > 1:
+        if options.val_groups:
+            named = set(options.val_groups)
+            cases = [c for c in cases if (c.id in named) == (split == "val")]
+        elif options.folds > 1:
             assigned = assign_folds([c.id for c in cases], options.folds, options.split_seed)
             cases = [c for c in cases if (assigned[c.id] == options.fold) == (split == "val")]
         elif split == "val":

@@ -26,7 +26,7 @@ from PIL import Image
 from medsight.dataset_format import DatasetFormat, Problem, SplitOptions
 from medsight.datasets.folders import unreadable_image
 from medsight.datasets.schemas import LABELLED_PICTURES
-from medsight.datasets.splits import TEST_SEED, held_out, split_by_group
+from medsight.datasets.splits import TEST_SEED, held_out, split_by_group, validation_split
 from medsight.errors import DataError
 from medsight.io.writers import write_text
 from medsight.registry import register_dataset
@@ -186,8 +186,8 @@ def records(root: Path, split: str, options: ChestXray14Options | None = None) -
         train_val, test = read_list(train_val_file), read_list(test_file)
     else:
         train_val, test = split_by_group(sorted(entries), lambda name: entries[name].patient_id, 0.2, seed=TEST_SEED)
-    train, val = split_by_group([n for n in train_val if n in entries], lambda name: entries[name].patient_id,
-                                options.val_fraction, options.split_seed)
+    train, val = validation_split([n for n in train_val if n in entries], lambda name: entries[name].patient_id,
+                                  options)
     names = {"train": train, "val": val, "test": test, "all": train + val + test}[split]
     out = []
     for name in names:

@@ -29,8 +29,8 @@ from medsight.datasets.splits import (
     canonical_split,
     check_group_pattern,
     file_name_group,
-    split_by_group,
     three_way_split,
+    validation_split,
 )
 from medsight.errors import ConfigError, DataError
 from medsight.io.writers import write_csv
@@ -149,14 +149,13 @@ def label_names(rows: Sequence[Row], columns: CsvOptions) -> list[str]:
 
 def _split_rows(rows: list[Row], options: CsvOptions) -> dict[str, list[Row]]:
     if not any(row.split for row in rows):
-        return three_way_split(rows, lambda r: r.group, options.val_fraction, TEST_FRACTION, options.split_seed)
+        return three_way_split(rows, lambda r: r.group, options, TEST_FRACTION)
     unsplit = [row for row in rows if row.split is None]
     if unsplit:
         raise DataError(f"row {unsplit[0].line} has no split while others have one", "split column")
     parts = {name: [row for row in rows if row.split == name] for name in ("train", "val", "test")}
     if not parts["val"] or options.val_source == "train":
-        parts["train"], parts["val"] = split_by_group(parts["train"], lambda r: r.group, options.val_fraction,
-                                                      options.split_seed)
+        parts["train"], parts["val"] = validation_split(parts["train"], lambda r: r.group, options)
     return parts
 
 

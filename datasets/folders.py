@@ -30,8 +30,8 @@ from medsight.datasets.splits import (
     canonical_split,
     check_group_pattern,
     file_name_group,
-    split_by_group,
     three_way_split,
+    validation_split,
 )
 from medsight.errors import DataError
 from medsight.io.readers import DICOM_SUFFIXES, PICTURE_SUFFIXES
@@ -113,14 +113,13 @@ def records(root: Path, split: str, options: FoldersOptions | None = None) -> li
         everything = _labelled(root, root, group_of)
         if split == "all":
             return everything
-        return three_way_split(everything, lambda r: r["group"], options.val_fraction, TEST_FRACTION,
-                               options.split_seed)[split]
+        return three_way_split(everything, lambda r: r["group"], options, TEST_FRACTION)[split]
     if split == "all":
         return [r for folder in folders.values() for r in _labelled(folder, root, group_of)]
     own_val = options.val_source == "dataset"
     if split in ("train", "val") and ("val" not in folders or not own_val):
-        train, val = split_by_group(_labelled(folders["train"], root, group_of) if "train" in folders else [],
-                                    lambda r: r["group"], options.val_fraction, options.split_seed)
+        train, val = validation_split(_labelled(folders["train"], root, group_of) if "train" in folders else [],
+                                      lambda r: r["group"], options)
         return train if split == "train" else val
     return _labelled(folders[split], root, group_of) if split in folders else []
 

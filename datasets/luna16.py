@@ -15,7 +15,7 @@ import SimpleITK as sitk
 
 from medsight.dataset_format import DatasetFormat, Problem, SplitOptions
 from medsight.datasets.schemas import NODULE_SCANS
-from medsight.datasets.splits import split_by_group
+from medsight.datasets.splits import validation_split
 from medsight.errors import DataError
 from medsight.geometry import affine_from_itk, voxel_to_world, world_to_voxel
 from medsight.io.writers import write_csv
@@ -96,14 +96,14 @@ def scan_records(root: Path) -> list[dict]:
 
 def fold_split(scans: list[dict], split: str, options: SplitOptions) -> list[dict]:
     """``test``: the scans of fold ``options.fold`` (LUNA16's subset index: its cross-validation fold);
-    ``val``: the other scans whose own hash falls below ``val_fraction`` (seed ``split_seed``);
+    ``val``: the other scans named in ``val_groups``, else those whose own hash falls below ``val_fraction``;
     ``train``: the rest; ``all``: every scan."""
     if split == "all":
         return list(scans)
     if split == "test":
         return [r for r in scans if r["fold"] == options.fold]
     rest = [r for r in scans if r["fold"] != options.fold]
-    train, val = split_by_group(rest, lambda r: r["group"], options.val_fraction, options.split_seed)
+    train, val = validation_split(rest, lambda r: r["group"], options)
     return val if split == "val" else train
 
 

@@ -63,11 +63,22 @@ def split_by_group(items: Sequence[Item], group_of: Callable[[Item], Hashable], 
     return rest, out
 
 
-def three_way_split(items: Iterable[Item], group_of: Callable[[Item], Hashable], val_fraction: float,
-                    test_fraction: float, seed: int) -> dict[str, list[Item]]:
-    """train/val/test by group when a dataset names no split: test by a fixed seed, then val by ``seed``."""
+def validation_split(items: Sequence[Item], group_of: Callable[[Item], Hashable],
+                     options) -> tuple[list[Item], list[Item]]:
+    """(train, val) of the training items: the groups named in ``options.val_groups`` when there are any,
+    else each group by its own hash (``options.val_fraction``, ``options.split_seed``)."""
+    if getattr(options, "val_groups", None):
+        named = {str(group) for group in options.val_groups}
+        return ([item for item in items if str(group_of(item)) not in named],
+                [item for item in items if str(group_of(item)) in named])
+    return split_by_group(items, group_of, options.val_fraction, options.split_seed)
+
+
+def three_way_split(items: Iterable[Item], group_of: Callable[[Item], Hashable], options,
+                    test_fraction: float) -> dict[str, list[Item]]:
+    """train/val/test by group when a dataset names no split: test by a fixed seed, then validation."""
     train_val, test = split_by_group(list(items), group_of, test_fraction, seed=TEST_SEED)
-    train, val = split_by_group(train_val, group_of, val_fraction, seed)
+    train, val = validation_split(train_val, group_of, options)
     return {"train": train, "val": val, "test": test}
 
 

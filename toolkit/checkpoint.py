@@ -11,6 +11,7 @@ from __future__ import annotations
 import pickle
 import random
 import zipfile
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,20 @@ from medsight.errors import CheckpointError
 from medsight.io.writers import atomic_path
 
 FORMAT = "medsight-checkpoint/1"
+
+
+@dataclass
+class Progress:
+    """Where training stands; saved in every checkpoint."""
+
+    epoch: int = 0  # completed epochs
+    step_in_epoch: int = 0  # batches consumed in the current epoch (mid-epoch checkpoints)
+    global_step: int = 0  # optimizer steps
+    best_value: float | None = None
+    best_epoch: int | None = None
+    bad_validations: int = 0
+    skipped_batches: int = 0
+    history: list = field(default_factory=list)
 
 
 def save(state: dict[str, Any], path: str | Path) -> Path:

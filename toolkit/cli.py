@@ -171,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
             raise
         if debug:
             traceback.print_exc()
-        from medsight.trainer import Interrupted
+        from medsight.signals import Interrupted
 
         print(f"{'stopped' if isinstance(exc, Interrupted) else 'error'}: {exc}", file=sys.stderr)
         return exc.exit_status

@@ -147,6 +147,8 @@ class LoaderConfig:
     #: dataset: the dataset's own validation split when it has one; train: always take validation
     #: out of the training split by group (when the dataset's validation shares patients with training)
     val_source: str = "dataset"
+    #: validation named outright: these groups (patient IDs, seriesuids, case ids) instead of hashing
+    val_groups: list[str] = field(default_factory=list)
 
     def __post_init__(self):
         choice("data.loader", self.loader, ("torch", "thread"))

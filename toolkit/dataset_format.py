@@ -83,6 +83,8 @@ class SplitOptions:
     #: dataset: the dataset's own validation split when it has one; train: always take validation out
     #: of the training split by group (when the dataset's validation shares patients with training)
     val_source: str = "dataset"
+    #: validation named outright: these groups (patient IDs, seriesuids, case ids) instead of hashing
+    val_groups: list[str] = field(default_factory=list)
 
     def __post_init__(self):
         if not 0 <= self.val_fraction < 1:

@@ -21,7 +21,7 @@ from medsight.progress import progress
 from medsight.registry import TASKS
 from medsight.runtime import Runtime
 from medsight.task import Task
-from medsight.trainer import run_validation
+from medsight.validation import run_validation
 
 log = logging.getLogger(__name__)
 

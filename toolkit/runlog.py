@@ -76,3 +76,15 @@ def read(path: Path) -> list[dict]:
     if not path.is_file():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def epoch_line(p, max_epochs: int, monitored: str, logs: dict, metrics: dict | None, improved: bool) -> str:
+    """The line printed after each epoch: loss, rate, time, and the validation metrics that matter."""
+    line = (f"epoch {p.epoch}/{max_epochs}  loss {logs.get('loss', float('nan')):.4f}  "
+            f"lr {logs['lr']:.2e}  {logs['samples_per_s']:.1f} samples/s  {logs['epoch_seconds']:.1f} s")
+    if metrics:
+        name = monitored
+        shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k == name or k.startswith("mean"))
+        best = f"{p.best_value:.4f} @ epoch {p.best_epoch}" if p.best_value is not None else "none yet"
+        line += f"  | val {shown}  (best {best}){' *' if improved else ''}"
+    return line

@@ -225,3 +225,32 @@ class Runtime:
 
 def _launched_by_torchrun() -> bool:
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1
+
+
+class DeviceSums:
+    """Losses and logged values summed on the device (weighted by batch size), read only when asked."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.dtype = torch.float32 if device.type == "mps" else torch.float64
+        self.values: dict[str, torch.Tensor] = {}
+        self.samples = 0
+        self.nonfinite = torch.zeros((), device=device, dtype=self.dtype)
+
+    def add(self, logs: dict[str, Any], batch_size: int) -> None:
+        for key, value in logs.items():
+            value = value.detach() if isinstance(value, torch.Tensor) else torch.tensor(float(value))
+            value = value.to(self.device, self.dtype) * batch_size
+            self.values[key] = self.values[key] + value if key in self.values else value
+        self.samples += batch_size
+
+    def flag_nonfinite(self, loss: torch.Tensor) -> None:
+        self.nonfinite = self.nonfinite + (~torch.isfinite(loss.detach())).any().to(self.dtype)
+
+    def means(self, totals: list[float], samples: float) -> dict[str, float]:
+        return {key: totals[i] / max(samples, 1.0) for i, key in enumerate(sorted(self.values))}
+
+    def packed(self, stop: bool) -> torch.Tensor:
+        """[non-finite count, stop flag, samples, sums by key] in one tensor: one sync, one all-reduce."""
+        head = torch.tensor([float(stop), float(self.samples)], device=self.device, dtype=self.dtype)
+        return torch.cat([self.nonfinite.reshape(1), head, *[self.values[k].reshape(1) for k in sorted(self.values)]])

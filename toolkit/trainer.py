@@ -13,103 +13,33 @@ every checkpoint and at the end of each epoch, in one host sync and one all-redu
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
-import os
 import shutil
 import signal
-import threading
 import time
-from collections import defaultdict
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from medsight import checkpoint
+from medsight.checkpoint import Progress
 from medsight.config import TaskConfig, to_dict, to_yaml
 from medsight.data import epoch_seed, make_dataset, make_loader, partition
-from medsight.errors import DataError, MedsightError, TrainingError
+from medsight.errors import DataError, TrainingError
 from medsight.io.writers import atomic_path, write_text
 from medsight.optim import build_optimizer, build_scheduler
 from medsight.progress import progress as progress_display
-from medsight.runlog import RunLog
-from medsight.runtime import Runtime
+from medsight.runlog import RunLog, epoch_line
+from medsight.runtime import DeviceSums, Runtime
+from medsight.seeding import configure_determinism, seed_everything
+from medsight.signals import Interrupted, stop_requests
 from medsight.task import Task
+from medsight.validation import run_validation
 
 log = logging.getLogger(__name__)
-
-
-class Interrupted(MedsightError):
-    """SIGINT/SIGTERM: the current step finished, ``last.pt`` was written, training stopped."""
-
-    def __init__(self, message: str, signum: int):
-        super().__init__(message)
-        self.exit_status = 128 + signum
-
-
-def seed_everything(seed: int) -> None:
-    import random
-
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def configure_determinism(deterministic: bool) -> None:
-    if deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True)
-        torch.backends.cudnn.benchmark = False
-    else:
-        torch.backends.cudnn.benchmark = True
-
-
-@dataclass
-class Progress:
-    """Where training stands; saved in every checkpoint."""
-
-    epoch: int = 0  # completed epochs
-    step_in_epoch: int = 0  # batches consumed in the current epoch (mid-epoch checkpoints)
-    global_step: int = 0  # optimizer steps
-    best_value: float | None = None
-    best_epoch: int | None = None
-    bad_validations: int = 0
-    skipped_batches: int = 0
-    history: list = field(default_factory=list)
-
-
-class DeviceSums:
-    """Losses and logged values summed on the device (weighted by batch size), read only when asked."""
-
-    def __init__(self, device: torch.device):
-        self.device = device
-        self.dtype = torch.float32 if device.type == "mps" else torch.float64
-        self.values: dict[str, torch.Tensor] = {}
-        self.samples = 0
-        self.nonfinite = torch.zeros((), device=device, dtype=self.dtype)
-
-    def add(self, logs: dict[str, Any], batch_size: int) -> None:
-        for key, value in logs.items():
-            value = value.detach() if isinstance(value, torch.Tensor) else torch.tensor(float(value))
-            value = value.to(self.device, self.dtype) * batch_size
-            self.values[key] = self.values[key] + value if key in self.values else value
-        self.samples += batch_size
-
-    def flag_nonfinite(self, loss: torch.Tensor) -> None:
-        self.nonfinite = self.nonfinite + (~torch.isfinite(loss.detach())).any().to(self.dtype)
-
-    def means(self, totals: list[float], samples: float) -> dict[str, float]:
-        return {key: totals[i] / max(samples, 1.0) for i, key in enumerate(sorted(self.values))}
-
-    def packed(self, stop: bool) -> torch.Tensor:
-        """[non-finite count, stop flag, samples, sums by key] in one tensor: one sync, one all-reduce."""
-        head = torch.tensor([float(stop), float(self.samples)], device=self.device, dtype=self.dtype)
-        return torch.cat([self.nonfinite.reshape(1), head, *[self.values[k].reshape(1) for k in sorted(self.values)]])
 
 
 class Trainer:
@@ -138,7 +68,7 @@ class Trainer:
         """Train to ``trainer.max_epochs``; returns a summary (best metric, epochs, checkpoint paths)."""
         self.setup(resume)
         started = time.perf_counter()
-        with self._signals():
+        with stop_requests(self._request_stop):
             for epoch in range(self.progress.epoch, self.cfg.max_epochs):
                 train_logs = self.train_epoch(epoch)
                 out_of_time = self._out_of_time(started)
@@ -388,18 +318,8 @@ class Trainer:
         if improved and self.runtime.is_main:
             with atomic_path(self.checkpoint_dir / "best.pt") as tmp:
                 shutil.copyfile(self.checkpoint_dir / "last.pt", tmp)
-        self._say(self._epoch_line(train_logs, metrics, improved))
-
-    def _epoch_line(self, logs: dict, metrics: dict | None, improved: bool) -> str:
-        p = self.progress
-        line = (f"epoch {p.epoch}/{self.cfg.max_epochs}  loss {logs.get('loss', float('nan')):.4f}  "
-                f"lr {logs['lr']:.2e}  {logs['samples_per_s']:.1f} samples/s  {logs['epoch_seconds']:.1f} s")
-        if metrics:
-            name = self.task.monitor.metric
-            shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k == name or k.startswith("mean"))
-            best = f"{p.best_value:.4f} @ epoch {p.best_epoch}" if p.best_value is not None else "none yet"
-            line += f"  | val {shown}  (best {best}){' *' if improved else ''}"
-        return line
+        self._say(epoch_line(self.progress, self.cfg.max_epochs, self.task.monitor.metric, train_logs, metrics,
+                             improved))
 
     def _out_of_time(self, started: float) -> bool:
         if self.cfg.max_minutes is None:
@@ -466,50 +386,9 @@ class Trainer:
         return summary
 
     # -- signals and output -----------------------------------------------------------------------
-    @contextlib.contextmanager
-    def _signals(self):
-        """SIGINT/SIGTERM ask for a stop after the current step; a second Ctrl-C stops at once."""
-
-        def handle(signum, frame):
-            if self._stop_signal is not None and signum == signal.SIGINT:
-                raise KeyboardInterrupt
-            self._stop_signal = signum
-
-        previous = {}
-        if threading.current_thread() is threading.main_thread():
-            previous = {signum: signal.signal(signum, handle) for signum in (signal.SIGINT, signal.SIGTERM)}
-        try:
-            yield
-        finally:
-            for signum, handler in previous.items():
-                signal.signal(signum, handler)
+    def _request_stop(self, signum: int) -> None:
+        self._stop_signal = signum
 
     def _say(self, text: str) -> None:
         if self.runtime.is_main:
             log.info(text)
-
-
-def run_validation(task: Task, model: torch.nn.Module, dataset, config: TaskConfig, runtime: Runtime,
-                   desc: str = "validation") -> dict[str, list]:
-    """Run ``task.validation_step`` over a dataset (this rank's part) and gather the outputs of all ranks."""
-    loader = make_loader(dataset, config.data, config.data.val_batch_size, shuffle=False, seed=0,
-                         collate_fn=task.collate_fn("val"))
-    outputs: dict[str, list] = defaultdict(list)
-    was_training = model.training
-    model.eval()
-    display = progress_display(len(loader), desc, config.trainer.progress, unit="batch", enabled=runtime.is_main)
-    with torch.inference_mode():
-        for batch in loader:
-            batch = runtime.to_device(batch)
-            with runtime.autocast():
-                result = task.validation_step(model, batch)
-            for key, values in result.items():
-                outputs[key].extend(values)
-            display.update(1)
-    display.close()
-    model.train(was_training)
-    merged: dict[str, list] = defaultdict(list)
-    for part in runtime.gather(dict(outputs)):
-        for key, values in part.items():
-            merged[key].extend(values)
-    return dict(merged)

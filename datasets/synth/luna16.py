@@ -89,21 +89,10 @@ def _paint_tube(volume, spacing, start_mm, end_mm, radius_mm, hu, mask=None) -> 
     volume[region] = volume[region] * (1 - weight) + hu * weight
 
 
-def make_scan(
-    index: int,
-    rng: np.random.Generator,
-    shape=(160, 160, 48),
-    spacing=(0.75, 0.75, 2.5),
-    seed: int = 0,
-    direction_lps=None,
-) -> Scan:
-    """One synthetic chest CT; ``direction_lps`` (LPS cosines, one column per array axis) defaults to identity.
+def _chest(shape, spacing: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """(volume in HU, lung mask): air, body, mediastinum and two textured lungs."""
+    from scipy.ndimage import gaussian_filter
 
-    Nodules and vessels are painted in array space, so any direction gives the same array; world
-    coordinates follow from the grid (``Scan.world``).
-    """
-    shape = tuple(int(n) for n in shape)
-    spacing = np.asarray(spacing, dtype=np.float64)
     extent = np.asarray(shape) * spacing
     x, y, z = _grid_mm(shape, spacing)
     cx, cy, cz = extent / 2
@@ -117,12 +106,16 @@ def make_scan(
         lx, ly = cx + side * 0.20 * extent[0], cy - 0.02 * extent[1]
         rx, ry, rz = 0.16 * extent[0], 0.28 * extent[1], 0.47 * extent[2]
         lungs |= ((x - lx) / rx) ** 2 + ((y - ly) / ry) ** 2 + ((z - cz) / rz) ** 2 <= 1
-    from scipy.ndimage import gaussian_filter
-
     texture = gaussian_filter(rng.normal(0, 1, shape).astype(np.float32), 1.5)
     volume[lungs] = -850.0 + 40.0 * texture[lungs] / (texture.std() + 1e-6)
+    return volume, lungs
+
+
+def _vessels(volume: np.ndarray, spacing: np.ndarray, lungs: np.ndarray, rng: np.random.Generator) -> None:
+    """Branching tubes from each hilum outwards, painted into ``volume`` inside the lungs."""
+    extent = np.asarray(volume.shape) * spacing
+    cx, cy, cz = extent / 2
     lung_weight = lungs.astype(np.float32)
-    # Vessels: branching tubes from each hilum outwards.
     for side in (-1, 1):
         hilum = np.asarray([cx + side * 0.10 * extent[0], cy, cz])
         for _ in range(14):
@@ -131,19 +124,20 @@ def make_scan(
             direction /= np.linalg.norm(direction)
             radius = rng.uniform(1.2, 2.4)
             for _segment in range(3):
-                length = rng.uniform(10, 25)
-                end = start + direction * length
+                end = start + direction * rng.uniform(10, 25)
                 _paint_tube(volume, spacing, start, end, radius, 40.0, mask=lung_weight)
                 start = end
                 direction = direction + rng.normal(0, 0.45, 3)
                 direction /= np.linalg.norm(direction)
                 radius = max(0.6, radius * 0.75)
 
-    def place(diameter: float) -> tuple[float, float, float] | None:
-        radius = diameter / 2
-        from scipy.ndimage import distance_transform_edt
 
-        inside = distance_transform_edt(lungs, sampling=spacing) > radius + 1.0
+def _findings(lungs: np.ndarray, spacing: np.ndarray, rng: np.random.Generator) -> tuple[list, list]:
+    """(nodules, excluded findings): spheres placed wholly inside the lungs, nodules apart from each other."""
+    from scipy.ndimage import distance_transform_edt
+
+    def place(diameter: float) -> tuple[float, float, float] | None:
+        inside = distance_transform_edt(lungs, sampling=spacing) > diameter / 2 + 1.0
         candidates = np.argwhere(inside)
         if candidates.size == 0:
             return None
@@ -168,9 +162,31 @@ def make_scan(
         centre = place(diameter)
         if centre is not None:
             excluded.append(Sphere(centre, diameter, float(rng.uniform(-100, 20))))
+    return nodules, excluded
+
+
+def make_scan(
+    index: int,
+    rng: np.random.Generator,
+    shape=(160, 160, 48),
+    spacing=(0.75, 0.75, 2.5),
+    seed: int = 0,
+    direction_lps=None,
+) -> Scan:
+    """One synthetic chest CT; ``direction_lps`` (LPS cosines, one column per array axis) defaults to identity.
+
+    Nodules and vessels are painted in array space, so any direction gives the same array; world
+    coordinates follow from the grid (``Scan.world``).
+    """
+    shape = tuple(int(n) for n in shape)
+    spacing = np.asarray(spacing, dtype=np.float64)
+    volume, lungs = _chest(shape, spacing, rng)
+    _vessels(volume, spacing, lungs, rng)
+    nodules, excluded = _findings(lungs, spacing, rng)
     for sphere in nodules + excluded:
         _paint_sphere(volume, spacing, sphere.centre_index, sphere.diameter_mm / 2, sphere.hu)
     volume += rng.normal(0, 20, shape).astype(np.float32)
+    cx, cy, _ = np.asarray(shape) * spacing / 2
     origin = np.asarray([-cx + rng.uniform(-30, 30), -cy - 40 + rng.uniform(-30, 30), -300 + rng.uniform(-60, 60)])
     uid = generate_uid(prefix=UID_PREFIX, entropy_srcs=[f"medsight-synth-luna16:{seed}:{index}"])
     return Scan(

@@ -62,3 +62,14 @@ def test_a_group_is_held_out_by_its_own_hash_alone():
     assert held_out("patient7", 0.2, seed=5) == ("patient7" in out) and not held_out("patient7", 0.0, seed=5)
     folds = [fold_of(g, 5, seed=0) for g in groups]
     assert set(folds) == {0, 1, 2, 3, 4} and max(folds.count(k) for k in range(5)) < 1.2 * len(groups) / 5
+
+
+@pytest.mark.parametrize("name", sorted(SETS))
+def test_validation_can_be_named_outright_by_its_groups(name, tmp_path):
+    synth, count = SETS[name]
+    root = DATASETS.get(name)().synth(tmp_path / "data", cases=count, seed=3, **synth)
+    options = {"val_source": "train"}
+    everything = assignment(name, root, options)
+    chosen = sorted(group for group, splits in everything.items() if "train" in splits or "val" in splits)[:2]
+    named = assignment(name, root, dict(options, val_groups=chosen))
+    assert sorted(group for group, splits in named.items() if "val" in splits) == chosen

@@ -19,7 +19,7 @@ from medsight.config import resolve
 from medsight.datasets.chestxray14 import FINDINGS
 from medsight.datasets.synth.chestxray14 import FINDING_REGIONS
 from medsight.datasets.synth.dicom import write_xray
-from medsight.errors import CheckpointError, ConfigError, DataError
+from medsight.errors import ConfigError, DataError
 from medsight.inference import load_for_inference
 from medsight.registry import DATASETS, TASKS
 from medsight.tasks.classification import XrayClassification

@@ -267,3 +267,27 @@ def test_a_separate_package_adds_a_task_through_the_entry_point(tmp_path):
                             timeout=120)
     assert result.returncode == 0, result.stderr
     assert "extra            a task from another package" in result.stdout
+
+
+@pytest.mark.parametrize("log_every, expected", [(1, 24 + 2), (4, 6 + 2), (100, 0 + 2)])
+def test_the_trainer_reads_the_device_once_per_log_interval_not_once_per_step(tmp_path, monkeypatch, log_every,
+                                                                              expected):
+    """Losses stay on the device: one sync (one all-reduce under DDP) every trainer.log_every_n_steps
+    optimizer steps and one at each epoch's end, never one per step (error mode)."""
+    from medsight.config import resolve
+    from medsight.runtime import Runtime
+    from medsight.trainer import Trainer
+    from tests.toy_task import ToyConfig, ToyRegression
+
+    reads = []
+    original = Runtime.all_reduce_tensor
+    monkeypatch.setattr(Runtime, "all_reduce_tensor", lambda self, t: reads.append(1) or original(self, t))
+    monkeypatch.setattr(Runtime, "any", lambda self, flag: pytest.fail("a per-step host sync"))
+    data = make_toy_data(tmp_path / "toy", samples=64)  # 48 training records: 12 steps of 4 per epoch
+    config = resolve(ToyConfig, overrides=["trainer.max_epochs=2", "trainer.progress=never", "trainer.tensorboard=false",
+                                           "data.batch_size=4", f"trainer.log_every_n_steps={log_every}",
+                                           "trainer.val_every_n_epochs=5"])
+    Trainer(ToyRegression(config), data, tmp_path / "run", Runtime("cpu", "fp32")).fit()
+    assert len(reads) == expected
+    steps = [line for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines() if '"step"' in line]
+    assert len(steps) == expected - 2  # each log interval writes its loss and learning rate
