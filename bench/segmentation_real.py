@@ -34,9 +34,11 @@ def run(argv: list[str]) -> None:
         raise SystemExit(f"medsight {argv[0]} failed with {status}")
 
 
-def brats2015(root: Path, out: Path, minutes: float, epochs: int, fold: int) -> None:
+def brats2015(root: Path, out: Path, minutes: float, epochs: int, held_out: str) -> None:
     cases = sorted(c.id for c in find_cases(root))
-    held_out = cases[fold]  # named outright as the validation case (data.val_groups), never trained on
+    if held_out not in cases:
+        raise SystemExit(f"--held-out {held_out}: not one of {', '.join(cases)}")
+    # named outright as the validation case (data.val_groups): never trained on
     print(f"\n== BRATS 2015: train on {sorted(set(cases) - {held_out})}, test on {held_out}")
     run_dir = out / "brats2015"
     started = time.perf_counter()
@@ -78,7 +80,8 @@ def main() -> int:
     parser.add_argument("--out", default="/tmp/medsight-bench/segmentation-real")
     parser.add_argument("--minutes", type=float, default=30.0, help="training cap (wall clock)")
     parser.add_argument("--epochs", type=int, default=350, help="the schedule's length (~5 s per epoch here)")
-    parser.add_argument("--fold", type=int, default=0, help="which of the 4 cases is held out (0-3)")
+    # the case the README's figures hold out (fold 0 of the earlier round-robin folds)
+    parser.add_argument("--held-out", default="brats_2013_pat0004_1", help="the case held out for testing")
     parser.add_argument("--synthetic-checkpoint", default="/tmp/medsight-bench/segmentation/run/checkpoints/best.pt",
                         help="a model trained on 2021-naming synthetic data (bench/segmentation_learnability.py)")
     parser.add_argument("--skip-training", action="store_true", help="only the BraTS 2023 prediction")
@@ -90,7 +93,7 @@ def main() -> int:
     out = Path(args.out)
     if not args.skip_training:
         shutil.rmtree(out / "brats2015", ignore_errors=True)
-        brats2015(data / "brats2015_deepmedic_4cases", out, args.minutes, args.epochs, args.fold)
+        brats2015(data / "brats2015_deepmedic_4cases", out, args.minutes, args.epochs, args.held_out)
     checkpoint = Path(args.synthetic_checkpoint)
     if checkpoint.is_file():
         brats2023(data / "brats2023_gli_00001_unlabelled", out, checkpoint)

@@ -29,6 +29,7 @@ class DemoResult:
     metric: str = ""
     value: float | None = None
     evaluated_on: str = ""
+    note: str = ""
 
 
 def _option(value) -> str:
@@ -69,8 +70,9 @@ def _steps(name: str, task, out: Path, run: Path, quick: bool) -> tuple[list, st
     else:
         steps.append(["train", name, "--data", str(data), "--profile", spec.profile, "--out", str(run),
                       *spec.overrides, *(spec.quick_overrides if quick else ())])
+    predict_data = data
     if spec.held_out_cases:
-        held_out = out / "data" / f"{spec.dataset}-held-out"
+        held_out = predict_data = out / "data" / f"{spec.dataset}-held-out"
         cases = min(spec.held_out_cases, 2) if quick else spec.held_out_cases
         if not held_out.exists():
             steps.append(_synth_step(spec.dataset, held_out, dict(synth, cases=cases), seed=1))
@@ -83,7 +85,7 @@ def _steps(name: str, task, out: Path, run: Path, quick: bool) -> tuple[list, st
                       "--out", str(run / "evaluation" / split)])
         evaluated_on = f"the {split} split, which training never reads"
     # the inputs are picked once the data exist (the steps before it may synthesise them)
-    steps.append(lambda: ["predict", "--checkpoint", CHECKPOINT, *task.demo_inputs(data), "--out",
+    steps.append(lambda: ["predict", "--checkpoint", CHECKPOINT, *task.demo_inputs(predict_data), "--out",
                           str(run / "predictions"), *spec.predict_args])
     return steps, evaluated_on
 
@@ -118,7 +120,7 @@ def run_demo(out: Path, tasks: list[str] | None = None, quick: bool = False) -> 
 
         report = write_report(run, title=f"medsight demo: {name}") if run.exists() else None
         result = DemoResult(name, run, report, time.perf_counter() - started, status, task.monitor.metric,
-                            evaluated_on=evaluated_on)
+                            evaluated_on=evaluated_on, note=task.demo.note)
         result.value = _evaluated(run, result.metric)
         results.append(result)
     summary = write_text(_index_page(results, out), out / "report.html")
@@ -164,7 +166,8 @@ def _index_page(results: list[DemoResult], out: Path) -> str:
         picture = _picture(r.run)
         image = (f'<img src="{html.escape(str(picture.relative_to(out)))}" alt="{html.escape(picture.name)}">'
                  if picture else "")
+        note = f"<p><i>{html.escape(r.note)}</i></p>" if r.note else ""
         parts.append(f"<section><h2>{html.escape(r.name)}: {'ok' if r.status == 0 else 'FAILED'} in "
-                     f"{r.seconds:.0f} s</h2>{figure}{image}<p>{link}</p></section>")
+                     f"{r.seconds:.0f} s</h2>{figure}{note}{image}<p>{link}</p></section>")
     parts.append("</body></html>\n")
     return "\n".join(parts)

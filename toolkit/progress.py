@@ -80,7 +80,7 @@ class _Lines:
     def _line(self, now: float) -> str:
         done = self.n - self.start_n
         rate = (now - self.started) / done if done else float("nan")
-        parts = [f"{self.desc}: {self.n}" + (f"/{self.total}" if self.total else "") + f" {self.unit}s"]
+        parts = [f"{self.desc}: {self.n}" + (f"/{self.total}" if self.total else "")]
         if self.total:
             parts[0] += f" ({100 * self.n / self.total:.0f}%)"
         if done:

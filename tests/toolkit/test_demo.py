@@ -17,5 +17,27 @@ def test_quick_demo_runs_every_task_to_predictions(tmp_path, capsys):
     assert len(list((tmp_path / "classification/predictions/cam").glob("*.png"))) == 4 * 2
     assert (tmp_path / "detection/predictions/submission.csv").read_text().startswith("seriesuid,coordX")
     assert len(list((tmp_path / "segmentation/predictions").glob("*_seg.nii.gz"))) == 1
-    assert (tmp_path / "report.html").is_file()
+    # segmentation evaluates and predicts on cases synthesised apart (another seed), never on its training data
+    held_out = tmp_path / "data" / "brats-held-out"
+    assert (tmp_path / "segmentation/evaluation/held-out/metrics.json").is_file()
+    assert [p.name for p in (tmp_path / "segmentation/predictions").glob("*_seg.nii.gz")] == \
+        [f"{sorted(p.name for p in held_out.iterdir() if p.is_dir())[-1]}_seg.nii.gz"]
+    page = (tmp_path / "report.html").read_text()
+    for name, metric in (("classification", "mean_auroc"), ("detection", "cpm"), ("segmentation", "mean_dice")):
+        section = page.split(f"<h2>{name}: ok in ")[1].split("</section>")[0]
+        assert f"<b>{metric} " in section and '<img src="' in section, section
+        picture = section.split('<img src="')[1].split('"')[0]
+        assert (tmp_path / picture).is_file() and picture.endswith(".png")
     assert "FAILED" not in capsys.readouterr().out
+
+
+def test_progress_lines_say_where_a_long_step_stands(capsys):
+    from medsight.progress import _Lines, setup_logging
+
+    setup_logging()
+    lines = _Lines(total=40, desc="epoch 2/5", unit="batch", every_s=0.0)
+    lines.set_postfix(loss="0.4100")
+    lines.update(10)
+    printed = capsys.readouterr().out.strip()
+    assert printed.startswith("epoch 2/5: 10/40 (25%), ") and " s/batch, ETA " in printed
+    assert printed.endswith(", loss 0.4100")
