@@ -4,6 +4,7 @@ classification task: ``medsight tasks`` lists it, ``data synth``/``data check`` 
 it with ``data.format=auto`` and ``evaluate`` reads it."""
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,8 +17,10 @@ PLUGIN = Path(__file__).resolve().parents[1] / "plugins" / "medsight-tsv-picture
 @pytest.fixture(scope="module")
 def plugin_env(tmp_path_factory):
     target = tmp_path_factory.mktemp("site")
+    source = tmp_path_factory.mktemp("plugin") / PLUGIN.name  # pip builds in the source tree: not in the repo's
+    shutil.copytree(PLUGIN, source, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
     installed = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-index",
-                                "--no-build-isolation", "--target", str(target), str(PLUGIN)],
+                                "--no-build-isolation", "--target", str(target), str(source)],
                                capture_output=True, text=True, timeout=300)
     assert installed.returncode == 0, installed.stderr[-2000:]
     assert list(target.glob("medsight_tsv_pictures-*.dist-info"))
