@@ -60,17 +60,25 @@ def cmd_tasks(args) -> int:
 
 
 def cmd_info(args) -> int:
-    from medsight.info import describe
+    from medsight.info import describe, describe_checkpoint
 
-    log.info(describe())
+    log.info(describe_checkpoint(args.checkpoint) if args.checkpoint else describe())
     return 0
 
 
 def cmd_data_synth(args, extra: list[str]) -> int:
     from medsight.registry import DATASETS
 
+    from medsight.dataset_format import SYNTHETIC_MARKER
+    from medsight.io.writers import write_json
+
     fmt = DATASETS.get(args.dataset)()
-    out = fmt.synth(Path(args.out), cases=args.cases, seed=args.seed, **_parse_options(extra))
+    options = _parse_options(extra)
+    out = fmt.synth(Path(args.out), cases=args.cases, seed=args.seed, **options)
+    folder = Path(out) if Path(out).is_dir() else Path(out).parent
+    write_json({"format": args.dataset, "cases": args.cases, "seed": args.seed, "options": options,
+                "note": "synthetic data made by medsight data synth: models trained on it know nothing of real images"},
+               folder / SYNTHETIC_MARKER)
     log.info(f"wrote synthetic {args.dataset} dataset to {out}")
     return 0
 
@@ -127,7 +135,9 @@ def build_parser(task_options: tuple[str, ...] = ()) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     sub.add_parser("tasks", help="list registered tasks with their datasets and models").set_defaults(func=cmd_tasks)
-    sub.add_parser("info", help="versions, device, reader back-ends").set_defaults(func=cmd_info)
+    info = sub.add_parser("info", help="versions, device, reader back-ends; or what a checkpoint is and holds")
+    info.add_argument("--checkpoint", help="describe this checkpoint: task, model, provenance, training data")
+    info.set_defaults(func=cmd_info)
 
     data = sub.add_parser("data", help="synthetic datasets and dataset checks")
     data_sub = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")

@@ -38,6 +38,29 @@ def _starting_weights_alias(config) -> None:
         config.trainer.init_weights, model.init_weights = old, None
 
 
+def _inherited_settings(path: Path, task_class) -> dict | None:
+    """The architecture and input settings of a medsight checkpoint of this task given as starting weights
+    (``Task.inherited_from_starting_weights``): a run started from it builds the same network."""
+    import torch
+
+    try:
+        state = torch.load(path, map_location="meta", weights_only=True)
+    except Exception:  # not a checkpoint medsight reads: the starting-weights loader will say why
+        return None
+    if not isinstance(state, dict) or not str(state.get("format", "")).startswith("medsight-checkpoint") \
+            or state.get("task") != task_class.name:
+        return None
+    config, picked = state.get("config") or {}, {}
+    for key in task_class.inherited_from_starting_weights:
+        section, _, name = key.partition(".")
+        if section in config and (not name or name in config[section]):
+            picked.setdefault(section, {}).update(config[section] if not name else {name: config[section][name]})
+    picked.get("model", {}).pop("init_weights", None)
+    shown = ", ".join(f"{s}.{k}" for s, keys in picked.items() for k in keys)
+    log.info(f"from the starting weights' config: {shown}")
+    return picked
+
+
 def cmd_train(args) -> int:
     from medsight import checkpoint
     from medsight.config import resolve
@@ -71,8 +94,9 @@ def cmd_train(args) -> int:
         if not Path(args.init_weights).is_file():
             raise ConfigError("--init-weights: file not found", args.init_weights)
         overrides.append(f"trainer.init_weights={Path(args.init_weights).resolve()}")
+    inherited = _inherited_settings(Path(args.init_weights), task_class) if args.init_weights else None
     config = resolve(task_class.config_class, profile=profile, files=args.config or [], overrides=overrides,
-                     base=base)
+                     base=base, inherited=inherited)
     config.task = args.task
     if not args.resume:
         _starting_weights_alias(config)
@@ -153,6 +177,10 @@ def cmd_predict(args) -> int:
     if not args.inputs and not images:
         raise ConfigError("give at least one input (a file or folder) or --image ROLE=PATH", "command line")
     loaded = _load_with_task_options(args, "predict", overrides)
+    trained_on = loaded.state.get("trained_on") or {}
+    if trained_on.get("synthetic"):
+        log.info(f"note: this model was trained on synthetic data only ({trained_on.get('root')}): its outputs on "
+                 "real images mean nothing; use a published model (medsight import) or train on real data")
     report = predict(loaded, args.inputs, Path(args.out), images=images or None, device=args.device,
                      precision=args.precision, batch_size=args.batch_size, debug=args.debug)
     log.info(f"predicted {report.cases} case(s) in {report.seconds:.1f} s; wrote {len(report.written)} file(s) "
@@ -208,6 +236,19 @@ def cmd_export(args) -> int:
     loaded = load_for_inference(args.checkpoint)
     out = export(loaded, args.format, Path(args.out))
     log.info(f"exported {loaded.task.name} model as {args.format} to {out}")
+    return 0
+
+
+def cmd_import(args) -> int:
+    from medsight.importers import describe_provenance, import_model
+
+    labels = [name.strip() for name in args.labels.split(",")] if args.labels else None
+    result = import_model(args.source, Path(args.out), requested=args.format, labels=labels)
+    log.info(f"imported {args.source} as a {result['task']} checkpoint: {result['checkpoint']}")
+    for line in result["notes"] + describe_provenance(result["provenance"]):
+        log.info(f"  {line}")
+    log.info("  loaded weights-only; fine-tune with: medsight train TASK --data DIR --init-weights "
+             f"{result['checkpoint']}")
     return 0
 
 
@@ -268,6 +309,14 @@ def add_commands(sub, task_options: set[str] = frozenset()) -> None:
     export.add_argument("--format", choices=["torchscript", "onnx"], required=True)
     export.add_argument("--out", required=True)
     export.set_defaults(func=cmd_export)
+
+    importing = sub.add_parser("import", help="a published model (MONAI bundle, CheXNet, torchvision) as a checkpoint")
+    importing.add_argument("source", help="a file or folder, or monai:NAME to download a MONAI Model Zoo bundle")
+    importing.add_argument("--out", required=True, help="the medsight checkpoint to write")
+    importing.add_argument("--format", help="the importer (medsight tasks lists them); default: the one that "
+                                            "recognises SOURCE")
+    importing.add_argument("--labels", help="output names in order, for a source that does not name them")
+    importing.set_defaults(func=cmd_import)
 
     demo = sub.add_parser("demo", help="synthetic data -> train -> evaluate -> predict -> report, every task")
     demo.add_argument("--out", default="runs/demo")

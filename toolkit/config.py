@@ -85,12 +85,16 @@ class TrainerConfig:
     #: local weights to start a fresh run from (``medsight train --init-weights PATH``): applied once,
     #: when the run starts; resume, evaluate, predict and export never read it
     init_weights: Optional[str] = None
+    #: with init_weights: keep the tensors loaded from it unchanged for this many epochs (a new head,
+    #: adapted first layers and everything the file lacked train from the start)
+    freeze_pretrained_epochs: int = 0
 
     def __post_init__(self):
         choice("trainer.precision", self.precision, ("fp32", "bf16", "fp16", "auto"))
         choice("trainer.nonfinite_loss", self.nonfinite_loss, ("error", "skip"))
         choice("trainer.progress", self.progress, ("auto", "bars", "always", "lines", "never"))
         positive("trainer.log_every_n_steps", self.log_every_n_steps)
+        positive("trainer.freeze_pretrained_epochs", self.freeze_pretrained_epochs, allow_zero=True)
         if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", self.device):
             raise ConfigError(f"trainer.device={self.device!r} is not auto, cpu, mps, cuda or cuda:N")
         positive("trainer.max_epochs", self.max_epochs, allow_zero=True)
@@ -115,12 +119,15 @@ class OptimConfig:
     poly_power: float = 0.9
     step_epochs: int = 30
     gamma: float = 0.1
+    #: with trainer.init_weights: the learning rate of the tensors loaded from it, as a share of optim.lr
+    pretrained_lr_factor: float = 1.0
 
     def __post_init__(self):
         choice("optim.name", self.name, ("adamw", "sgd"))
         choice("optim.scheduler", self.scheduler, ("none", "cosine", "poly", "step"))
         positive("optim.lr", self.lr)
         positive("optim.warmup_epochs", self.warmup_epochs, allow_zero=True)
+        positive("optim.pretrained_lr_factor", self.pretrained_lr_factor)
 
 
 @dataclass
@@ -232,13 +239,17 @@ def resolve(
     files: Sequence[str | Path] = (),
     overrides: Sequence[str] = (),
     base: Mapping | None = None,
+    inherited: Mapping | None = None,
 ) -> TaskConfig:
-    """Defaults <- ``base`` (e.g. a checkpoint's config) <- profile <- YAML files <- overrides, validated."""
+    """Defaults <- ``base`` (e.g. a checkpoint's config) <- profile <- ``inherited`` (the model and input
+    settings of starting weights) <- YAML files <- overrides, validated."""
     cfg = OmegaConf.structured(config_class)
     if base:
         cfg = _merge(cfg, OmegaConf.create(dict(base)), "checkpoint config")
     if profile:
         cfg = _merge(cfg, OmegaConf.create(dict(profile)), "profile")
+    if inherited:
+        cfg = _merge(cfg, OmegaConf.create(dict(inherited)), "starting weights' config")
     for path in files:
         path = Path(path)
         if not path.is_file():

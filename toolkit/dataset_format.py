@@ -33,6 +33,8 @@ from typing import Any, ClassVar, Literal
 from medsight.errors import ConfigError, DataError, MedsightError
 
 Split = Literal["train", "val", "test", "all"]
+#: written by ``medsight data synth`` into every synthetic dataset: checkpoints trained on it say so
+SYNTHETIC_MARKER = ".medsight-synthetic.json"
 SPLITS: tuple[str, ...] = ("train", "val", "test", "all")
 
 

@@ -56,3 +56,38 @@ def describe() -> str:
     except Exception as exc:  # informational only
         lines.append(f"pydicom decoders: unknown ({exc})")
     return "\n".join(lines)
+
+
+def describe_checkpoint(path) -> str:
+    """``medsight info --checkpoint C``: what a checkpoint is, where it came from, what it was trained on."""
+    from medsight import checkpoint
+    from medsight.importers import describe_provenance
+
+    state = checkpoint.load(path)
+    config = state.get("config", {})
+    model = config.get("model", {})
+    lines = [f"{path}: {state.get('task')} checkpoint, medsight {state.get('medsight_version', '?')}",
+             f"  model: {model.get('name', '?')}; epochs trained here: {state.get('epoch', 0)}"]
+    task_state = state.get("task_state", {})
+    for key in ("labels", "modalities", "convention"):
+        if key in task_state:
+            shown = task_state[key]
+            lines.append(f"  {key}: {', '.join(shown) if isinstance(shown, list) else shown}")
+    best = state.get("best") or {}
+    if best.get("value") is not None:
+        lines.append(f"  best {best.get('metric')}: {best['value']:.4f} at epoch {best.get('epoch')}")
+    trained = state.get("trained_on") or {}
+    if trained:
+        kind = "SYNTHETIC data only" if trained.get("synthetic") else "real data"
+        where = trained.get("source") or trained.get("root") or "?"
+        extra = f", format {trained['format']}" if trained.get("format") else ""
+        extra += f", fingerprint {trained['fingerprint'][:16]}" if trained.get("fingerprint") else ""
+        lines.append(f"  trained on: {where} ({kind}{extra})")
+    started = state.get("started_from") or {}
+    if started:
+        lines.append(f"  started from: {started.get('path')} (sha256 {str(started.get('sha256', ''))[:16]}...)")
+    provenance = state.get("provenance")
+    if provenance:
+        lines.append("  provenance:")
+        lines += [f"    {line}" for line in describe_provenance(provenance)]
+    return "\n".join(lines)

@@ -5,8 +5,16 @@ from __future__ import annotations
 import torch
 
 
-def build_optimizer(model: torch.nn.Module, cfg) -> torch.optim.Optimizer:
-    params = [p for p in model.parameters() if p.requires_grad]
+def build_optimizer(model: torch.nn.Module, cfg, pretrained: set[str] | None = None) -> torch.optim.Optimizer:
+    """AdamW or SGD; ``pretrained`` (parameter names loaded from starting weights) get
+    ``optim.pretrained_lr_factor`` times the learning rate, in a group of their own."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if pretrained and cfg.pretrained_lr_factor != 1.0:
+        params = [{"params": [p for n, p in named if n not in pretrained]},
+                  {"params": [p for n, p in named if n in pretrained], "lr": cfg.lr * cfg.pretrained_lr_factor}]
+        params = [group for group in params if group["params"]]
+    else:
+        params = [p for _, p in named]
     if cfg.name == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
                                weight_decay=cfg.weight_decay)

@@ -124,6 +124,9 @@ class Task:
     evaluate_split: ClassVar[str] = "test"
     #: DDP: set when some parameters get no gradient in some steps
     find_unused_parameters: ClassVar[bool] = False
+    #: config keys (sections or dotted keys) a run takes from a medsight checkpoint given as starting
+    #: weights: the architecture and the input preprocessing it was trained with (user settings still win)
+    inherited_from_starting_weights: ClassVar[tuple[str, ...]] = ("model",)
 
     def __init__(self, config: TaskConfig):
         self.config = config
@@ -163,6 +166,12 @@ class Task:
         """The architecture, freshly initialised. Starting weights are applied by the trainer when a run
         starts, checkpoint weights by whoever loads the checkpoint."""
         raise NotImplementedError
+
+    def adapt_starting_weights(self, tensors: dict, facts: dict, own: dict) -> tuple[dict, list[str]]:
+        """Map starting weights onto this task's model where a name or a role says how (input channels by
+        modality, head rows by label name); ``facts``: the source checkpoint's task, task_state and
+        provenance (empty for a plain state dict). Returns (tensors, notes for the user). Default: as is."""
+        return tensors, []
 
     def training_step(self, model: nn.Module, batch: Any) -> StepOutput:
         raise NotImplementedError

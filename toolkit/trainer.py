@@ -28,6 +28,7 @@ from medsight import checkpoint
 from medsight.checkpoint import Progress
 from medsight.config import TaskConfig, to_dict, to_yaml
 from medsight.data import epoch_seed, make_dataset, make_loader, partition
+from medsight.dataset_format import SYNTHETIC_MARKER
 from medsight.errors import DataError, TrainingError
 from medsight.io.writers import atomic_path, write_text
 from medsight.optim import build_optimizer, build_scheduler
@@ -114,12 +115,14 @@ class Trainer:
         if resume is None and self.cfg.init_weights:
             from medsight.weights import load_initial_weights
 
-            report = load_initial_weights(self.raw_model, self.cfg.init_weights)
+            report = load_initial_weights(self.raw_model, self.cfg.init_weights, adapt=task.adapt_starting_weights)
             self.started_from = report.to_dict()
             for line in report.lines():
                 self._say(line)
+        self.pretrained = self._pretrained_parameters()
+        self.trained_on = self._trained_on(source, train_records + val_records)
         self.model = rt.setup_model(self.raw_model, train=True, find_unused_parameters=task.find_unused_parameters)
-        self.optimizer = build_optimizer(self.raw_model, self.config.optim)
+        self.optimizer = build_optimizer(self.raw_model, self.config.optim, self.pretrained)
         batch_size = self.config.data.batch_size
         batches = math.ceil(len(self.train_records) / batch_size)
         if self.cfg.max_steps_per_epoch:
@@ -138,6 +141,28 @@ class Trainer:
             self.log.truncate_after(self.progress.global_step)
         self._say(f"{task.name}: {len(train_records)} training and {len(val_records)} validation records "
                   f"({self.data_format or 'task-read'} data); {rt.describe()}; run folder {self.run_dir}")
+
+    def _pretrained_parameters(self) -> set[str]:
+        """Parameters loaded from starting weights (for optim.pretrained_lr_factor and freezing)."""
+        names = set((self.started_from or {}).get("pretrained") or [])
+        params = {n for n, _ in self.raw_model.named_parameters()} & names
+        cfg, factor = self.cfg, self.config.optim.pretrained_lr_factor
+        if params and (cfg.freeze_pretrained_epochs or factor != 1.0) and self.progress.epoch == 0:
+            self._say(f"pretrained: {len(params)} parameter tensors at {factor:g} x optim.lr"
+                      + (f", unchanged for {cfg.freeze_pretrained_epochs} epoch(s)" if cfg.freeze_pretrained_epochs
+                         else ""))
+        return params
+
+    @staticmethod
+    def _trained_on(source, records: list[dict]) -> dict:
+        """What the run learns from: format, folder, a fingerprint of its records, synthetic or real."""
+        import hashlib
+
+        ids = sorted(str(r.get("id", r.get("image", ""))) for r in records)
+        root = Path(source.root)
+        marker = (root if root.is_dir() else root.parent) / SYNTHETIC_MARKER
+        return {"format": source.format_name, "root": str(root.resolve()), "records": len(records),
+                "fingerprint": hashlib.sha256("\n".join(ids).encode()).hexdigest(), "synthetic": marker.is_file()}
 
     def _make_datasets(self) -> None:
         data_cfg = self.config.data
@@ -272,6 +297,10 @@ class Trainer:
         )
 
     def _optimizer_step(self) -> None:
+        if self.progress.epoch < self.cfg.freeze_pretrained_epochs and self.pretrained:
+            for name, param in self.raw_model.named_parameters():
+                if name in self.pretrained:
+                    param.grad = None  # unchanged this step: no update, no weight decay
         params = [p for p in self.raw_model.parameters() if p.requires_grad]
         stepped = self.runtime.step(self.optimizer, params, self.cfg.grad_clip_norm)
         self.optimizer.zero_grad(set_to_none=True)
@@ -337,6 +366,7 @@ class Trainer:
             "config": to_dict(self.config),
             "data": str(self.data),
             "data_format": self.data_format,
+            "trained_on": self.trained_on,
             "started_from": self.started_from,
             "task_state": self.task.state_dict(),
             "model": self.raw_model.state_dict(),

@@ -23,6 +23,7 @@ from monai.transforms import (
     RandFlipd,
     RandScaleIntensityd,
     RandShiftIntensityd,
+    RepeatChanneld,
     Resized,
     ScaleIntensityRanged,
     Spacingd,
@@ -144,6 +145,28 @@ class PercentileRanged(MapTransform):
             scaled = np.clip((flat - low) * scale, 0.0, 1.0).astype(array.dtype, copy=False).reshape(array.shape)
             d[key] = convert_to_dst_type(scaled, image)[0]
         return d
+
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def repeat_channels(images, channels: int) -> list:
+    """A 1-channel picture copied into ``channels`` channels (gray into R, G and B)."""
+    images, _ = _keys(images)
+    return [RepeatChanneld(images, repeats=channels)]
+
+
+def imagenet_normalise(images, channels: int = 3) -> list:
+    """8-bit pictures as torchvision's ``ToTensor`` + ``Normalize(ImageNet mean, std)`` see them: x / 255, gray
+    copied into R, G, B, then each channel (x - mean) / std."""
+    images, _ = _keys(images)
+    mean, std = IMAGENET_MEAN[:channels], IMAGENET_STD[:channels]
+    if channels == 1:
+        mean, std = (sum(IMAGENET_MEAN) / 3,), (sum(IMAGENET_STD) / 3,)
+    return [ScaleIntensityRanged(images, a_min=0.0, a_max=255.0, b_min=0.0, b_max=1.0, clip=False),
+            *(repeat_channels(images, channels) if channels > 1 else []),
+            NormalizeIntensityd(images, subtrahend=list(mean), divisor=list(std), channel_wise=True)]
 
 
 def percentile_range(images, lower: float = 0.5, upper: float = 99.5) -> list:

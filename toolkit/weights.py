@@ -39,11 +39,16 @@ class WeightsReport:
     skipped: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
     unexpected: list[str] = field(default_factory=list)
+    #: what the task's adaptation did (modalities or labels mapped by role or name)
+    notes: list[str] = field(default_factory=list)
+    #: the source checkpoint's provenance, when it was a medsight checkpoint (an imported published model)
+    provenance: dict | None = None
 
     def lines(self) -> list[str]:
         total = len(self.loaded) + len(self.adapted) + len(self.missing)
         lines = [f"starting weights {self.source}: {len(self.loaded) + len(self.adapted)} of {total} model "
                  "tensors loaded"]
+        lines += [f"  {note}" for note in self.notes]
         for label, names in (("adapted input channels", self.adapted), ("skipped (shape differs)", self.skipped),
                              ("missing (left as initialised)", self.missing),
                              ("unexpected (ignored)", self.unexpected)):
@@ -55,7 +60,9 @@ class WeightsReport:
     def to_dict(self) -> dict:
         """What a checkpoint records about where its run started (plain values only)."""
         return {"path": self.source, "sha256": self.sha256, "loaded": len(self.loaded), "adapted": self.adapted,
-                "skipped": self.skipped, "missing": len(self.missing), "unexpected": len(self.unexpected)}
+                "skipped": self.skipped, "missing": len(self.missing), "unexpected": len(self.unexpected),
+                "notes": self.notes, "provenance": self.provenance,
+                "pretrained": self.loaded + [entry.split(" ", 1)[0] for entry in self.adapted]}
 
 
 def _sha256(path: Path) -> str:
@@ -68,6 +75,12 @@ def _sha256(path: Path) -> str:
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """The tensors of a local weights file, keyed as the model that saved them named them."""
+    return read_weights(path)[0]
+
+
+def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
+    """(tensors, source facts): the facts a medsight checkpoint carries (``task``, ``task_state``,
+    ``provenance``), empty for another file."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError("weights file not found", path)
@@ -78,9 +91,11 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
                               f"({str(exc).splitlines()[0][:120]}); give a state dict", path) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
         raise CheckpointError(f"damaged or unreadable weights ({str(exc).splitlines()[0][:160]})", path) from None
-    if isinstance(raw, Mapping) and raw.get("format", "").startswith("medsight-checkpoint") \
-            and isinstance(raw.get("ema"), Mapping):
-        raw = {k.removeprefix("module."): v for k, v in raw["ema"].items() if k.startswith("module.")}
+    facts: dict = {}
+    if isinstance(raw, Mapping) and str(raw.get("format", "")).startswith("medsight-checkpoint"):
+        facts = {key: raw.get(key) for key in ("task", "task_state", "provenance")}
+        if isinstance(raw.get("ema"), Mapping):
+            raw = {k.removeprefix("module."): v for k, v in raw["ema"].items() if k.startswith("module.")}
     for key in ("model", "state_dict"):
         if isinstance(raw, Mapping) and isinstance(raw.get(key), Mapping):
             raw = raw[key]
@@ -93,7 +108,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             for prefix in ("module.", "_orig_mod."):
                 key = key.removeprefix(prefix)
             tensors[key] = value
-    return tensors
+    return tensors, facts
 
 
 def align_names(source: dict[str, torch.Tensor], own: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -124,12 +139,19 @@ def adapt_input_channels(source: torch.Tensor, target_shape: torch.Size) -> torc
     return None
 
 
-def load_initial_weights(model: nn.Module, path: str | Path) -> WeightsReport:
-    """Load what fits of a local weights file into ``model``; raise when nothing fits."""
+def load_initial_weights(model: nn.Module, path: str | Path, adapt=None) -> WeightsReport:
+    """Load what fits of a local weights file into ``model``; raise when nothing fits.
+
+    ``adapt(tensors, facts, own) -> (tensors, notes)``: the task's own adaptation (input channels by
+    modality role, head rows by label name), applied before the generic matching."""
     path = Path(path)
     own = model.state_dict()
-    source = align_names(read_state_dict(path), own)
-    report = WeightsReport(str(path), sha256=_sha256(path))
+    tensors, facts = read_weights(path)
+    source = align_names(tensors, own)
+    notes: list[str] = []
+    if adapt is not None:
+        source, notes = adapt(source, facts, own)
+    report = WeightsReport(str(path), sha256=_sha256(path), notes=list(notes), provenance=facts.get("provenance"))
     chosen: dict[str, torch.Tensor] = {}
     for key, value in source.items():
         if key not in own:

@@ -40,6 +40,12 @@ class ClassificationData(LoaderConfig):
     group_column: str = ""
     #: clip each picture to these percentiles of its values before z-scoring it; [] = no clipping
     intensity_percentiles: list[float] = field(default_factory=lambda: [0.5, 99.5])
+    #: input channels of the model: 1 (gray), or 3 (the gray picture copied into R, G, B, as models made
+    #: for photographs expect, e.g. CheXNet)
+    channels: int = 1
+    #: picture: z-score each picture (after the percentile clipping); imagenet: x / 255, then each channel
+    #: by ImageNet's mean and std (CheXNet and torchvision models; 8-bit pictures)
+    normalize: str = "picture"
     # Augmentation (training only); each random transform fires with augment_prob
     augment_prob: float = 0.8
     rotate_deg: float = 7.0
@@ -60,6 +66,8 @@ class ClassificationData(LoaderConfig):
         choice("data.sampler", self.sampler, ("none", "weighted", "patient"))
         check_group_pattern(self.group_pattern)
         positive("data.image_size", self.image_size)
+        choice("data.channels", self.channels, (1, 3))
+        choice("data.normalize", self.normalize, ("picture", "imagenet"))
         if not 0 <= self.hflip_prob <= 1 or not 0 <= self.augment_prob <= 1:
             raise ConfigError("data.hflip_prob and data.augment_prob must be between 0 and 1")
         percentiles = self.intensity_percentiles

@@ -59,6 +59,26 @@ def densenet121(config, in_channels: int, out_channels: int) -> nn.Module:
                        dropout_prob=config.dropout)
 
 
+@register_model("classification", "torchvision_densenet121")
+def torchvision_densenet121(config, in_channels: int, out_channels: int) -> nn.Module:
+    """torchvision's DenseNet121 (CheXNet's and most published chest X-ray models' layout: ``features.*``,
+    ``classifier``); a first convolution for ``in_channels`` other than 3."""
+    from torchvision.models import DenseNet
+
+    class DenseNet121(DenseNet):
+        """torchvision's forward with the final ReLU not in place: Grad-CAM hooks ``features``' output."""
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            out = nn.functional.relu(self.features(x))
+            return self.classifier(torch.flatten(nn.functional.adaptive_avg_pool2d(out, (1, 1)), 1))
+
+    model = DenseNet121(growth_rate=32, block_config=(6, 12, 24, 16), num_init_features=64, num_classes=out_channels,
+                        drop_rate=config.dropout)
+    if in_channels != 3:
+        model.features.conv0 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
+    return model
+
+
 @register_model("classification", "simple_cnn")
 def simple_cnn(config, in_channels: int, out_channels: int) -> nn.Module:
     return SimpleCNN(out_channels, in_channels=in_channels, dropout=config.dropout)

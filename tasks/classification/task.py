@@ -61,6 +61,8 @@ class XrayClassification(Task):
     config_class = ClassificationConfig
     schema = LABELLED_PICTURES
     model_family = "classification"
+    inherited_from_starting_weights = ("model", "data.image_size", "data.channels", "data.normalize",
+                                       "data.intensity_percentiles")
     monitor = Monitor("mean_auroc", "max")
     profiles = {"cpu-small": CPU_SMALL, "gpu": GPU}
     demo = DemoSpec(
@@ -125,10 +127,15 @@ class XrayClassification(Task):
         # later transform (about a third of the per-picture cost of predict).
         steps = [*T.load("image", kind="picture"), EnsureTyped("image", dtype=torch.float32, track_meta=False),
                  *T.resize("image", size=(size, size))]
-        if d.intensity_percentiles:
-            low, high = d.intensity_percentiles
-            steps += T.percentile_range("image", lower=low, upper=high)
-        steps += T.zscore("image", nonzero=False)
+        if d.normalize == "imagenet":
+            steps += T.imagenet_normalise("image", channels=d.channels)
+        else:
+            if d.intensity_percentiles:
+                low, high = d.intensity_percentiles
+                steps += T.percentile_range("image", lower=low, upper=high)
+            steps += T.zscore("image", nonzero=False)
+            if d.channels > 1:
+                steps += T.repeat_channels("image", d.channels)
         if stage == "train":
             shift_px = d.translate_fraction * size
             steps += T.affine("image", prob=d.augment_prob, rotate_deg=d.rotate_deg, scale=d.scale_fraction,
@@ -150,7 +157,33 @@ class XrayClassification(Task):
     # -- model ------------------------------------------------------------------------------------
     def build_model(self) -> nn.Module:
         m = self.config.model
-        return create_model("classification", m.name, m, in_channels=1, out_channels=len(self.labels.names))
+        return create_model("classification", m.name, m, in_channels=self.config.data.channels,
+                            out_channels=len(self.labels.names))
+
+    def adapt_starting_weights(self, tensors: dict, facts: dict, own: dict) -> tuple[dict, list[str]]:
+        """The head's rows taken by label name from a classifier of another label set; labels the source
+        lacks keep their fresh rows."""
+        source = list((facts.get("task_state") or {}).get("labels") or [])
+        names = list(self.labels.names)
+        if not source or source == names:
+            return tensors, []
+        weight_key = next((k for k in reversed(list(own)) if own[k].dim() == 2 and own[k].shape[0] == len(names)
+                           and k in tensors and tensors[k].shape[0] == len(source)
+                           and tensors[k].shape[1:] == own[k].shape[1:]), None)
+        if weight_key is None:
+            return tensors, [f"labels {len(source)} -> {len(names)}: no head to map by name; a new one"]
+        shared = [n for n in names if n in source]
+        tensors = dict(tensors)
+        for key in (weight_key, weight_key.rsplit(".", 1)[0] + ".bias"):
+            if key in tensors and key in own:
+                rows = own[key].clone()
+                for row, name in enumerate(names):
+                    if name in source:
+                        rows[row] = tensors[key][source.index(name)]
+                tensors[key] = rows
+        fresh = [n for n in names if n not in source]
+        return tensors, [f"head {weight_key.rsplit('.', 1)[0]}: {len(shared)} of {len(names)} labels taken from the "
+                         f"source by name" + (f"; new: {', '.join(fresh)}" if fresh else "")]
 
     def _probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         logits = logits.float()
@@ -235,7 +268,7 @@ class XrayClassification(Task):
 
     def example_input(self) -> torch.Tensor:
         size = self.config.data.image_size
-        return torch.zeros(1, 1, size, size)
+        return torch.zeros(1, self.config.data.channels, size, size)
 
     @classmethod
     def demo_inputs(cls, data: Path) -> list[str]:

@@ -72,6 +72,7 @@ class LungNoduleDetection(Task):
     profiles = {"cpu-small": CPU_SMALL, "gpu": GPU}
     schema = NODULE_SCANS
     model_family = "detection"
+    inherited_from_starting_weights = ("model", "data.spacing_mm", "data.window_hu")
     monitor = Monitor("cpm", "max")
     evaluate_split = "test"
     demo = DemoSpec(

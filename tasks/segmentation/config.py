@@ -13,7 +13,6 @@ from medsight.errors import ConfigError
 from medsight.models import models as registry
 
 
-
 @dataclass
 class SegmentationData(LoaderConfig):
     batch_size: int = 1
@@ -24,6 +23,13 @@ class SegmentationData(LoaderConfig):
     #: role -> regular expression on file names, for naming=patterns (default: BRATS 2013/2015 names)
     patterns: Optional[dict[str, str]] = None
     spacing_mm: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0])
+    #: preprocessing steps a published model may have been trained without (an imported MONAI bundle
+    #: reads the stored axes and grid as they are): orient to RAS (""=keep the stored axes), resample to
+    #: spacing_mm, move a constant background to 0, crop to the non-zero foreground
+    orient: str = "RAS"
+    resample: bool = True
+    background_to_zero: bool = True
+    crop_foreground: bool = True
     patch_size: list[int] = field(default_factory=lambda: [128, 128, 128])
     #: random patches drawn per case and epoch, half centred on tumour, half on background
     patches_per_case: int = 2
@@ -39,6 +45,7 @@ class SegmentationData(LoaderConfig):
             choice("data.modalities", role, ROLES)
         if len(set(self.modalities)) != len(self.modalities) or not self.modalities:
             raise ConfigError(f"data.modalities must list distinct roles, got {self.modalities}")
+        choice("data.orient", self.orient, ("RAS", "LPS", ""))
         if len(self.spacing_mm) != 3 or len(self.patch_size) != 3:
             raise ConfigError("data.spacing_mm and data.patch_size need three values (x, y, z)")
         if not 0 <= self.tumour_fraction <= 1:
@@ -51,6 +58,8 @@ class SegmentationModel:
     #: SegResNet / DynUNet width; UNet uses ``channels``
     init_filters: int = 16
     blocks_down: list[int] = field(default_factory=lambda: [1, 2, 2, 4])
+    #: SegResNet decoder blocks per level; [] = one per level
+    blocks_up: list[int] = field(default_factory=list)
     dropout: float = 0.0
     channels: list[int] = field(default_factory=lambda: [16, 32, 64, 128, 256])
     #: smp_unet2d: any segmentation-models-pytorch encoder (weights only from init_weights: no downloads)

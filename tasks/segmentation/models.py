@@ -41,7 +41,8 @@ class SliceWise(nn.Module):
 def segresnet(cfg: SegmentationModel, in_channels: int, out_channels: int) -> nn.Module:
     return SegResNet(spatial_dims=3, in_channels=in_channels, out_channels=out_channels,
                      init_filters=cfg.init_filters, blocks_down=tuple(cfg.blocks_down),
-                     blocks_up=(1,) * (len(cfg.blocks_down) - 1), dropout_prob=cfg.dropout or None)
+                     blocks_up=tuple(cfg.blocks_up) or (1,) * (len(cfg.blocks_down) - 1),
+                     dropout_prob=cfg.dropout or None)
 
 
 @register_model("segmentation", "unet")

@@ -40,6 +40,8 @@ class BrainTumourSegmentation(Task):
     profiles = PROFILES
     schema = MRI_CASES
     model_family = "segmentation"
+    inherited_from_starting_weights = ("model", "data.orient", "data.resample", "data.spacing_mm", "data.background_to_zero",
+                                       "data.crop_foreground")
     monitor = Monitor("mean_dice", "max")
     evaluate_split = "all"
     demo = DemoSpec(
@@ -85,6 +87,25 @@ class BrainTumourSegmentation(Task):
     def build_model(self) -> nn.Module:
         return build_network(self.config.model, in_channels=len(self.modalities))
 
+    def adapt_starting_weights(self, tensors: dict, facts: dict, own: dict) -> tuple[dict, list[str]]:
+        """The first convolution's input channels chosen by modality role: a model made for T1c, T1, T2 and
+        FLAIR starts a FLAIR + T1c model from its FLAIR and T1c kernels (a role it lacks starts from the mean)."""
+        source_roles = list((facts.get("task_state") or {}).get("modalities") or [])
+        roles = list(self.modalities)
+        if not source_roles or source_roles == roles:
+            return tensors, []
+        key = next((k for k, v in own.items() if v.dim() == 5 and v.shape[1] == len(roles)
+                     and k in tensors and tensors[k].dim() == 5 and tensors[k].shape[1] == len(source_roles)), None)
+        if key is None:
+            return tensors, [f"modalities {source_roles} -> {roles}: no first convolution to map by role"]
+        weight = tensors[key]
+        columns = [weight[:, source_roles.index(r)] if r in source_roles else weight.mean(dim=1) for r in roles]
+        tensors = dict(tensors)
+        tensors[key] = torch.stack(columns, dim=1)
+        missing = [r for r in roles if r not in source_roles]
+        note = f"{key}: input channels by role {source_roles} -> {roles}"
+        return tensors, [note + (f" ({', '.join(missing)} from the mean of the others)" if missing else "")]
+
     def training_step(self, model: nn.Module, batch: dict) -> StepOutput:
         logits = model(batch["image"])
         dice, bce = self._dice, self._bce
@@ -122,11 +143,21 @@ class BrainTumourSegmentation(Task):
         probs = self.probabilities(model, batch["image"])
         truth = batch["label"] > 0.5
         out: dict[str, list] = {"id": list(batch["id"])}
-        for prob, label in zip(probs, truth):
-            scores = region_scores((prob > self.config.infer.threshold).cpu(), label.cpu(), self.config.data.spacing_mm)
+        spacings = self._spacings(batch["image"], len(probs))
+        for prob, label, spacing in zip(probs, truth, spacings):
+            scores = region_scores((prob > self.config.infer.threshold).cpu(), label.cpu(), spacing)
             for name, value in scores.items():
                 out.setdefault(name, []).append(value)
         return out
+
+    def _spacings(self, image, count: int) -> list:
+        """Voxel size (mm) of each item: data.spacing_mm after resampling, else each image's own grid."""
+        if self.config.data.resample or not hasattr(image, "affine"):
+            return [self.config.data.spacing_mm] * count
+        from medsight.geometry import voxel_size_mm
+
+        affines = image.affine.reshape(-1, 4, 4).cpu().numpy()
+        return [voxel_size_mm(a).tolist() for a in affines]
 
     def validation_metrics(self, outputs: dict[str, list]) -> dict[str, float]:
         return summarise(outputs)

@@ -78,13 +78,15 @@ def pipeline(stage: str, cfg: SegmentationConfig, default_convention: str) -> Co
     steps = [*T.load("image", labels), SelectChannelsd("image")]
     if labels:
         steps.append(LabelsToRegionsd("label", default_convention=default_convention))
-    steps += [
-        *T.orient("image", labels, "RAS"),
-        *T.resample("image", labels, data.spacing_mm),
-        *T.background_to_zero("image"),
-        *T.zscore("image", nonzero=True),
-        *T.crop_foreground("image", labels, source="image"),
-    ]
+    if data.orient:
+        steps += T.orient("image", labels, data.orient)
+    if data.resample:
+        steps += T.resample("image", labels, data.spacing_mm)
+    if data.background_to_zero:
+        steps += T.background_to_zero("image")
+    steps += T.zscore("image", nonzero=True)
+    if data.crop_foreground:
+        steps += T.crop_foreground("image", labels, source="image")
     if stage == "train":
         steps += [
             SpatialPadd(["image", "label"], spatial_size=tuple(data.patch_size)),

@@ -1,0 +1,99 @@
+"""Parity of imported published models with their sources' own inference, in one run (random weights in
+each source's exact file layout: real weights cannot be downloaded here).
+
+- ``monai-brats``: the brats_mri_segmentation bundle's own transforms, network, inferer and
+  post-processing (MONAI ConfigParser) vs ``medsight import`` + ``predict``: max |delta probability|,
+  label-map agreement;
+- ``chexnet`` / ``torchvision-densenet121``: CheXNet's preprocessing (PIL RGB, Resize(224), ToTensor,
+  ImageNet Normalize) and network vs medsight: max |delta probability| on 224-px pictures;
+- the one step that legitimately differs, the resize: on real NIH pictures (``--pictures``, e.g.
+  ../shared/data/chestxray14/nih_starter_256/images, 256 px), torchvision's PIL bilinear resize against
+  medsight's area resize to 224 px: the probability differences this makes.
+
+    python bench/import_parity.py [--pictures DIR] [--work DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import medsight  # noqa: E402,F401
+from medsight.cli import main as medsight  # noqa: E402
+from tests.tasks import test_import as fixtures  # noqa: E402
+
+
+def brats(work: Path) -> str:
+    import nibabel as nib
+
+    root = fixtures.make_brats_bundle(work / "bundle")
+    case = fixtures.brats_case(work / "case")
+    probabilities, labels = fixtures.run_bundle(root, case, work / "bundle-out")
+    assert medsight(["import", str(root), "--out", str(work / "brats.pt")]) == 0
+    images = [f"--image={role}={path}" for role, path in case.items()]
+    roi = ",".join(map(str, fixtures.ROI))
+    assert medsight(["predict", "--checkpoint", str(work / "brats.pt"), *images, "--out", str(work / "out"),
+                     "--precision", "fp32", "infer.probabilities=true", "infer.overlay=false",
+                     f"infer.roi_size=[{roi}]"]) == 0
+    ours = np.asarray(nib.load(str(work / "out" / "case_t1c_seg.nii.gz")).dataobj)
+    prob = np.moveaxis(np.asarray(nib.load(str(work / "out" / "case_t1c_prob.nii.gz")).dataobj), -1, 0)
+    delta = np.abs(prob - probabilities[[2, 0, 1]]).max()
+    agree = float((ours == labels).mean())
+    return f"| monai-brats (brats_mri_segmentation) | {delta:.2e} | label maps: {agree:.4%} of voxels equal |"
+
+
+def chexnet(work: Path) -> tuple[str, torch.nn.Module, Path]:
+    work.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(1)
+    net = fixtures.chexnet_network()
+    source = fixtures.save_chexnet_checkpoint(net, work / "model.pth.tar")
+    assert medsight(["import", str(source), "--out", str(work / "chexnet.pt")]) == 0
+    from medsight.registry import DATASETS
+
+    data = DATASETS.get("chestxray14")().synth(work / "cxr", cases=8, seed=2, size=224)
+    pictures = sorted(data.glob("images_*/images/*.png"))
+    assert medsight(["predict", "--checkpoint", str(work / "chexnet.pt"), *map(str, pictures), "--out",
+                     str(work / "out"), "--precision", "fp32"]) == 0
+    ours = fixtures.predicted(work / "out")
+    delta = max(np.abs(ours[p.name] - fixtures.chexnet_reference(net, p)).max() for p in pictures)
+    return f"| chexnet (model.pth.tar), 8 pictures at 224 px | {delta:.2e} | - |", net, work / "chexnet.pt"
+
+
+def resize_effect(net, checkpoint: Path, pictures: Path, work: Path) -> str:
+    files = sorted(p for p in pictures.iterdir() if p.suffix.lower() == ".png")[:40]
+    assert medsight(["predict", "--checkpoint", str(checkpoint), *map(str, files), "--out", str(work / "real"),
+                     "--precision", "fp32"]) == 0
+    ours = fixtures.predicted(work / "real")
+    deltas = np.array([np.abs(ours[p.name] - fixtures.chexnet_reference(net, p)).max() for p in files])
+    return (f"| chexnet on {len(files)} real NIH pictures at 256 px (resized to 224: PIL bilinear vs MONAI area) | "
+            f"median {np.median(deltas):.2e}, max {deltas.max():.2e} | - |")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pictures", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" /
+                                                  "chestxray14" / "nih_starter_256" / "images"))
+    parser.add_argument("--work", default=None)
+    args = parser.parse_args()
+    work = Path(args.work or tempfile.mkdtemp(prefix="medsight-parity-"))
+    rows = ["| source | max abs delta probability (fp32) | outputs |", "|---|---|---|", brats(work / "brats")]
+    row, net, checkpoint = chexnet(work / "chexnet")
+    rows.append(row)
+    if Path(args.pictures).is_dir():
+        rows.append(resize_effect(net, checkpoint, Path(args.pictures), work / "chexnet"))
+    else:
+        rows.append(f"| (skipped: no real pictures at {args.pictures}) | | |")
+    print("\n".join(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

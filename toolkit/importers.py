@@ -1,0 +1,167 @@
+"""Model sources: importers that turn a published model into an ordinary medsight checkpoint.
+
+    medsight import SOURCE --out CKPT [--format NAME]
+
+An importer reads one kind of source (a MONAI bundle, a CheXNet ``model.pth.tar``, a torchvision state
+dict...) and returns the task, the task config that reproduces the source's own preprocessing and
+inference, the task state (label order, modalities), the weights in the task's model, and a provenance
+record (source, version, licence, published metrics). After import nothing knows where a model came
+from except that record: ``predict``, ``evaluate``, ``export`` and ``train --init-weights`` treat the
+checkpoint like any other.
+
+Importers are registered like tasks (``@register_importer`` or the entry-point group
+``medsight.importers``). Files are read with ``torch.load(weights_only=True)`` only: a whole pickled
+model is refused, never unpickled.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import logging
+import pickle
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+
+from medsight.errors import CheckpointError, ConfigError, DataError
+from medsight.registry import Registry
+
+log = logging.getLogger(__name__)
+
+IMPORTERS: Registry = Registry("importer", "medsight.importers")
+
+
+def register_importer(name: str):
+    return IMPORTERS.register(name)
+
+
+@dataclass
+class Imported:
+    """What an importer read: everything a medsight checkpoint needs."""
+
+    task: str
+    config: dict  # nested overrides of the task's default config
+    task_state: dict
+    model: dict[str, torch.Tensor]  # keyed as the task's model names its tensors
+    provenance: dict = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)  # what was adapted, for the user
+
+
+class ModelImporter:
+    name: ClassVar[str]
+    description: ClassVar[str] = ""
+
+    @classmethod
+    def accepts(cls, source: Path) -> bool:
+        """Whether ``source`` looks like this importer's kind (cheap: names and headers)."""
+        return False
+
+    def read(self, source: Path, labels: list[str] | None = None) -> Imported:
+        raise NotImplementedError
+
+
+def load_tensors(path, what: str, where: Path | None = None) -> Any:
+    """``torch.load(weights_only=True)`` with one-line errors; a whole pickled model is refused. ``path``: a
+    file or a file-like object (``where`` then names it in errors)."""
+    where = where if where is not None else path
+    if isinstance(path, Path) and not path.is_file():
+        raise DataError("file not found", path)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        reason = str(exc).splitlines()[0][:140] if str(exc) else ""
+        raise CheckpointError(
+            f"refused: this {what} is a whole pickled model (torch.save(model)), which can only be loaded by running "
+            f"code from the file ({reason}). medsight reads state dicts only: re-save it in the source's own "
+            "environment with torch.save(model.state_dict(), PATH), or use the source's trusted loader "
+            "(--format txrv for torchxrayvision)", where) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise CheckpointError(f"not a readable {what} ({str(exc).splitlines()[0][:160]})", where) from None
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    if path.is_dir():
+        for child in sorted(p for p in path.rglob("*") if p.is_file()):
+            digest.update(child.relative_to(path).as_posix().encode())
+            digest.update(child.read_bytes())
+        return digest.hexdigest()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def choose_importer(source: Path, requested: str | None) -> type[ModelImporter]:
+    if requested:
+        return IMPORTERS.get(requested)
+    for name in IMPORTERS.names():
+        if IMPORTERS.get(name).accepts(source):
+            return IMPORTERS.get(name)
+    raise DataError(f"no importer recognises this file or folder (known: {', '.join(IMPORTERS.names())}); give "
+                    "--format, or see README 'Use a published model' for the layouts read", source)
+
+
+def import_model(source: str, out: Path, requested: str | None = None, labels: list[str] | None = None) -> dict:
+    """Read ``source`` (a path, or ``monai:NAME`` to download a MONAI bundle) and write a checkpoint to ``out``."""
+    from medsight import checkpoint
+    from medsight.config import resolve, to_dict
+    from medsight.registry import TASKS
+
+    if source.startswith("monai:"):
+        from medsight.bundles import download_bundle
+
+        path = download_bundle(source.removeprefix("monai:"), out.parent)
+    else:
+        path = Path(source)
+    if not path.exists():
+        raise DataError("file or folder not found", path)
+    importer = choose_importer(path, requested)
+    imported = importer().read(path, labels=labels)
+    task_class = TASKS.get(imported.task)
+    config = resolve(task_class.config_class, base=imported.config)
+    task = task_class(config)
+    task.load_state_dict(imported.task_state)
+    model = task.build_model()
+    try:
+        model.load_state_dict(imported.model)
+    except RuntimeError as exc:
+        raise CheckpointError(f"the file's tensors do not fit the {imported.task} model the source describes "
+                              f"({str(exc).splitlines()[0][:200]})", path) from None
+    provenance = {"importer": importer.name, "imported_from": str(path), "sha256": sha256_of(path),
+                  "imported_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                  **imported.provenance}
+    state = {"task": imported.task, "config": to_dict(config), "task_state": task.state_dict(),
+             "model": model.state_dict(), "ema": None, "epoch": 0, "global_step": 0, "provenance": provenance,
+             "trained_on": {"source": provenance.get("trained_on", "the source's own training data"),
+                            "synthetic": False}}
+    checkpoint.save(state, out)
+    return {"checkpoint": out, "provenance": provenance, "notes": imported.notes, "task": imported.task}
+
+
+def describe_provenance(provenance: dict | None) -> list[str]:
+    """Lines for people: where a checkpoint came from."""
+    if not provenance:
+        return []
+    keys = (("source", "source"), ("version", "version"), ("licence", "licence"),
+            ("published_metrics", "published"), ("applies_to", "applies to"), ("imported_from", "imported from"),
+            ("sha256", "sha256"), ("imported_at", "imported"))
+    lines = []
+    for key, label in keys:
+        value = provenance.get(key)
+        if value in (None, "", {}):
+            continue
+        if isinstance(value, dict):
+            value = ", ".join(f"{k} {v}" for k, v in value.items())
+        lines.append(f"{label}: {value}")
+    return lines
+
+
+def require(condition: bool, message: str, where) -> None:
+    """ConfigError naming the source when an imported file does not have the layout its importer reads."""
+    if not condition:
+        raise ConfigError(message, where)
