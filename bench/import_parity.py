@@ -50,6 +50,16 @@ def brats(work: Path) -> str:
     return f"| monai-brats (brats_mri_segmentation) | {delta:.2e} | label maps: {agree:.4%} of voxels equal |"
 
 
+def lung(work: Path) -> str:
+    work.mkdir(parents=True, exist_ok=True)
+    ours, reference = fixtures.lung_nodules_both_ways(work)
+    same = len(ours) == len(reference)
+    centre = np.abs(ours[:, :3] - reference[:, :3]).max() if same else float("nan")
+    score = np.abs(ours[:, 3] - reference[:, 3]).max() if same else float("nan")
+    return (f"| monai-lung-nodules (lung_nodule_ct_detection) | {score:.2e} | {len(ours)} vs {len(reference)} marks; "
+            f"centres within {centre:.1e} mm |")
+
+
 def chexnet(work: Path) -> tuple[str, torch.nn.Module, Path]:
     work.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(1)
@@ -84,7 +94,8 @@ def main() -> int:
     parser.add_argument("--work", default=None)
     args = parser.parse_args()
     work = Path(args.work or tempfile.mkdtemp(prefix="medsight-parity-"))
-    rows = ["| source | max abs delta probability (fp32) | outputs |", "|---|---|---|", brats(work / "brats")]
+    rows = ["| source | max abs delta probability (fp32) | outputs |", "|---|---|---|", brats(work / "brats"),
+            lung(work / "lung")]
     row, net, checkpoint = chexnet(work / "chexnet")
     rows.append(row)
     if Path(args.pictures).is_dir():

@@ -49,9 +49,35 @@ def _table(metrics: dict) -> str:
     return f"<table>{rows}</table>"
 
 
+def _origin(run_dir: Path) -> str:
+    """What the run learnt from and started from (synthetic data and published sources said plainly)."""
+    from medsight import checkpoint
+    from medsight.importers import describe_provenance
+
+    last = run_dir / "checkpoints" / "last.pt"
+    if not last.is_file():
+        return ""
+    try:
+        state = checkpoint.load(last)
+    except Exception:  # a report never fails a run
+        return ""
+    items = []
+    trained = state.get("trained_on") or {}
+    if trained:
+        kind = "<b>synthetic data only</b>: the model knows nothing of real images" if trained.get("synthetic") \
+            else "real data"
+        items.append(f"<li>trained on {html.escape(str(trained.get('root')))} ({html.escape(str(trained.get('format')))}"
+                     f", {trained.get('records')} records): {kind}</li>")
+    started = state.get("started_from") or {}
+    if started:
+        items.append(f"<li>started from {html.escape(str(started.get('path')))}</li>")
+        items += [f"<li>{html.escape(line)}</li>" for line in describe_provenance(started.get("provenance"))]
+    return "<h2>Data and origin</h2><ul>" + "".join(items) + "</ul>" if items else ""
+
+
 def write_report(run_dir: Path, title: str | None = None) -> Path:
     run_dir = Path(run_dir)
-    parts = [f"<h1>{html.escape(title or run_dir.name)}</h1>"]
+    parts = [f"<h1>{html.escape(title or run_dir.name)}</h1>", _origin(run_dir)]
     curves = _curves(run_dir)
     if curves:
         parts.append(f'<h2>Training</h2><img src="{curves.name}" alt="training curves">')

@@ -174,6 +174,11 @@ class XrayClassification(Task):
             return tensors, [f"labels {len(source)} -> {len(names)}: no head to map by name; a new one"]
         shared = [n for n in names if n in source]
         tensors = dict(tensors)
+        if not shared:  # nothing to take over: the head is new (and not counted as pretrained)
+            for key in (weight_key, weight_key.rsplit(".", 1)[0] + ".bias"):
+                tensors.pop(key, None)
+            return tensors, [f"head {weight_key.rsplit('.', 1)[0]}: new for {', '.join(names)} (the source's "
+                             f"{len(source)} labels share none of these names)"]
         for key in (weight_key, weight_key.rsplit(".", 1)[0] + ".bias"):
             if key in tensors and key in own:
                 rows = own[key].clone()

@@ -21,11 +21,13 @@ from monai.transforms import MapTransform
 
 from medsight.geometry import voxel_size_mm, voxel_to_world, world_to_voxel
 
-#: box coordinate of the centre of voxel 0 (voxel-edge convention)
+#: box coordinate of the centre of voxel 0 (voxel-edge convention); MONAI Model Zoo's
+#: lung_nodule_ct_detection was trained with boxes whose coordinates put voxel centres at integers (0.0):
+#: ``model.box_voxel_centre`` says which convention a model learnt
 VOXEL_CENTRE = 0.5
 
 
-def nodules_to_boxes(nodules_mm: np.ndarray, affine_ras: np.ndarray) -> np.ndarray:
+def nodules_to_boxes(nodules_mm: np.ndarray, affine_ras: np.ndarray, voxel_centre: float = VOXEL_CENTRE) -> np.ndarray:
     """Boxes of nodules on a grid.
 
     nodules_mm: (N, 4) rows ``x, y, z, diameter_mm`` (LPS world mm); affine_ras: (4, 4) of the image
@@ -34,12 +36,12 @@ def nodules_to_boxes(nodules_mm: np.ndarray, affine_ras: np.ndarray) -> np.ndarr
     nodules_mm = np.asarray(nodules_mm, dtype=np.float64).reshape(-1, 4)
     if len(nodules_mm) == 0:
         return np.zeros((0, 6), dtype=np.float32)
-    centres = world_to_voxel(nodules_mm[:, :3], affine_ras, space="LPS") + VOXEL_CENTRE
+    centres = world_to_voxel(nodules_mm[:, :3], affine_ras, space="LPS") + voxel_centre
     half_sides = nodules_mm[:, 3:4] / voxel_size_mm(affine_ras)[None, :] / 2.0
     return np.concatenate([centres - half_sides, centres + half_sides], axis=1).astype(np.float32)
 
 
-def boxes_to_nodules(boxes: np.ndarray, affine_ras: np.ndarray) -> np.ndarray:
+def boxes_to_nodules(boxes: np.ndarray, affine_ras: np.ndarray, voxel_centre: float = VOXEL_CENTRE) -> np.ndarray:
     """The inverse of ``nodules_to_boxes``: (N, 6) boxes -> (N, 4) ``x, y, z, diameter_mm`` (LPS mm).
 
     The diameter is the mean of the box's three sides in mm (a detected box is not a perfect cube).
@@ -47,7 +49,7 @@ def boxes_to_nodules(boxes: np.ndarray, affine_ras: np.ndarray) -> np.ndarray:
     boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 6)
     if len(boxes) == 0:
         return np.zeros((0, 4), dtype=np.float64)
-    centres = (boxes[:, :3] + boxes[:, 3:]) / 2.0 - VOXEL_CENTRE
+    centres = (boxes[:, :3] + boxes[:, 3:]) / 2.0 - voxel_centre
     world = voxel_to_world(centres, affine_ras, space="LPS")
     sides_mm = (boxes[:, 3:] - boxes[:, :3]) * voxel_size_mm(affine_ras)[None, :]
     return np.concatenate([world, sides_mm.mean(axis=1, keepdims=True)], axis=1)
@@ -66,13 +68,15 @@ class NodulesToBoxesd(MapTransform):
     ``data[label_key]`` (N,) int64 zeros (one class: nodule)."""
 
     def __init__(self, image_key: str = "image", nodules_key: str = "nodules", box_key: str = "boxes",
-                 label_key: str = "labels"):
+                 label_key: str = "labels", voxel_centre: float = VOXEL_CENTRE):
         super().__init__([nodules_key])
         self.image_key, self.nodules_key, self.box_key, self.label_key = image_key, nodules_key, box_key, label_key
+        self.voxel_centre = voxel_centre
 
     def __call__(self, data: Mapping[Hashable, object]) -> dict:
         d = dict(data)
-        boxes = nodules_to_boxes(np.asarray(d[self.nodules_key], dtype=np.float64), _affine_of(d[self.image_key]))
+        boxes = nodules_to_boxes(np.asarray(d[self.nodules_key], dtype=np.float64), _affine_of(d[self.image_key]),
+                                 self.voxel_centre)
         d[self.box_key] = torch.as_tensor(boxes)
         d[self.label_key] = torch.zeros(len(boxes), dtype=torch.long)
         return d

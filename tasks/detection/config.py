@@ -94,6 +94,10 @@ class DetectionModel:
     positive_anchor_fraction: float = 0.3
     hard_negative_pool: float = 20.0
     min_negatives: int = 16
+    #: box coordinate of the centre of voxel 0 in the boxes the model learnt: 0.5 (voxel edges: medsight's
+    #: boxes, exact through MONAI's flips, crops and zooms) or 0.0 (voxel centres at integers, as in the MONAI
+    #: Model Zoo's lung_nodule_ct_detection training data)
+    box_voxel_centre: float = 0.5
     cls_loss: str = "bce"  # bce, focal
     box_loss: str = "smooth_l1"  # smooth_l1, giou
     #: old spelling of trainer.init_weights (``--init-weights``): read only when a training run starts
@@ -118,6 +122,7 @@ class DetectionModel:
         if not self.anchor_shapes_voxels or any(len(s) != 3 or min(s) <= 0 for s in self.anchor_shapes_voxels):
             raise ConfigError(f"model.anchor_shapes_voxels needs [x, y, z] shapes > 0, got {self.anchor_shapes_voxels}")
         choice("model.cls_loss", self.cls_loss, ("bce", "focal"))
+        choice("model.box_voxel_centre", self.box_voxel_centre, (0.0, 0.5))
         choice("model.box_loss", self.box_loss, ("smooth_l1", "giou"))
         if not 0 < self.positive_anchor_fraction < 1:
             raise ConfigError(f"model.positive_anchor_fraction must be in (0, 1), got {self.positive_anchor_fraction}")

@@ -19,10 +19,11 @@ from .froc import FP_RATES, FrocResult
 SUBMISSION_HEADER = ("seriesuid", "coordX", "coordY", "coordZ", "probability", "diameter_mm")
 
 
-def marks_from_boxes(boxes: np.ndarray, scores: np.ndarray, affine_ras: np.ndarray) -> np.ndarray:
+def marks_from_boxes(boxes: np.ndarray, scores: np.ndarray, affine_ras: np.ndarray,
+                     voxel_centre: float = 0.5) -> np.ndarray:
     """Detected boxes on an image grid -> marks (N, 5) ``x, y, z, probability, diameter_mm``, world mm
     (LPS, as annotations.csv), highest probability first."""
-    nodules = boxes_to_nodules(boxes, affine_ras)
+    nodules = boxes_to_nodules(boxes, affine_ras, voxel_centre)
     marks = np.concatenate([nodules[:, :3], np.asarray(scores, dtype=np.float64).reshape(-1, 1), nodules[:, 3:]],
                            axis=1)
     return marks[np.argsort(-marks[:, 3], kind="stable")]
@@ -41,16 +42,17 @@ class NoduleSubmission(PredictionWriter):
     """One predict call: the marks of every scan, gathered for one ``submission.csv`` (written by
     ``finish``), and overlay PNGs of each scan's top marks as the scan comes."""
 
-    def __init__(self, out: Path, overlays_per_scan: int):
+    def __init__(self, out: Path, overlays_per_scan: int, voxel_centre: float = 0.5):
         super().__init__(out)
         self.overlays_per_scan = overlays_per_scan
+        self.voxel_centre = voxel_centre
         self.rows: list[dict] = []
 
     def write(self, prediction: dict, data: dict) -> list[Path]:
         image = data["image"]
         affine = np.asarray(image.affine.cpu().numpy(), dtype=np.float64)
         seriesuid = str(image.meta.get("series_uid") or data.get("seriesuid") or data.get("id"))
-        marks = marks_from_boxes(prediction["boxes"], prediction["scores"], affine)
+        marks = marks_from_boxes(prediction["boxes"], prediction["scores"], affine, self.voxel_centre)
         self.rows.extend(submission_rows(seriesuid, marks))
         if self.overlays_per_scan == 0 or len(marks) == 0:
             return []

@@ -70,11 +70,11 @@ def augmentation(cfg: DetectionData) -> list:
     return steps
 
 
-def train_transforms(cfg: DetectionData) -> Compose:
+def train_transforms(cfg: DetectionData, voxel_centre: float = 0.5) -> Compose:
     positive = cfg.positive_patch_fraction
     steps = [
         *preprocessing(cfg),
-        NodulesToBoxesd(IMAGE, "nodules", BOX_KEY, LABEL_KEY),
+        NodulesToBoxesd(IMAGE, "nodules", BOX_KEY, LABEL_KEY, voxel_centre=voxel_centre),
         # at the end, so that box coordinates (from voxel 0) are unchanged by the padding
         SpatialPadd(IMAGE, spatial_size=list(cfg.patch_size), method="end"),
         PatchesByPosNeg(

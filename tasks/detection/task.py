@@ -90,7 +90,7 @@ class LungNoduleDetection(Task):
 
     def transforms(self, stage: str):
         if stage == "train":
-            return pipeline.train_transforms(self.config.data)
+            return pipeline.train_transforms(self.config.data, self.config.model.box_voxel_centre)
         return pipeline.eval_transforms(self.config.data)
 
     def collate_fn(self, stage: str):
@@ -131,7 +131,9 @@ class LungNoduleDetection(Task):
     def validation_step(self, model: nn.Module, batch: dict) -> dict[str, list]:
         detections = self._detect(model, batch["image"])
         affines = batch["image"].affine.reshape(-1, 4, 4).cpu().numpy()
-        marks = [outputs.marks_from_boxes(d["boxes"], d["scores"], affine) for d, affine in zip(detections, affines)]
+        centre = self.config.model.box_voxel_centre
+        marks = [outputs.marks_from_boxes(d["boxes"], d["scores"], affine, centre)
+                 for d, affine in zip(detections, affines)]
         return {"seriesuid": list(batch["seriesuid"]), "marks": marks,
                 "nodules": [np.asarray(n, dtype=np.float64).reshape(-1, 4) for n in batch["nodules"]],
                 "excluded": [np.asarray(e, dtype=np.float64).reshape(-1, 4) for e in batch["excluded"]]}
@@ -185,7 +187,7 @@ class LungNoduleDetection(Task):
         return self._detect(model, batch["image"])
 
     def prediction_writer(self, out: Path) -> PredictionWriter:
-        return outputs.NoduleSubmission(out, self.config.infer.overlays_per_scan)
+        return outputs.NoduleSubmission(out, self.config.infer.overlays_per_scan, self.config.model.box_voxel_centre)
 
     def example_input(self) -> torch.Tensor:
         size = [2 * d for d in size_divisible(self.config.model)]

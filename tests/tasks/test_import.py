@@ -294,3 +294,114 @@ def test_info_shows_where_a_checkpoint_came_from(tmp_path, capsys):
     assert "classification checkpoint" in shown and "model: torchvision_densenet121" in shown
     assert "source: CheXNet (Rajpurkar et al. 2017)" in shown and "published: ChestX-ray14 mean AUROC 0.841" in shown
     assert "licence: MIT" in shown and "applies to: frontal chest X-rays" in shown
+
+
+# -- the MONAI Model Zoo's lung_nodule_ct_detection bundle ---------------------------------------------------
+#: configs/inference.json of the bundle as published (Project-MONAI/model-zoo, models/lung_nodule_ct_detection),
+#: without the ``meta_key_postfix`` arguments its version 0.6.0 removed ("remove meta_dict usage"); today's
+#: MONAI refuses them
+LUNG_INFERENCE = {
+    "whether_raw_luna16": False,
+    "whether_resampled_luna16": "$(not @whether_raw_luna16)",
+    "imports": ["$import glob", "$import os"],
+    "bundle_root": ".",
+    "output_dir": "$@bundle_root + '/eval'",
+    "device": "$torch.device('cuda:0' if torch.cuda.is_available() else 'cpu')",
+    "amp": True, "spatial_dims": 3, "num_classes": 1, "force_sliding_window": False,
+    "size_divisible": [16, 16, 8], "infer_patch_size": [512, 512, 192],
+    "anchor_generator": {"_target_": "monai.apps.detection.utils.anchor_utils.AnchorGeneratorWithAnchorShape",
+                         "feature_map_scales": [1, 2, 4], "base_anchor_shapes": [[6, 8, 4], [8, 6, 5], [10, 10, 6]]},
+    "backbone": "$monai.networks.nets.resnet.resnet50(spatial_dims=3,n_input_channels=1,conv1_t_stride=[2,2,1],"
+                "conv1_t_size=[7,7,7])",
+    "feature_extractor": "$monai.apps.detection.networks.retinanet_network.resnet_fpn_feature_extractor(@backbone,3,"
+                         "False,[1,2],None)",
+    "network_def": {"_target_": "RetinaNet", "spatial_dims": "@spatial_dims", "num_classes": "@num_classes",
+                    "num_anchors": 3, "feature_extractor": "@feature_extractor", "size_divisible": "@size_divisible",
+                    "use_list_output": False},
+    "network": "$@network_def.to(@device)",
+    "detector": {"_target_": "RetinaNetDetector", "network": "@network", "anchor_generator": "@anchor_generator",
+                 "debug": False, "spatial_dims": "@spatial_dims", "num_classes": "@num_classes",
+                 "size_divisible": "@size_divisible"},
+    "detector_ops": [
+        "$@detector.set_target_keys(box_key='box', label_key='label')",
+        "$@detector.set_box_selector_parameters(score_thresh=0.02,topk_candidates_per_level=1000,nms_thresh=0.22,"
+        "detections_per_img=300)",
+        "$@detector.set_sliding_window_inferer(roi_size=@infer_patch_size,overlap=0.25,sw_batch_size=1,"
+        "mode='constant',device='cpu')"],
+    "preprocessing": {"_target_": "Compose", "transforms": [
+        {"_target_": "LoadImaged", "keys": "image", "_disabled_": "@whether_raw_luna16"},
+        {"_target_": "LoadImaged", "keys": "image", "reader": "itkreader", "affine_lps_to_ras": True,
+         "_disabled_": "@whether_resampled_luna16"},
+        {"_target_": "EnsureChannelFirstd", "keys": "image"},
+        {"_target_": "Orientationd", "keys": "image", "axcodes": "RAS"},
+        {"_target_": "Spacingd", "keys": "image", "pixdim": [0.703125, 0.703125, 1.25],
+         "_disabled_": "@whether_resampled_luna16"},
+        {"_target_": "ScaleIntensityRanged", "keys": "image", "a_min": -1024.0, "a_max": 300.0, "b_min": 0.0,
+         "b_max": 1.0, "clip": True},
+        {"_target_": "EnsureTyped", "keys": "image"}]},
+    "postprocessing": {"_target_": "Compose", "transforms": [
+        {"_target_": "ClipBoxToImaged", "box_keys": "box", "label_keys": "label", "box_ref_image_keys": "image",
+         "remove_empty": True},
+        {"_target_": "AffineBoxToWorldCoordinated", "box_keys": "box", "box_ref_image_keys": "image",
+         "affine_lps_to_ras": True},
+        {"_target_": "ConvertBoxModed", "box_keys": "box", "src_mode": "xyzxyz", "dst_mode": "cccwhd"},
+        {"_target_": "DeleteItemsd", "keys": ["image"]}]},
+}
+LUNG_METADATA = {
+    "version": "0.6.8", "name": "Lung nodule CT detection", "data_source": "https://luna16.grand-challenge.org/Home/",
+    "eval_metrics": {"mAP_IoU_0.10_0.50_0.05_MaxDet_100": 0.852, "AP_IoU_0.10_MaxDet_100": 0.858},
+    "intended_use": "This is an example, not to be used for diagnostic purposes",
+}
+
+
+def lung_nodules_both_ways(tmp_path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(medsight's marks, the bundle's): rows x, y, z (world mm, LPS), probability, highest first, at most 100."""
+    from monai.bundle import ConfigParser
+
+    from medsight.datasets.synth.luna16 import make_scan
+    from medsight.io.writers import write_nifti
+
+    root = tmp_path / "lung_nodule_ct_detection"
+    for sub in ("configs", "models"):
+        (root / sub).mkdir(parents=True)
+    (root / "configs" / "inference.json").write_text(json.dumps(LUNG_INFERENCE, indent=4))
+    (root / "configs" / "metadata.json").write_text(json.dumps(LUNG_METADATA, indent=4))
+    parser = ConfigParser()
+    parser.read_config(str(root / "configs" / "inference.json"))
+    parser["bundle_root"], parser["device"] = str(root), "$torch.device('cpu')"
+    torch.manual_seed(0)
+    network = parser.get_parsed_content("network")  # the bundle's own network definition
+    torch.save(network.state_dict(), root / "models" / "model.pt")
+    # a scan already on the bundle's voxel grid (its default, resampled-LUNA16 path reads it as is)
+    scan = make_scan(0, np.random.default_rng(1), shape=(96, 96, 40), spacing=(0.703125, 0.703125, 1.25))
+    image = tmp_path / "scan.nii.gz"
+    write_nifti(scan.volume.astype(np.float32), scan.affine, image)
+
+    detector = parser.get_parsed_content("detector")
+    parser.get_parsed_content("detector_ops")
+    detector.eval()
+    item = parser.get_parsed_content("preprocessing")({"image": str(image)})
+    with torch.no_grad():
+        found = detector([item["image"]], use_inferer=False)[0]
+    boxes = parser.get_parsed_content("postprocessing")({**found, "image": item["image"]})
+    reference = np.concatenate([np.asarray(boxes["box"])[:, :3], np.asarray(found["label_scores"])[:, None]], axis=1)
+    reference = reference[np.argsort(-reference[:, 3], kind="stable")][:100]
+
+    checkpoint = tmp_path / "lung.pt"
+    assert main(["import", str(root), "--out", str(checkpoint)]) == 0
+    out = tmp_path / "out"
+    assert main(["predict", "--checkpoint", str(checkpoint), str(image), "--out", str(out), "--precision", "fp32",
+                 "infer.overlays_per_scan=0"]) == 0
+    with open(out / "submission.csv", newline="") as handle:
+        ours = np.array([[float(r["coordX"]), float(r["coordY"]), float(r["coordZ"]), float(r["probability"])]
+                         for r in csv.DictReader(handle)])
+    return ours, reference
+
+
+def test_an_imported_lung_nodule_bundle_marks_what_the_bundle_itself_marks(tmp_path, capsys):
+    ours, reference = lung_nodules_both_ways(tmp_path)
+    assert "marks per scan: the bundle keeps 300, medsight the 100 that LUNA16 scores" in capsys.readouterr().out
+    assert len(ours) == len(reference) > 10
+    assert np.abs(ours[:, 3] - reference[:, 3]).max() < 1e-4
+    # world mm, LPS: the bundle's boxes put voxel centres at integers (model.box_voxel_centre=0.0)
+    assert np.abs(ours[:, :3] - reference[:, :3]).max() < 1e-3

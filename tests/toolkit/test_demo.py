@@ -28,7 +28,11 @@ def test_quick_demo_runs_every_task_to_predictions(tmp_path, capsys):
         assert f"<b>{metric} " in section and '<img src="' in section, section
         picture = section.split('<img src="')[1].split('"')[0]
         assert (tmp_path / picture).is_file() and picture.endswith(".png")
-    assert "FAILED" not in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "FAILED" not in printed
+    # models trained on `medsight data synth` output say so: once per predict, and in their reports
+    assert printed.count("note: this model was trained on synthetic data only") == len(demos)
+    assert "synthetic data only</b>" in (tmp_path / "classification" / "report.html").read_text()
 
 
 def test_progress_lines_say_where_a_long_step_stands(capsys):
