@@ -77,6 +77,41 @@ def chexnet(work: Path) -> tuple[str, torch.nn.Module, Path]:
     return f"| chexnet (model.pth.tar), 8 pictures at 224 px | {delta:.2e} | - |", net, work / "chexnet.pt"
 
 
+def txrv(work: Path) -> str:
+    try:
+        import torchxrayvision as xrv
+    except ImportError:
+        return "| txrv | (skipped: torchxrayvision not installed) | |"
+    import skimage.io
+    import torchvision
+
+    work.mkdir(parents=True, exist_ok=True)
+    weights = "densenet121-res224-nih"
+    name = Path(xrv.models.model_urls[weights]["weights_url"]).name
+    torch.manual_seed(4)
+    torch.save(xrv.models.DenseNet(weights=None), work / name)
+    assert medsight(["import", str(work / name), "--out", str(work / "xrv.pt"), "--format", "txrv"]) == 0
+    from medsight.registry import DATASETS
+
+    pictures = sorted(DATASETS.get("chestxray14")().synth(work / "cxr", cases=8, seed=2, size=224)
+                      .glob("images_*/images/*.png"))
+    assert medsight(["predict", "--checkpoint", str(work / "xrv.pt"), *map(str, pictures), "--out",
+                     str(work / "out"), "--precision", "fp32"]) == 0
+    reference_model = xrv.models.DenseNet(weights=weights, cache_dir=str(work))
+    transform = torchvision.transforms.Compose([xrv.datasets.XRayCenterCrop(), xrv.datasets.XRayResizer(224)])
+    with open(work / "out" / "predictions.csv", newline="") as handle:
+        rows = {Path(r["image"]).name: r for r in csv.DictReader(handle)}
+    names = [n for n in rows[pictures[0].name] if n in reference_model.targets]
+    worst = 0.0
+    for picture in pictures:
+        image = transform(xrv.datasets.normalize(skimage.io.imread(picture), 255)[None])
+        with torch.no_grad():
+            reference = reference_model(torch.from_numpy(image)[None])[0].numpy()
+        ours = np.array([float(rows[picture.name][n]) for n in names])
+        worst = max(worst, float(np.abs(ours - reference[[reference_model.targets.index(n) for n in names]]).max()))
+    return f"| txrv ({weights}), 8 pictures at 224 px, {len(names)} findings | {worst:.2e} | - |"
+
+
 def resize_effect(net, checkpoint: Path, pictures: Path, work: Path) -> str:
     files = sorted(p for p in pictures.iterdir() if p.suffix.lower() == ".png")[:40]
     assert medsight(["predict", "--checkpoint", str(checkpoint), *map(str, files), "--out", str(work / "real"),
@@ -98,6 +133,7 @@ def main() -> int:
             lung(work / "lung")]
     row, net, checkpoint = chexnet(work / "chexnet")
     rows.append(row)
+    rows.append(txrv(work / "txrv"))
     if Path(args.pictures).is_dir():
         rows.append(resize_effect(net, checkpoint, Path(args.pictures), work / "chexnet"))
     else:

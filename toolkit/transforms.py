@@ -169,6 +169,12 @@ def imagenet_normalise(images, channels: int = 3) -> list:
             NormalizeIntensityd(images, subtrahend=list(mean), divisor=list(std), channel_wise=True)]
 
 
+def xrv_normalise(images) -> list:
+    """8-bit pictures to [-1024, 1024], as torchxrayvision's ``normalize(img, 255)`` scales them."""
+    images, _ = _keys(images)
+    return [ScaleIntensityRanged(images, a_min=0.0, a_max=255.0, b_min=-1024.0, b_max=1024.0, clip=False)]
+
+
 def percentile_range(images, lower: float = 0.5, upper: float = 99.5) -> list:
     """Robust 0..1 scaling for pictures of unknown range (8/16-bit X-rays, windowed DICOM)."""
     images, _ = _keys(images)

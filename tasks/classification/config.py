@@ -44,7 +44,8 @@ class ClassificationData(LoaderConfig):
     #: for photographs expect, e.g. CheXNet)
     channels: int = 1
     #: picture: z-score each picture (after the percentile clipping); imagenet: x / 255, then each channel
-    #: by ImageNet's mean and std (CheXNet and torchvision models; 8-bit pictures)
+    #: by ImageNet's mean and std (CheXNet and torchvision models; 8-bit pictures); xrv: 8-bit values to
+    #: [-1024, 1024] (torchxrayvision's models)
     normalize: str = "picture"
     # Augmentation (training only); each random transform fires with augment_prob
     augment_prob: float = 0.8
@@ -67,7 +68,7 @@ class ClassificationData(LoaderConfig):
         check_group_pattern(self.group_pattern)
         positive("data.image_size", self.image_size)
         choice("data.channels", self.channels, (1, 3))
-        choice("data.normalize", self.normalize, ("picture", "imagenet"))
+        choice("data.normalize", self.normalize, ("picture", "imagenet", "xrv"))
         if not 0 <= self.hflip_prob <= 1 or not 0 <= self.augment_prob <= 1:
             raise ConfigError("data.hflip_prob and data.augment_prob must be between 0 and 1")
         percentiles = self.intensity_percentiles

@@ -109,3 +109,63 @@ class TorchvisionDenseNet(ModelImporter):
         provenance = {"source": "torchvision DenseNet121 state dict", "version": source.name,
                       "applies_to": "pictures preprocessed like ImageNet (3 channels, 224 px)"}
         return _classifier_import(source, state, labels, "torchvision DenseNet121", provenance)
+
+
+@register_importer("txrv")
+class TorchXRayVision(ModelImporter):
+    """torchxrayvision's DenseNet121 weights. Its files are whole pickled models: they are read only through
+    torchxrayvision's own loader (``xrv.models.DenseNet(weights=NAME)``), only inside ``medsight import`` and only
+    when asked (``--format txrv``), and the checkpoint written holds weights alone. Its 18 outputs are mapped
+    onto ChestX-ray14's findings by name; a finding the model was not trained for (no operating point) is left
+    out; its operating-point calibration (threshold -> 0.5) comes along (``operating_points``)."""
+
+    description = "torchxrayvision DenseNet121 weights file (e.g. nih-densenet121-...-best.pt): --format txrv only"
+
+    @classmethod
+    def accepts(cls, source: Path) -> bool:
+        return False  # it unpickles the file: never chosen without --format txrv
+
+    def read(self, source: Path, labels: list[str] | None = None) -> Imported:
+        import logging
+        import tempfile
+
+        try:
+            import torchxrayvision as xrv
+        except ImportError:
+            raise ConfigError("reading torchxrayvision weights needs its own loader: pip install torchxrayvision "
+                              "(medsight's [txrv] extra)", source) from None
+        names = {Path(entry["weights_url"]).name: name for name, entry in xrv.models.model_urls.items()
+                 if name.startswith("densenet") and "weights_url" in entry}
+        if source.name not in names:
+            raise ConfigError(f"not a torchxrayvision DenseNet weights file name (known: {', '.join(sorted(names))})",
+                              source)
+        weights = names[source.name]
+        logging.getLogger(__name__).info(
+            f"reading {source.name} with torchxrayvision's own loader ({weights}): it unpickles the file, so "
+            "use only files from torchxrayvision's releases; the checkpoint written holds weights alone")
+        with tempfile.TemporaryDirectory() as cache:
+            (Path(cache) / source.name).symlink_to(source.resolve())
+            model = xrv.models.DenseNet(weights=weights, cache_dir=cache)
+        targets = list(model.targets)
+        points = model.op_threshs.tolist() if getattr(model, "op_threshs", None) is not None else [None] * len(targets)
+        wanted = [n for n in (labels or CHEXNET_LABELS) if n in targets and
+                  (points[targets.index(n)] is None or points[targets.index(n)] == points[targets.index(n)])]
+        rows = [targets.index(n) for n in wanted]
+        state = {k: v for k, v in model.state_dict().items() if k != "op_threshs"}
+        state["classifier.weight"], state["classifier.bias"] = state["classifier.weight"][rows], \
+            state["classifier.bias"][rows]
+        operating = [points[r] for r in rows]
+        config = {"data": {"image_size": 224, "channels": 1, "normalize": "xrv", "intensity_percentiles": []},
+                  "model": {"name": "torchvision_densenet121"}}
+        task_state = {"labels": wanted, "multi_label": True, "negative_label": "No Finding",
+                      "thresholds": [0.5] * len(wanted), "loss_weights": None,
+                      "operating_points": operating if any(p is not None for p in operating) else None}
+        provenance = {"source": f"torchxrayvision {weights} (Cohen et al., MIDL 2022)",
+                      "version": f"torchxrayvision {getattr(xrv, '__version__', '?')}, {source.name}",
+                      "licence": "Apache-2.0 (torchxrayvision); weights: see the training datasets' terms",
+                      "applies_to": "frontal chest X-rays, 8-bit, any size (resized to 224 px), 1 channel",
+                      "trained_on": weights.split("-")[-1]}
+        notes = [f"torchxrayvision {weights}: {len(targets)} outputs -> {len(wanted)} ChestX-ray14 findings by name"
+                 f" ({', '.join(n for n in CHEXNET_LABELS if n not in wanted) or 'none'} left out: not trained); "
+                 "1 channel, 224 px, values scaled to [-1024, 1024], operating points -> 0.5"]
+        return Imported("classification", config, task_state, state, provenance, notes)

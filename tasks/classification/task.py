@@ -35,6 +35,17 @@ from medsight.tasks.classification.sampling import inverse_frequency_weights, pe
 
 log = logging.getLogger(__name__)
 
+
+def operating_point_scale(probabilities: torch.Tensor, points: list) -> torch.Tensor:
+    """Each label's probability rescaled piecewise linearly so that its operating point becomes 0.5
+    (torchxrayvision's ``op_norm``); labels without a point (None/NaN) keep theirs."""
+    point = torch.tensor([float("nan") if p is None else float(p) for p in points], device=probabilities.device)
+    point = point.expand_as(probabilities)
+    below = probabilities / (point * 2)
+    above = 1 - (1 - probabilities) / ((1 - point) * 2)
+    scaled = torch.where(probabilities < point, below, above)
+    return torch.where(torch.isnan(point), probabilities, scaled)
+
 CPU_SMALL = {
     "data": {"image_size": 128, "batch_size": 16, "val_batch_size": 32, "cache": "memory"},
     "model": {"name": "densenet121"},
@@ -129,6 +140,10 @@ class XrayClassification(Task):
                  *T.resize("image", size=(size, size))]
         if d.normalize == "imagenet":
             steps += T.imagenet_normalise("image", channels=d.channels)
+        elif d.normalize == "xrv":
+            steps += T.xrv_normalise("image")
+            if d.channels > 1:
+                steps += T.repeat_channels("image", d.channels)
         else:
             if d.intensity_percentiles:
                 low, high = d.intensity_percentiles
@@ -192,7 +207,13 @@ class XrayClassification(Task):
 
     def _probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         logits = logits.float()
-        return torch.sigmoid(logits) if self.labels.multi_label else torch.softmax(logits, dim=1)
+        if not self.labels.multi_label:
+            return torch.softmax(logits, dim=1)
+        probabilities = torch.sigmoid(logits)
+        points = self.state.get("operating_points")
+        if points:  # a published model's calibration (torchxrayvision): its operating point maps to 0.5
+            probabilities = operating_point_scale(probabilities, points)
+        return probabilities
 
     def training_step(self, model: nn.Module, batch: dict) -> StepOutput:
         logits = model(batch["image"])

@@ -405,3 +405,36 @@ def test_an_imported_lung_nodule_bundle_marks_what_the_bundle_itself_marks(tmp_p
     assert np.abs(ours[:, 3] - reference[:, 3]).max() < 1e-4
     # world mm, LPS: the bundle's boxes put voxel centres at integers (model.box_voxel_centre=0.0)
     assert np.abs(ours[:, :3] - reference[:, :3]).max() < 1e-3
+
+
+# -- torchxrayvision ----------------------------------------------------------------------------------------
+def test_an_imported_torchxrayvision_model_predicts_what_torchxrayvision_predicts(tmp_path, pictures, capsys):
+    xrv = pytest.importorskip("torchxrayvision")
+    import skimage.io
+    import torchvision
+
+    weights = "densenet121-res224-nih"
+    file_name = Path(xrv.models.model_urls[weights]["weights_url"]).name
+    torch.manual_seed(4)
+    torch.save(xrv.models.DenseNet(weights=None), tmp_path / file_name)  # its layout: a whole pickled model
+    assert main(["import", str(tmp_path / file_name), "--out", str(tmp_path / "x.pt")]) == 2  # never by default
+    assert "no importer recognises" in capsys.readouterr().err
+    assert main(["import", str(tmp_path / file_name), "--out", str(tmp_path / "xrv.pt"), "--format", "txrv"]) == 0
+    printed = capsys.readouterr().out
+    assert "torchxrayvision's own loader" in printed and "18 outputs -> " in printed
+
+    reference_model = xrv.models.DenseNet(weights=weights, cache_dir=str(tmp_path))  # its own loader
+    transform = torchvision.transforms.Compose([xrv.datasets.XRayCenterCrop(), xrv.datasets.XRayResizer(224)])
+    out = tmp_path / "out"
+    assert main(["predict", "--checkpoint", str(tmp_path / "xrv.pt"), *map(str, pictures), "--out", str(out),
+                 "--precision", "fp32"]) == 0
+    with open(out / "predictions.csv", newline="") as handle:
+        rows = {Path(r["image"]).name: r for r in csv.DictReader(handle)}
+    names = [n for n in rows[pictures[0].name] if n in reference_model.targets]
+    assert len(names) >= 10
+    for picture in pictures:
+        image = transform(xrv.datasets.normalize(skimage.io.imread(picture), 255)[None])
+        with torch.no_grad():
+            reference = reference_model(torch.from_numpy(image)[None])[0].numpy()
+        ours = np.array([float(rows[picture.name][n]) for n in names])
+        assert np.abs(ours - reference[[reference_model.targets.index(n) for n in names]]).max() < 1e-4
