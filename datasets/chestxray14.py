@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from medsight.dataset_format import DatasetFormat, Problem, SplitOptions
+from medsight.dataset_format import DatasetFormat, Problem, SplitOptions, missing_files
 from medsight.datasets.folders import unreadable_image
 from medsight.datasets.schemas import LABELLED_PICTURES
 from medsight.datasets.splits import TEST_SEED, held_out, split_by_group, validation_split
@@ -189,14 +189,19 @@ def records(root: Path, split: str, options: ChestXray14Options | None = None) -
     train, val = validation_split([n for n in train_val if n in entries], lambda name: entries[name].patient_id,
                                   options)
     names = {"train": train, "val": val, "test": test, "all": train + val + test}[split]
-    out = []
+    out, missing = [], []
     for name in names:
         entry = entries.get(name)
-        if entry is None or name not in paths:
-            continue  # `data check` reports these; training uses what exists
+        if entry is None:
+            continue  # a split file naming a picture the labels CSV lacks: `data check` reports these
+        if name not in paths:
+            missing.append(name)
+            continue
         if wanted_views and entry.view.upper() not in wanted_views:
             continue
         out.append({"image": str(paths[name]), "names": entry.findings, "id": name, "group": entry.patient_id})
+    missing_files(missing, options, root, f"the {split} split of {find_labels_csv(root).name} (images/, "
+                                          "images_0NN/images/)")
     return out
 
 

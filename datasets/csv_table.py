@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from medsight.dataset_format import DatasetFormat, Problem, SplitOptions
+from medsight.dataset_format import DatasetFormat, Problem, SplitOptions, missing_files
 from medsight.datasets.schemas import LABELLED_PICTURES
 from medsight.datasets.splits import (
     canonical_split,
@@ -54,6 +54,8 @@ class CsvOptions(SplitOptions):
     group_column: str = ""
     #: without a group column: a regex whose first group, found in the file name, is the group
     group_pattern: str = ""
+    #: paths that lead outside the CSV's folder (``../..``, absolute elsewhere) are refused unless allowed
+    allow_outside: bool = False
 
     def __post_init__(self):
         super().__post_init__()
@@ -130,6 +132,9 @@ def read_table(csv_path: Path, columns: CsvOptions) -> list[Row]:
             if not image_text:
                 raise DataError(f"empty path in column {columns.path_column!r}", where)
             image = Path(image_text) if Path(image_text).is_absolute() else csv_path.parent / image_text
+            if not columns.allow_outside and not _inside(image, csv_path.parent):
+                raise DataError(f"path {image_text!r} leads outside the dataset folder {csv_path.parent}; set "
+                                "data.allow_outside=true if the table is meant to point there", where)
             split = None
             if has_split and (cells[columns.split_column] or "").strip():
                 split = canonical_split(cells[columns.split_column])
@@ -172,8 +177,18 @@ def records(csv_path: Path, split: str, options: CsvOptions | None = None) -> li
         chosen = _split_rows(rows, options)[split]
     else:
         raise DataError(f"unknown split {split!r} (expected train, val, test or all)", csv_path)
+    missing_files([str(row.image) for row in chosen if not row.image.is_file()], options, csv_path,
+                  f"{csv_path.name} ({split} split)")
     return [{"image": str(row.image), "names": row.names, "id": _image_id(row.image, csv_path.parent),
              "group": row.group} for row in chosen if row.image.is_file()]
+
+
+def _inside(path: Path, root: Path) -> bool:
+    try:
+        path.resolve().relative_to(root.resolve())
+    except ValueError:
+        return False
+    return True
 
 
 def _image_id(image: Path, base: Path) -> str:

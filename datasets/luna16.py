@@ -6,6 +6,7 @@ is the cross-validation fold.
 from __future__ import annotations
 
 import csv
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,8 +56,11 @@ def read_annotations(path: Path) -> dict[str, list[Nodule]]:
             try:
                 nodule = Nodule(row["seriesuid"].strip(), float(row["coordX"]), float(row["coordY"]),
                                 float(row["coordZ"]), float(row["diameter_mm"]))
-            except (TypeError, ValueError) as exc:
+            except (TypeError, ValueError, AttributeError) as exc:
                 raise DataError(f"cannot parse row ({exc})", f"{path}:{number}") from exc
+            if not all(math.isfinite(v) for v in (nodule.x, nodule.y, nodule.z, nodule.diameter_mm)):
+                raise DataError("coordinates and diameter must be finite numbers (NaN or inf in this row)",
+                                f"{path}:{number}")
             nodules.setdefault(nodule.seriesuid, []).append(nodule)
     return nodules
 

@@ -8,6 +8,7 @@ position, ``config``, ``task`` and ``task_state``, ``best`` metric, ``medsight_v
 
 from __future__ import annotations
 
+import io
 import pickle
 import random
 import zipfile
@@ -43,9 +44,41 @@ def save(state: dict[str, Any], path: str | Path) -> Path:
     """Write to a temporary file beside ``path``, fsync, rename: a kill at any moment leaves the
     previous checkpoint intact."""
     state = {"format": FORMAT, "medsight_version": medsight.__version__, **state}
+    buffer = io.BytesIO()  # serialised in memory: a full disk is then a Python OSError, never a native abort
+    torch.save(state, buffer)
     with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+        tmp.write_bytes(buffer.getbuffer())
     return Path(path)
+
+
+def file_kind(path: Path) -> str:
+    """What a would-be checkpoint file is, from its first bytes: ``zip`` (PyTorch's format), ``pickle`` (the
+    legacy format), ``text``, ``empty`` or ``other``: so a text file or random bytes are not called pickles."""
+    with open(path, "rb") as handle:
+        head = handle.read(512)
+    if not head:
+        return "empty"
+    if head.startswith(b"PK\x03\x04"):
+        return "zip"
+    if head[:1] == b"\x80":
+        return "pickle"
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        return "other"
+    return "text" if all(ch.isprintable() or ch in "\r\n\t" for ch in text) else "other"
+
+
+def refuse_unless_torch_file(path: Path, what: str = "checkpoint") -> None:
+    """CheckpointError naming what the file is, unless it is a PyTorch zip or pickle file."""
+    kind = file_kind(path)
+    if kind == "empty":
+        raise CheckpointError(f"an empty file, not a {what}", path)
+    if kind == "text":
+        raise CheckpointError(f"a text file, not a {what}", path)
+    if kind == "other":
+        raise CheckpointError(f"not a {what}: neither a PyTorch file nor a pickle (damaged, or another kind of file)",
+                              path)
 
 
 def load(path: str | Path, task: str | None = None) -> dict[str, Any]:
@@ -60,6 +93,7 @@ def load(path: str | Path, task: str | None = None) -> dict[str, Any]:
             raise CheckpointError("no checkpoints/last.pt in this run folder", path)
     if not path.is_file():
         raise CheckpointError("checkpoint not found", path)
+    refuse_unless_torch_file(path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import traceback
 from pathlib import Path
@@ -72,9 +73,13 @@ def cmd_data_synth(args, extra: list[str]) -> int:
     from medsight.dataset_format import SYNTHETIC_MARKER
     from medsight.io.writers import write_json
 
+    from medsight.io.writers import output_folder
+
+    if args.cases is not None and args.cases < 1:
+        raise MedsightError(f"--cases must be at least 1, got {args.cases}", "command line")
     fmt = DATASETS.get(args.dataset)()
     options = _parse_options(extra)
-    out = fmt.synth(Path(args.out), cases=args.cases, seed=args.seed, **options)
+    out = fmt.synth(output_folder(args.out), cases=args.cases, seed=args.seed, **options)
     folder = Path(out) if Path(out).is_dir() else Path(out).parent
     write_json({"format": args.dataset, "cases": args.cases, "seed": args.seed, "options": options,
                 "note": "synthetic data made by medsight data synth: models trained on it know nothing of real images"},
@@ -84,7 +89,8 @@ def cmd_data_synth(args, extra: list[str]) -> int:
 
 
 def cmd_data_check(args) -> int:
-    """The same reading ``train`` does (same format, same ``data.*`` overrides), file by file."""
+    """The same reading ``train`` does (same format, same ``data.*`` overrides), then every voxel."""
+    from medsight.datacheck import check, write_report
     from medsight.dataset_format import DataSource, dataclass_keys, detect_format, options_from_overrides
     from medsight.registry import DATASETS, TASKS
 
@@ -101,11 +107,15 @@ def cmd_data_check(args) -> int:
     if ignored:
         log.info(f"(not about reading the data, ignored here: {' '.join(ignored)})")
     source = DataSource(fmt_class(options), root)
-    problems = source.check()
-    for problem in problems:
+    report = check(source, quick=args.quick, workers=args.workers)
+    for problem in report.problems:
         log.info(f"problem: {problem}")
-    if problems:
-        log.info(f"{name}: {len(problems)} problem(s) in {root}")
+    for line in report.summary():
+        log.info(line)
+    if args.report:
+        log.info(f"problems written to {write_report(report, Path(args.report))}")
+    if report.problems:
+        log.info(f"{name}: {len(report.problems)} problem(s) in {root}")
         return 2
     log.info(f"{name}: {root} is clean: {source.describe()}")
     return 0
@@ -153,6 +163,9 @@ def build_parser(task_options: tuple[str, ...] = ()) -> argparse.ArgumentParser:
     check.add_argument("path")
     check.add_argument("overrides", nargs="*", metavar="key=value",
                        help="the data.* overrides train would take, e.g. data.modalities=[flair,t1c]")
+    check.add_argument("--quick", action="store_true", help="headers and layout only; do not decode every image")
+    check.add_argument("--report", metavar="FILE", help="write every problem to this CSV (path, kind, message)")
+    check.add_argument("--workers", type=int, help="images decoded at once (default: the CPU count, at most 8)")
     check.set_defaults(func=cmd_data_check)
 
     from medsight.commands import add_commands
@@ -161,7 +174,8 @@ def build_parser(task_options: tuple[str, ...] = ()) -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, nested: bool = False) -> int:
+    """The CLI; ``nested``: called from within medsight (the demo), never leave the process."""
     argv = sys.argv[1:] if argv is None else list(argv)
     debug = "--debug" in argv
     setup_logging()
@@ -177,6 +191,8 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except Exception as raised:
         exc = unwrap(raised)
+        if exc is None and isinstance(raised, OSError):  # the disk, not medsight: a full disk, a lost mount
+            exc = MedsightError(raised.strerror or str(raised), raised.filename or "file system")
         if exc is None:
             raise
         if debug:
@@ -184,7 +200,20 @@ def main(argv: list[str] | None = None) -> int:
         from medsight.signals import Interrupted
 
         print(f"{'stopped' if isinstance(exc, Interrupted) else 'error'}: {exc}", file=sys.stderr)
+        if not nested:
+            _exit_cleanly(exc.exit_status)
         return exc.exit_status
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
+
+
+def _exit_cleanly(status: int) -> None:
+    """After an error, leave at once when worker threads are still running (a cache being filled, a loader):
+    ending the interpreter under them aborts natively. Every output is written atomically, so nothing is lost."""
+    import threading
+
+    if threading.active_count() > 1 and "pytest" not in sys.modules:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)

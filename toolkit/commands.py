@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import re
 import time
 from pathlib import Path
 
 from medsight.errors import CheckpointError, ConfigError, MedsightError
+from medsight.io.writers import exclusive, output_file, output_folder
 
 log = logging.getLogger(__name__)
 KEY_VALUE_HELP = "config overrides, e.g. trainer.max_epochs=5 optim.lr=3e-4"
@@ -112,8 +114,9 @@ def cmd_train(args) -> int:
             if (run_dir / "checkpoints" / "last.pt").exists():
                 raise CheckpointError("this run folder already holds a checkpoint; continue it with --resume, "
                                       "or choose another --out", run_dir)
-        trainer = Trainer(task_class(config), data, run_dir, runtime)
-        summary = trainer.fit(resume=resume_state)
+        with exclusive(run_dir, "train") if runtime.is_main else contextlib.nullcontext():
+            trainer = Trainer(task_class(config), data, run_dir, runtime)
+            summary = trainer.fit(resume=resume_state)
         if runtime.is_main:
             from medsight.report import write_report
 
@@ -151,7 +154,7 @@ def cmd_evaluate(args) -> int:
     if args.task and args.task != loaded.task.name:
         raise CheckpointError(f"made for task {loaded.task.name!r}, not {args.task!r}", args.checkpoint)
     split = args.split or loaded.task.evaluate_split
-    out = Path(args.out) if args.out else loaded.run_dir / "evaluation" / split
+    out = output_folder(Path(args.out) if args.out else loaded.run_dir / "evaluation" / split)
     metrics = evaluate(loaded, Path(args.data), split, out, device=args.device, precision=args.precision)
     _print_metrics(metrics, out)
     return 0
@@ -165,7 +168,6 @@ def _print_metrics(metrics: dict, out: Path) -> None:
 
 
 def cmd_predict(args) -> int:
-    from medsight.inference import predict
 
     args.inputs, overrides = _split_overrides(args.inputs)
     images = {}
@@ -176,6 +178,13 @@ def cmd_predict(args) -> int:
         images[role.strip().lower()] = path
     if not args.inputs and not images:
         raise ConfigError("give at least one input (a file or folder) or --image ROLE=PATH", "command line")
+    with exclusive(args.out, "predict"):
+        return _predict(args, overrides, images)
+
+
+def _predict(args, overrides: list[str], images: dict) -> int:
+    from medsight.inference import predict
+
     loaded = _load_with_task_options(args, "predict", overrides)
     trained_on = loaded.state.get("trained_on") or {}
     if trained_on.get("synthetic"):
@@ -233,8 +242,9 @@ def _load_with_task_options(args, command: str, overrides: list[str]):
 def cmd_export(args) -> int:
     from medsight.inference import export, load_for_inference
 
+    out_path = output_file(args.out)
     loaded = load_for_inference(args.checkpoint)
-    out = export(loaded, args.format, Path(args.out))
+    out = export(loaded, args.format, out_path)
     log.info(f"exported {loaded.task.name} model as {args.format} to {out}")
     return 0
 
@@ -243,6 +253,7 @@ def cmd_import(args) -> int:
     from medsight.importers import describe_provenance, import_model
 
     labels = [name.strip() for name in args.labels.split(",")] if args.labels else None
+    output_file(args.out)
     result = import_model(args.source, Path(args.out), requested=args.format, labels=labels)
     log.info(f"imported {args.source} as a {result['task']} checkpoint: {result['checkpoint']}")
     for line in result["notes"] + describe_provenance(result["provenance"]):

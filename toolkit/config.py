@@ -156,8 +156,12 @@ class LoaderConfig:
     val_source: str = "dataset"
     #: validation named outright: these groups (patient IDs, seriesuids, case ids) instead of hashing
     val_groups: list[str] = field(default_factory=list)
+    #: a file that is missing, unreadable or degenerate (NaN, blank, 4D...): raise stops the run naming it;
+    #: skip leaves the record out and counts it in the run log (metrics.jsonl skipped_records)
+    on_error: str = "raise"
 
     def __post_init__(self):
+        choice("data.on_error", self.on_error, ("raise", "skip"))
         choice("data.loader", self.loader, ("torch", "thread"))
         choice("data.val_source", self.val_source, ("dataset", "train"))
         if not 0 <= self.val_fraction < 1:

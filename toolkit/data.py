@@ -101,18 +101,77 @@ def transform_hash(transforms: Sequence[Any]) -> bytes:
     return hashlib.sha256(payload.encode()).hexdigest().encode()
 
 
+#: the key of the marker a skipped record becomes (``data.on_error=skip``)
+SKIPPED = "__skipped__"
+
+
+def _skipping(dataset_class):
+    """``dataset_class`` whose records fail with a medsight error (unreadable, NaN, blank, off-grid...) become a
+    marker ``{SKIPPED: message}`` instead of stopping the run; ``skipping_collate`` drops them from batches."""
+
+    class Skipping(dataset_class):
+        def _marker(self, exc: Exception) -> dict:
+            from medsight.errors import unwrap
+
+            known = unwrap(exc)
+            if known is None:
+                raise exc
+            return {SKIPPED: str(known)}
+
+        def _load_cache_item(self, idx: int):  # CacheDataset fills its cache through this
+            try:
+                return super()._load_cache_item(idx)
+            except Exception as exc:
+                return self._marker(exc)
+
+        def _transform(self, index: int):
+            cache = getattr(self, "_cache", None)
+            if cache and index < len(cache) and isinstance(cache[index], dict) and SKIPPED in cache[index]:
+                return cache[index]
+            try:
+                return super()._transform(index)
+            except Exception as exc:
+                return self._marker(exc)
+
+    Skipping.__name__ = f"Skipping{dataset_class.__name__}"
+    return Skipping
+
+
 def make_dataset(records: list[dict], transform: Callable, cfg: LoaderConfig, cache_dir: Path | None,
                  cache: bool = True) -> Dataset:
+    skip = getattr(cfg, "on_error", "raise") == "skip"
     if not cache or cfg.cache == "none":
-        return Dataset(records, transform)
+        return (_skipping(Dataset) if skip else Dataset)(records, transform)
     if cfg.cache == "memory":
         workers = cfg.num_workers if cfg.num_workers > 0 else None
-        return CacheDataset(records, transform, cache_rate=cfg.cache_rate, num_workers=workers, progress=False)
+        return (_skipping(CacheDataset) if skip else CacheDataset)(records, transform, cache_rate=cfg.cache_rate,
+                                                                    num_workers=workers, progress=False)
     if cache_dir is None:
         raise ValueError("a disk cache needs a folder")
     cache_dir.mkdir(parents=True, exist_ok=True)
-    return PersistentDataset(records, transform, cache_dir=cache_dir, hash_func=record_hash,
-                             hash_transform=transform_hash)
+    return (_skipping(PersistentDataset) if skip else PersistentDataset)(
+        records, transform, cache_dir=cache_dir, hash_func=record_hash, hash_transform=transform_hash)
+
+
+def skipping_collate(collate: Callable) -> Callable:
+    """A collate that drops skipped records; the batch (a dict) carries their messages under ``SKIPPED``, and is
+    ``{SKIPPED: [...]}`` alone when every record of it was skipped."""
+
+    def collate_fn(items):
+        flat = [i for item in items for i in (item if isinstance(item, list) else [item])]
+        kept = [i for i in items if not (isinstance(i, dict) and SKIPPED in i)]
+        skipped = [i[SKIPPED] for i in flat if isinstance(i, dict) and SKIPPED in i]
+        kept = [i if not isinstance(i, list) else [j for j in i if not (isinstance(j, dict) and SKIPPED in j)]
+                for i in kept]
+        kept = [i for i in kept if not (isinstance(i, list) and not i)]
+        if not kept:
+            return {SKIPPED: skipped}
+        batch = collate(kept)
+        if skipped and isinstance(batch, dict):
+            batch[SKIPPED] = skipped
+        return batch
+
+    return collate_fn
 
 
 def partition(records: list[dict], rank: int, world_size: int, seed: int, train: bool) -> list[dict]:
@@ -149,12 +208,15 @@ def make_loader(dataset: Dataset, cfg: LoaderConfig, batch_size: int, shuffle: b
         sampler = torch.utils.data.WeightedRandomSampler(list(weights), num_samples=len(dataset), replacement=True,
                                                          generator=generator)
         shuffle = False
+    collate_fn = collate_fn or list_data_collate
+    if getattr(cfg, "on_error", "raise") == "skip":
+        collate_fn = skipping_collate(collate_fn)
     kwargs = dict(
         batch_size=batch_size,
         shuffle=shuffle,
         sampler=sampler,
         generator=generator,
-        collate_fn=collate_fn or list_data_collate,
+        collate_fn=collate_fn,
         drop_last=drop_last,
         pin_memory=torch.cuda.is_available(),
     )

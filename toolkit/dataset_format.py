@@ -25,6 +25,7 @@ own findings plus every error that reading a split's records would raise.
 from __future__ import annotations
 
 import difflib
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
@@ -87,8 +88,12 @@ class SplitOptions:
     val_source: str = "dataset"
     #: validation named outright: these groups (patient IDs, seriesuids, case ids) instead of hashing
     val_groups: list[str] = field(default_factory=list)
+    #: a listed file that is missing or unreadable: raise (stop, naming it) or skip (go on, counted in the log)
+    on_error: str = "raise"
 
     def __post_init__(self):
+        if self.on_error not in ("raise", "skip"):
+            raise ConfigError(f"data.on_error={self.on_error!r} is not one of raise, skip")
         if not 0 <= self.val_fraction < 1:
             raise ConfigError(f"data.val_fraction must be in [0, 1), got {self.val_fraction}")
         if self.folds < 1 or not 0 <= self.fold < max(self.folds, 1):
@@ -132,6 +137,20 @@ class DatasetFormat:
     def synth(self, out: Path, cases: int | None = None, seed: int = 0, **options: Any) -> Path:
         """Write a small synthetic dataset in this layout under ``out``; returns ``out``."""
         raise DataError(f"format {self.name} has no synthetic generator", "synth")
+
+
+def missing_files(missing: Sequence[str], options: Any, where: str | Path, listed_in: str) -> None:
+    """Files a dataset lists but that are not there: an error naming the first (``data.on_error=raise``), or a
+    warning with their count (``skip``)."""
+    if not missing:
+        return
+    if getattr(options, "on_error", "raise") == "skip":
+        logging.getLogger("medsight.datasets").warning(
+            f"warning: {where}: {len(missing)} file(s) listed in {listed_in} are missing and left out "
+            f"(first: {missing[0]})")
+        return
+    raise DataError(f"{len(missing)} file(s) listed in {listed_in} are missing (first: {missing[0]}); set "
+                    "data.on_error=skip to use the files there are", where)
 
 
 # -- options --------------------------------------------------------------------------------------

@@ -45,7 +45,7 @@ def _run(argv: list[str]) -> int:
     from medsight.cli import main
 
     log.info(f"\n$ medsight {shlex.join(argv)}")
-    return main(argv)
+    return main(argv, nested=True)
 
 
 def _synth_step(dataset: str, folder: Path, synth: dict, seed: int) -> list[str]:

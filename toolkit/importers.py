@@ -68,8 +68,12 @@ def load_tensors(path, what: str, where: Path | None = None) -> Any:
     """``torch.load(weights_only=True)`` with one-line errors; a whole pickled model is refused. ``path``: a
     file or a file-like object (``where`` then names it in errors)."""
     where = where if where is not None else path
-    if isinstance(path, Path) and not path.is_file():
-        raise DataError("file not found", path)
+    if isinstance(path, Path):
+        if not path.is_file():
+            raise DataError("file not found", path)
+        from medsight.checkpoint import refuse_unless_torch_file
+
+        refuse_unless_torch_file(path, what)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:

@@ -3,6 +3,7 @@ resolved config and the task's learnt state (label order, thresholds, label conv
 
 from __future__ import annotations
 
+import io
 import logging
 import time
 import traceback
@@ -173,10 +174,18 @@ def predict(loaded: Loaded, inputs: list[str], out: Path, images: dict[str, str]
                         log.error(error["__traceback__"])
                 if batch is None:
                     continue
-                on_device = runtime.to_device(batch)
-                with runtime.autocast():
-                    predictions = task.predict(model, on_device)
-                for prediction, item in zip(predictions, decollate_batch(batch, detach=True)):
+                items = decollate_batch(batch, detach=True)
+                try:
+                    with runtime.autocast():
+                        predictions = task.predict(model, runtime.to_device(batch))
+                except Exception as exc:  # the model cannot take this input: those cases fail, the rest go on
+                    known = unwrap(exc)
+                    reason = str(known) if known else f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+                    for item in items:
+                        report.failures.append(f"{item.get('id', '?')}: {reason}")
+                    display.update(len(items))
+                    continue
+                for prediction, item in zip(predictions, items):
                     try:
                         report.written.extend(writer.write(prediction, item))
                         report.cases += 1
@@ -201,12 +210,21 @@ def export(loaded: Loaded, fmt: str, out: Path) -> Path:
         if fmt == "torchscript":
             with torch.no_grad():
                 traced = torch.jit.trace(model, example, check_trace=False)
-            traced.save(str(tmp))
+            buffer = io.BytesIO()  # in memory first: a full disk is then an OSError, not a native abort
+            torch.jit.save(traced, buffer)
+            tmp.write_bytes(buffer.getvalue())
             with torch.inference_mode():
-                got = torch.jit.load(str(tmp))(example)
+                got = torch.jit.load(io.BytesIO(buffer.getvalue()))(example)
         elif fmt == "onnx":
-            torch.onnx.export(model, (example,), str(tmp), input_names=["input"], output_names=["output"],
+            try:
+                import onnx  # noqa: F401  (torch's exporter needs it)
+            except ImportError:
+                raise MedsightError("ONNX export needs the onnx package: pip install onnx (medsight[onnx])",
+                                    "export") from None
+            buffer = io.BytesIO()
+            torch.onnx.export(model, (example,), buffer, input_names=["input"], output_names=["output"],
                               dynamo=False, opset_version=17)
+            tmp.write_bytes(buffer.getvalue())
             got = None
         else:
             raise MedsightError(f"unknown export format {fmt!r} (torchscript or onnx)", "export")

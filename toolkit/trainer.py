@@ -27,7 +27,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from medsight import checkpoint
 from medsight.checkpoint import Progress
 from medsight.config import TaskConfig, to_dict, to_yaml
-from medsight.data import epoch_seed, make_dataset, make_loader, partition
+from medsight.data import SKIPPED, epoch_seed, make_dataset, make_loader, partition
 from medsight.dataset_format import SYNTHETIC_MARKER
 from medsight.errors import DataError, TrainingError
 from medsight.io.writers import atomic_path, write_text
@@ -203,6 +203,7 @@ class Trainer:
         loader = self.train_loader(epoch)
         self._epoch_sums, self._interval_sums = DeviceSums(rt.device), DeviceSums(rt.device)
         self._epoch, started = epoch, time.perf_counter()
+        self._skipped: list[str] = []
         self._interval_started = started
         self._bar = progress_display(self.batches_per_epoch, f"epoch {epoch + 1}/{cfg.max_epochs}", cfg.progress,
                                      unit="batch", initial=skip, enabled=rt.is_main)
@@ -216,7 +217,10 @@ class Trainer:
                 checkpoint.set_rng_state(self._resume_rng)
                 self._resume_rng = None
             last_micro = (index + 1) % cfg.accumulate_grad_batches == 0 or index + 1 == self.batches_per_epoch
-            self._micro_step(batch, last_micro)
+            if isinstance(batch, dict) and SKIPPED in batch:  # data.on_error=skip: records left out, counted
+                self._skipped += batch.pop(SKIPPED)
+            if batch:
+                self._micro_step(batch, last_micro)
             self.progress.step_in_epoch = index + 1
             self._bar.update(1)
             if last_micro:
@@ -229,6 +233,10 @@ class Trainer:
         totals = self._synchronise(self._epoch_sums)  # raises on a non-finite loss or a stop request
         logs = self._epoch_sums.means(totals[3:], totals[2])
         logs.update(lr=self._lr(), samples_per_s=totals[2] / max(elapsed, 1e-9), epoch_seconds=elapsed)
+        if self._skipped:
+            logs["skipped_records"] = len(self._skipped)
+            self._say(f"warning: epoch {epoch + 1}: {len(self._skipped)} record(s) skipped (data.on_error=skip); "
+                      f"first: {self._skipped[0]}")
         self.progress.step_in_epoch = 0
         return logs
 

@@ -8,6 +8,7 @@ Every builder returns a list of MONAI dictionary transforms.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -40,15 +41,99 @@ def _keys(images: Sequence[str] | str, labels: Sequence[str] | str = ()) -> tupl
 
 
 def load(images: Sequence[str] | str, labels: Sequence[str] | str = (), kind: str = "volume",
-         allow_missing_labels: bool = False) -> list:
-    """Read with medsight's readers (several files per key become channels) and put channels first."""
+         allow_missing_labels: bool = False, channels: int | None = None) -> list:
+    """Read with medsight's readers (several files per key become channels), put channels first, and refuse
+    what would be scored silently otherwise (``ImageGuardd``); label maps must lie on their image's grid."""
     images, labels = _keys(images, labels)
     keys = images + labels
-    return [
+    steps = [
         image_loaderd(keys, kind=kind, allow_missing_keys=allow_missing_labels),
         EnsureChannelFirstd(keys, allow_missing_keys=allow_missing_labels),
         EnsureTyped(keys, allow_missing_keys=allow_missing_labels),
+        ImageGuardd(images, kind=kind, channels=channels),
     ]
+    if labels:
+        steps.append(SameGridd(images[0], labels))
+    return steps
+
+
+#: smallest accepted sides: a picture under 16 px or a volume under 4 voxels along an axis holds no anatomy
+MIN_PICTURE_PX = 16
+MIN_VOLUME_VOXELS = 4
+
+
+def _file_of(image, channel: int | None = None) -> str:
+    name = (getattr(image, "meta", None) or {}).get("filename_or_obj", "image")
+    if isinstance(name, (list, tuple)):
+        return str(name[channel] if channel is not None and channel < len(name) else name[0])
+    return str(name)
+
+
+class ImageGuardd(MapTransform):
+    """Refuse, naming the file, what reads but cannot be scored honestly: NaN or infinite values, a constant
+    image (blank picture, all-zero volume), an image too small to hold anatomy, a singular or non-finite
+    affine, and (``channels``) a 4D file where one 3D volume is expected."""
+
+    def __init__(self, keys, kind: str = "volume", channels: int | None = None):
+        super().__init__(keys, allow_missing_keys=True)
+        self.kind, self.channels = kind, channels
+
+    def __call__(self, data):
+        d = dict(data)
+        for key in self.key_iterator(d):
+            self.check(d[key])
+        return d
+
+    def check(self, image) -> None:
+        from medsight.errors import DataError
+
+        spatial = tuple(int(n) for n in image.shape[1:])
+        smallest = MIN_PICTURE_PX if self.kind == "picture" else MIN_VOLUME_VOXELS
+        if min(spatial) < smallest:
+            raise DataError(f"{'picture' if self.kind == 'picture' else 'volume'} is "
+                            f"{' x '.join(map(str, spatial))}: too small to hold anatomy", _file_of(image))
+        if self.channels is not None and image.shape[0] != self.channels:
+            raise DataError(f"holds {image.shape[0]} volumes (a 4D image); expected {self.channels}", _file_of(image))
+        affine = getattr(image, "affine", None)
+        if affine is not None:
+            matrix = np.asarray(affine, dtype=np.float64)[: len(spatial), : len(spatial)]
+            if not np.all(np.isfinite(matrix)) or abs(np.linalg.det(matrix)) < 1e-12:
+                raise DataError("its affine is singular or not finite (a zero voxel size?): no geometry to place "
+                                "it in the world", _file_of(image))
+        values = torch.as_tensor(image)
+        for channel in range(values.shape[0]):
+            plane = values[channel]
+            finite = torch.isfinite(plane)
+            if not bool(finite.all()):
+                bad = int((~finite).sum())
+                raise DataError(f"{bad} of {plane.numel()} values are NaN or infinite", _file_of(image, channel))
+            low, high = float(plane.min()), float(plane.max())
+            if low == high:
+                raise DataError(f"every value is {low:g}: a blank image", _file_of(image, channel))
+
+
+class SameGridd(MapTransform):
+    """A label map must have its image's shape and affine (else nothing lines up)."""
+
+    def __init__(self, image_key: str, label_keys):
+        super().__init__(label_keys, allow_missing_keys=True)
+        self.image_key = image_key
+
+    def __call__(self, data):
+        from medsight.errors import DataError
+
+        d = dict(data)
+        image = d[self.image_key]
+        for key in self.key_iterator(d):
+            label = d[key]
+            if tuple(label.shape[1:]) != tuple(image.shape[1:]):
+                raise DataError(f"label map of shape {tuple(label.shape[1:])} on another grid than its image "
+                                f"{tuple(image.shape[1:])} ({Path(_file_of(image)).name})", _file_of(label))
+            a, b = getattr(label, "affine", None), getattr(image, "affine", None)
+            if a is not None and b is not None and not np.allclose(np.asarray(a), np.asarray(b), atol=1e-3):
+                raise DataError(f"label map's affine differs from its image's ({Path(_file_of(image)).name})",
+                                _file_of(label))
+        return d
 
 
 def orient(images, labels=(), axcodes: str = "RAS") -> list:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
 
 import torch
 
 from medsight.config import TaskConfig
-from medsight.data import make_loader
+from medsight.data import SKIPPED, make_loader
 from medsight.progress import progress as progress_display
 from medsight.runtime import Runtime
 from medsight.task import Task
@@ -24,6 +25,12 @@ def run_validation(task: Task, model: torch.nn.Module, dataset, config: TaskConf
     display = progress_display(len(loader), desc, config.trainer.progress, unit="batch", enabled=runtime.is_main)
     with torch.inference_mode():
         for batch in loader:
+            if isinstance(batch, dict) and SKIPPED in batch:  # data.on_error=skip
+                skipped = batch.pop(SKIPPED)
+                logging.getLogger(__name__).warning(f"warning: {len(skipped)} record(s) skipped: {skipped[0]}")
+                if not batch:
+                    display.update(1)
+                    continue
             batch = runtime.to_device(batch)
             with runtime.autocast():
                 result = task.validation_step(model, batch)

@@ -84,6 +84,9 @@ def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError("weights file not found", path)
+    from medsight.checkpoint import refuse_unless_torch_file
+
+    refuse_unless_torch_file(path, "weights file")
     try:
         raw = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:

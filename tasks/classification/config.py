@@ -38,6 +38,8 @@ class ClassificationData(LoaderConfig):
     negative_label: str = "No Finding"
     split_column: str = "split"
     group_column: str = ""
+    #: a CSV's paths may lead outside its folder (``../``, absolute elsewhere); refused unless true
+    allow_outside: bool = False
     #: clip each picture to these percentiles of its values before z-scoring it; [] = no clipping
     intensity_percentiles: list[float] = field(default_factory=lambda: [0.5, 99.5])
     #: input channels of the model: 1 (gray), or 3 (the gray picture copied into R, G, B, as models made

@@ -47,7 +47,7 @@ class PatchesByPosNeg(RandCropBoxByPosNegLabeld):
 def preprocessing(cfg: DetectionData) -> list:
     """Read, orient RAS, resample (linear), HU window -> image (1, X, Y, Z) float32 in 0..1."""
     return [
-        *T.load(IMAGE),
+        *T.load(IMAGE, channels=1),
         *T.orient(IMAGE),
         *T.resample(IMAGE, spacing_mm=cfg.spacing_mm),
         *T.hu_window(IMAGE, window_hu=cfg.window_hu),

@@ -20,6 +20,7 @@ from medsight.datasets import brats
 from medsight.datasets.schemas import MRI_CASES
 from medsight.errors import DataError
 from medsight.io.pictures import volume_overlay_png
+from medsight.io.readers import check_volume_path
 from medsight.io.readers import load as load_image
 from medsight.io.writers import write_csv, write_nifti
 from medsight.registry import register_task
@@ -180,9 +181,8 @@ class BrainTumourSegmentation(Task):
             if missing:
                 raise DataError(f"the model needs {', '.join(self.modalities)}; missing {', '.join(missing)} "
                                 f"(give --image ROLE=PATH for each)", "command line")
-            for role, image in images.items():
-                if not Path(image).exists():
-                    raise DataError("file not found", image)
+            for image in images.values():
+                check_volume_path(image)
             first = Path(images[self.modalities[0]])
             case_id = first.name.split(".")[0] if first.is_file() else first.name
             paths = [str(images[role]) for role in self.modalities]

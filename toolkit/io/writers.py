@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import json
 import os
 import uuid
@@ -16,6 +17,9 @@ import nibabel as nib
 import numpy as np
 
 from medsight.errors import DataError
+
+
+_WRITE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO, errno.EFBIG}
 
 
 def fsync_dir(folder: Path) -> None:
@@ -45,9 +49,63 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
         fsync_dir(path.parent)
+    except OSError as exc:  # a full disk, a read-only or lost mount: name the file; nothing half-written stays
+        if exc.errno not in _WRITE_ERRORS:
+            raise
+        raise DataError(f"cannot write ({exc.strerror or exc}); nothing was left half-written", path) from None
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def output_folder(path: str | Path, what: str = "--out") -> Path:
+    """``path`` as a folder to write into, made if needed; one clear DataError when it cannot be: it is a
+    file, it cannot be made, or nothing can be written in it (read-only, no permission)."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise DataError(f"{what} is a file, not a folder", path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".{uuid.uuid4().hex[:8]}.write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise DataError(f"{what}: cannot write here ({exc.strerror or exc})", path) from None
+    return path
+
+
+def output_file(path: str | Path, what: str = "--out") -> Path:
+    """``path`` as a file to write: its folder made and writable; not an existing folder."""
+    path = Path(path)
+    if path.is_dir():
+        raise DataError(f"{what} is a folder, not a file", path)
+    output_folder(path.parent, f"{what}'s folder")
+    return path
+
+
+@contextlib.contextmanager
+def exclusive(folder: str | Path, what: str):
+    """Hold ``folder`` for one command at a time (``what``: the command): a second one refuses at once
+    instead of interleaving its files with the first's (an advisory lock, released when the process ends)."""
+    import fcntl
+
+    folder = output_folder(folder)
+    handle = open(folder / ".medsight.lock", "a+")
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise DataError(f"another medsight {what} is writing to this folder now; wait for it to finish or "
+                            "choose another --out", folder) from None
+        yield folder
+    finally:
+        handle.close()
+
+
+def write_bytes(data: bytes, path: str | Path) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
 
 
 def write_text(text: str, path: str | Path) -> Path:
