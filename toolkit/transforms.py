@@ -63,7 +63,11 @@ MIN_VOLUME_VOXELS = 4
 
 
 def _file_of(image, channel: int | None = None) -> str:
-    name = (getattr(image, "meta", None) or {}).get("filename_or_obj", "image")
+    meta = getattr(image, "meta", None) or {}
+    files = str(meta.get("channel_files") or "").split("\n")
+    if channel is not None and channel < len(files) and files[channel]:
+        return files[channel]
+    name = meta.get("filename_or_obj", "image")
     if isinstance(name, (list, tuple)):
         return str(name[channel] if channel is not None and channel < len(name) else name[0])
     return str(name)

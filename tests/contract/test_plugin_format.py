@@ -43,7 +43,7 @@ def test_a_format_from_another_package_is_listed_and_feeds_the_classification_ta
     assert medsight(plugin_env, "data", "synth", "tsv-pictures", str(data), "--cases", "40").returncode == 0
     checked = medsight(plugin_env, "data", "check", "auto", str(data))
     assert checked.returncode == 0, checked.stdout + checked.stderr
-    assert checked.stdout.startswith(f"tsv-pictures: {data} is clean: ")
+    assert f"tsv-pictures: {data} is clean: " in checked.stdout and "40 files in 40 cases read in full" in checked.stdout
     refused = medsight(plugin_env, "data", "check", "tsv-pictures", str(data), "data.seprator=;")
     assert refused.returncode == 2 and "unknown key data.seprator (did you mean data.separator?)" in refused.stderr
 

@@ -368,7 +368,9 @@ def test_predict_writes_world_marks_for_mhd_and_dicom_and_lists_a_bad_scan(rando
                    "--out", str(out), "infer.score_threshold=0.0", "infer.overlays_per_scan=2"])
     printed = capsys.readouterr().out
     assert status == 1 and "predicted 2 case(s)" in printed
-    assert [line for line in printed.splitlines() if line.startswith("failed:")][0].startswith(f"failed: {broken}")
+    # the .mhd names a voxel file that is not there: the message names that file, and why
+    assert [line for line in printed.splitlines() if line.startswith("failed:")][0] == \
+        f"failed: {tmp_path / 'missing.raw'}: voxel data file missing (named by ElementDataFile in broken.mhd)"
     rows = list(csv.DictReader(open(out / "submission.csv")))
     assert list(rows[0]) == ["seriesuid", "coordX", "coordY", "coordZ", "probability", "diameter_mm"]
     by_uid = {}

@@ -87,6 +87,7 @@ def _stack(arrays: list[np.ndarray], metas: list[dict], names: Sequence[str]) ->
                 name,
             )
     meta["original_channel_dim"] = 0
+    meta["channel_files"] = "\n".join(str(name) for name in names)  # one string: metadata collates it as is
     return np.stack(arrays, axis=0), meta
 
 
