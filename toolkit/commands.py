@@ -190,8 +190,11 @@ def _predict(args, overrides: list[str], images: dict) -> int:
     if trained_on.get("synthetic"):
         log.info(f"note: this model was trained on synthetic data only ({trained_on.get('root')}): its outputs on "
                  "real images mean nothing; use a published model (medsight import) or train on real data")
+    from medsight.task import OutputOptions
+
+    options = OutputOptions(dicom=args.dicom, keep_identifiers=args.keep_identifiers)
     report = predict(loaded, args.inputs, Path(args.out), images=images or None, device=args.device,
-                     precision=args.precision, batch_size=args.batch_size, debug=args.debug)
+                     precision=args.precision, batch_size=args.batch_size, debug=args.debug, options=options)
     log.info(f"predicted {report.cases} case(s) in {report.seconds:.1f} s; wrote {len(report.written)} file(s) "
              f"to {args.out}")
     for failure in report.failures:
@@ -311,6 +314,11 @@ def add_commands(sub, task_options: set[str] = frozenset()) -> None:
     predict.add_argument("--device")
     predict.add_argument("--precision", choices=["fp32", "bf16", "fp16", "auto"])
     predict.add_argument("--batch-size", type=int, help="items per batch (default: the task picks one for the device)")
+    predict.add_argument("--dicom", action="store_true",
+                         help="also write DICOM objects for viewers, referencing a DICOM input's series "
+                              "(segmentation: DICOM SEG of the regions; detection: DICOM SEG of the marks)")
+    predict.add_argument("--keep-identifiers", action="store_true",
+                         help="copy the input's patient identifiers into DICOM outputs (removed by default)")
     predict.set_defaults(func=cmd_predict)
     if "predict" in task_options:
         add_task_arguments(predict, "predict")

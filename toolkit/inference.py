@@ -136,7 +136,7 @@ class PredictionReport:
 
 def predict(loaded: Loaded, inputs: list[str], out: Path, images: dict[str, str] | None = None,
             device: str | None = None, precision: str | None = None, batch_size: int | None = None,
-            debug: bool = False) -> PredictionReport:
+            debug: bool = False, options=None) -> PredictionReport:
     """Predict every input case; a bad case is reported and skipped, the others go on."""
     from monai.data import list_data_collate
 
@@ -157,7 +157,7 @@ def predict(loaded: Loaded, inputs: list[str], out: Path, images: dict[str, str]
     model = runtime.setup_model(loaded.model, train=False)
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    writer = task.prediction_writer(out)
+    writer = task.prediction_writer(out, options)
     if records:
         dataset = _SafeDataset(records, task.transforms("infer"))
         collate = _collate_skipping_errors(task.collate_fn("infer") or list_data_collate)
@@ -191,6 +191,11 @@ def predict(loaded: Loaded, inputs: list[str], out: Path, images: dict[str, str]
                         report.cases += 1
                     except MedsightError as exc:
                         report.failures.append(str(exc))
+                    except Exception as exc:  # a writer's library failing on this case: the others go on
+                        report.failures.append(f"{item.get('id', '?')}: writing failed ({type(exc).__name__}: "
+                                               f"{str(exc).splitlines()[0][:200] if str(exc) else ''})")
+                        if debug:
+                            log.error(traceback.format_exc())
                     display.update(1)
         display.close()
     report.written.extend(writer.finish())

@@ -92,12 +92,22 @@ class DemoSpec:
     note: str = ""
 
 
+@dataclass(frozen=True)
+class OutputOptions:
+    """How a ``predict`` call writes: also DICOM objects for viewers (``--dicom``: a task's DICOM SEG...),
+    and whether patient identifiers may be copied into them (``--keep-identifiers``; never by default)."""
+
+    dicom: bool = False
+    keep_identifiers: bool = False
+
+
 class PredictionWriter:
     """Writes one ``predict`` call's outputs; made fresh for each call by ``Task.prediction_writer``, so
     rows gathered for a summary file (a CSV of every image) belong to that call alone."""
 
-    def __init__(self, out: Path):
+    def __init__(self, out: Path, options: OutputOptions | None = None):
         self.out = Path(out)
+        self.options = options or OutputOptions()
 
     def write(self, prediction: Any, data: dict) -> list[Path]:
         """Post-process one item (``data``: its de-collated CPU inputs with metadata) and write it."""
@@ -203,7 +213,7 @@ class Task:
         """One prediction per item of ``batch`` (already on the device, inside autocast)."""
         raise NotImplementedError
 
-    def prediction_writer(self, out: Path) -> PredictionWriter:
+    def prediction_writer(self, out: Path, options: OutputOptions | None = None) -> PredictionWriter:
         """A writer for one ``predict`` call into ``out``."""
         raise NotImplementedError
 

@@ -48,11 +48,14 @@ def write_series(
     rescale_intercept: float = -1024.0,
     description: str = "synthetic",
     slices=None,
+    identifiers: dict[str, str] | None = None,
 ) -> str:
     """Write a CT-like volume (HU, indexed [x, y, z]) as one file per slice; returns the SeriesInstanceUID.
 
     file_names: names for slices 0..n-1 (default ``IM<k>.dcm``); pass shuffled names to test ordering.
     slices: indices of the slices to write (default all), to make gaps on purpose.
+    identifiers: DICOM keyword -> value for patient, study and institution attributes (PatientName,
+    AccessionNumber...), e.g. marker strings to prove they never reach an output.
     """
     folder = Path(folder)
     volume = np.asarray(volume_xyz)
@@ -73,6 +76,8 @@ def write_series(
         ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study_uid, series_uid, frame_uid
         ds.Modality, ds.PatientID, ds.PatientName = "CT", "SYNTH", "Synthetic^Patient"
         ds.SeriesDescription = description
+        for keyword, value in (identifiers or {}).items():
+            setattr(ds, keyword, value)
         ds.InstanceNumber = k + 1
         ds.ImagePositionPatient = [float(v) for v in origin + k * spacing[2] * direction[:, 2]]
         ds.ImageOrientationPatient = [float(v) for v in np.concatenate([direction[:, 0], direction[:, 1]])]
@@ -96,8 +101,10 @@ def write_xray(
     window: tuple[float, float] | None = None,
     pixel_spacing_mm: tuple[float, float] = (0.143, 0.143),
     transfer_syntax: str | None = None,
+    identifiers: dict[str, str] | None = None,
 ) -> Path:
-    """A DX 'for presentation' file with stored values ``stored`` (rows, columns), unsigned."""
+    """A DX 'for presentation' file with stored values ``stored`` (rows, columns), unsigned; ``identifiers``:
+    DICOM keyword -> value for patient, study and institution attributes."""
     stored = np.asarray(stored)
     ds = Dataset()
     ds.file_meta = _file_meta(DigitalXRayImageStorageForPresentation)
@@ -114,6 +121,8 @@ def write_xray(
     if window is not None:
         ds.WindowCenter, ds.WindowWidth = float(window[0]), float(window[1])
     ds.PixelData = np.ascontiguousarray(stored.astype(np.uint16)).tobytes()
+    for keyword, value in (identifiers or {}).items():
+        setattr(ds, keyword, value)
     _save(ds, Path(path), transfer_syntax)
     return Path(path)
 

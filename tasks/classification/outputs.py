@@ -69,8 +69,8 @@ class PicturePredictions(PredictionWriter):
     """One predict call: a row per picture for ``predictions.csv`` (written by ``finish``), Grad-CAM PNGs
     as each picture comes."""
 
-    def __init__(self, out: Path, labels: LabelSet, thresholds: Sequence[float] | None):
-        super().__init__(out)
+    def __init__(self, out: Path, labels: LabelSet, thresholds: Sequence[float] | None, options=None):
+        super().__init__(out, options)
         self.labels = labels
         self.thresholds = thresholds
         self.rows: list[dict] = []

@@ -289,8 +289,8 @@ class XrayClassification(Task):
             self._cam, self._cam_model = GradCamMaps(model, layer), model
         return self._cam
 
-    def prediction_writer(self, out: Path) -> PredictionWriter:
-        return outputs.PicturePredictions(out, self.labels, self.thresholds)
+    def prediction_writer(self, out: Path, options=None) -> PredictionWriter:
+        return outputs.PicturePredictions(out, self.labels, self.thresholds, options)
 
     def example_input(self) -> torch.Tensor:
         size = self.config.data.image_size

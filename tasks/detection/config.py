@@ -144,6 +144,9 @@ class DetectionInfer:
     max_marks_per_scan: int = 100
     #: overlay PNGs per scan: the axial slice through each of the top marks
     overlays_per_scan: int = 3
+    #: ``predict --dicom``: the marks a DICOM SEG holds (as spheres): at least this probability, at most this many
+    dicom_min_probability: float = 0.5
+    dicom_max_marks: int = 10
 
     def __post_init__(self):
         _triple("infer.roi_size", self.roi_size, int)

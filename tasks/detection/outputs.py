@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medsight.geometry import voxel_size_mm, world_to_voxel
+from medsight.geometry import voxel_size_mm, voxel_to_world, world_to_voxel
 from medsight.io.pictures import marks_png
 from medsight.io.writers import atomic_path, write_csv, write_json
 from medsight.task import PredictionWriter
@@ -34,6 +34,35 @@ def submission_rows(seriesuid: str, marks: np.ndarray) -> list[dict]:
             for m in np.asarray(marks).reshape(-1, 5)]
 
 
+def dicom_marks(marks: np.ndarray, image, seriesuid: str, out: Path, keep_identifiers: bool, min_probability: float,
+                max_marks: int) -> list[Path]:
+    """A DICOM SEG referencing the scan's own DICOM series: one sphere segment per mark at or above
+    ``min_probability`` (the ``max_marks`` most probable), labelled with its probability and diameter. A SEG,
+    not an SR: viewers (OHIF, 3D Slicer) overlay it on the series as it is."""
+    from medsight.errors import DataError
+    from medsight.io.dicom_out import write_segmentation
+    from medsight.io.readers import load
+
+    source = str((image.meta or {}).get("filename_or_obj", ""))
+    if not (Path(source).is_dir() or source.lower().endswith((".dcm", ".ima"))):
+        raise DataError("--dicom writes a DICOM SEG referencing the input series: this scan is not DICOM (its "
+                        "submission rows were written)", source)
+    chosen = [m for m in np.asarray(marks).reshape(-1, 5) if m[3] >= min_probability][:max_marks]
+    if not chosen:
+        return []
+    original = load(source)  # the series' own grid: where a DICOM SEG's frames lie
+    affine = np.asarray(original.affine, dtype=np.float64)
+    shape = tuple(original.shape[1:])
+    grid = np.stack(np.meshgrid(*[np.arange(n) for n in shape], indexing="ij"), axis=-1).reshape(-1, 3)
+    world = voxel_to_world(grid.astype(np.float64), affine, space="LPS")
+    masks = {}
+    for number, mark in enumerate(chosen, start=1):
+        inside = np.linalg.norm(world - mark[:3], axis=1) <= max(mark[4] / 2.0, voxel_size_mm(affine).max())
+        masks[f"nodule mark {number}: p {mark[3]:.2f}, {mark[4]:.1f} mm"] = inside.reshape(shape)
+    return [write_segmentation(masks, affine, source, out / f"{seriesuid}_marks.dcm",
+                               description="medsight lung nodule marks", keep_identifiers=keep_identifiers)]
+
+
 def write_submission(rows: Iterable[dict], path: Path) -> Path:
     return write_csv(rows, path, SUBMISSION_HEADER)
 
@@ -42,8 +71,10 @@ class NoduleSubmission(PredictionWriter):
     """One predict call: the marks of every scan, gathered for one ``submission.csv`` (written by
     ``finish``), and overlay PNGs of each scan's top marks as the scan comes."""
 
-    def __init__(self, out: Path, overlays_per_scan: int, voxel_centre: float = 0.5):
-        super().__init__(out)
+    def __init__(self, out: Path, overlays_per_scan: int, voxel_centre: float = 0.5, options=None,
+                 dicom_min_probability: float = 0.5, dicom_max_marks: int = 10):
+        super().__init__(out, options)
+        self.dicom_min_probability, self.dicom_max_marks = dicom_min_probability, dicom_max_marks
         self.overlays_per_scan = overlays_per_scan
         self.voxel_centre = voxel_centre
         self.rows: list[dict] = []
@@ -54,10 +85,14 @@ class NoduleSubmission(PredictionWriter):
         seriesuid = str(image.meta.get("series_uid") or data.get("seriesuid") or data.get("id"))
         marks = marks_from_boxes(prediction["boxes"], prediction["scores"], affine, self.voxel_centre)
         self.rows.extend(submission_rows(seriesuid, marks))
+        written = []
+        if self.options.dicom:
+            written += dicom_marks(marks, image, seriesuid, self.out, self.options.keep_identifiers,
+                                   self.dicom_min_probability, self.dicom_max_marks)
         if self.overlays_per_scan == 0 or len(marks) == 0:
-            return []
-        return overlay_pngs(image[0].cpu().numpy(), affine, marks, seriesuid, self.out / "overlays",
-                            self.overlays_per_scan)
+            return written
+        return written + overlay_pngs(image[0].cpu().numpy(), affine, marks, seriesuid, self.out / "overlays",
+                                      self.overlays_per_scan)
 
     def finish(self) -> list[Path]:
         return [write_submission(self.rows, self.out / "submission.csv")]

@@ -186,8 +186,10 @@ class LungNoduleDetection(Task):
     def predict(self, model: nn.Module, batch: dict) -> list[dict[str, np.ndarray]]:
         return self._detect(model, batch["image"])
 
-    def prediction_writer(self, out: Path) -> PredictionWriter:
-        return outputs.NoduleSubmission(out, self.config.infer.overlays_per_scan, self.config.model.box_voxel_centre)
+    def prediction_writer(self, out: Path, options=None) -> PredictionWriter:
+        infer = self.config.infer
+        return outputs.NoduleSubmission(out, infer.overlays_per_scan, self.config.model.box_voxel_centre, options,
+                                        infer.dicom_min_probability, infer.dicom_max_marks)
 
     def example_input(self) -> torch.Tensor:
         size = [2 * d for d in size_divisible(self.config.model)]

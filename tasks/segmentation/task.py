@@ -204,8 +204,8 @@ class BrainTumourSegmentation(Task):
     def predict(self, model: nn.Module, batch: dict) -> list[torch.Tensor]:
         return list(self.probabilities(model, batch["image"]).cpu())
 
-    def prediction_writer(self, out: Path) -> PredictionWriter:
-        return LabelMaps(out, self)
+    def prediction_writer(self, out: Path, options=None) -> PredictionWriter:
+        return LabelMaps(out, self, options)
 
     @classmethod
     def add_arguments(cls, parser, command: str) -> None:
@@ -229,8 +229,8 @@ class BrainTumourSegmentation(Task):
 class LabelMaps(PredictionWriter):
     """One predict call: per case, the label map on the input's grid (+ probabilities, overlay picture)."""
 
-    def __init__(self, out: Path, task: BrainTumourSegmentation):
-        super().__init__(out)
+    def __init__(self, out: Path, task: BrainTumourSegmentation, options=None):
+        super().__init__(out, options)
         self.task = task
 
     def write(self, prediction: torch.Tensor, data: dict) -> list[Path]:
@@ -250,6 +250,8 @@ class LabelMaps(PredictionWriter):
         if self.task.config.infer.probabilities:
             written.append(write_nifti(np.moveaxis(probs, 0, -1).astype(np.float32), affine,
                                        self.out / f"{case_id}_prob.nii.gz"))
+        if self.options.dicom:
+            written.append(self._dicom_seg(labels, affine, data, convention, case_id))
         if self.task.config.infer.overlay:
             picture_source = _picture_source(data, self.task.modalities)
             image = load_image(picture_source)[0].numpy()
@@ -258,6 +260,24 @@ class LabelMaps(PredictionWriter):
                                               {name: nested[i] for i, name in enumerate(brats.REGIONS)},
                                               title=f"{case_id}: ET red, TC yellow, WT green"))
         return written
+
+
+    def _dicom_seg(self, labels: np.ndarray, affine: np.ndarray, data: dict, convention, case_id: str) -> Path:
+        """A DICOM SEG of ET, TC and WT referencing the case's DICOM series (FLAIR's when it is one)."""
+        from medsight.io.dicom_out import write_segmentation
+
+        files = _files(data)
+        dicom = [f for f in files if Path(f).is_dir() or f.lower().endswith((".dcm", ".ima"))]
+        if not dicom:
+            raise DataError("--dicom writes a DICOM SEG referencing the input series: this case has no DICOM input "
+                            "(its NIfTI label map was written)", files[0])
+        roles = list(self.task.modalities)
+        source = files[roles.index("flair")] if "flair" in roles and files[roles.index("flair")] in dicom else dicom[0]
+        regions = convention.to_regions(labels)
+        masks = {"ET enhancing tumour": regions[0], "TC tumour core": regions[1], "WT whole tumour": regions[2]}
+        return write_segmentation(masks, affine, source, self.out / f"{case_id}_seg.dcm",
+                                  description="medsight brain tumour regions",
+                                  keep_identifiers=self.options.keep_identifiers)
 
 
 def _files(data: dict) -> list[str]:
