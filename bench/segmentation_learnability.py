@@ -13,7 +13,6 @@ import shutil
 import time
 from pathlib import Path
 
-import medsight  # noqa: F401
 from medsight.cli import main as medsight
 
 

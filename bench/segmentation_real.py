@@ -20,7 +20,6 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-import medsight  # noqa: F401
 from medsight.cli import main as medsight
 from medsight.datasets.brats import find_cases
 

@@ -24,7 +24,6 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import medsight  # noqa: E402,F401
 from medsight.registry import DATASETS  # noqa: E402
 
 

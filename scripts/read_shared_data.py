@@ -17,7 +17,7 @@ import pydicom
 
 import medsight  # noqa: F401
 from medsight.errors import MedsightError
-from medsight.io.readers import DICOM_SUFFIXES, ITK_SUFFIXES, NIFTI_SUFFIXES, PICTURE_SUFFIXES, load
+from medsight.io.readers import DICOM_SUFFIXES, NIFTI_SUFFIXES, PICTURE_SUFFIXES, load
 
 PROJECTION_MODALITIES = {"CR", "DX", "MG", "RF", "XA", "PX", "IO"}
 NOT_IMAGES = {"RTSTRUCT", "RTPLAN", "SR", "PR", "KO", "REG"}

@@ -141,3 +141,33 @@ def _tuples(value):
     if isinstance(value, tuple):
         return tuple(_tuples(v) for v in value)
     return value
+
+
+def run_state(trainer) -> dict[str, Any]:
+    """Everything a training run's checkpoint holds (see the module docstring)."""
+    from medsight.config import to_dict  # config imports this module
+
+    self = trainer
+    return {
+        "task": self.task.name,
+        "config": to_dict(self.config),
+        "data": str(self.data),
+        "data_format": self.data_format,
+        "trained_on": self.trained_on,
+        "started_from": self.started_from,
+        "task_state": self.task.state_dict(),
+        "model": self.raw_model.state_dict(),
+        "optimizer": self.optimizer.state_dict(),
+        "scheduler": self.scheduler.state_dict(),
+        "scaler": self.runtime.scaler.state_dict() if self.runtime.scaler is not None else None,
+        "ema": self.ema.state_dict() if self.ema is not None else None,
+        "progress": self.progress.__dict__.copy(),
+        "epoch": self.progress.epoch,
+        "step_in_epoch": self.progress.step_in_epoch,
+        "global_step": self.progress.global_step,
+        "sampler": {"seed": self.cfg.seed, "epoch": self.progress.epoch, "batches_done": self.progress.step_in_epoch,
+                    "world_size": self.runtime.world_size},
+        "best": {"metric": self.task.monitor.metric, "mode": self.task.monitor.mode,
+                 "value": self.progress.best_value, "epoch": self.progress.best_epoch},
+        "rng": rng_state(),
+    }

@@ -26,9 +26,9 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from medsight import checkpoint
 from medsight.checkpoint import Progress
-from medsight.config import TaskConfig, to_dict, to_yaml
+from medsight.config import TaskConfig, to_yaml
 from medsight.data import SKIPPED, epoch_seed, make_dataset, make_loader, partition
-from medsight.dataset_format import SYNTHETIC_MARKER
+from medsight.provenance import pretrained_parameters, trained_on
 from medsight.errors import DataError, TrainingError
 from medsight.io.writers import atomic_path, write_text
 from medsight.optim import build_optimizer, build_scheduler
@@ -120,7 +120,7 @@ class Trainer:
             for line in report.lines():
                 self._say(line)
         self.pretrained = self._pretrained_parameters()
-        self.trained_on = self._trained_on(source, train_records + val_records)
+        self.trained_on = trained_on(source, train_records + val_records)
         self.model = rt.setup_model(self.raw_model, train=True, find_unused_parameters=task.find_unused_parameters)
         self.optimizer = build_optimizer(self.raw_model, self.config.optim, self.pretrained)
         batch_size = self.config.data.batch_size
@@ -144,25 +144,13 @@ class Trainer:
 
     def _pretrained_parameters(self) -> set[str]:
         """Parameters loaded from starting weights (for optim.pretrained_lr_factor and freezing)."""
-        names = set((self.started_from or {}).get("pretrained") or [])
-        params = {n for n, _ in self.raw_model.named_parameters()} & names
+        params = pretrained_parameters(self.raw_model, self.started_from)
         cfg, factor = self.cfg, self.config.optim.pretrained_lr_factor
         if params and (cfg.freeze_pretrained_epochs or factor != 1.0) and self.progress.epoch == 0:
             self._say(f"pretrained: {len(params)} parameter tensors at {factor:g} x optim.lr"
                       + (f", unchanged for {cfg.freeze_pretrained_epochs} epoch(s)" if cfg.freeze_pretrained_epochs
                          else ""))
         return params
-
-    @staticmethod
-    def _trained_on(source, records: list[dict]) -> dict:
-        """What the run learns from: format, folder, a fingerprint of its records, synthetic or real."""
-        import hashlib
-
-        ids = sorted(str(r.get("id", r.get("image", ""))) for r in records)
-        root = Path(source.root)
-        marker = (root if root.is_dir() else root.parent) / SYNTHETIC_MARKER
-        return {"format": source.format_name, "root": str(root.resolve()), "records": len(records),
-                "fingerprint": hashlib.sha256("\n".join(ids).encode()).hexdigest(), "synthetic": marker.is_file()}
 
     def _make_datasets(self) -> None:
         data_cfg = self.config.data
@@ -369,29 +357,7 @@ class Trainer:
 
     # -- checkpoints ------------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
-        return {
-            "task": self.task.name,
-            "config": to_dict(self.config),
-            "data": str(self.data),
-            "data_format": self.data_format,
-            "trained_on": self.trained_on,
-            "started_from": self.started_from,
-            "task_state": self.task.state_dict(),
-            "model": self.raw_model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "scaler": self.runtime.scaler.state_dict() if self.runtime.scaler is not None else None,
-            "ema": self.ema.state_dict() if self.ema is not None else None,
-            "progress": self.progress.__dict__.copy(),
-            "epoch": self.progress.epoch,
-            "step_in_epoch": self.progress.step_in_epoch,
-            "global_step": self.progress.global_step,
-            "sampler": {"seed": self.cfg.seed, "epoch": self.progress.epoch, "batches_done": self.progress.step_in_epoch,
-                        "world_size": self.runtime.world_size},
-            "best": {"metric": self.task.monitor.metric, "mode": self.task.monitor.mode,
-                     "value": self.progress.best_value, "epoch": self.progress.best_epoch},
-            "rng": checkpoint.rng_state(),
-        }
+        return checkpoint.run_state(self)
 
     def save(self, name: str) -> Path | None:
         if not self.runtime.is_main:

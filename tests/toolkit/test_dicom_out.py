@@ -11,7 +11,6 @@ import highdicom as hd
 import nibabel as nib
 import numpy as np
 import pydicom
-import pytest
 import torch
 
 from medsight import checkpoint
@@ -19,7 +18,7 @@ from medsight.cli import main
 from medsight.config import resolve, to_dict
 from medsight.datasets.synth.dicom import write_series, write_xray
 from medsight.geometry import itk_from_affine, voxel_to_world
-from medsight.registry import DATASETS, TASKS
+from medsight.registry import TASKS
 
 #: identifier attributes of the basic de-identification profile, holding marker strings
 MARKERS = {"PatientName": "Zqxmarker^Pat", "PatientID": "ZQXID4711", "PatientBirthDate": "19010203",
@@ -128,7 +127,6 @@ def test_no_patient_identifier_reaches_any_byte_written(tmp_path):
         picture = render({"Mass"} if sick else set(), Anatomy.draw(rng), 48, rng).astype(np.uint16) * 16
         write_xray(data / split / ("mass" if sick else "normal") / f"{index:03d}.dcm", picture, identifiers=MARKERS)
     runs = tmp_path / "written"
-    log = []
     for argv in (["data", "check", "folders", str(data)],
                  ["train", "classification", "--data", str(data), "--out", str(runs / "run"), "trainer.max_epochs=1",
                   "model.name=simple_cnn", "data.image_size=48", "data.cache=disk", "trainer.progress=never"],
