@@ -76,6 +76,11 @@ def test_several_files_load_as_channels_and_must_share_shape_and_geometry(tmp_pa
     nib.save(nib.Nifti1Image(ramp(), shifted), str(tmp_path / "moved.nii.gz"))
     with pytest.raises(DataError, match=r"moved.nii.gz: geometry \(affine\) differs from that of a.nii.gz"):
         load([tmp_path / "a.nii.gz", tmp_path / "moved.nii.gz"])
+    # Among three or more, the odd file out is named, wherever it stands in the list.
+    with pytest.raises(DataError, match=r"short.nii.gz: shape \(11, 10, 6\) differs from \(12, 10, 6\) of a.nii.gz$"):
+        load([tmp_path / "short.nii.gz", tmp_path / "a.nii.gz", tmp_path / "b.nii.gz"])
+    with pytest.raises(DataError, match=r"moved.nii.gz: geometry \(affine\) differs from that of a.nii.gz"):
+        load([tmp_path / "moved.nii.gz", tmp_path / "a.nii.gz", tmp_path / "b.nii.gz"])
 
 
 def test_dicom_series_with_shuffled_file_names_is_ordered_by_position(tmp_path):

@@ -58,19 +58,21 @@ def _stack(arrays: list[np.ndarray], metas: list[dict], names: Sequence[str]) ->
         if not np.all(np.isfinite(matrix)) or abs(np.linalg.det(matrix)) < 1e-12:
             raise DataError("its affine is singular or not finite (a zero voxel size?): no geometry to place it in "
                             "the world", name)
-    for other, name in zip(metas[1:], names[1:]):
-        if other["spatial_shape"].tolist() != meta["spatial_shape"].tolist():
-            raise DataError(
-                f"shape {tuple(int(n) for n in other['spatial_shape'])} differs from "
-                f"{tuple(int(n) for n in meta['spatial_shape'])} "
-                f"of {Path(names[0]).name}, the first file of this image",
-                name,
-            )
+    # The grid most files share is the reference, so the odd file out is the one named (ties: the first file's).
+    shapes = [tuple(int(n) for n in m["spatial_shape"]) for m in metas]
+    usual = max(shapes, key=lambda shape: (shapes.count(shape), -shapes.index(shape)))
+    agree = [sum(np.allclose(m["affine"], o["affine"], atol=1e-2) for o in metas) if shape == usual else -1
+             for m, shape in zip(metas, shapes)]
+    ref = agree.index(max(agree))
+    for other, shape, name in zip(metas, shapes, names):
+        if shape != usual:
+            raise DataError(f"shape {shape} differs from {usual} of {Path(names[ref]).name}"
+                            f"{', the first file of this image' if ref == 0 else ''}", name)
         # Channels of one image must lie on one grid (0.01 mm: rounding in headers).
-        if not np.allclose(other["affine"], meta["affine"], atol=1e-2):
+        if not np.allclose(other["affine"], metas[ref]["affine"], atol=1e-2):
             raise DataError(
-                f"geometry (affine) differs from that of {Path(names[0]).name}, the first file of this image; "
-                "resample the files onto one grid first",
+                f"geometry (affine) differs from that of {Path(names[ref]).name}; resample the files onto one grid "
+                "first",
                 name,
             )
     meta["original_channel_dim"] = 0
