@@ -31,6 +31,7 @@ from monai.transforms import (
 )
 from monai.utils import convert_to_dst_type
 
+from medsight.io.checks import MIN_PICTURE_PX, MIN_VOLUME_VOXELS
 from medsight.io.readers import image_loaderd
 
 
@@ -57,9 +58,6 @@ def load(images: Sequence[str] | str, labels: Sequence[str] | str = (), kind: st
     return steps
 
 
-#: smallest accepted sides: a picture under 16 px or a volume under 4 voxels along an axis holds no anatomy
-MIN_PICTURE_PX = 16
-MIN_VOLUME_VOXELS = 4
 
 
 def _file_of(image, channel: int | None = None) -> str:

@@ -9,6 +9,10 @@ import numpy as np
 
 from medsight.errors import DataError
 
+#: smallest accepted sides: a picture under 16 px or a volume under 4 voxels along an axis holds no anatomy
+MIN_PICTURE_PX = 16
+MIN_VOLUME_VOXELS = 4
+
 ITK_SUFFIXES = ("mhd", "mha", "nrrd", "nhdr")
 DICOM_SUFFIXES = ("dcm", "dicom", "ima")
 NIFTI_SUFFIXES = ("nii", "nii.gz")

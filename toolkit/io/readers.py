@@ -37,6 +37,7 @@ from medsight.io.checks import (  # noqa: E402,F401  (suffixes and checks re-exp
     DICOM_SUFFIXES,
     ITK_SUFFIXES,
     NIFTI_SUFFIXES,
+    MIN_VOLUME_VOXELS,
     PICTURE_SUFFIXES,
     check_detached_data,
     check_volume_path,
@@ -58,6 +59,10 @@ def _stack(arrays: list[np.ndarray], metas: list[dict], names: Sequence[str]) ->
         if not np.all(np.isfinite(matrix)) or abs(np.linalg.det(matrix)) < 1e-12:
             raise DataError("its affine is singular or not finite (a zero voxel size?): no geometry to place it in "
                             "the world", name)
+    for other, name in zip(metas, names):  # a one-voxel "volume" would otherwise be blamed on its neighbours
+        spatial = [int(n) for n in other["spatial_shape"]]
+        if len(spatial) >= 3 and min(spatial) < MIN_VOLUME_VOXELS:
+            raise DataError(f"volume is {' x '.join(map(str, spatial))}: too small to hold anatomy", name)
     # The grid most files share is the reference, so the odd file out is the one named (ties: the first file's).
     shapes = [tuple(int(n) for n in m["spatial_shape"]) for m in metas]
     usual = max(shapes, key=lambda shape: (shapes.count(shape), -shapes.index(shape)))
