@@ -192,7 +192,7 @@ def _predict(args, overrides: list[str], images: dict) -> int:
                  "real images mean nothing; use a published model (medsight import) or train on real data")
     from medsight.task import OutputOptions
 
-    options = OutputOptions(dicom=args.dicom, keep_identifiers=args.keep_identifiers)
+    options = OutputOptions(dicom=args.dicom or args.dicom_format == "dicom-seg", keep_identifiers=args.keep_identifiers)
     report = predict(loaded, args.inputs, Path(args.out), images=images or None, device=args.device,
                      precision=args.precision, batch_size=args.batch_size, debug=args.debug, options=options)
     log.info(f"predicted {report.cases} case(s) in {report.seconds:.1f} s; wrote {len(report.written)} file(s) "
@@ -317,6 +317,7 @@ def add_commands(sub, task_options: set[str] = frozenset()) -> None:
     predict.add_argument("--dicom", action="store_true",
                          help="also write DICOM objects for viewers, referencing a DICOM input's series "
                               "(segmentation: DICOM SEG of the regions; detection: DICOM SEG of the marks)")
+    predict.add_argument("--format", dest="dicom_format", choices=["dicom-seg"], help="the same as --dicom")
     predict.add_argument("--keep-identifiers", action="store_true",
                          help="copy the input's patient identifiers into DICOM outputs (removed by default)")
     predict.set_defaults(func=cmd_predict)

@@ -103,8 +103,8 @@ def test_detection_marks_in_a_dicom_seg_reference_the_series_at_the_marks_places
                        tmp_path / "series", identifiers=MARKERS)
     model = random_checkpoint("detection", tmp_path / "det.pt", "infer.roi_size=[64,64,32]")
     out = tmp_path / "out"
-    assert main(["predict", "--checkpoint", str(model), str(tmp_path / "series"), "--out", str(out), "--dicom",
-                 "infer.dicom_min_probability=0.0", "infer.dicom_max_marks=3", "infer.score_threshold=0.0"]) == 0
+    assert main(["predict", "--checkpoint", str(model), str(tmp_path / "series"), "--out", str(out),
+                 "--format", "dicom-seg", "infer.dicom_min_probability=0.0", "infer.dicom_max_marks=3", "infer.score_threshold=0.0"]) == 0
     seg = pydicom.dcmread(out / f"{uid}_marks.dcm")
     assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == uid and len(seg.SegmentSequence) == 3
     rows = list(csv.DictReader(open(out / "submission.csv")))
