@@ -129,6 +129,16 @@ def test_series_with_uneven_spacing_is_refused(tmp_path):
         load(folder)
 
 
+def test_series_with_a_slice_of_another_size_is_refused_naming_it(tmp_path):
+    folder = tmp_path / "mixed"
+    uid = generate_uid()
+    write_series(ramp((8, 8, 3)).astype(np.float32), ORIGIN, SPACING, np.eye(3), folder, series_uid=uid)
+    write_series(ramp((6, 8, 1)).astype(np.float32), ORIGIN + [0, 0, 3 * 2.5], SPACING, np.eye(3), folder,
+                 series_uid=uid, file_names=["IModd.dcm"])
+    with pytest.raises(DataError, match=r"1 slice\(s\) of another size \(IModd.dcm is 8 x 6, the others 8 x 8\)"):
+        load(folder)
+
+
 def test_jpeg2000_compressed_series_decodes(tmp_path):
     volume = np.clip(np.random.default_rng(1).normal(0, 300, (64, 64, 3)), -1000, 2000).round().astype(np.float32)
     write_series(volume, ORIGIN, SPACING, np.eye(3), tmp_path / "j2k", transfer_syntax=JPEG2000Lossless)

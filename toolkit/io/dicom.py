@@ -27,6 +27,7 @@ class Series:
     uid: str
     files: list[Path] = field(default_factory=list)
     positions_mm: list[float] = field(default_factory=list)
+    sizes: list[tuple[int, int]] = field(default_factory=list)  # (Rows, Columns) per file
     description: str = ""
 
 
@@ -53,6 +54,7 @@ def scan_folder(folder: Path) -> dict[str, Series]:
         entry = series.setdefault(uid, Series(uid=uid, description=str(ds.get("SeriesDescription", ""))))
         entry.files.append(path)
         entry.positions_mm.append(_slice_position(ds))
+        entry.sizes.append((int(ds.Rows), int(ds.get("Columns", 0))))
     return series
 
 
@@ -72,6 +74,11 @@ def sorted_slices(folder: Path, entry: Series) -> list[Path]:
     """The series' files ordered by position along the slice normal; raises on gaps or uneven spacing."""
     if len(entry.files) == 1:
         return list(entry.files)
+    usual = max(set(entry.sizes), key=entry.sizes.count)
+    odd = [(f, size) for f, size in zip(entry.files, entry.sizes) if size != usual]
+    if odd:
+        raise DataError(f"series {entry.uid}: {len(odd)} slice(s) of another size ({odd[0][0].name} is "
+                        f"{odd[0][1][0]} x {odd[0][1][1]}, the others {usual[0]} x {usual[1]})", folder)
     if any(p is None for p in entry.positions_mm):
         raise DataError(
             f"series {entry.uid}: slices without ImagePositionPatient/ImageOrientationPatient "
