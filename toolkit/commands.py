@@ -12,6 +12,9 @@ from pathlib import Path
 from medsight.errors import CheckpointError, ConfigError, MedsightError
 from medsight.io.writers import exclusive, output_file, output_folder
 
+#: medsight.engines.ENGINES, spelled here so that the command line starts without importing torch
+ENGINE_CHOICES = ("auto", "torch", "onnxruntime", "openvino")
+
 log = logging.getLogger(__name__)
 KEY_VALUE_HELP = "config overrides, e.g. trainer.max_epochs=5 optim.lr=3e-4"
 _OVERRIDE = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)+=")
@@ -239,7 +242,20 @@ def _load_with_task_options(args, command: str, overrides: list[str]):
             raise ConfigError(f"{flag} is an option of the {owner} task; this checkpoint is a {task_name} model",
                               "command line")
     extra = TASKS.get(task_name).overrides_from_arguments(args, command)
-    return load_for_inference(args.checkpoint, list(overrides) + extra, state=state)
+    loaded = load_for_inference(args.checkpoint, list(overrides) + extra, state=state)
+    engine = getattr(args, "engine", None)
+    if engine:
+        from medsight import engines
+
+        engines.require(engine)
+    if loaded.model is None:  # a compressed checkpoint runs on the engine it carries
+        if engine not in (None, "auto", loaded.engine):
+            raise ConfigError(f"--engine {engine}: this checkpoint holds a {loaded.engine} engine (made by medsight "
+                              "compress); predict with the checkpoint it was made from to use another engine",
+                              args.checkpoint)
+    else:
+        loaded.engine = engine or "torch"
+    return loaded
 
 
 def cmd_export(args) -> int:
@@ -249,6 +265,28 @@ def cmd_export(args) -> int:
     loaded = load_for_inference(args.checkpoint)
     out = export(loaded, args.format, out_path)
     log.info(f"exported {loaded.task.name} model as {args.format} to {out}")
+    return 0
+
+
+def cmd_compress(args) -> int:
+    from medsight.compress import compress
+
+    out = output_file(args.out)
+    if not args.data and not args.calibration:
+        raise ConfigError("compress needs --data (measured before and after on its validation split) or "
+                          "--calibration", "command line")
+    label = compress(Path(args.checkpoint), args.method, out, Path(args.data or args.calibration),
+                     calibration=Path(args.calibration) if args.calibration else None, samples=args.samples,
+                     amount=args.amount, finetune_epochs=args.finetune_epochs, split=args.split)
+    before, after = label["before"], label["after"]
+    log.info(f"{'':18s} {'before':>14s} {'after':>14s}")
+    log.info(f"{'engine':18s} {before['engine']:>14s} {after['engine']:>14s}")
+    log.info(f"{'size (MB)':18s} {before['size_bytes'] / 1e6:14.2f} {after['size_bytes'] / 1e6:14.2f}")
+    log.info(f"{'evaluate cases/s':18s} {before['cases_per_second']:14.3f} {after['cases_per_second']:14.3f}")
+    for key, value in before["metrics"].items():
+        if isinstance(value, float) and isinstance(after["metrics"].get(key), float):
+            log.info(f"{key:18s} {value:14.4f} {after['metrics'][key]:14.4f}")
+    log.info(f"wrote {out} (+ {out.name}.compression.json)")
     return 0
 
 
@@ -297,6 +335,9 @@ def add_commands(sub, task_options: set[str] = frozenset()) -> None:
     evaluate.add_argument("--out", help="output folder (default RUN/evaluation/SPLIT)")
     evaluate.add_argument("--device")
     evaluate.add_argument("--precision", choices=["fp32", "bf16", "fp16", "auto"])
+    evaluate.add_argument("--engine", choices=ENGINE_CHOICES,
+                          help="what runs the network (default: torch, as validation ran; a compressed "
+                               "checkpoint's own engine)")
     evaluate.add_argument("--predictions", help="a predictions file to score without a model (with TASK)")
     evaluate.add_argument("overrides", nargs="*", metavar="key=value", help=KEY_VALUE_HELP)
     evaluate.set_defaults(func=cmd_evaluate)
@@ -314,6 +355,10 @@ def add_commands(sub, task_options: set[str] = frozenset()) -> None:
     predict.add_argument("--device")
     predict.add_argument("--precision", choices=["fp32", "bf16", "fp16", "auto"])
     predict.add_argument("--batch-size", type=int, help="items per batch (default: the task picks one for the device)")
+    predict.add_argument("--engine", choices=ENGINE_CHOICES, default="auto",
+                         help="what runs the network: torch, onnxruntime or openvino (CPU); auto (default): "
+                              "OpenVINO on a CPU when installed, else torch. The sliding window, box decoding "
+                              "and writers are the same code for every engine")
     predict.add_argument("--dicom", action="store_true",
                          help="also write DICOM objects for viewers, referencing a DICOM input's series "
                               "(segmentation: DICOM SEG of the regions; detection: DICOM SEG of the marks)")
@@ -329,6 +374,21 @@ def add_commands(sub, task_options: set[str] = frozenset()) -> None:
     export.add_argument("--format", choices=["torchscript", "onnx"], required=True)
     export.add_argument("--out", required=True)
     export.set_defaults(func=cmd_export)
+
+    compressing = sub.add_parser("compress", help="int8, half-precision weights or pruning, measured before "
+                                                  "and after on a validation split")
+    compressing.add_argument("--checkpoint", required=True)
+    compressing.add_argument("--method", required=True, choices=["int8", "fp16", "bf16", "prune"])
+    compressing.add_argument("--out", required=True, help="the compressed checkpoint")
+    compressing.add_argument("--data", help="dataset whose validation split measures before and after "
+                                            "(default: --calibration)")
+    compressing.add_argument("--calibration", help="int8: dataset whose training split calibrates; prune: the "
+                                                   "fine-tuning data (default: --data)")
+    compressing.add_argument("--samples", type=int, default=100, help="int8: network inputs to calibrate on")
+    compressing.add_argument("--amount", type=float, default=0.3, help="prune: fraction of channels removed")
+    compressing.add_argument("--finetune-epochs", type=int, default=1, help="prune: epochs of fine-tuning")
+    compressing.add_argument("--split", default="val", help="split measured before and after (default val)")
+    compressing.set_defaults(func=cmd_compress)
 
     importing = sub.add_parser("import", help="a published model (MONAI bundle, CheXNet, torchvision) as a checkpoint")
     importing.add_argument("source", help="a file or folder, or monai:NAME to download a MONAI Model Zoo bundle")

@@ -16,9 +16,10 @@ from monai.data import Dataset, decollate_batch
 from medsight import checkpoint
 from medsight.config import resolve
 from medsight.data import make_loader
-from medsight.errors import CheckpointError, DataError, MedsightError, unwrap
+from medsight.errors import CheckpointError, ConfigError, DataError, MedsightError, unwrap
 from medsight.io.writers import atomic_path, write_json
 from medsight.progress import progress
+from medsight.pruning import build_model
 from medsight.registry import TASKS
 from medsight.runtime import Runtime
 from medsight.task import Task
@@ -30,9 +31,10 @@ log = logging.getLogger(__name__)
 @dataclass
 class Loaded:
     task: Task
-    model: torch.nn.Module
+    model: torch.nn.Module | None  # None: the checkpoint carries an engine file instead of torch weights
     state: dict
     path: Path
+    engine: str = "torch"  # torch, onnxruntime, openvino or auto (medsight.engines)
 
     @property
     def run_dir(self) -> Path:
@@ -52,7 +54,9 @@ def load_for_inference(path: str | Path, overrides: list[str] | tuple = (), weig
     task = task_class(config)
     task.load_state_dict(state.get("task_state", {}))
     task.learning = False
-    model = task.build_model()
+    if state.get("engine"):  # a compressed model: the engine file is the network (medsight compress)
+        return Loaded(task=task, model=None, state=state, path=path, engine=state["engine"]["kind"])
+    model = build_model(task)
     use_ema = weights == "ema" or (weights == "auto" and state.get("ema"))
     try:
         if use_ema:
@@ -78,6 +82,37 @@ def _runtime(task: Task, device: str | None, precision: str | None, stage: str) 
     return Runtime(device or cfg.device, precision, channels_last, compile=False, distributed=False)
 
 
+def network(loaded: Loaded, runtime: Runtime, precision: str | None) -> torch.nn.Module:
+    """The model predict and evaluate run: the torch model set up by ``runtime``, or the task's model with
+    its network run by an inference engine (``loaded.engine``; see medsight.engines)."""
+    from medsight import engines
+
+    task, kind = loaded.task, loaded.engine
+    if kind == "auto":
+        reason = task.engine_unsupported()
+        kind = "openvino" if runtime.device.type == "cpu" and engines.installed("openvino") and not reason else "torch"
+    if kind == "torch":
+        if loaded.model is None:
+            raise CheckpointError(f"holds a compressed {loaded.state['engine']['kind']} model, not torch weights: "
+                                  "run it without --engine torch", loaded.path)
+        return runtime.setup_model(loaded.model, train=False)
+    if runtime.device.type != "cpu":
+        raise ConfigError(f"--engine {kind} runs on the CPU; use --engine torch on {runtime.device.type}",
+                          "command line")
+    reason = task.engine_unsupported()
+    if reason:
+        raise ConfigError(f"--engine {kind}: {reason}; use --engine torch", "command line")
+    asked = precision or getattr(getattr(task.config, "infer", None), "precision", None) or "auto"
+    if loaded.model is None:
+        engine = engines.from_files(loaded.state["engine"], asked, loaded.path)
+        skeleton = build_model(task)
+    else:
+        engine = engines.build(kind, task.export_module(loaded.model), task.network_input(), asked)
+        skeleton = loaded.model
+    runtime.precision, runtime.channels_last = "fp32", False  # the engine has its own precision
+    return task.with_engine(skeleton.eval(), engine).eval()
+
+
 def evaluate(loaded: Loaded, data: Path, split: str, out: Path, device: str | None = None,
              precision: str | None = None) -> dict[str, float]:
     """Metrics of the checkpoint's model on a split of a dataset, written to ``out``."""
@@ -88,7 +123,7 @@ def evaluate(loaded: Loaded, data: Path, split: str, out: Path, device: str | No
     if not records:
         raise DataError(f"no records in split {split!r}", data)
     runtime = _runtime(task, device, precision, "evaluate")
-    model = runtime.setup_model(loaded.model, train=False)
+    model = network(loaded, runtime, precision)
     dataset = make_dataset(records, task.transforms("val"), task.config.data, None, cache=False)
     started = time.perf_counter()
     outputs = run_validation(task, model, dataset, task.config, runtime, desc=f"evaluate {split}")
@@ -154,7 +189,7 @@ def predict(loaded: Loaded, inputs: list[str], out: Path, images: dict[str, str]
         except MedsightError as exc:
             report.failures.append(str(exc))
     runtime = _runtime(task, device, precision, "predict")
-    model = runtime.setup_model(loaded.model, train=False)
+    model = network(loaded, runtime, precision)
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     writer = task.prediction_writer(out, options)
@@ -206,6 +241,9 @@ def predict(loaded: Loaded, inputs: list[str], out: Path, images: dict[str, str]
 def export(loaded: Loaded, fmt: str, out: Path) -> Path:
     """TorchScript (traced) or ONNX of the task's export module; checked against the eager module on
     the task's example input."""
+    if loaded.model is None:
+        raise CheckpointError(f"holds a compressed {loaded.engine} model (medsight compress), not torch weights: "
+                              "export the checkpoint it was made from", loaded.path)
     model = loaded.task.export_module(loaded.model).float().eval()
     example = loaded.task.example_input()
     with torch.inference_mode():

@@ -67,7 +67,7 @@ def describe_checkpoint(path) -> str:
     config = state.get("config", {})
     model = config.get("model", {})
     lines = [f"{path}: {state.get('task')} checkpoint, medsight {state.get('medsight_version', '?')}",
-             f"  model: {model.get('name', '?')}; epochs trained here: {state.get('epoch', 0)}"]
+             f"  model: {model.get('name', '?')}" + (f"; epochs trained here: {state['epoch']}" if "epoch" in state else "")]
     task_state = state.get("task_state", {})
     for key in ("labels", "modalities", "convention"):
         if key in task_state:
@@ -86,6 +86,18 @@ def describe_checkpoint(path) -> str:
     started = state.get("started_from") or {}
     if started:
         lines.append(f"  started from: {started.get('path')} (sha256 {str(started.get('sha256', ''))[:16]}...)")
+    engine, label = state.get("engine"), state.get("compression") or {}
+    if engine:
+        size = sum(map(len, engine["files"].values())) / 1e6
+        lines.append(f"  engine: {engine.get('kind')} {engine.get('precision')} ({size:.1f} MB)")
+    if (task_state.get("pruned") or {}).get("shapes"):
+        lines.append(f"  pruned: {len(task_state['pruned']['shapes'])} tensors thinner than the config's network")
+    if label.get("after"):
+        before, after = label["before"], label["after"]
+        lines.append(f"  compressed ({label['method']}) from {label['source']}, measured on {label['data']} "
+                     f"({label['split']}): size x{label['size_ratio']}, evaluate speed x{label['speed_ratio']}")
+        lines += [f"    {key}: {before['metrics'][key]:.4f} -> {after['metrics'][key]:.4f}"
+                  for key in label.get("metric_change", {})]
     provenance = state.get("provenance")
     if provenance:
         lines.append("  provenance:")

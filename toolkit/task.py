@@ -222,9 +222,25 @@ class Task:
         raise NotImplementedError
 
     def export_module(self, model: nn.Module) -> nn.Module:
-        """The module ``medsight export`` traces. Default: the model itself; a task whose model has
-        untraceable post-processing (e.g. a detector's NMS) returns its network here."""
+        """The module ``medsight export`` traces and an inference engine runs. Default: the model itself; a
+        task whose model has untraceable post-processing (e.g. a detector's NMS) returns its network here."""
         return model
+
+    def network_input(self):
+        """What the export module takes (``medsight.engines.NetworkInput``): an example batch, and whether
+        its spatial size varies at run time. Default: ``example_input()``, batch axis dynamic only."""
+        from medsight.engines import NetworkInput
+
+        return NetworkInput(self.example_input())
+
+    def with_engine(self, model: nn.Module, engine: nn.Module) -> nn.Module:
+        """``model`` with its export module replaced by ``engine`` (same inputs, same outputs). Default: the
+        engine is the whole model."""
+        return engine
+
+    def engine_unsupported(self) -> str | None:
+        """Why the options asked for need PyTorch itself (e.g. gradients for Grad-CAM), or None."""
+        return None
 
     @classmethod
     def demo_inputs(cls, data: Path) -> list[str]:

@@ -29,6 +29,7 @@ from medsight.checkpoint import Progress
 from medsight.config import TaskConfig, to_yaml
 from medsight.data import SKIPPED, epoch_seed, make_dataset, make_loader, partition
 from medsight.provenance import pretrained_parameters, trained_on
+from medsight.pruning import build_model, inherit_structure
 from medsight.errors import DataError, TrainingError
 from medsight.io.writers import atomic_path, write_text
 from medsight.optim import build_optimizer, build_scheduler
@@ -111,7 +112,9 @@ class Trainer:
         self.train_records = partition(train_records, rt.rank, rt.world_size, self.cfg.seed, train=True)
         self.val_records = partition(val_records, rt.rank, rt.world_size, self.cfg.seed, train=False)
         self._make_datasets()
-        self.raw_model = task.build_model()
+        if resume is None and self.cfg.init_weights:
+            inherit_structure(task, self.cfg.init_weights)  # a pruned starting network stays pruned
+        self.raw_model = build_model(task)
         if resume is None and self.cfg.init_weights:
             from medsight.weights import load_initial_weights
 

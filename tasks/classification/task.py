@@ -292,6 +292,9 @@ class XrayClassification(Task):
     def prediction_writer(self, out: Path, options=None) -> PredictionWriter:
         return outputs.PicturePredictions(out, self.labels, self.thresholds, options)
 
+    def engine_unsupported(self) -> str | None:
+        return "Grad-CAM (--cam) needs PyTorch's gradients" if self.config.infer.cam else None
+
     def example_input(self) -> torch.Tensor:
         size = self.config.data.image_size
         return torch.zeros(1, self.config.data.channels, size, size)

@@ -83,6 +83,22 @@ class ExportedNetwork(nn.Module):
         return tuple(self.network(images))
 
 
+class EngineRetinaNet(nn.Module):
+    """An inference engine running the exported network, with the attributes the detector reads from a
+    RetinaNet (spatial dims, classes, anchors, size divisibility, output keys)."""
+
+    ATTRIBUTES = ("spatial_dims", "num_classes", "num_anchors", "size_divisible", "cls_key", "box_reg_key")
+
+    def __init__(self, engine: nn.Module, network: RetinaNet):
+        super().__init__()
+        self.engine = engine
+        for name in self.ATTRIBUTES:
+            setattr(self, name, getattr(network, name))
+
+    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
+        return list(self.engine(images))
+
+
 def build_anchors(cfg: DetectionModel) -> AnchorGeneratorWithAnchorShape:
     levels = len(cfg.returned_layers) + 1
     return AnchorGeneratorWithAnchorShape(

@@ -17,7 +17,7 @@ from medsight.task import DemoSpec, Monitor, PredictionWriter, StepOutput, Task
 
 from . import froc, outputs, pipeline
 from .config import DetectionConfig, size_divisible
-from .model import BOX_KEY, LABEL_KEY, SCORE_KEY, ExportedNetwork, build_detector
+from .model import BOX_KEY, LABEL_KEY, SCORE_KEY, EngineRetinaNet, ExportedNetwork, build_detector
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +104,15 @@ class LungNoduleDetection(Task):
         """The RetinaNet network (backbone, FPN, heads; a flat list of output maps): the detector's box
         decoding, NMS and sliding window are data-dependent Python and cannot be traced."""
         return ExportedNetwork(model.network)
+
+    def network_input(self):
+        from medsight.engines import NetworkInput
+
+        return NetworkInput(self.example_input(), dynamic_spatial=True)  # whole scans when they fit the window
+
+    def with_engine(self, model: nn.Module, engine: nn.Module) -> nn.Module:
+        """A detector (anchors, box decoding, NMS, sliding window: the same code) around the engine."""
+        return build_detector(self.config.model, self.config.infer, network=EngineRetinaNet(engine, model.network))
 
     def training_step(self, model: nn.Module, batch: dict) -> StepOutput:
         targets = [{BOX_KEY: boxes, LABEL_KEY: labels} for boxes, labels in zip(batch[BOX_KEY], batch[LABEL_KEY])]

@@ -216,6 +216,11 @@ class BrainTumourSegmentation(Task):
     def overrides_from_arguments(cls, args, command: str) -> list[str]:
         return ["infer.tta=true"] if command == "predict" and getattr(args, "tta", False) else []
 
+    def network_input(self):
+        from medsight.engines import NetworkInput
+
+        return NetworkInput(self.example_input(), dynamic_spatial=True)  # a window, or a whole small volume
+
     def example_input(self) -> torch.Tensor:
         size = [64 if s <= 0 else min(s, 64) for s in self.config.infer.roi_size]
         return torch.zeros(1, len(self.modalities), *size)

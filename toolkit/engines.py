@@ -1,0 +1,195 @@
+"""Inference engines: a task's network run by PyTorch, ONNX Runtime or OpenVINO.
+
+Only the network call changes engine. Everything around it (the sliding window and its blending, a
+detector's anchors, box decoding and NMS, thresholds, writers) stays the task's shared Python code: an
+engine is wrapped as an ``nn.Module`` that takes a tensor and returns tensors, and the task puts it where
+its network was (``Task.with_engine``).
+
+- ``torch``: the model itself (autocast, channels-last: ``Runtime``).
+- ``onnxruntime``: the task's export module exported to ONNX in memory (the TorchScript-based exporter,
+  opset 17, dynamic batch and, where the task asks, spatial axes), run by ONNX Runtime's CPU provider in
+  fp32.
+- ``openvino``: the same module converted by OpenVINO (``ov.convert_model``), compiled for the CPU with
+  the precision asked for: fp32 (``INFERENCE_PRECISION_HINT=f32``), bf16, or ``auto`` (OpenVINO's default:
+  bf16 on CPUs with native bf16, as ``Runtime`` does for PyTorch).
+- ``auto``: OpenVINO on a CPU when it is installed and the task allows an engine for the options asked
+  (Grad-CAM needs PyTorch's gradients), else PyTorch. Measured on 2 cores (bench/segmentation_inference_speed.py):
+  a SegResNet window is 2.3x faster in OpenVINO bf16 than in PyTorch bf16 autocast, ONNX Runtime fp32
+  1.2x faster than PyTorch fp32.
+
+An engine file (``medsight compress --method int8``) is carried inside a medsight checkpoint
+(``state["engine"] = {"kind", "precision", "files": {name: bytes}}``) with the task, config and learnt
+state it belongs to, so ``evaluate`` and ``predict`` take it as ``--checkpoint`` like any other.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import logging
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from medsight.errors import ConfigError, MedsightError
+
+log = logging.getLogger(__name__)
+
+ENGINES = ("auto", "torch", "onnxruntime", "openvino")
+_PACKAGES = {"onnxruntime": "onnxruntime", "openvino": "openvino"}
+_OV_PRECISION = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
+
+
+def installed(kind: str) -> bool:
+    return kind == "torch" or importlib.util.find_spec(_PACKAGES[kind]) is not None
+
+
+def require(kind: str) -> None:
+    if kind not in ENGINES:
+        raise ConfigError(f"unknown engine {kind!r} (one of {', '.join(ENGINES)})", "command line")
+    if kind != "auto" and not installed(kind):
+        raise ConfigError(f"--engine {kind} needs the {_PACKAGES[kind]} package: pip install {_PACKAGES[kind]} "
+                          "(installed with medsight's own install)", "command line")
+
+
+@dataclass
+class NetworkInput:
+    """What the engine's network takes: an example batch, and whether its spatial axes vary at run time
+    (a detector running on whole scans) or only the batch does (a sliding window, a picture size)."""
+
+    example: torch.Tensor
+    dynamic_spatial: bool = False
+
+
+class EngineNetwork(nn.Module):
+    """A compiled network in the place of the torch module: a float tensor in, a tensor (one output) or a
+    tuple of tensors out, on the input's device. No parameters: the engine holds the weights."""
+
+    def __init__(self, run: Callable[[np.ndarray], list[np.ndarray]], kind: str, precision: str):
+        super().__init__()
+        self.run, self.kind, self.precision = run, kind, precision
+
+    def forward(self, images: torch.Tensor):
+        array = images.detach().float().contiguous().cpu().numpy()
+        outputs = [torch.from_numpy(np.ascontiguousarray(o)).to(images.device) for o in self.run(array)]
+        return outputs[0] if len(outputs) == 1 else tuple(outputs)
+
+    def extra_repr(self) -> str:
+        return f"engine={self.kind}, precision={self.precision}"
+
+
+def _outputs(module: nn.Module, example: torch.Tensor) -> int:
+    with torch.inference_mode():
+        out = module(example)
+    return 1 if isinstance(out, torch.Tensor) else len(out)
+
+
+def onnx_bytes(module: nn.Module, spec: NetworkInput) -> bytes:
+    """The module as ONNX (opset 17), dynamic along batch and, if ``spec.dynamic_spatial``, spatial axes."""
+    import onnx  # noqa: F401  (the exporter needs it)
+
+    module = module.float().eval()
+    count = _outputs(module, spec.example)
+    names = [f"output_{i}" for i in range(count)]
+    axes = {0: "batch", **({i: f"d{i}" for i in range(2, spec.example.dim())} if spec.dynamic_spatial else {})}
+    dynamic = {"input": axes, **{name: dict(axes) for name in names}}
+    buffer = io.BytesIO()
+    torch.onnx.export(module, (spec.example,), buffer, input_names=["input"], output_names=names,
+                      dynamic_axes=dynamic, dynamo=False, opset_version=17)
+    return buffer.getvalue()
+
+
+def _threads() -> int:
+    return max(1, torch.get_num_threads())
+
+
+def onnxruntime_runner(model: bytes) -> Callable[[np.ndarray], list[np.ndarray]]:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = _threads()
+    options.inter_op_num_threads = 1
+    session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+    return lambda array: session.run(None, {"input": array})
+
+
+def openvino_model(module: nn.Module, spec: NetworkInput):
+    """The module converted to an OpenVINO model (dynamic shapes, as OpenVINO converts PyTorch by default)."""
+    import openvino as ov
+
+    with torch.no_grad():
+        return ov.convert_model(module.float().eval(), example_input=spec.example)
+
+
+def openvino_runner(model, precision: str) -> Callable[[np.ndarray], list[np.ndarray]]:
+    import openvino as ov
+
+    config = {"INFERENCE_NUM_THREADS": _threads(), "PERFORMANCE_HINT": "LATENCY"}
+    if precision in _OV_PRECISION:
+        config["INFERENCE_PRECISION_HINT"] = _OV_PRECISION[precision]
+    compiled = ov.Core().compile_model(model, "CPU", config)
+    request = compiled.create_infer_request()
+
+    def run(array: np.ndarray) -> list[np.ndarray]:
+        request.infer({0: array})
+        return [request.get_output_tensor(i).data.copy() for i in range(len(compiled.outputs))]
+
+    return run
+
+
+def build(kind: str, module: nn.Module, spec: NetworkInput, precision: str) -> EngineNetwork:
+    """An engine for ``module`` (the task's export module), converted in memory now."""
+    started = time.perf_counter()
+    if kind == "onnxruntime":
+        if precision not in ("fp32", "auto"):
+            log.info(f"note: ONNX Runtime's CPU provider runs fp32 (asked: {precision})")
+        engine = EngineNetwork(onnxruntime_runner(onnx_bytes(module, spec)), kind, "fp32")
+    elif kind == "openvino":
+        engine = EngineNetwork(openvino_runner(openvino_model(module, spec), precision), kind, precision)
+    else:
+        raise ConfigError(f"unknown engine {kind!r}", "command line")
+    log.debug(f"{kind} engine ready in {time.perf_counter() - started:.1f} s")
+    return engine
+
+
+# -- engine files carried in checkpoints ---------------------------------------------------------------
+def openvino_files(model) -> dict[str, bytes]:
+    """An OpenVINO model serialised (IR: .xml graph + .bin weights) into bytes."""
+    import openvino as ov
+
+    with tempfile.TemporaryDirectory(prefix="medsight-ov-") as folder:
+        path = Path(folder) / "model.xml"
+        ov.save_model(model, str(path), compress_to_fp16=False)
+        return {"model.xml": path.read_bytes(), "model.bin": path.with_suffix(".bin").read_bytes()}
+
+
+def from_files(engine: dict, precision: str, where: str | Path) -> EngineNetwork:
+    """The engine a compressed checkpoint carries."""
+    kind, files = engine.get("kind"), engine.get("files") or {}
+    if kind == "openvino":
+        if not installed("openvino"):
+            raise MedsightError("this checkpoint holds an OpenVINO engine: pip install openvino", where)
+        import openvino as ov
+
+        weights = ov.Tensor(np.frombuffer(files["model.bin"], dtype=np.uint8).copy())
+        model = ov.Core().read_model(model=files["model.xml"].decode(), weights=weights)
+        return EngineNetwork(openvino_runner(model, precision), kind, engine.get("precision", precision))
+    if kind == "onnxruntime":
+        if not installed("onnxruntime"):
+            raise MedsightError("this checkpoint holds an ONNX model: pip install onnxruntime", where)
+        return EngineNetwork(onnxruntime_runner(files["model.onnx"]), kind, engine.get("precision", "fp32"))
+    raise MedsightError(f"unknown engine {kind!r} in this checkpoint", where)
+
+
+def engine_size(engine: dict) -> int:
+    return sum(len(b) for b in (engine.get("files") or {}).values())
+
+
+def describe(names: Sequence[str] = ENGINES[1:]) -> str:
+    return ", ".join(f"{name}{'' if installed(name) else ' (not installed)'}" for name in names)
