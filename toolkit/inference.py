@@ -76,6 +76,8 @@ def _runtime(task: Task, device: str | None, precision: str | None, stage: str) 
     and ``infer.channels_last``, else training's. ``evaluate`` runs as validation ran, so its metrics
     and the thresholds chosen on validation reproduce; ``predict`` may take the faster settings."""
     cfg = task.config.trainer
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     infer = getattr(task.config, "infer", None) if stage == "predict" else None
     precision = precision or getattr(infer, "precision", None) or cfg.precision
     channels_last = getattr(infer, "channels_last", cfg.channels_last)
