@@ -1,32 +1,45 @@
-"""Predict throughput: ``medsight predict`` against the seed tutorials' loop (PIL open, torchvision
-transform, model, one picture at a time) on the same DenseNet121 weights and the same pictures.
-Target: medsight >= 3x the seeds' images/s.
+"""Predict throughput: ``medsight predict`` (every engine and precision) against what a competent PyTorch
+user writes: a torch ``Dataset`` reading the PNGs with PIL and the same preprocessing as medsight, a
+``DataLoader`` with batching (and worker processes where they help), the same DenseNet121 weights, fp32
+or ``torch.autocast("cpu", dtype=torch.bfloat16)``, with and without channels-last.
+Target: medsight's default (``medsight predict`` as shipped) >= 1.5x the best reference row.
 
-    flock /tmp/medsight-heavy.lock python bench/classification_throughput.py [--images 96] [--size 1024]
-        [--image-size 224] [--checkpoint CKPT] [--data FOLDER] [--repeats 3]
-    # the real 64-px NIH pictures, a model at 64 px:
-    ... classification_throughput.py --data ../shared/data/chestxray14/nih1000_64px/NIH1000/test --image-size 64
+    flock /tmp/medsight-heavy.lock .venv/bin/python bench/classification_throughput.py [--images 96]
+        [--size 1024] [--image-size 224] [--checkpoint CKPT] [--int8-checkpoint CKPT] [--data FOLDER]
+        [--calibration DATASET] [--repeats 3] [--workers 0,1,2] [--no-int8]
+    # the two real 1024-px NIH PNGs (shared data, not in the repo), repeated to --images pictures:
+    ... classification_throughput.py --data ../shared/data/chestxray14/samples
 
-Without ``--data`` the pictures are synthetic chest radiographs at ``--size`` pixels (NIH's PNGs are
-1024 x 1024); without ``--checkpoint`` a DenseNet121 with seeded random weights is saved as a
-medsight checkpoint (throughput does not depend on what the weights learnt). Both pipelines run in
-this process, interleaved, after one warm-up pass each; each time covers reading, preprocessing,
-the model and turning logits into probabilities (medsight also writes predictions.csv). medsight
-runs as ``medsight predict`` does by default (on a CPU a batch of about 8 x 224 x 224 model-input
-pixels, ``infer.batch_size``; the checkpoint's loader workers: none, the fastest on a 2-core CPU),
-and once more with one loader worker process.
+Pictures: without ``--data`` synthetic chest radiographs at ``--size`` pixels (NIH's PNGs are 1024 x 1024,
+8-bit gray); with ``--data`` the pictures of that folder (copied, repeated if fewer than ``--images``).
+Weights: without ``--checkpoint`` a DenseNet121 with seeded random weights and 14 outputs at
+``--image-size`` (throughput does not depend on what the weights learnt). int8: ``medsight compress
+--method int8`` of that checkpoint, calibrated on ``--calibration`` (a ChestX-ray14-layout dataset;
+default: a small synthetic one at ``--size`` px), unless ``--int8-checkpoint`` is given.
+
+Every row is timed end to end in this process: reading, preprocessing, the model, probabilities; medsight
+also builds its engine (ONNX export, OpenVINO conversion: inside ``predict``, counted) and writes
+predictions.csv. Rows are interleaved over ``--repeats`` rounds after one warm-up pass each; images/s is the
+median. Reference rows: each precision/layout with the best of ``--workers`` loader worker counts (the
+median of the best count). ratio: images/s over the best reference row's. max |dp|: the largest
+difference of any probability from the reference fp32 row's, same picture, same label.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
+import os
+import shutil
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 import medsight  # noqa: F401
 from medsight import checkpoint
@@ -38,7 +51,8 @@ from medsight.tasks.classification import XrayClassification
 from medsight.tasks.classification.config import ClassificationConfig
 from medsight.tasks.classification.labels import LabelSet
 
-TARGET_RATIO = 3.0
+TARGET_RATIO = 1.5
+SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
 def random_weights_checkpoint(path: Path, image_size: int) -> Path:
@@ -56,116 +70,265 @@ def random_weights_checkpoint(path: Path, image_size: int) -> Path:
                             "model": model.state_dict(), "epoch": 0}, path)
 
 
-def seeds_loop(model: torch.nn.Module, paths: list[Path], image_size: int) -> np.ndarray:
-    """The tutorials' predict: PIL open, torchvision transform, model on a batch of one."""
-    from PIL import Image
-    from torchvision import transforms
+# -- the reference: plain PyTorch ------------------------------------------------------------------
+class XrayPNGs(torch.utils.data.Dataset):
+    """PNG -> (C, S, S) float32: PIL to gray (alpha composited on black), area resize to S, then as the
+    checkpoint's config says: clip to the [0.5, 99.5] percentiles -> 0..1 and z-score per picture (medsight's
+    default), or ImageNet / torchxrayvision scaling; gray copied into C channels."""
 
-    transform = transforms.Compose([transforms.Resize((image_size, image_size)), transforms.ToTensor(),
-                                    transforms.Normalize(mean=[0.5], std=[0.25])])
-    probabilities = []
-    with torch.no_grad():
-        for path in paths:
-            picture = Image.open(path).convert("L")
-            logits = model(transform(picture).unsqueeze(0))
-            probabilities.append(torch.sigmoid(logits)[0].numpy())
-    return np.stack(probabilities)
+    def __init__(self, paths: list[Path], size: int, channels: int, normalize: str, percentiles):
+        self.paths, self.size, self.channels = paths, size, channels
+        self.normalize, self.percentiles = normalize, percentiles
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        from PIL import Image
+
+        with Image.open(self.paths[index]) as picture:
+            if picture.mode in ("RGBA", "LA", "PA"):
+                black = Image.new("RGBA", picture.size, (0, 0, 0, 255))
+                picture = Image.alpha_composite(black, picture.convert("RGBA"))
+            if picture.mode not in ("L", "I", "I;16", "I;16B", "I;16L", "F"):
+                picture = picture.convert("L")
+            array = np.asarray(picture, dtype=np.float32)
+        x = F.interpolate(torch.from_numpy(array)[None, None], size=(self.size, self.size), mode="area")[0]
+        if self.normalize == "imagenet":
+            mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+            if self.channels == 1:
+                mean, std = (sum(mean) / 3,), (sum(std) / 3,)
+            x = x.div(255).expand(self.channels, -1, -1)
+            x = (x - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None]
+            return x.contiguous()
+        if self.normalize == "xrv":
+            x = x / 255 * 2048 - 1024
+        else:
+            if self.percentiles:
+                low, high = np.percentile(x.numpy(), list(self.percentiles))
+                x = ((x - float(low)) / (float(high - low) if high > low else 1.0)).clamp_(0, 1)
+            std = float(x.std(unbiased=False))
+            x = (x - x.mean()) / (std if std else 1.0)
+        return x.expand(self.channels, -1, -1).contiguous()
 
 
-def medsight_predict(checkpoint_path: Path, folder: Path, out: Path, batch_size: int, precision: str,
-                     overrides: list[str]) -> tuple[float, np.ndarray]:
-    """(images/s, probabilities (N, K) from predictions.csv) of one ``medsight predict`` run on ``folder``."""
-    import csv
+def reference_model(loaded) -> torch.nn.Module:
+    """The checkpoint's weights in a freshly built MONAI DenseNet121 (what the user's script holds)."""
+    from monai.networks.nets import DenseNet121
 
-    loaded = load_for_inference(checkpoint_path, overrides)
+    cfg = loaded.task.config
+    if cfg.model.name != "densenet121":
+        return loaded.model.eval()  # another architecture: the checkpoint's module itself
+    model = DenseNet121(spatial_dims=2, in_channels=cfg.data.channels, out_channels=len(loaded.task.labels.names))
+    model.load_state_dict(loaded.model.state_dict())
+    return model.eval()
+
+
+def reference_pass(model: torch.nn.Module, dataset: XrayPNGs, batch: int, workers: int, bf16: bool,
+                   channels_last: bool, multi_label: bool) -> tuple[float, np.ndarray]:
+    """(images/s, probabilities (N, K)) of one pass: DataLoader, model, sigmoid (softmax if single-label)."""
     started = time.perf_counter()
-    report = predict(loaded, [str(folder)], out, device="cpu", precision=precision, batch_size=batch_size)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch, shuffle=False, num_workers=workers)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    out = []
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        for images in loader:
+            if channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            logits = model(images).float()
+            out.append(torch.sigmoid(logits) if multi_label else torch.softmax(logits, dim=1))
+    probabilities = torch.cat(out).numpy()
+    elapsed = time.perf_counter() - started
+    if channels_last:
+        model.to(memory_format=torch.contiguous_format)
+    return len(dataset) / elapsed, probabilities
+
+
+# -- medsight --------------------------------------------------------------------------------------
+def medsight_pass(checkpoint_path: Path, folder: Path, out: Path, engine: str, precision: str | None,
+                  overrides: list[str], names: list[str]) -> tuple[float, float, np.ndarray]:
+    """(images/s, seconds before the first picture (engine build), probabilities (N, K) in ``names`` order)."""
+    loaded = load_for_inference(checkpoint_path, overrides)
+    if loaded.model is not None:  # a compressed checkpoint's engine is its own
+        loaded.engine = engine
+    started = time.perf_counter()
+    report = predict(loaded, [str(folder)], out, device="cpu", precision=precision)
     elapsed = time.perf_counter() - started
     assert not report.failures, report.failures
-    names = loaded.task.labels.names
     with open(out / "predictions.csv", newline="") as handle:
-        rows = sorted(csv.DictReader(handle), key=lambda r: r["image"])
-    return report.cases / elapsed, np.asarray([[float(r[n]) for n in names] for r in rows])
+        rows = {Path(r["image"]).name: r for r in csv.DictReader(handle)}
+    labels = loaded.task.labels.names
+    return (report.cases / elapsed, elapsed - report.seconds,
+            np.asarray([[float(rows[name][label]) for label in labels] for name in names]))
 
 
-def main() -> None:
+def int8_checkpoint(source: Path, calibration: Path, out: Path, samples: int) -> tuple[Path, dict]:
+    from medsight.compress import compress
+
+    started = time.perf_counter()
+    # measured before/after on the test split: a small dataset's validation split may be empty
+    label = compress(source, "int8", out, data=calibration, samples=samples, split="test")
+    label["build_seconds"] = time.perf_counter() - started
+    return out, label
+
+
+def pictures(args, work: Path) -> Path:
+    """A folder of ``--images`` pictures: synthetic, or ``--data``'s (copied; repeated if too few)."""
+    folder = work / "pictures"
+    folder.mkdir()
+    if args.data:
+        found = sorted(p for p in Path(args.data).rglob("*") if p.suffix.lower() in SUFFIXES)
+        if not found:
+            return folder
+        count = max(args.images, len(found)) if args.images else len(found)
+        for index in range(count):
+            source = found[index % len(found)]
+            shutil.copyfile(source, folder / f"{index:05d}_{source.name}")  # a copy: a link would resolve to its name
+        return folder
+    DATASETS.get("chestxray14")().synth(work / "cxr", cases=args.images, seed=0, size=args.size)
+    for path in sorted((work / "cxr").glob("images_*/images/*.png"))[: args.images]:
+        os.link(path, folder / path.name)
+    return folder
+
+
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=96)
     parser.add_argument("--size", type=int, default=1024, help="synthetic picture size, pixels")
-    parser.add_argument("--image-size", type=int, default=224, help="model input size, pixels")
+    parser.add_argument("--image-size", type=int, default=224, help="model input size (random weights), pixels")
     parser.add_argument("--data", help="a folder of pictures (default: synthetic)")
     parser.add_argument("--checkpoint", help="a classification checkpoint (default: random DenseNet121 weights)")
-    parser.add_argument("--batch-size", type=int, help="medsight's batch (default: the checkpoint's)")
+    parser.add_argument("--int8-checkpoint", help="an int8 checkpoint of --checkpoint (default: made here)")
+    parser.add_argument("--calibration", help="ChestX-ray14-layout dataset for the int8 calibration "
+                                              "(default: synthetic)")
+    parser.add_argument("--calibration-samples", type=int, default=32)
+    parser.add_argument("--no-int8", action="store_true")
+    parser.add_argument("--workers", default="0,1,2", help="reference loader worker counts to try")
+    parser.add_argument("--ref-batch", type=int, help="reference batch (default: medsight's predict batch)")
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    bf16 = "bf16" if cpu_has_native_bf16() else "fp32"
-    with tempfile.TemporaryDirectory() as work:
+    if args.data and not Path(args.data).is_dir():
+        print(f"skipped: {args.data} not found")
+        return 0
+    wall = time.perf_counter()
+    native_bf16 = cpu_has_native_bf16()
+    with tempfile.TemporaryDirectory(prefix="medsight-cls-speed-") as work:
         work = Path(work)
-        if args.data:
-            folder = Path(args.data)
-        else:
-            DATASETS.get("chestxray14")().synth(work / "cxr", cases=args.images, seed=0, size=args.size)
-            folder = work / "pictures"
-            folder.mkdir()
-            for path in sorted((work / "cxr").glob("images_*/images/*.png"))[: args.images]:
-                path.rename(folder / path.name)
-        paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
+        folder = pictures(args, work)
+        paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in SUFFIXES)
+        if not paths:
+            print(f"skipped: no pictures in {args.data}")
+            return 0
+        names = [p.name for p in paths]
         ckpt = Path(args.checkpoint) if args.checkpoint else random_weights_checkpoint(work / "random.pt",
                                                                                        args.image_size)
         loaded = load_for_inference(ckpt)
-        model, batch = loaded.model.eval(), args.batch_size or loaded.task.predict_batch_size(torch.device("cpu"))
-        seeds_loop(model, paths[:2], args.image_size)  # warm-up: oneDNN builds its kernels on first use
-        settings = {  # medsight predict's defaults are bf16 (where the CPU has it) and channels-last
-            "medsight fp32 + ch.-last": ("fp32", []),  # what a CPU without native bf16 gets
-            f"medsight default ({bf16} + ch.-last)": (bf16, []),
-            "  same, 1 loader worker": (bf16, ["data.num_workers=1"]),
+        cfg, task = loaded.task.config, loaded.task
+        image_size = cfg.data.image_size
+        batch = task.predict_batch_size(torch.device("cpu"))
+        ref_batch = args.ref_batch or batch
+        multi = task.labels.multi_label
+        if task.state.get("operating_points"):
+            print("note: this checkpoint rescales probabilities by operating points; the reference does not")
+        dataset = XrayPNGs(paths, image_size, cfg.data.channels, cfg.data.normalize, cfg.data.intensity_percentiles)
+        model = reference_model(loaded)
+
+        int8 = None
+        if not args.no_int8:
+            if args.int8_checkpoint:
+                int8 = Path(args.int8_checkpoint)
+            else:
+                calibration = Path(args.calibration) if args.calibration else \
+                    DATASETS.get("chestxray14")().synth(work / "calibration", cases=64, seed=1, size=args.size)
+                int8, label = int8_checkpoint(ckpt, calibration, work / "int8.pt", args.calibration_samples)
+                print(f"int8 checkpoint: built in {label['build_seconds']:.0f} s from {args.calibration_samples} "
+                      f"calibration pictures ({'given' if args.calibration else 'synthetic'}); size ratio "
+                      f"{label['size_ratio']}", flush=True)
+
+        bf16 = "bf16" if native_bf16 else "fp32"
+        workers = [int(w) for w in args.workers.split(",")]
+        reference_rows = {  # name: (bf16 autocast, channels-last)
+            "reference fp32": (False, False),
+            "reference fp32 + ch.-last": (False, True),
+            "reference bf16 autocast": (True, False),
+            "reference bf16 autocast + ch.-last": (True, True),
         }
-        reference = None
-        for name, (precision, overrides) in settings.items():  # warm-up, and the outputs to compare
-            _, probabilities = medsight_predict(ckpt, folder, work / "warm", args.batch_size, precision, overrides)
-            reference = probabilities if reference is None else reference
-            settings[name] += (float(np.abs(probabilities - reference).max()),)
-        seeds, ours = [], {name: [] for name in settings}
-        for _ in range(args.repeats):  # interleaved, so drift in machine load hits every pipeline alike
-            started = time.perf_counter()
-            seeds_loop(model, paths, args.image_size)
-            seeds.append(len(paths) / (time.perf_counter() - started))
-            for name, (precision, overrides, _) in settings.items():
-                speed, _ = medsight_predict(ckpt, folder, work / "out", args.batch_size, precision, overrides)
-                ours[name].append(speed)
-    base = statistics.median(seeds)
-    print(f"predict throughput: {len(paths)} pictures ({'given' if args.data else f'synthetic {args.size} px PNG'}), "
-          f"DenseNet121 at {args.image_size} px, same weights, {torch.get_num_threads()} CPU threads, "
-          f"median of {args.repeats}; medsight batch {batch}")
-    print(f"{'pipeline':34s} {'images/s':>9s} {'ratio':>7s} {'max |dp| vs fp32':>17s}   runs")
-    print(f"{'seeds loop (PIL, batch of 1, fp32)':34s} {base:9.2f} {1.0:7.2f} {'':17s}   "
-          f"{', '.join(f'{v:.2f}' for v in seeds)}")
-    best = 0.0
-    for name, values in ours.items():
-        speed = statistics.median(values)
-        best = max(best, speed / base)
-        print(f"{name:34s} {speed:9.2f} {speed / base:7.2f} {settings[name][2]:17.4f}   "
-              f"{', '.join(f'{v:.2f}' for v in values)}")
-    print(f"best ratio {best:.2f} (target >= {TARGET_RATIO}: "
-          f"{'met' if best >= TARGET_RATIO else 'NOT met'})")
-    with torch.inference_mode():  # where the time goes: the model alone, on random pictures
-        model_alone = {}
-        for label, size, dtype in (("batch 1, fp32", 1, None), (f"batch {batch}, {bf16} + channels-last",
-                                                                  batch, torch.bfloat16)):
-            x = torch.randn(size, 1, args.image_size, args.image_size)
-            net = model
-            if dtype is not None:
-                net = model.to(memory_format=torch.channels_last)
-                x = x.contiguous(memory_format=torch.channels_last)
-            with torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
-                net(x)
-                started = time.perf_counter()
-                for _ in range(max(1, 32 // size)):
-                    net(x)
-                model_alone[label] = 1000 * (time.perf_counter() - started) / (max(1, 32 // size) * size)
-    print("model alone: " + "; ".join(f"{k} {v:.1f} ms/image" for k, v in model_alone.items())
-          + f" (ratio {list(model_alone.values())[0] / list(model_alone.values())[1]:.2f})")
+        medsight_rows = {  # name: (engine, precision, overrides)
+            "medsight default (engine auto)": ("auto", None, []),
+            "  same, 1 loader worker": ("auto", None, ["data.num_workers=1"]),
+            "medsight torch fp32": ("torch", "fp32", []),
+            f"medsight torch {bf16}": ("torch", bf16, []),
+            "medsight onnxruntime fp32": ("onnxruntime", "fp32", []),
+            "medsight openvino fp32": ("openvino", "fp32", []),
+            "medsight openvino bf16": ("openvino", "bf16", []),
+        }
+        if int8 is not None:
+            medsight_rows["medsight int8 (compressed, openvino)"] = ("openvino", None, [])
+
+        # warm-up pass of every row (oneDNN builds kernels on first use), keeping the outputs
+        outputs: dict[str, np.ndarray] = {}
+        for name, (use_bf16, cl) in reference_rows.items():
+            _, outputs[name] = reference_pass(model, dataset, ref_batch, 0, use_bf16, cl, multi)
+        for name, (engine, precision, overrides) in medsight_rows.items():
+            source = int8 if "int8" in name else ckpt
+            _, _, outputs[name] = medsight_pass(source, folder, work / "warm", engine, precision, overrides, names)
+        print(f"warm-up done at {time.perf_counter() - wall:.0f} s", flush=True)
+
+        speeds = {(name, w): [] for name in reference_rows for w in workers}
+        speeds.update({(name, None): [] for name in medsight_rows})
+        setup = {name: [] for name in medsight_rows}
+        for _ in range(args.repeats):  # interleaved: drift in machine load hits every row alike
+            for name, (use_bf16, cl) in reference_rows.items():
+                for w in workers:
+                    speeds[name, w].append(reference_pass(model, dataset, ref_batch, w, use_bf16, cl, multi)[0])
+            for name, (engine, precision, overrides) in medsight_rows.items():
+                source = int8 if "int8" in name else ckpt
+                speed, seconds, _ = medsight_pass(source, folder, work / "out", engine, precision, overrides, names)
+                speeds[name, None].append(speed)
+                setup[name].append(seconds)
+
+    # the OpenVINO precision medsight's default gets on this CPU
+    try:
+        import openvino as ov
+
+        ov_default = ov.Core().get_property("CPU", "INFERENCE_PRECISION_HINT")
+    except Exception as exc:  # noqa: BLE001
+        ov_default = f"? ({exc})"
+    reference_best = {}
+    for name in reference_rows:
+        medians = {w: statistics.median(speeds[name, w]) for w in workers}
+        w = max(medians, key=medians.get)
+        reference_best[name] = (w, medians[w], speeds[name, w], medians)
+    best_name = max(reference_best, key=lambda n: reference_best[n][1])
+    base = reference_best[best_name][1]
+    truth = outputs["reference fp32"]
+    source = "given: " + str(args.data) if args.data else f"synthetic {args.size} px PNG"
+    print(f"\n== predict throughput: {len(paths)} pictures ({source}), DenseNet121 at {image_size} px, "
+          f"{'checkpoint ' + str(args.checkpoint) if args.checkpoint else 'seeded random weights'}, "
+          f"{torch.get_num_threads()} CPU threads, median of {args.repeats}")
+    print(f"batch: medsight {batch}, reference {ref_batch}; reference worker counts tried: {workers}; "
+          f"OpenVINO CPU default precision here: {ov_default}; native bf16: {native_bf16}")
+    print(f"{'pipeline':40s} {'images/s':>9s} {'ratio':>6s} {'max|dp|':>8s} {'setup s':>8s}   runs (images/s)")
+    for name, (w, speed, runs, medians) in reference_best.items():
+        others = ", ".join(f"{k}w {v:.1f}" for k, v in medians.items())
+        print(f"{name + f' ({w}w)':40s} {speed:9.2f} {speed / base:6.2f} "
+              f"{float(np.abs(outputs[name] - truth).max()):8.4f} {'':>8s}   "
+              f"{', '.join(f'{v:.2f}' for v in runs)}  [medians {others}]")
+    for name in medsight_rows:
+        runs = speeds[name, None]
+        speed = statistics.median(runs)
+        print(f"{name:40s} {speed:9.2f} {speed / base:6.2f} {float(np.abs(outputs[name] - truth).max()):8.4f} "
+              f"{statistics.median(setup[name]):8.2f}   {', '.join(f'{v:.2f}' for v in runs)}")
+    default = statistics.median(speeds["medsight default (engine auto)", None])
+    print(f"best reference: {best_name} ({reference_best[best_name][0]} workers), {base:.2f} images/s; "
+          f"medsight default / best reference = {default / base:.2f} (target >= {TARGET_RATIO}: "
+          f"{'met' if default / base >= TARGET_RATIO else 'NOT met'})")
+    print("setup s: seconds inside predict before the first picture (engine export/conversion/compilation), "
+          "counted in images/s")
+    print(f"wall time {time.perf_counter() - wall:.0f} s")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

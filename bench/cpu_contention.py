@@ -13,7 +13,9 @@ Settings (environment of the medsight process; OpenMP reads it when torch is fir
 - ``OMP_WAIT_POLICY=PASSIVE``: they sleep instead;
 - ``spin=N``: libgomp spins N times before sleeping (``GOMP_SPINCOUNT``; its default is 300000 when
   ``OMP_WAIT_POLICY`` is unset);
-- ``threads=1``: one compute thread (``trainer.threads=1``).
+- ``threads=N``: N compute threads (``trainer.threads=N``; N = the core count is torch's own default);
+- settings combine with ``+``: ``threads=2+passive``.
+``default`` (``trainer.threads`` null) picks one thread per core less the cores found busy at start.
 
     flock /tmp/medsight-heavy.lock python bench/cpu_contention.py [--epochs 3] [--cases 160]
 """
@@ -52,7 +54,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--cases", type=int, default=160)
-    parser.add_argument("--settings", nargs="*", default=["default", "active", "passive", "threads=1"])
+    cores = os.cpu_count() or 1
+    parser.add_argument("--settings", nargs="*",
+                        default=[f"threads={cores}", f"threads={cores}+passive", "threads=1", "default"])
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="medsight-contention-"))
     base_env = {k: v for k, v in os.environ.items()
@@ -65,19 +69,20 @@ def main() -> None:
              "data.image_size=64", "trainer.val_every_n_epochs=1000"]
     print(f"{os.cpu_count()} cores; training: {args.cases} synthetic patients at 64 px, cpu-small profile "
           f"(DenseNet121), {args.epochs} epochs; predict: {len(pictures)} pictures\n")
-    print(f"{'setting':10s} {'competitor':22s} {'epoch alone':>12s} {'contended':>10s} {'slowdown':>9s} "
+    print(f"{'setting':18s} {'competitor':22s} {'epoch alone':>12s} {'contended':>10s} {'slowdown':>9s} "
           f"{'predict alone':>14s} {'contended':>10s} {'slowdown':>9s}")
     reference_checkpoint = None
     for setting in args.settings:
         env, extra = dict(base_env), []
-        if setting == "active":
-            env["OMP_WAIT_POLICY"] = "ACTIVE"
-        elif setting == "passive":
-            env["OMP_WAIT_POLICY"] = "PASSIVE"
-        elif setting.startswith("spin="):
-            env["GOMP_SPINCOUNT"] = setting.split("=")[1]
-        elif setting.startswith("threads="):
-            extra = [f"trainer.threads={setting.split('=')[1]}"]
+        for part in setting.split("+"):
+            if part == "active":
+                env["OMP_WAIT_POLICY"] = "ACTIVE"
+            elif part == "passive":
+                env["OMP_WAIT_POLICY"] = "PASSIVE"
+            elif part.startswith("spin="):
+                env["GOMP_SPINCOUNT"] = part.split("=")[1]
+            elif part.startswith("threads="):
+                extra = [f"trainer.threads={part.split('=')[1]}"]
         results = {}
         for contended in (False, True):
             competitor = None
@@ -96,7 +101,7 @@ def main() -> None:
                     competitor.kill()
                     competitor.wait()
         (alone_epoch, alone_predict), (busy_epoch, busy_predict) = results[False], results[True]
-        print(f"{setting:10s} {'PyTorch matmul loop':22s} {alone_epoch:11.2f}s {busy_epoch:9.2f}s "
+        print(f"{setting:18s} {'PyTorch matmul loop':22s} {alone_epoch:11.2f}s {busy_epoch:9.2f}s "
               f"{busy_epoch / alone_epoch:8.1f}x {alone_predict:13.2f}s {busy_predict:9.2f}s "
               f"{busy_predict / alone_predict:8.1f}x", flush=True)
 

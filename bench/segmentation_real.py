@@ -1,8 +1,12 @@
 """Real MRI: train on 3 of the 4 BRATS 2015 cases (FLAIR + T1c, 2015 labels, already z-scored inside the
 brain), evaluate on the 4th (target WT Dice >= 0.80); then predict the BraTS 2023 case (2023 naming, four
 modalities) with a model trained on 2021-naming synthetic data and check the output's grid.
+Then ``medsight compress --method int8`` of the trained model, calibrated on the 3 training cases, measured
+before and after on the held-out case (target: Dice change <= 0.01); ``--compress-checkpoint CKPT`` runs
+only that step on a model already trained with the same held-out case (e.g. the README's fine-tuned one).
 
     python bench/segmentation_real.py --data ../shared/data/brats [--minutes 30] [--synthetic-checkpoint CKPT]
+        [--compress-checkpoint CKPT] [--samples 100]
 
 Skips cleanly when the data folder is absent. The held-out case is never used to pick a checkpoint:
 ``last.pt`` is evaluated.
@@ -57,6 +61,24 @@ def brats2015(root: Path, out: Path, minutes: float, epochs: int, held_out: str)
     print(f"  overlay: {run_dir / 'predictions' / (held_out + '_overlay.png')}")
 
 
+def compress_int8(root: Path, checkpoint: Path, out: Path, samples: int) -> None:
+    """int8 of a model whose validation split is the held-out case: Dice and evaluate speed before/after."""
+    print(f"\n== int8 (OpenVINO + NNCF) of {checkpoint}, calibrated on the training cases, held-out case measured")
+    target = out / "int8.pt"
+    run(["compress", "--checkpoint", str(checkpoint), "--method", "int8", "--out", str(target), "--data", str(root),
+         "--samples", str(samples)])
+    label = json.loads(target.with_name(target.name + ".compression.json").read_text())
+    before, after = label["before"], label["after"]
+    print(f"{'':10s} {'engine':>10s} {'MB':>7s} {'cases/s':>8s}  " + "  ".join(f"{k:>8s}" for k in before["metrics"]))
+    for side, row in (("before", before), ("after", after)):
+        print(f"{side:10s} {row['engine']:>10s} {row['size_bytes'] / 1e6:7.1f} {row['cases_per_second']:8.3f}  "
+              + "  ".join(f"{row['metrics'][k]:8.4f}" for k in before["metrics"]))
+    worst = min((v for k, v in label["metric_change"].items() if k.startswith("dice")), default=float("nan"))
+    print(f"size {label['size_ratio']}x of the source file, {label['size_ratio_vs_fp32_weights']}x of its fp32 "
+          f"weights alone; evaluate speed {label['speed_ratio']}x; largest Dice drop {worst:+.4f} "
+          f"(target >= -0.01: {'met' if worst >= -0.01 else 'NOT met'})")
+
+
 def brats2023(root: Path, out: Path, checkpoint: Path) -> None:
     case = next(p for p in root.iterdir() if p.is_dir())
     print(f"\n== BraTS 2023 naming: predict {case.name} with {checkpoint}")
@@ -84,15 +106,23 @@ def main() -> int:
     parser.add_argument("--synthetic-checkpoint", default="/tmp/medsight-bench/segmentation/run/checkpoints/best.pt",
                         help="a model trained on 2021-naming synthetic data (bench/segmentation_learnability.py)")
     parser.add_argument("--skip-training", action="store_true", help="only the BraTS 2023 prediction")
+    parser.add_argument("--compress-checkpoint", help="only: int8 of this model (validation split: --held-out)")
+    parser.add_argument("--samples", type=int, default=100, help="int8: calibration windows")
     args = parser.parse_args()
     data = Path(args.data)
     if not data.is_dir():
         print(f"skip: {data} not found")
         return 0
     out = Path(args.out)
+    if args.compress_checkpoint:
+        out.mkdir(parents=True, exist_ok=True)
+        compress_int8(data / "brats2015_deepmedic_4cases", Path(args.compress_checkpoint), out, args.samples)
+        return 0
     if not args.skip_training:
         shutil.rmtree(out / "brats2015", ignore_errors=True)
         brats2015(data / "brats2015_deepmedic_4cases", out, args.minutes, args.epochs, args.held_out)
+        compress_int8(data / "brats2015_deepmedic_4cases", out / "brats2015" / "checkpoints" / "last.pt",
+                      out / "brats2015", args.samples)
     checkpoint = Path(args.synthetic_checkpoint)
     if checkpoint.is_file():
         brats2023(data / "brats2023_gli_00001_unlabelled", out, checkpoint)

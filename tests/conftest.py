@@ -16,6 +16,14 @@ from medsight.registry import DATASETS
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def engine_cache(tmp_path_factory) -> Path:
+    """Converted engines go to a folder of this test session, not the user's ~/.cache (subprocesses too)."""
+    folder = tmp_path_factory.mktemp("engine-cache")
+    os.environ["MEDSIGHT_ENGINE_CACHE"] = str(folder)
+    return folder
+
+
 @pytest.fixture(scope="session")
 def synth_chestxray14(tmp_path_factory) -> Path:
     return DATASETS.get("chestxray14")().synth(tmp_path_factory.mktemp("cxr14") / "data", cases=40, seed=3, size=64)

@@ -281,7 +281,9 @@ def cmd_compress(args) -> int:
     before, after = label["before"], label["after"]
     log.info(f"{'':18s} {'before':>14s} {'after':>14s}")
     log.info(f"{'engine':18s} {before['engine']:>14s} {after['engine']:>14s}")
-    log.info(f"{'size (MB)':18s} {before['size_bytes'] / 1e6:14.2f} {after['size_bytes'] / 1e6:14.2f}")
+    log.info(f"{'size (MB)':18s} {before['size_bytes'] / 1e6:14.2f} {after['size_bytes'] / 1e6:14.2f}   "
+             f"(fp32 weights alone {label['fp32_weights_bytes'] / 1e6:.2f} MB: "
+             f"{label['size_ratio_vs_fp32_weights']:.3f}x)")
     log.info(f"{'evaluate cases/s':18s} {before['cases_per_second']:14.3f} {after['cases_per_second']:14.3f}")
     for key, value in before["metrics"].items():
         if isinstance(value, float) and isinstance(after["metrics"].get(key), float):

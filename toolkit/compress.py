@@ -14,9 +14,11 @@ Methods (each writes a checkpoint that ``evaluate`` and ``predict`` take as ``--
   convolution with the smallest L2 norm removed (the network gets thinner, not sparse), then
   ``--finetune-epochs`` of training on the calibration data by the trainer.
 
-Before and after, the validation split of ``--data`` is evaluated as ``medsight evaluate`` does: the
+Before and after, the validation split of ``--data`` is evaluated as ``medsight evaluate`` does (before:
+the source checkpoint on PyTorch, as validation measured it; after: the compressed one on its engine): the
 metrics, the evaluate throughput and the checkpoint size are written into the new checkpoint
-(``state["compression"]``) and into ``<out>.compression.json``.
+(``state["compression"]``) and into ``<out>.compression.json``. Sizes are compared with the source file
+and with its fp32 weights alone (a training checkpoint also holds the optimizer's state).
 """
 
 from __future__ import annotations
@@ -122,7 +124,7 @@ def int8_engine(loaded: Loaded, samples: list[torch.Tensor]) -> dict:
     quantized = nncf.quantize(model, nncf.Dataset(samples, lambda tensor: tensor.numpy()),
                               subset_size=len(samples))
     log.info(f"int8: quantized in {time.perf_counter() - started:.0f} s")
-    return {"kind": "openvino", "precision": "int8", "files": engines.openvino_files(quantized)}
+    return engines.carried("openvino", "int8", engines.openvino_files(quantized))
 
 
 def half_weights(state: dict, dtype: torch.dtype) -> dict:
@@ -163,7 +165,7 @@ def prune_and_finetune(loaded: Loaded, data: Path, amount: float, epochs: int, w
 
 def compress(source: Path, method: str, out: Path, data: Path, calibration: Path | None = None,
              samples: int = 100, amount: float = 0.3, finetune_epochs: int = 1, split: str = "val",
-             baseline_engine: str = "auto") -> dict:
+             baseline_engine: str = "torch") -> dict:
     if method not in METHODS:
         raise ConfigError(f"unknown method {method!r} (one of {', '.join(METHODS)})", "command line")
     loaded = load_for_inference(source)
@@ -185,8 +187,11 @@ def compress(source: Path, method: str, out: Path, data: Path, calibration: Path
         state["compression"] = {"method": method, "source": str(source), "before": before.row()}
         checkpoint.save(state, out)
         after = measure(out, data, split, baseline_engine if method != "int8" else "auto", work / "after")
+    fp32_bytes = sum(v.numel() * 4 if torch.is_floating_point(v) else v.numel() * v.element_size()
+                     for v in loaded.model.state_dict().values())
     label = {"method": method, "source": str(source), "data": str(data), "split": split, "before": before.row(),
              "after": after.row(), "size_ratio": round(after.size_bytes / before.size_bytes, 3),
+             "fp32_weights_bytes": fp32_bytes, "size_ratio_vs_fp32_weights": round(after.size_bytes / fp32_bytes, 3),
              "speed_ratio": round(before.seconds / after.seconds, 3) if after.seconds else None,
              "metric_change": {k: round(after.metrics[k] - v, 4) for k, v in before.metrics.items()
                                if isinstance(v, float) and isinstance(after.metrics.get(k), float)}}

@@ -80,7 +80,9 @@ class TrainerConfig:
     #: non-finite losses and (under DDP) stop requests, in one host sync and one all-reduce
     log_every_n_steps: int = 10
     tensorboard: bool = True
-    #: CPU threads for torch (null = torch's default)
+    #: CPU compute threads. null (auto): one per core, less the cores other processes keep busy when the
+    #: command starts (a busy neighbour plus spin-waiting OpenMP threads make a CPU epoch 5x slower, not
+    #: 2x: bench/cpu_contention.py); deterministic runs keep one per core. N: exactly N
     threads: Optional[int] = None
     #: local weights to start a fresh run from (``medsight train --init-weights PATH``): applied once,
     #: when the run starts; resume, evaluate, predict and export never read it

@@ -18,17 +18,22 @@ its network was (``Task.with_engine``).
   1.2x faster than PyTorch fp32.
 
 An engine file (``medsight compress --method int8``) is carried inside a medsight checkpoint
-(``state["engine"] = {"kind", "precision", "files": {name: bytes}}``) with the task, config and learnt
+(``state["engine"] = {"kind", "precision", "encoding": "zlib", "files": {name: uint8 tensor}}``: each file
+zlib-compressed (an IR's XML graph shrinks ~10x), held as a tensor because ``torch.save`` pickles ``bytes``
+as latin-1 text, 1.5x larger) with the task, config and learnt
 state it belongs to, so ``evaluate`` and ``predict`` take it as ``--checkpoint`` like any other.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import io
 import logging
+import os
 import tempfile
 import time
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -144,18 +149,77 @@ def openvino_runner(model, precision: str) -> Callable[[np.ndarray], list[np.nda
 
 
 def build(kind: str, module: nn.Module, spec: NetworkInput, precision: str) -> EngineNetwork:
-    """An engine for ``module`` (the task's export module), converted in memory now."""
+    """An engine for ``module`` (the task's export module): converted now, or read from the engine cache."""
     started = time.perf_counter()
+    if kind not in ("onnxruntime", "openvino"):
+        raise ConfigError(f"unknown engine {kind!r}", "command line")
+    folder, key = cache_folder(), cache_key(kind, module, spec)
+    found = folder is not None and (folder / f"{key}.{_CACHED[kind]}").is_file()
     if kind == "onnxruntime":
         if precision not in ("fp32", "auto"):
             log.info(f"note: ONNX Runtime's CPU provider runs fp32 (asked: {precision})")
-        engine = EngineNetwork(onnxruntime_runner(onnx_bytes(module, spec)), kind, "fp32")
-    elif kind == "openvino":
-        engine = EngineNetwork(openvino_runner(openvino_model(module, spec), precision), kind, precision)
+        model = (folder / f"{key}.onnx").read_bytes() if found else onnx_bytes(module, spec)
+        if not found:
+            _store(folder, key, lambda tmp: tmp.with_suffix(".onnx").write_bytes(model), (".onnx",))
+        engine = EngineNetwork(onnxruntime_runner(model), kind, "fp32")
     else:
-        raise ConfigError(f"unknown engine {kind!r}", "command line")
-    log.debug(f"{kind} engine ready in {time.perf_counter() - started:.1f} s")
+        import openvino as ov
+
+        model = ov.Core().read_model(str(folder / f"{key}.xml")) if found else openvino_model(module, spec)
+        if not found:
+            _store(folder, key, lambda tmp: ov.save_model(model, str(tmp.with_suffix(".xml")), compress_to_fp16=False),
+                   (".bin", ".xml"))
+        engine = EngineNetwork(openvino_runner(model, precision), kind, precision)
+    log.debug(f"{kind} engine ready in {time.perf_counter() - started:.1f} s "
+              f"({'from the engine cache' if found else 'converted'}: {folder or 'no cache'})")
     return engine
+
+
+# -- the engine cache ---------------------------------------------------------------------------------------
+#: the file that holds a cached engine, per kind
+_CACHED = {"onnxruntime": "onnx", "openvino": "xml"}
+
+
+def cache_folder() -> Path | None:
+    """Where converted engines are kept: ``$MEDSIGHT_ENGINE_CACHE``, else ``$XDG_CACHE_HOME/medsight/engines``
+    (``~/.cache/...``); ``MEDSIGHT_ENGINE_CACHE=off`` converts every time. Converting a network takes 4-6 s
+    on 2 cores (more than a whole chest X-ray batch): each predict or evaluate process would pay it."""
+    value = os.environ.get("MEDSIGHT_ENGINE_CACHE", "")
+    if value.lower() in ("off", "0", "false", "no"):
+        return None
+    if value:
+        return Path(value).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "medsight" / "engines"
+
+
+def cache_key(kind: str, module: nn.Module, spec: NetworkInput) -> str:
+    """What the converted engine depends on: the engine and its version, torch's, the module's structure
+    (its repr) and every weight, the input's shape and which axes vary."""
+    import importlib.metadata as metadata
+
+    digest = hashlib.sha256()
+    versions = [metadata.version(p) for p in (_PACKAGES[kind],)] + [torch.__version__]
+    digest.update(f"{kind}|{versions}|{tuple(spec.example.shape)}|{spec.dynamic_spatial}|{module!r}".encode())
+    for name, tensor in module.state_dict().items():
+        flat = tensor.detach().cpu().contiguous().reshape(-1)
+        digest.update(f"{name}|{tuple(tensor.shape)}|{tensor.dtype}".encode())
+        digest.update(flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b"")
+    return digest.hexdigest()[:40]
+
+
+def _store(folder: Path | None, key: str, write: Callable[[Path], None], suffixes: Sequence[str]) -> None:
+    """Write an engine into the cache under a temporary name, then rename (the main file last): a
+    concurrent reader sees a whole engine or none. A cache that cannot be written is skipped."""
+    if folder is None:
+        return
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / f"{key}-tmp{os.getpid()}"
+        write(tmp)
+        for suffix in suffixes:
+            os.replace(tmp.with_suffix(suffix), folder / f"{key}{suffix}")
+    except OSError as exc:
+        log.debug(f"engine cache {folder} not written: {exc}")
 
 
 # -- engine files carried in checkpoints ---------------------------------------------------------------
@@ -169,9 +233,24 @@ def openvino_files(model) -> dict[str, bytes]:
         return {"model.xml": path.read_bytes(), "model.bin": path.with_suffix(".bin").read_bytes()}
 
 
+def carried(kind: str, precision: str, files: dict[str, bytes]) -> dict:
+    """The checkpoint entry of an engine: its files zlib-compressed, as uint8 tensors."""
+    return {"kind": kind, "precision": precision, "encoding": "zlib",
+            "files": {name: torch.frombuffer(bytearray(zlib.compress(data, 6)), dtype=torch.uint8)
+                      for name, data in files.items()}}
+
+
+def file_bytes(engine: dict, name: str) -> bytes:
+    """One of a carried engine's files, as written (entries from before ``carried`` hold plain ``bytes``)."""
+    data = engine["files"][name]
+    data = data if isinstance(data, bytes) else data.numpy().tobytes()
+    return zlib.decompress(data) if engine.get("encoding") == "zlib" else data
+
+
 def from_files(engine: dict, precision: str, where: str | Path) -> EngineNetwork:
     """The engine a compressed checkpoint carries."""
-    kind, files = engine.get("kind"), engine.get("files") or {}
+    kind = engine.get("kind")
+    files = {name: file_bytes(engine, name) for name in engine.get("files") or {}}
     if kind == "openvino":
         if not installed("openvino"):
             raise MedsightError("this checkpoint holds an OpenVINO engine: pip install openvino", where)
@@ -188,7 +267,8 @@ def from_files(engine: dict, precision: str, where: str | Path) -> EngineNetwork
 
 
 def engine_size(engine: dict) -> int:
-    return sum(len(b) for b in (engine.get("files") or {}).values())
+    """Bytes the engine's files take in the checkpoint."""
+    return sum(len(b) if isinstance(b, bytes) else b.numel() for b in (engine.get("files") or {}).values())
 
 
 def describe(names: Sequence[str] = ENGINES[1:]) -> str:

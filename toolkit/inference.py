@@ -21,7 +21,7 @@ from medsight.io.writers import atomic_path, write_json
 from medsight.progress import progress
 from medsight.pruning import build_model
 from medsight.registry import TASKS
-from medsight.runtime import Runtime
+from medsight.runtime import Runtime, set_threads
 from medsight.task import Task
 from medsight.validation import run_validation
 
@@ -76,8 +76,7 @@ def _runtime(task: Task, device: str | None, precision: str | None, stage: str) 
     and ``infer.channels_last``, else training's. ``evaluate`` runs as validation ran, so its metrics
     and the thresholds chosen on validation reproduce; ``predict`` may take the faster settings."""
     cfg = task.config.trainer
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    set_threads(cfg.threads, cfg.deterministic)
     infer = getattr(task.config, "infer", None) if stage == "predict" else None
     precision = precision or getattr(infer, "precision", None) or cfg.precision
     channels_last = getattr(infer, "channels_last", cfg.channels_last)

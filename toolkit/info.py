@@ -88,7 +88,9 @@ def describe_checkpoint(path) -> str:
         lines.append(f"  started from: {started.get('path')} (sha256 {str(started.get('sha256', ''))[:16]}...)")
     engine, label = state.get("engine"), state.get("compression") or {}
     if engine:
-        size = sum(map(len, engine["files"].values())) / 1e6
+        from medsight.engines import engine_size
+
+        size = engine_size(engine) / 1e6
         lines.append(f"  engine: {engine.get('kind')} {engine.get('precision')} ({size:.1f} MB)")
     if (task_state.get("pruned") or {}).get("shapes"):
         lines.append(f"  pruned: {len(task_state['pruned']['shapes'])} tensors thinner than the config's network")

@@ -39,6 +39,63 @@ def pick_device(requested: str = "auto") -> torch.device:
     return device
 
 
+def _cpu_times() -> tuple[int, int] | None:
+    """(idle, total) jiffies of all CPUs since boot (Linux ``/proc/stat``), None elsewhere."""
+    try:
+        with open("/proc/stat") as handle:
+            values = [int(v) for v in handle.readline().split()[1:9]]
+    except (OSError, ValueError):
+        return None
+    return values[3] + values[4], sum(values)
+
+
+def busy_cores(interval: float = 0.1) -> float | None:
+    """How many of the machine's cores other work kept busy over ``interval`` seconds (None: unknown)."""
+    import time
+
+    first = _cpu_times()
+    if first is None:
+        return None
+    time.sleep(interval)
+    second = _cpu_times()
+    total = second[1] - first[1]
+    if total <= 0:
+        return None
+    return (os.cpu_count() or 1) * (1 - (second[0] - first[0]) / total)
+
+
+#: torch's own thread count for this process, before medsight changed it
+_DEFAULT_THREADS = torch.get_num_threads()
+
+
+def set_threads(requested: int | None, deterministic: bool = False) -> int:
+    """Compute threads for this process (``trainer.threads``). An integer is taken as given. null (auto):
+    torch's default (one per core this process may use), less the cores other processes keep busy when
+    the run starts, at least 1: a compute-bound PyTorch process on every core besides ours makes each
+    OpenMP parallel region wait for a descheduled thread, and a CPU epoch 5-6x slower instead of 2x
+    (``bench/cpu_contention.py``). Deterministic runs (exact resume) keep torch's default."""
+    if requested:
+        torch.set_num_threads(requested)
+        return requested
+    threads = _DEFAULT_THREADS
+    busy = None if deterministic or threads <= 1 or os.environ.get("OMP_NUM_THREADS") else busy_cores()
+    if busy is None:
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
+        return threads
+    free = max(1, int((os.cpu_count() or threads) - busy + 0.5))
+    if free < threads:
+        import logging
+
+        logging.getLogger(__name__).info(
+            f"{busy:.1f} of {os.cpu_count()} cores busy with other work: {free} compute thread(s) instead of "
+            f"{threads} (trainer.threads=N fixes the number)")
+        threads = free
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+    return threads
+
+
 def cpu_has_native_bf16() -> bool:
     """oneDNN runs bf16 natively here (AVX512-BF16 or AMX); elsewhere bf16 on CPU is emulated and slow."""
     try:

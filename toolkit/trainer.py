@@ -35,7 +35,7 @@ from medsight.io.writers import atomic_path, write_text
 from medsight.optim import build_optimizer, build_scheduler
 from medsight.progress import progress as progress_display
 from medsight.runlog import RunLog, epoch_line
-from medsight.runtime import DeviceSums, Runtime
+from medsight.runtime import DeviceSums, Runtime, set_threads
 from medsight.seeding import configure_determinism, seed_everything
 from medsight.signals import Interrupted, stop_requests
 from medsight.task import Task
@@ -89,8 +89,7 @@ class Trainer:
     # -- set-up -----------------------------------------------------------------------------------
     def setup(self, resume: dict | None) -> None:
         configure_determinism(self.cfg.deterministic)
-        if self.cfg.threads:
-            torch.set_num_threads(self.cfg.threads)
+        set_threads(self.cfg.threads, self.cfg.deterministic)
         seed_everything(self.cfg.seed + self.runtime.rank)
         rt, task = self.runtime, self.task
         source = task.open_data(self.data)

@@ -140,3 +140,30 @@ def test_onnx_export_works_after_the_readme_install(work):
     import onnx
 
     onnx.checker.check_model(onnx.load(str(work / "seg.onnx")))
+
+
+@pytest.mark.parametrize("kind", ["openvino", "onnxruntime"])
+def test_a_converted_engine_is_cached_by_its_weights(tmp_path, monkeypatch, kind):
+    from monai.networks.nets import SegResNet
+
+    from medsight import engines
+
+    monkeypatch.setenv("MEDSIGHT_ENGINE_CACHE", str(tmp_path / "cache"))
+    torch.manual_seed(0)
+    network = SegResNet(spatial_dims=3, init_filters=8, in_channels=2, out_channels=3).eval()
+    spec = engines.NetworkInput(torch.randn(1, 2, 16, 16, 16))
+    x = torch.randn(2, 2, 16, 16, 16)
+    first = engines.build(kind, network, spec, "fp32")(x)
+    cached = sorted(p.name for p in (tmp_path / "cache").iterdir())
+    assert len(cached) == (2 if kind == "openvino" else 1) and not any("tmp" in n for n in cached)
+    again = engines.build(kind, network, spec, "fp32")(x)  # read back: same files, same outputs
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == cached
+    assert torch.equal(first, again)
+    with torch.no_grad():
+        network.conv_final[-1].conv.bias.add_(1.0)  # other weights: another engine, never the stale one
+    changed = engines.build(kind, network, spec, "fp32")(x)
+    assert len(list((tmp_path / "cache").iterdir())) == 2 * len(cached)
+    assert (changed - first).abs().max() > 0.5
+    torch.testing.assert_close(changed, network(x), atol=1e-4, rtol=1e-4)
+    monkeypatch.setenv("MEDSIGHT_ENGINE_CACHE", "off")
+    assert engines.cache_folder() is None

@@ -1,0 +1,41 @@
+"""trainer.threads: a number is taken as given; auto leaves the cores other processes keep busy to them."""
+
+import os
+
+import pytest
+import torch
+
+from medsight import runtime
+
+
+@pytest.fixture(autouse=True)
+def restore_threads():
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+def test_a_given_number_of_threads_is_taken_as_given():
+    assert runtime.set_threads(1) == 1 and torch.get_num_threads() == 1
+
+
+def test_auto_leaves_busy_cores_to_the_other_processes(monkeypatch):
+    monkeypatch.setattr(runtime, "_DEFAULT_THREADS", 4)
+    monkeypatch.setattr(os, "cpu_count", lambda: 4)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(runtime, "busy_cores", lambda interval=0.1: 2.8)  # a neighbour on about 3 cores
+    assert runtime.set_threads(None) == 1 and torch.get_num_threads() == 1
+    monkeypatch.setattr(runtime, "busy_cores", lambda interval=0.1: 0.9)
+    assert runtime.set_threads(None) == 3
+    monkeypatch.setattr(runtime, "busy_cores", lambda interval=0.1: 0.1)  # a quiet machine: every core
+    assert runtime.set_threads(None) == 4 and torch.get_num_threads() == 4
+    # deterministic runs (exact resume) keep one thread per core whatever else runs
+    monkeypatch.setattr(runtime, "busy_cores", lambda interval=0.1: 3.5)
+    assert runtime.set_threads(None, deterministic=True) == 4
+
+
+def test_busy_cores_is_measured_from_the_machine():
+    busy = runtime.busy_cores(0.05)
+    if busy is None:
+        pytest.skip("no /proc/stat here")
+    assert 0.0 <= busy <= os.cpu_count() + 1e-6
