@@ -109,6 +109,8 @@ def test_compressed_checkpoints_carry_their_measured_cost_and_run(trained_segmen
     assert "mean_dice" in label["metric_change"] and label["after"]["cases"] == label["before"]["cases"] > 0
     assert json.loads((work / f"seg_{method}.pt.compression.json").read_text()) == label
     original = checkpoint.load(source)
+    fp32 = sum(t.numel() * 4 for t in original["model"].values() if torch.is_floating_point(t))
+    assert 0.99 * fp32 <= label["fp32_weights_bytes"] <= 1.01 * fp32 + 1e4, "the source's weights, before any pruning"
     if method == "int8":
         assert state["engine"]["kind"] == "openvino" and "model" not in state
         capsys.readouterr()
@@ -167,3 +169,18 @@ def test_a_converted_engine_is_cached_by_its_weights(tmp_path, monkeypatch, kind
     torch.testing.assert_close(changed, network(x), atol=1e-4, rtol=1e-4)
     monkeypatch.setenv("MEDSIGHT_ENGINE_CACHE", "off")
     assert engines.cache_folder() is None
+
+
+def test_int8_of_a_gray_picture_model_keeps_its_single_channel_convolution_in_float(work):
+    """OpenVINO's CPU plugin has no int8 kernel for a convolution with one input channel (a gray X-ray's
+    first layer): compress keeps it in float, and the int8 model compiles and predicts."""
+    data = DATASETS.get("chestxray14")().synth(work / "cxr_int8", cases=24, seed=4, size=48)
+    model = random_checkpoint("classification", work / "cls_gray.pt", "model.name=simple_cnn", "data.image_size=48",
+                              state={"labels": list(FINDINGS), "multi_label": True, "thresholds": [0.5] * 14})
+    out = work / "cls_gray_int8.pt"
+    assert main(["compress", "--checkpoint", str(model), "--method", "int8", "--out", str(out), "--data", str(data),
+                 "--split", "all", "--samples", "8"]) == 0
+    label = checkpoint.load(out)["compression"]
+    assert label["after"]["engine"] == "openvino (int8)" and label["after"]["cases"] == label["before"]["cases"]
+    picture = str(next(data.rglob("*.png")))
+    assert main(["predict", "--checkpoint", str(out), picture, "--out", str(work / "cls_gray_pred")]) == 0
