@@ -179,6 +179,11 @@ def partition(records: list[dict], rank: int, world_size: int, seed: int, train:
     if world_size == 1:
         return list(records)
     if train:
+        if len(records) < world_size:
+            from medsight.errors import DataError
+
+            raise DataError(f"{len(records)} training record(s) for {world_size} processes: each rank needs at "
+                            "least one (more data, or fewer processes)", "training split")
         shards = monai_partition(list(records), num_partitions=world_size, shuffle=True, seed=seed,
                                  drop_last=True, even_divisible=True)
         return list(shards[rank])

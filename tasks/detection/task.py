@@ -75,6 +75,9 @@ class LungNoduleDetection(Task):
     inherited_from_starting_weights = ("model", "data.spacing_mm", "data.window_hu")
     monitor = Monitor("cpm", "max")
     evaluate_split = "test"
+    # a batch of patches without a nodule has no matched anchor: the box-regression head gets no gradient
+    # on that rank, which DDP must be told about (torchrun stopped with "parameters that did not receive grad")
+    find_unused_parameters = True
     demo = DemoSpec(
         dataset="luna16",
         synth={"cases": 24, "subsets": 4},

@@ -411,3 +411,33 @@ def test_each_predict_call_writes_only_its_own_scans_with_one_loaded_model(rando
         assert report.cases == 1 and not report.failures
         uids = {row["seriesuid"] for row in csv.DictReader(open(out / "submission.csv"))}
         assert uids == {scan.stem}
+
+
+def test_detection_trains_on_two_ranks(tmp_path):
+    """torchrun, 2 processes (gloo): a rank whose patches hold no nodule gives the box-regression head no
+    gradient, which DDP must be told (it stopped with "parameters that did not receive grad" before).
+    Validation covers every validation scan once, gathered from both ranks."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.toolkit.test_trainer import free_port
+
+    data = DATASETS.get("luna16")().synth(tmp_path / "data", cases=6, seed=5, shape=(64, 64, 24),
+                                          spacing=(1.4, 1.4, 2.5))
+    run = tmp_path / "ddp"
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+               str(free_port()), "-m", "medsight", "train", "detection", "--data", str(data), "--profile",
+               "cpu-small", "--out", str(run), "trainer.max_epochs=2", "trainer.val_every_n_epochs=2",
+               "data.patch_size=[32,32,16]", "data.patches_per_scan=2", "data.batch_size=1",
+               "infer.roi_size=[64,64,32]", "trainer.progress=never", "trainer.tensorboard=false"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600,
+                            env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "DDP 2 processes (gloo)" in result.stdout
+    validation = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()
+                  if '"phase": "val"' in line]
+    import re
+
+    held = int(re.search(r"training and (\d+) validation records", result.stdout).group(1))
+    assert held >= 1 and validation[-1]["scans"] == held  # each validation scan once, from both ranks

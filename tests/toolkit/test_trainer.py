@@ -85,6 +85,10 @@ def test_partition_splits_records_across_ranks_without_duplicates():
     assert len(seen) == len(set(seen)) == 9 and all(len(shard) == 3 for shard in train)
     val = [partition(records, rank, 3, seed=0, train=False) for rank in range(3)]
     assert sorted(r["id"] for shard in val for r in shard) == list(range(11))
+    from medsight.errors import DataError
+
+    with pytest.raises(DataError, match="2 training record\\(s\\) for 3 processes: each rank needs at least one"):
+        partition(records[:2], 0, 3, seed=0, train=True)
 
 
 @pytest.mark.parametrize("override, message", [
