@@ -52,6 +52,10 @@ def run_medsight(args: list[str], ranks: int, env: dict) -> float:
     return time.perf_counter() - started
 
 
+def number(value) -> float:
+    return float("nan") if value is None else float(value)
+
+
 def rows(run: Path, phase: str) -> list[dict]:
     return [row for row in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
             if row.get("phase") == phase]
@@ -93,7 +97,7 @@ def main() -> int:
             train, val = rows(run, "train"), rows(run, "val")
             evaluation = json.loads((run / "evaluation" / "metrics.json").read_text())
             results[ranks] = {"seconds": seconds, "epoch_s": train[-1].get("epoch_seconds"),
-                              "samples": round(train[-1]["samples_per_s"] * train[-1]["epoch_seconds"]), "val_cases": val[-1].get("cases"),
+                              "samples": round(train[-1]["samples_per_s"] * train[-1]["epoch_seconds"]), "val_cases": val[-1].get("cases", val[-1].get("scans")),
                               "val": val[-1].get(task_class.monitor.metric),
                               "eval": evaluation["metrics"].get(task_class.monitor.metric),
                               "eval_cases": evaluation["cases"], "split": split}
@@ -106,8 +110,7 @@ def main() -> int:
     for name, metric, batch, results in table:
         for ranks, r in results.items():
             print(f"{name:15s} {metric:10s} {ranks:5d} {batch // ranks:10d} {str(r['samples']):>10s} "
-                  f"{str(r['val_cases']):>9s} {r['epoch_s'] or float('nan'):8.2f} {r['val'] or float('nan'):8.4f} "
-                  f"{r['eval'] or float('nan'):9.4f}")
+                  f"{str(r['val_cases']):>9s} {number(r['epoch_s']):8.2f} {number(r['val']):8.4f} {number(r['eval']):9.4f}")
         print(f"{'':15s} difference (2 ranks - 1 process): validation {results[2]['val'] - results[1]['val']:+.4f}, "
               f"evaluate ({results[1]['split']}, {results[1]['eval_cases']} cases) "
               f"{results[2]['eval'] - results[1]['eval']:+.4f}")
