@@ -165,7 +165,15 @@ def build(kind: str, module: nn.Module, spec: NetworkInput, precision: str) -> E
     else:
         import openvino as ov
 
-        model = ov.Core().read_model(str(folder / f"{key}.xml")) if found else openvino_model(module, spec)
+        model = None
+        if found:
+            try:
+                model = ov.Core().read_model(str(folder / f"{key}.xml"))
+            except RuntimeError as exc:  # a damaged cache entry (a full disk, a killed writer): convert again
+                log.info(f"engine cache entry {folder / key}.xml unreadable ({str(exc).splitlines()[0][:80]}): "
+                         "converting again")
+                found = False
+        model = model or openvino_model(module, spec)
         if not found:
             _store(folder, key, lambda tmp: ov.save_model(model, str(tmp.with_suffix(".xml")), compress_to_fp16=False),
                    (".bin", ".xml"))

@@ -184,3 +184,18 @@ def test_int8_of_a_gray_picture_model_keeps_its_single_channel_convolution_in_fl
     assert label["after"]["engine"] == "openvino (int8)" and label["after"]["cases"] == label["before"]["cases"]
     picture = str(next(data.rglob("*.png")))
     assert main(["predict", "--checkpoint", str(out), picture, "--out", str(work / "cls_gray_pred")]) == 0
+
+
+def test_a_damaged_engine_cache_entry_is_converted_again(tmp_path, monkeypatch):
+    from monai.networks.nets import SegResNet
+
+    from medsight import engines
+
+    monkeypatch.setenv("MEDSIGHT_ENGINE_CACHE", str(tmp_path / "cache"))
+    network = SegResNet(spatial_dims=3, init_filters=8, in_channels=1, out_channels=2).eval()
+    spec = engines.NetworkInput(torch.randn(1, 1, 16, 16, 16))
+    x = torch.randn(1, 1, 16, 16, 16)
+    first = engines.build("openvino", network, spec, "fp32")(x)
+    xml = next((tmp_path / "cache").glob("*.xml"))
+    xml.write_text("<net truncated")
+    torch.testing.assert_close(engines.build("openvino", network, spec, "fp32")(x), first)
