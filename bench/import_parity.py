@@ -40,7 +40,7 @@ def brats(work: Path) -> str:
     images = [f"--image={role}={path}" for role, path in case.items()]
     roi = ",".join(map(str, fixtures.ROI))
     assert medsight(["predict", "--checkpoint", str(work / "brats.pt"), *images, "--out", str(work / "out"),
-                     "--precision", "fp32", "infer.probabilities=true", "infer.overlay=false",
+                     "--precision", "fp32", "--engine", "torch", "infer.probabilities=true", "infer.overlay=false",
                      f"infer.roi_size=[{roi}]"]) == 0
     ours = np.asarray(nib.load(str(work / "out" / "case_t1c_seg.nii.gz")).dataobj)
     prob = np.moveaxis(np.asarray(nib.load(str(work / "out" / "case_t1c_prob.nii.gz")).dataobj), -1, 0)
@@ -70,7 +70,7 @@ def chexnet(work: Path) -> tuple[str, torch.nn.Module, Path]:
     data = DATASETS.get("chestxray14")().synth(work / "cxr", cases=8, seed=2, size=224)
     pictures = sorted(data.glob("images_*/images/*.png"))
     assert medsight(["predict", "--checkpoint", str(work / "chexnet.pt"), *map(str, pictures), "--out",
-                     str(work / "out"), "--precision", "fp32"]) == 0
+                     str(work / "out"), "--precision", "fp32", "--engine", "torch"]) == 0
     ours = fixtures.predicted(work / "out")
     delta = max(np.abs(ours[p.name] - fixtures.chexnet_reference(net, p)).max() for p in pictures)
     return f"| chexnet (model.pth.tar), 8 pictures at 224 px | {delta:.2e} | - |", net, work / "chexnet.pt"
@@ -95,7 +95,7 @@ def txrv(work: Path) -> str:
     pictures = sorted(DATASETS.get("chestxray14")().synth(work / "cxr", cases=8, seed=2, size=224)
                       .glob("images_*/images/*.png"))
     assert medsight(["predict", "--checkpoint", str(work / "xrv.pt"), *map(str, pictures), "--out",
-                     str(work / "out"), "--precision", "fp32"]) == 0
+                     str(work / "out"), "--precision", "fp32", "--engine", "torch"]) == 0
     reference_model = xrv.models.DenseNet(weights=weights, cache_dir=str(work))
     transform = torchvision.transforms.Compose([xrv.datasets.XRayCenterCrop(), xrv.datasets.XRayResizer(224)])
     with open(work / "out" / "predictions.csv", newline="") as handle:
@@ -114,7 +114,7 @@ def txrv(work: Path) -> str:
 def resize_effect(net, checkpoint: Path, pictures: Path, work: Path) -> str:
     files = sorted(p for p in pictures.iterdir() if p.suffix.lower() == ".png")[:40]
     assert medsight(["predict", "--checkpoint", str(checkpoint), *map(str, files), "--out", str(work / "real"),
-                     "--precision", "fp32"]) == 0
+                     "--precision", "fp32", "--engine", "torch"]) == 0
     ours = fixtures.predicted(work / "real")
     deltas = np.array([np.abs(ours[p.name] - fixtures.chexnet_reference(net, p)).max() for p in files])
     return (f"| chexnet on {len(files)} real NIH pictures at 256 px (resized to 224: PIL bilinear vs MONAI area) | "

@@ -238,7 +238,7 @@ def test_an_imported_chexnet_checkpoint_predicts_what_chexnet_predicts(tmp_path,
     assert "imported" in capsys.readouterr().out
     out = tmp_path / "out"
     assert main(["predict", "--checkpoint", str(checkpoint), *map(str, pictures), "--out", str(out),
-                 "--precision", "fp32"]) == 0
+                 "--precision", "fp32", "--engine", "torch"]) == 0
     ours = predicted(out)
     for picture in pictures:
         assert np.abs(ours[picture.name] - chexnet_reference(net, picture)).max() < 1e-4, picture.name
@@ -394,7 +394,7 @@ def lung_nodules_both_ways(tmp_path: Path) -> tuple[np.ndarray, np.ndarray]:
     assert main(["import", str(root), "--out", str(checkpoint)]) == 0
     out = tmp_path / "out"
     assert main(["predict", "--checkpoint", str(checkpoint), str(image), "--out", str(out), "--precision", "fp32",
-                 "infer.overlays_per_scan=0"]) == 0
+                 "--engine", "torch", "infer.overlays_per_scan=0"]) == 0
     with open(out / "submission.csv", newline="") as handle:
         ours = np.array([[float(r["coordX"]), float(r["coordY"]), float(r["coordZ"]), float(r["probability"])]
                          for r in csv.DictReader(handle)])
@@ -430,7 +430,7 @@ def test_an_imported_torchxrayvision_model_predicts_what_torchxrayvision_predict
     transform = torchvision.transforms.Compose([xrv.datasets.XRayCenterCrop(), xrv.datasets.XRayResizer(224)])
     out = tmp_path / "out"
     assert main(["predict", "--checkpoint", str(tmp_path / "xrv.pt"), *map(str, pictures), "--out", str(out),
-                 "--precision", "fp32"]) == 0
+                 "--precision", "fp32", "--engine", "torch"]) == 0
     with open(out / "predictions.csv", newline="") as handle:
         rows = {Path(r["image"]).name: r for r in csv.DictReader(handle)}
     names = [n for n in rows[pictures[0].name] if n in reference_model.targets]
