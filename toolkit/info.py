@@ -97,7 +97,10 @@ def describe_checkpoint(path) -> str:
     if label.get("after"):
         before, after = label["before"], label["after"]
         lines.append(f"  compressed ({label['method']}) from {label['source']}, measured on {label['data']} "
-                     f"({label['split']}): size x{label['size_ratio']}, evaluate speed x{label['speed_ratio']}")
+                     f"({label['split']}): size x{label['size_ratio']}"
+                     + (f" (x{label['size_ratio_vs_fp32_weights']} of the fp32 weights)"
+                        if label.get("size_ratio_vs_fp32_weights") else "")
+                     + f", evaluate speed x{label['speed_ratio']} ({before['engine']} -> {after['engine']})")
         lines += [f"    {key}: {before['metrics'][key]:.4f} -> {after['metrics'][key]:.4f}"
                   for key in label.get("metric_change", {})]
     provenance = state.get("provenance")
