@@ -127,6 +127,17 @@ def bundle_id(bundle: Bundle, path: Path) -> str:
     return stem if stem else re.sub(r"\W+", "_", bundle.name.lower())
 
 
+def bundle_provenance(bundle: Bundle, path: Path, applies_to: str, trained_on: str) -> dict:
+    """What an imported checkpoint records of its bundle: name, version, licence's first line, the published
+    metrics, what it applies to (``applies_to`` + the bundle's intended use) and its training data."""
+    metadata = bundle.metadata
+    return {"source": f"MONAI Model Zoo: {bundle_id(bundle, path)}", "version": metadata.get("version", ""),
+            "licence": (bundle.licence.splitlines() or [""])[0][:200] or "see the bundle's docs/",
+            "published_metrics": metadata.get("eval_metrics", {}),
+            "applies_to": f"{applies_to}; {metadata.get('intended_use', '')}".strip(),
+            "trained_on": metadata.get("data_source", trained_on)}
+
+
 # -- download -------------------------------------------------------------------------------------
 def _fetch(url: str, timeout: float = 30.0) -> bytes:
     with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 (fixed https URLs)

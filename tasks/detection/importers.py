@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from medsight.bundles import Bundle, bundle_id, is_bundle, read_bundle, value
+from medsight.bundles import Bundle, bundle_provenance, is_bundle, read_bundle, value
 from medsight.errors import ConfigError
 from medsight.importers import Imported, ModelImporter, register_importer
 
@@ -103,16 +103,9 @@ class LungNoduleBundle(ModelImporter):
         # the bundle saves the RetinaNet network; medsight's detector holds it as ``network``
         weights = {f"network.{k.removeprefix('network.')}": v for k, v in bundle.weights.items()
                    if isinstance(v, torch.Tensor)}
-        metadata = bundle.metadata
         selector = _operation(bundle, "set_box_selector_parameters")
-        provenance = {
-            "source": f"MONAI Model Zoo: {bundle_id(bundle, source)}", "version": metadata.get("version", ""),
-            "licence": (bundle.licence.splitlines() or [""])[0][:200] or "see the bundle's docs/",
-            "published_metrics": metadata.get("eval_metrics", {}),
-            "applies_to": "chest CT (lung window), nodules 3-30 mm as in LUNA16/LIDC-IDRI; "
-                          f"{metadata.get('intended_use', '')}".strip(),
-            "trained_on": metadata.get("data_source", "LUNA16"),
-        }
+        provenance = bundle_provenance(bundle, source, "chest CT (lung window), nodules 3-30 mm as in "
+                                       "LUNA16/LIDC-IDRI", "LUNA16")
         notes = [f"RetinaNet ResNet{settings['model']['depth']} + FPN on layers {settings['model']['returned_layers']}, "
                  f"anchors {settings['model']['anchor_shapes_voxels']}",
                  f"scans resampled to {settings['data']['spacing_mm']} mm, HU {settings['data']['window_hu']} -> 0..1; "

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from medsight.bundles import Bundle, bundle_id, is_bundle, read_bundle, value
+from medsight.bundles import Bundle, bundle_provenance, is_bundle, read_bundle, value
 from medsight.datasets.brats import REGIONS
 from medsight.errors import ConfigError
 from medsight.importers import Imported, ModelImporter, register_importer
@@ -112,15 +112,8 @@ class BratsBundle(ModelImporter):
         order = _region_order(_channel_def(bundle, "outputs", "pred"), source)
         settings["data"]["modalities"] = modalities
         weights = permute_outputs(bundle.weights, order, outputs)
-        metadata = bundle.metadata
-        provenance = {
-            "source": f"MONAI Model Zoo: {bundle_id(bundle, source)}", "version": metadata.get("version", ""),
-            "licence": (bundle.licence.splitlines() or [""])[0][:200] or "see the bundle's docs/",
-            "published_metrics": metadata.get("eval_metrics", {}),
-            "applies_to": "skull-stripped, co-registered multi-modal brain MRI like BraTS (T1c, T1, T2, FLAIR at "
-                          f"1 mm); {metadata.get('intended_use', '')}".strip(),
-            "trained_on": metadata.get("data_source", "BraTS 2018"),
-        }
+        provenance = bundle_provenance(bundle, source, "skull-stripped, co-registered multi-modal brain MRI like "
+                                       "BraTS (T1c, T1, T2, FLAIR at 1 mm)", "BraTS 2018")
         notes = [f"modalities by role: {', '.join(modalities)}; output channels "
                  f"{_channel_def(bundle, 'outputs', 'pred')} reordered to ET, TC, WT",
                  f"preprocessing as the bundle's: orient {settings['data']['orient'] or 'none'}, "
