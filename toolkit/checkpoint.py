@@ -14,6 +14,7 @@ import random
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -110,6 +111,19 @@ def load(path: str | Path, task: str | None = None) -> dict[str, Any]:
     if task is not None and state.get("task") != task:
         raise CheckpointError(f"made for task {state.get('task')!r}, not {task!r}", path)
     return state
+
+
+def ema_weights(state: dict[str, Any]) -> dict[str, Any] | None:
+    """The averaged model's weights a checkpoint kept (``trainer.ema_decay``), as a model state dict."""
+    ema = state.get("ema")
+    if not isinstance(ema, Mapping) or not ema:
+        return None
+    return {k.removeprefix("module."): v for k, v in ema.items() if k.startswith("module.")}
+
+
+def model_weights(state: dict[str, Any]) -> dict[str, Any]:
+    """The weights inference uses: the averaged model's when the run kept one, else the model's."""
+    return ema_weights(state) or state["model"]
 
 
 def rng_state() -> dict[str, Any]:

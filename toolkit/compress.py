@@ -145,8 +145,7 @@ def int8_engine(loaded: Loaded, samples: list[torch.Tensor]) -> dict:
 
 
 def half_weights(state: dict, dtype: torch.dtype) -> dict:
-    weights = state.get("ema") and {k.removeprefix("module."): v for k, v in state["ema"].items()
-                                    if k.startswith("module.")} or state["model"]
+    weights = checkpoint.model_weights(state)
     return {k: v.to(dtype) if torch.is_floating_point(v) else v for k, v in weights.items()}
 
 
@@ -174,8 +173,7 @@ def prune_and_finetune(loaded: Loaded, data: Path, amount: float, epochs: int, w
     if status != 0 or not final.is_file():
         raise MedsightError(f"fine-tuning the pruned network failed (exit {status})", data)
     tuned = checkpoint.load(final)
-    weights = tuned.get("ema") and {k.removeprefix("module."): v for k, v in tuned["ema"].items()
-                                    if k.startswith("module.")} or tuned["model"]
+    weights = checkpoint.model_weights(tuned)
     return {"model": weights, "task_state": tuned["task_state"],
             "finetune": {"epochs": epochs, "data": str(data), "checkpoint": final.name}}
 

@@ -60,8 +60,7 @@ def load_for_inference(path: str | Path, overrides: list[str] | tuple = (), weig
     use_ema = weights == "ema" or (weights == "auto" and state.get("ema"))
     try:
         if use_ema:
-            ema = {k.removeprefix("module."): v for k, v in state["ema"].items() if k.startswith("module.")}
-            model.load_state_dict(ema)
+            model.load_state_dict(checkpoint.ema_weights(state))
         else:
             model.load_state_dict(state["model"])
     except RuntimeError as exc:

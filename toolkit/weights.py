@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from medsight import checkpoint
 from medsight.errors import CheckpointError
 
 
@@ -98,7 +99,7 @@ def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     if isinstance(raw, Mapping) and str(raw.get("format", "")).startswith("medsight-checkpoint"):
         facts = {key: raw.get(key) for key in ("task", "task_state", "provenance")}
         if isinstance(raw.get("ema"), Mapping):
-            raw = {k.removeprefix("module."): v for k, v in raw["ema"].items() if k.startswith("module.")}
+            raw = checkpoint.ema_weights(dict(raw)) or raw
     for key in ("model", "state_dict"):
         if isinstance(raw, Mapping) and isinstance(raw.get(key), Mapping):
             raw = raw[key]
