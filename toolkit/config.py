@@ -140,7 +140,9 @@ class LoaderConfig:
     val_batch_size: int = 1
     num_workers: int = 0
     loader: str = "torch"  # torch (DataLoader) or thread (MONAI ThreadDataLoader)
-    cache: str = "memory"  # none, memory (CacheDataset), disk (PersistentDataset)
+    #: none, memory (CacheDataset), disk (PersistentDataset), pictures (2D: decoded, gray and resized once,
+    #: stored as uint8 and memory-mapped: medsight.picture_cache)
+    cache: str = "memory"
     cache_rate: float = 1.0
     cache_dir: Optional[str] = None  # default: <run dir>/cache
     #: the dataset format (a registered name, see ``medsight tasks``); auto = the one that recognises the folder
@@ -168,7 +170,7 @@ class LoaderConfig:
         choice("data.val_source", self.val_source, ("dataset", "train"))
         if not 0 <= self.val_fraction < 1:
             raise ConfigError(f"data.val_fraction must be in [0, 1), got {self.val_fraction}")
-        choice("data.cache", self.cache, ("none", "memory", "disk"))
+        choice("data.cache", self.cache, ("none", "memory", "disk", "pictures"))
         positive("data.batch_size", self.batch_size)
         if not 0 <= self.cache_rate <= 1:
             raise ConfigError(f"data.cache_rate must be between 0 and 1, got {self.cache_rate}")

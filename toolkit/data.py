@@ -5,6 +5,9 @@
 - ``cache: disk``: MONAI ``PersistentDataset``; its key is a hash of the record, of each source
   file's size and modification time, and of the deterministic transforms' full state, so a
   changed transform parameter or a replaced file never reuses a stale entry.
+- ``cache: pictures`` (2D tasks): the pipeline's ``CachedPicturesd`` step reads pictures decoded, gray and
+  resized once into a memory-mapped uint8 store (``medsight.picture_cache``); the records are a plain
+  ``Dataset`` on top, so every random step still runs each epoch.
 - Under DDP each rank gets its own partition of the training records (shuffled once by seed,
   tail dropped so no record is seen twice per epoch) and caches only that; validation records
   are dealt out ``rank::world_size``.
@@ -141,6 +144,18 @@ def make_dataset(records: list[dict], transform: Callable, cfg: LoaderConfig, ca
                  cache: bool = True) -> Dataset:
     skip = getattr(cfg, "on_error", "raise") == "skip"
     if not cache or cfg.cache == "none":
+        return (_skipping(Dataset) if skip else Dataset)(records, transform)
+    if cfg.cache == "pictures":
+        from medsight.errors import ConfigError
+        from medsight.picture_cache import cached_loader
+
+        loader = cached_loader(transform)
+        if loader is None:
+            raise ConfigError("data.cache=pictures stores 2D pictures; this task reads volumes (use memory or disk)")
+        if cache_dir is None:
+            raise ValueError("a picture cache needs a folder")
+        loader.attach(cache_dir)
+        loader.build([r[k] for r in records for k in loader.keys if k in r], workers=cfg.num_workers)
         return (_skipping(Dataset) if skip else Dataset)(records, transform)
     if cfg.cache == "memory":
         workers = cfg.num_workers if cfg.num_workers > 0 else None

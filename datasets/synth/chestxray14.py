@@ -74,8 +74,26 @@ def _blur(image: np.ndarray, sigma_px: float) -> np.ndarray:
     return gaussian_filter(image, sigma_px)
 
 
+#: larger pictures draw their (smooth) anatomy at this size and enlarge it, adding full-size noise:
+#: 1024 px pictures cost 0.1 s instead of 0.45 s, and their PNGs are as large as real ones (~0.6 MB)
+SMOOTH_SIZE = 256
+
+
 def render(findings: set[str], anatomy: Anatomy, size: int, rng: np.random.Generator) -> np.ndarray:
     """One picture, uint8 (size, size), rows top to bottom."""
+    if size > SMOOTH_SIZE:
+        from scipy.ndimage import zoom
+
+        image = zoom(_anatomy(findings, anatomy, SMOOTH_SIZE, rng), size / SMOOTH_SIZE, order=1, grid_mode=True,
+                     mode="nearest")
+    else:
+        image = _anatomy(findings, anatomy, size, rng)
+    image += rng.normal(0, 4.0, image.shape)
+    return np.clip(image, 0, 255).astype(np.uint8)
+
+
+def _anatomy(findings: set[str], anatomy: Anatomy, size: int, rng: np.random.Generator) -> np.ndarray:
+    """The picture before noise, float (size, size)."""
     coords = (np.arange(size) + 0.5) / size
     y, x = np.meshgrid(coords, coords, indexing="ij")
     x = (x - 0.5 - anatomy.shift_x) / anatomy.scale + 0.5
@@ -108,9 +126,7 @@ def render(findings: set[str], anatomy: Anatomy, size: int, rng: np.random.Gener
     # Soft lung markings: low-frequency texture everywhere in the lungs, as on real films.
     texture = _blur(rng.normal(0, 1, (size, size)), size / 90)
     image += 14 * texture / (texture.std() + 1e-6) * lungs
-    image = image * anatomy.contrast + anatomy.exposure
-    image += rng.normal(0, 4.0, image.shape)
-    return np.clip(image, 0, 255).astype(np.uint8)
+    return image * anatomy.contrast + anatomy.exposure
 
 
 def _signature(finding: str, x, y, lungs, rng: np.random.Generator) -> np.ndarray:

@@ -19,6 +19,9 @@ from medsight.models import models as registry
 class ClassificationData(LoaderConfig):
     #: side of the square picture the model sees, pixels
     image_size: int = 224
+    #: data.cache=pictures: the size (px) pictures are stored at, decoded, gray and resized once;
+    #: 0 = image_size. Larger leaves room for crops: the pictures are resized to image_size on top.
+    cache_size: int = 0
     batch_size: int = 16
     val_batch_size: int = 32
     val_fraction: float = 0.1
@@ -69,6 +72,7 @@ class ClassificationData(LoaderConfig):
         choice("data.sampler", self.sampler, ("none", "weighted", "patient"))
         check_group_pattern(self.group_pattern)
         positive("data.image_size", self.image_size)
+        positive("data.cache_size", self.cache_size, allow_zero=True)
         choice("data.channels", self.channels, (1, 3))
         choice("data.normalize", self.normalize, ("picture", "imagenet", "xrv"))
         if not 0 <= self.hflip_prob <= 1 or not 0 <= self.augment_prob <= 1:

@@ -22,6 +22,7 @@ from medsight.dataset_format import DataSource
 from medsight.datasets.schemas import LABELLED_PICTURES
 from medsight.errors import DataError
 from medsight.models import create_model
+from medsight.picture_cache import CachedPicturesd
 from medsight.registry import register_task
 from medsight.task import DemoSpec, Monitor, PredictionWriter, StepOutput, Task
 from medsight.tasks.classification import outputs
@@ -72,6 +73,7 @@ class XrayClassification(Task):
     config_class = ClassificationConfig
     schema = LABELLED_PICTURES
     model_family = "classification"
+    chosen_on_validation = ("thresholds",)
     inherited_from_starting_weights = ("model", "data.image_size", "data.channels", "data.normalize",
                                        "data.intensity_percentiles")
     monitor = Monitor("mean_auroc", "max")
@@ -136,25 +138,30 @@ class XrayClassification(Task):
         size = d.image_size
         # Pictures need no geometry past loading: plain tensors skip MetaTensor bookkeeping in every
         # later transform (about a third of the per-picture cost of predict).
-        steps = [*T.load("image", kind="picture"), EnsureTyped("image", dtype=torch.float32, track_meta=False),
-                 *T.resize("image", size=(size, size))]
+        decode = [*T.load("image", kind="picture"), EnsureTyped("image", dtype=torch.float32, track_meta=False)]
+        if d.cache == "pictures":  # decoded, gray and resized once (medsight.picture_cache), uint8
+            stored = d.cache_size or size
+            steps = [CachedPicturesd("image", Compose([*decode, *T.resize("image", size=(stored, stored))]), stored)]
+            if stored != size or d.normalize != "picture":
+                steps.append(EnsureTyped("image", dtype=torch.float32, track_meta=False))
+                steps += T.resize("image", size=(size, size)) if stored != size else []
+        else:
+            steps = [*decode, *T.resize("image", size=(size, size))]
         if d.normalize == "imagenet":
             steps += T.imagenet_normalise("image", channels=d.channels)
         elif d.normalize == "xrv":
             steps += T.xrv_normalise("image")
             if d.channels > 1:
                 steps += T.repeat_channels("image", d.channels)
-        else:
-            if d.intensity_percentiles:
-                low, high = d.intensity_percentiles
-                steps += T.percentile_range("image", lower=low, upper=high)
-            steps += T.zscore("image", nonzero=False)
+        else:  # percentile clipping and z-score: one table lookup on the cache's uint8 pictures
+            steps += T.picture_zscore("image", d.intensity_percentiles)
             if d.channels > 1:
                 steps += T.repeat_channels("image", d.channels)
         if stage == "train":
             shift_px = d.translate_fraction * size
             steps += T.affine("image", prob=d.augment_prob, rotate_deg=d.rotate_deg, scale=d.scale_fraction,
-                              translate=(shift_px, shift_px), dims=2, padding_mode="border")
+                              translate=(shift_px, shift_px), dims=2, padding_mode="border",
+                              spatial_size=(size, size))
             steps += T.intensity("image", prob=d.augment_prob, scale=d.contrast, shift=d.brightness)
             if d.hflip_prob > 0:
                 steps += T.flips("image", axes=(1,), prob=d.hflip_prob)  # axis 1 = columns: left-right

@@ -14,7 +14,7 @@ from medsight.registry import TASKS
 
 
 VARIANTS: dict[str, tuple[tuple[str, ...], ...]] = {
-    "classification": ((), ("model.name=simple_cnn", "loss.name=focal", "data.sampler=weighted"),
+    "classification": ((), ("model.name=simple_cnn", "loss.name=focal", "data.sampler=weighted", "data.cache=pictures"),
                        ("model.name=resnet18", "loss.pos_weight=true")),
     "segmentation": ((), ("model.name=smp_unet2d", "data.patch_size=[32,32,4]", "model.encoder=resnet18")),
 }
