@@ -285,11 +285,12 @@ class BraTS(DatasetFormat):
     synth_options = {
         "naming": "2021 (default: BraTS2021_xxxxx/..._t1ce.nii.gz), 2023 (BraTS-GLI-xxxxx-000/...-t1c.nii.gz), "
                   "2015 (brats_2013_patNNNN_1/Flair_...nii.gz, OTMultiClass.nii.gz) or msd (Task01 4D)",
-        "shape": "volume size x,y,z in voxels at 1 mm (default 96,96,64)",
+        "shape": "volume size x,y,z in voxels (default 96,96,64)",
+        "spacing": "voxel size x,y,z in mm (default 1,1,1, BraTS's grid)",
     }
 
     def synth(self, out: Path, cases: int | None = None, seed: int = 0, naming: str = "2021",
-              shape: str | tuple = (96, 96, 64), **options) -> Path:
+              shape: str | tuple = (96, 96, 64), spacing: str | tuple = (1.0, 1.0, 1.0), **options) -> Path:
         from medsight.datasets.synth.brats import write_dataset
 
         if options:
@@ -298,7 +299,10 @@ class BraTS(DatasetFormat):
         if str(naming) not in layouts:
             raise DataError(f"naming must be 2021, 2023, 2015 or msd, not {naming!r}", "synth")
         size = tuple(int(v) for v in (shape.split(",") if isinstance(shape, str) else shape))
-        return write_dataset(Path(out), 8 if cases is None else int(cases), seed, layouts[str(naming)], size)
+        voxel = tuple(float(v) for v in (spacing.split(",") if isinstance(spacing, str) else spacing))
+        if len(size) != 3 or len(voxel) != 3 or min(voxel) <= 0:
+            raise DataError("shape and spacing need three values (spacing > 0)", "synth")
+        return write_dataset(Path(out), 8 if cases is None else int(cases), seed, layouts[str(naming)], size, voxel)
 
     @classmethod
     def detect(cls, root: Path) -> float:

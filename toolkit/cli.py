@@ -121,6 +121,60 @@ def cmd_data_check(args) -> int:
     return 0
 
 
+def cmd_data_fingerprint(args) -> int:
+    """Read every case once, measure it, and write a plans file (``medsight.plans``)."""
+    from medsight import plans
+    from medsight.config import resolve
+    from medsight.dataset_format import detect_format
+    from medsight.registry import DATASETS, TASKS
+    from medsight.task import Task
+
+    root = Path(args.path)
+    if not root.exists():
+        raise MedsightError("no such folder", root)
+    name = detect_format(root) if args.dataset == "auto" else args.dataset
+    schema = DATASETS.get(name).schema
+    planners = [t for t in TASKS.names() if TASKS.get(t).schema is not None and schema is not None
+                and TASKS.get(t).schema.name == schema.name and TASKS.get(t).plan is not Task.plan]
+    if args.task:
+        if args.task not in planners:
+            raise MedsightError(f"the {args.task} task does not plan from {name} data (tasks that do: "
+                                f"{', '.join(planners) or 'none'})", "command line")
+        planners = [args.task]
+    if len(planners) != 1:
+        raise MedsightError(f"{name} data: " + ("no task plans its settings from it" if not planners else
+                            f"say which task with --task ({', '.join(planners)})"), "command line")
+    task_class = TASKS.get(planners[0])
+    profile = args.profile or ("gpu" if "gpu" in task_class.profiles else None)
+    if profile and profile not in task_class.profiles:
+        raise MedsightError(f"task {task_class.name} has no profile {profile!r}", "command line")
+    config = resolve(task_class.config_class, profile=task_class.profiles.get(profile), overrides=args.overrides)
+    config.task = task_class.name
+    if args.memory:
+        budget = plans.parse_memory(args.memory)
+    else:
+        budget = plans.device_memory()
+        if budget is None:
+            raise MedsightError("no GPU here to size the plan for: give the training GPU's memory, e.g. --memory 24GB",
+                                "command line")
+    task = task_class(config)
+    source = task.open_data(root)
+    found = plans.fingerprint(task, source, workers=args.workers, mode="auto")
+    planned = task.plan(found, budget, args.precision)
+    document = {"fingerprint": found, "profile": profile, **planned}
+    out = plans.write(document, Path(args.out) if args.out else root / "plans.json")
+    median = found["spacing_mm"]["median"]
+    log.info(f"{found['cases']} cases ({len(found['unreadable'])} unreadable); median voxel "
+             f"{' x '.join(f'{v:g}' for v in median)} mm, anisotropy {found['anisotropy']['median']:.1f}; median shape "
+             f"{' x '.join(f'{v:g}' for v in found['shape']['median'])}")
+    memory = planned["memory"]
+    log.info(f"plan for {budget / 2**30:.0f} GiB ({args.precision}): " + ", ".join(
+        f"{k}={v}" for k, v in plans.flatten(planned["config"]).items())
+        + f"; estimated {memory['estimated_training_bytes'] / 2**30:.1f} GiB for training")
+    log.info(f"wrote {out}; train with: medsight train {task_class.name} --data {root} --plans {out}")
+    return 0
+
+
 def _absorb_positionals(args, extra: list[str]) -> list[str]:
     """argparse stops filling a ``nargs="*"`` positional at the first option: put later
     ``key=value`` overrides and inputs where they belong."""
@@ -167,6 +221,21 @@ def build_parser(task_options: tuple[str, ...] = ()) -> argparse.ArgumentParser:
     check.add_argument("--report", metavar="FILE", help="write every problem to this CSV (path, kind, message)")
     check.add_argument("--workers", type=int, help="images decoded at once (default: the CPU count, at most 8)")
     check.set_defaults(func=cmd_data_check)
+
+    fingerprint = data_sub.add_parser("fingerprint", help="read every case once and plan spacing, patch and batch "
+                                      "from the data (a plans file for train --plans)")
+    fingerprint.add_argument("dataset", help="a dataset format (medsight tasks lists them), or auto")
+    fingerprint.add_argument("path")
+    fingerprint.add_argument("overrides", nargs="*", metavar="key=value",
+                             help="settings the plan starts from, e.g. data.modalities=[flair,t1c] model.init_filters=32")
+    fingerprint.add_argument("--memory", help="the training GPU's memory, e.g. 24GB (default: this machine's GPU)")
+    fingerprint.add_argument("--precision", default="bf16", choices=["bf16", "fp16", "fp32"],
+                             help="training precision the memory estimate assumes (default bf16)")
+    fingerprint.add_argument("--task", help="the task to plan for, when several read this data")
+    fingerprint.add_argument("--profile", help="the task profile the plan starts from (default: gpu)")
+    fingerprint.add_argument("--out", help="plans file (default: PATH/plans.json)")
+    fingerprint.add_argument("--workers", type=int, default=0, help="cases read at once in worker processes")
+    fingerprint.set_defaults(func=cmd_data_fingerprint)
 
     from medsight.commands import add_commands
 

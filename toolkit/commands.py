@@ -91,6 +91,14 @@ def cmd_train(args) -> int:
             known = ", ".join(task_class.profiles) or "none"
             raise ConfigError(f"task {args.task} has no profile {args.profile!r} (known: {known})", "command line")
         profile = task_class.profiles[args.profile]
+    planned = None
+    if args.plans:
+        from medsight import plans
+
+        if args.resume:
+            raise ConfigError("--plans starts a new run; a resumed run keeps its settings", "command line")
+        planned = plans.read(args.plans, args.task)
+        profile = plans.merge(profile, planned["config"])  # over the profile, under files and overrides
     overrides = list(args.overrides)
     if args.init_weights:
         if args.resume:
@@ -118,9 +126,20 @@ def cmd_train(args) -> int:
                 raise CheckpointError("this run folder already holds a checkpoint; continue it with --resume, "
                                       "or choose another --out", run_dir)
         with exclusive(run_dir, "train") if runtime.is_main else contextlib.nullcontext():
+            if planned is not None and runtime.is_main:
+                from medsight.config import to_dict
+
+                run_dir.mkdir(parents=True, exist_ok=True)
+                plans.record_in_run(run_dir, planned, Path(args.plans).resolve(), to_dict(config))
             trainer = Trainer(task_class(config), data, run_dir, runtime)
             summary = trainer.fit(resume=resume_state)
         if runtime.is_main:
+            from medsight import plans
+
+            if (run_dir / "plans.json").exists():  # a planned run: what training chose, next to the plan
+                for key in trainer.task.chosen_on_validation:
+                    if trainer.task.state.get(key) is not None:
+                        plans.add_to_run_plans(run_dir, key, trainer.task.state[key])
             from medsight.report import write_report
 
             report = write_report(run_dir)
@@ -320,6 +339,8 @@ def add_commands(sub, task_options: set[str] = frozenset()) -> None:
     train.add_argument("--data", help="dataset folder (stored in checkpoints, so --resume needs none)")
     train.add_argument("--config", action="append", help="YAML config file (repeatable; later files win)")
     train.add_argument("--profile", help="named settings of the task, e.g. cpu-small or gpu")
+    train.add_argument("--plans", metavar="FILE", help="settings planned from the data (medsight data fingerprint): "
+                       "over the profile, under --config files and key=value overrides")
     train.add_argument("--out", help="run folder (default runs/TASK/NAME)")
     train.add_argument("--name", help="run name (default: date-time)")
     train.add_argument("--resume", help="continue exactly from a run folder or checkpoint")

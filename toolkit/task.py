@@ -137,6 +137,9 @@ class Task:
     #: config keys (sections or dotted keys) a run takes from a medsight checkpoint given as starting
     #: weights: the architecture and the input preprocessing it was trained with (user settings still win)
     inherited_from_starting_weights: ClassVar[tuple[str, ...]] = ("model",)
+    #: state keys chosen on validation while training (thresholds, post-processing): a run trained with
+    #: ``--plans`` records them in its plans.json next to what was planned
+    chosen_on_validation: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, config: TaskConfig):
         self.config = config
@@ -261,6 +264,19 @@ class Task:
     def score_predictions(cls, predictions: Path, args: argparse.Namespace, out: Path) -> dict[str, float]:
         """``medsight evaluate TASK --predictions FILE``: score a predictions file without a model."""
         raise TaskError(f"task {cls.name} cannot score a predictions file", "command line")
+
+    # -- settings planned from the data (medsight data fingerprint; train --plans) -----------------
+    def fingerprint_case(self, record: dict) -> dict:
+        """One case measured (``medsight.plans``): at least ``spacing_mm`` and ``shape``; read as training reads."""
+        raise TaskError(f"the {self.name} task does not plan its settings from the data", "command line")
+
+    def summarise_fingerprint(self, cases: list[dict]) -> dict:
+        """Dataset-wide statistics of this task's measurements, for the plans file."""
+        return {}
+
+    def plan(self, fingerprint: dict, budget_bytes: int, precision: str) -> dict:
+        """``{"config": overrides as nested dicts, "memory": how they were sized}`` from a fingerprint."""
+        raise TaskError(f"the {self.name} task does not plan its settings from the data", "command line")
 
     # -- state ------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

@@ -31,10 +31,10 @@ TISSUE = {
 BACKGROUND, WM, GM, CSF, OEDEMA, ET, NECROSIS = range(7)
 
 
-def _affine(shape) -> np.ndarray:
-    """BraTS-style grid: 1 mm, x and y flipped (LPS-like on disk), as in the challenge releases."""
-    affine = np.diag([-1.0, -1.0, 1.0, 1.0])
-    affine[1, 3] = shape[1] - 1
+def _affine(shape, spacing=(1.0, 1.0, 1.0)) -> np.ndarray:
+    """BraTS-style grid: 1 mm (or ``spacing``), x and y flipped (LPS-like on disk), as in the challenge releases."""
+    affine = np.diag([-spacing[0], -spacing[1], spacing[2], 1.0])
+    affine[1, 3] = (shape[1] - 1) * spacing[1]
     return affine
 
 
@@ -91,10 +91,11 @@ def labels_of(tissue: np.ndarray, convention: str) -> np.ndarray:
     return CONVENTIONS[convention].from_regions(regions)
 
 
-def write_dataset(out: Path, cases: int, seed: int, naming: str, shape=(96, 96, 64)) -> Path:
-    """``cases`` synthetic subjects in one of the layouts: brats2021, brats2023, brats2015 or msd."""
+def write_dataset(out: Path, cases: int, seed: int, naming: str, shape=(96, 96, 64), spacing=(1.0, 1.0, 1.0)) -> Path:
+    """``cases`` synthetic subjects in one of the layouts: brats2021, brats2023, brats2015 or msd; voxels of
+    ``spacing`` mm (the same voxel grid: thicker slices make a taller head)."""
     rng = np.random.default_rng(seed)
-    affine = _affine(shape)
+    affine = _affine(shape, spacing)
     out = Path(out)
     if naming == "msd":
         return _write_msd(out, cases, rng, shape, affine)

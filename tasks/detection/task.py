@@ -16,6 +16,7 @@ from medsight.registry import register_task
 from medsight.task import DemoSpec, Monitor, PredictionWriter, StepOutput, Task
 
 from . import froc, outputs, pipeline
+from . import plans
 from .config import DetectionConfig, size_divisible
 from .model import BOX_KEY, LABEL_KEY, SCORE_KEY, EngineRetinaNet, ExportedNetwork, build_detector
 
@@ -100,6 +101,16 @@ class LungNoduleDetection(Task):
         return pipeline.collate_fn(stage)
 
     # -- model ------------------------------------------------------------------------------------
+    # -- planning (medsight data fingerprint, train --plans) ---------------------------------------
+    def fingerprint_case(self, record: dict) -> dict:
+        return plans.fingerprint_case(self, record)
+
+    def summarise_fingerprint(self, cases: list[dict]) -> dict:
+        return plans.summarise(self, cases)
+
+    def plan(self, fingerprint: dict, budget_bytes: int, precision: str) -> dict:
+        return plans.plan(self, fingerprint, budget_bytes, precision)
+
     def build_model(self) -> nn.Module:
         return build_detector(self.config.model, self.config.infer)
 

@@ -86,6 +86,11 @@ class SegmentationInfer:
     threshold: float = 0.5
     probabilities: bool = False  # also write <case>_prob.nii.gz (ET, TC, WT)
     overlay: bool = True  # <case>_overlay.png
+    #: training chooses per region, on validation, whether to drop small or all but the largest connected
+    #: components (only where that improves validation Dice/HD95: postprocess.py), and predict and evaluate
+    #: apply that choice, saved in the checkpoint. false: no choice while training (and no candidate scoring
+    #: in validation), none applied by predict and evaluate
+    postprocess: bool = True
     #: auto: bf16 on CUDA and on CPUs with native bf16 (2.1x faster than fp32 MONAI on a 240x240x155
     #: case here, Dice agreement >= 0.997: bench/segmentation_inference_speed.py), else fp32
     precision: str = "auto"

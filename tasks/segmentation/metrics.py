@@ -21,23 +21,25 @@ def region_scores(prediction: torch.Tensor, truth: torch.Tensor, spacing_mm: Seq
     """prediction, truth: (3, X, Y, Z) boolean masks, channels ET, TC, WT, on a grid of ``spacing_mm``."""
     scores = {}
     for index, region in enumerate(REGIONS):
-        p = prediction[index].bool()
-        t = truth[index].bool()
-        p_any, t_any = bool(p.any()), bool(t.any())
-        if not p_any and not t_any:
-            dice, hd95 = 1.0, 0.0
-        elif not p_any or not t_any:
-            dice, hd95 = 0.0, HD95_ONE_EMPTY_MM
-        else:
-            pair = (p[None, None].float(), t[None, None].float())
-            dice = float(compute_dice(*pair, include_background=True, ignore_empty=False)[0, 0])
-            with warnings.catch_warnings():  # MONAI warns about its own deprecated internal argument
-                warnings.simplefilter("ignore", FutureWarning)
-                hd95 = float(compute_hausdorff_distance(*pair, include_background=True, percentile=95,
-                                                        spacing=[float(s) for s in spacing_mm])[0, 0])
-        scores[f"dice_{region}"] = dice
-        scores[f"hd95_{region}"] = hd95
+        scores[f"dice_{region}"], scores[f"hd95_{region}"] = mask_scores(prediction[index], truth[index], spacing_mm)
     return scores
+
+
+def mask_scores(prediction: torch.Tensor, truth: torch.Tensor, spacing_mm: Sequence[float]) -> tuple[float, float]:
+    """(Dice, HD95 in mm) of one region: (X, Y, Z) boolean masks, with the BraTS conventions for empty ones."""
+    p, t = torch.as_tensor(prediction).bool(), torch.as_tensor(truth).bool()
+    p_any, t_any = bool(p.any()), bool(t.any())
+    if not p_any and not t_any:
+        return 1.0, 0.0
+    if not p_any or not t_any:
+        return 0.0, HD95_ONE_EMPTY_MM
+    pair = (p[None, None].float(), t[None, None].float())
+    dice = float(compute_dice(*pair, include_background=True, ignore_empty=False)[0, 0])
+    with warnings.catch_warnings():  # MONAI warns about its own deprecated internal argument
+        warnings.simplefilter("ignore", FutureWarning)
+        hd95 = float(compute_hausdorff_distance(*pair, include_background=True, percentile=95,
+                                                spacing=[float(s) for s in spacing_mm])[0, 0])
+    return dice, hd95
 
 
 def summarise(outputs: dict[str, list]) -> dict[str, float]:

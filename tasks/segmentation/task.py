@@ -19,6 +19,7 @@ from medsight.dataset_format import DataSource
 from medsight.datasets import brats
 from medsight.datasets.schemas import MRI_CASES
 from medsight.errors import DataError
+from medsight.geometry import voxel_size_mm
 from medsight.io.pictures import volume_overlay_png
 from medsight.io.readers import check_volume_path
 from medsight.io.readers import load as load_image
@@ -26,9 +27,11 @@ from medsight.io.writers import write_csv, write_nifti
 from medsight.registry import register_task
 from medsight.task import DemoSpec, Monitor, PredictionWriter, StepOutput, Task
 
+from . import plans
 from .config import PROFILES, SegmentationConfig
-from .metrics import METRIC_NAMES, region_scores, summarise, summary_table
+from .metrics import METRIC_NAMES, mask_scores, region_scores, summarise, summary_table
 from .models import SliceWise, build_network
+from .postprocess import apply_plan, candidate_key, candidate_scores, choose_plan, describe, plan_metrics
 from .transforms import pipeline
 
 log = logging.getLogger(__name__)
@@ -41,6 +44,7 @@ class BrainTumourSegmentation(Task):
     profiles = PROFILES
     schema = MRI_CASES
     model_family = "segmentation"
+    chosen_on_validation = ("postprocessing",)
     inherited_from_starting_weights = ("model", "data.orient", "data.resample", "data.spacing_mm", "data.background_to_zero",
                                        "data.crop_foreground")
     monitor = Monitor("mean_dice", "max")
@@ -85,6 +89,16 @@ class BrainTumourSegmentation(Task):
         return self._transforms[stage, convention]
 
     # -- model ------------------------------------------------------------------------------------
+    # -- planning (medsight data fingerprint, train --plans) ---------------------------------------
+    def fingerprint_case(self, record: dict) -> dict:
+        return plans.fingerprint_case(self, record)
+
+    def summarise_fingerprint(self, cases: list[dict]) -> dict:
+        return plans.summarise(self, cases)
+
+    def plan(self, fingerprint: dict, budget_bytes: int, precision: str) -> dict:
+        return plans.plan(self, fingerprint, budget_bytes, precision)
+
     def build_model(self) -> nn.Module:
         return build_network(self.config.model, in_channels=len(self.modalities))
 
@@ -140,13 +154,30 @@ class BrainTumourSegmentation(Task):
             total = prob if total is None else total + prob
         return total / len(flips)
 
+    @property
+    def postprocessing(self) -> dict[str, str] | None:
+        """The post-processing plan label maps are made with outside training (region -> operation, chosen
+        on validation: postprocess.py); None when the checkpoint has none or infer.postprocess=false."""
+        return self.state.get("postprocessing") if self.config.infer.postprocess else None
+
     def validation_step(self, model: nn.Module, batch: dict) -> dict[str, list]:
+        """Per case: ``dice_ET``... ``hd95_WT`` of the thresholded masks. While learning, of the masks as
+        they are, plus every post-processing candidate's scores (``pp:largest:dice_WT``...) to choose a plan
+        from; otherwise (evaluate) of the masks with the checkpoint's plan applied."""
         probs = self.probabilities(model, batch["image"])
         truth = batch["label"] > 0.5
         out: dict[str, list] = {"id": list(batch["id"])}
         spacings = self._spacings(batch["image"], len(probs))
+        plan = None if self.learning else self.postprocessing
+        choosing = self.learning and self.config.infer.postprocess
         for prob, label, spacing in zip(probs, truth, spacings):
-            scores = region_scores((prob > self.config.infer.threshold).cpu(), label.cpu(), spacing)
+            prediction, label = (prob > self.config.infer.threshold).cpu(), label.cpu()
+            if plan:
+                prediction = torch.from_numpy(apply_plan(prediction.numpy(), plan, spacing))
+            scores = region_scores(prediction, label, spacing)
+            if choosing:
+                scores.update(candidate_scores(prediction.numpy(), scores, spacing,
+                                               lambda mask, index: mask_scores(mask, label[index], spacing)))
             for name, value in scores.items():
                 out.setdefault(name, []).append(value)
         return out
@@ -155,13 +186,31 @@ class BrainTumourSegmentation(Task):
         """Voxel size (mm) of each item: data.spacing_mm after resampling, else each image's own grid."""
         if self.config.data.resample or not hasattr(image, "affine"):
             return [self.config.data.spacing_mm] * count
-        from medsight.geometry import voxel_size_mm
-
         affines = image.affine.reshape(-1, 4, 4).cpu().numpy()
         return [voxel_size_mm(a).tolist() for a in affines]
 
     def validation_metrics(self, outputs: dict[str, list]) -> dict[str, float]:
-        return summarise(outputs)
+        """Means of the per-case scores and ``mean_dice`` (the monitor: always without post-processing while
+        learning, so the checkpoint is not picked by a choice made on the same cases). While learning, also
+        chooses the post-processing plan (state ``postprocessing``) and reports its scores as ``pp_*``."""
+        metrics = summarise(outputs)
+        if self.learning:
+            metrics.update(self._choose_postprocessing(outputs, metrics))
+        elif describe(self.postprocessing) != "none":
+            log.info(f"post-processing chosen on validation applied: {describe(self.postprocessing)} "
+                     "(infer.postprocess=false turns it off)")
+        return metrics
+
+    def _choose_postprocessing(self, outputs: dict[str, list], raw: dict[str, float]) -> dict[str, float]:
+        if not self.config.infer.postprocess or not outputs.get(candidate_key("largest", "dice_WT")):
+            self.state.pop("postprocessing", None)  # a plan chosen for earlier weights would not fit these
+            return {}
+        plan = choose_plan(outputs)
+        self.state["postprocessing"] = plan
+        chosen = {f"pp_{name}": value for name, value in summarise(plan_metrics(outputs, plan)).items()}
+        log.info(f"post-processing chosen on validation: {describe(plan)} (mean Dice {raw['mean_dice']:.4f} -> "
+                 f"{chosen['pp_mean_dice']:.4f}, WT HD95 {raw['hd95_WT']:.2f} -> {chosen['pp_hd95_WT']:.2f} mm)")
+        return chosen
 
     def write_evaluation(self, outputs: dict[str, list], metrics: dict[str, float], out: Path) -> list[Path]:
         cases = [{"id": case, **{name: outputs[name][i] for name in METRIC_NAMES}} for i, case in enumerate(outputs["id"])]
@@ -248,6 +297,8 @@ class LabelMaps(PredictionWriter):
         affine = np.asarray(data["image"].meta["original_affine"], dtype=np.float64)
         convention = brats.CONVENTIONS[data.get("convention") or self.task.state.get("convention", "brats2021")]
         regions = probs > self.task.config.infer.threshold
+        if self.task.postprocessing:
+            regions = apply_plan(regions, self.task.postprocessing, voxel_size_mm(affine))
         labels = convention.from_regions(regions)
         reference = _first_file(data)
         case_id = str(data["id"])

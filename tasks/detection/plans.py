@@ -1,0 +1,101 @@
+"""What ``medsight data fingerprint`` measures of a CT scan with nodules, and the plan made from it
+(``medsight.plans`` has the rules)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from monai.transforms import Compose
+
+from medsight import plans
+from medsight import transforms as T
+from medsight.geometry import voxel_size_mm
+
+from .config import size_divisible
+from .pipeline import IMAGE
+
+SAMPLE = 20_000
+LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
+
+
+def fingerprint_case(task, record: dict) -> dict:
+    """Voxel size and shape (oriented RAS, as training reads), Hounsfield units over the scan and inside
+    its nodules (spheres of the annotated diameters), and the nodules' diameters."""
+    data = Compose([*T.load(IMAGE, channels=1), *T.orient(IMAGE)], log_stats=False)({IMAGE: record[IMAGE]})
+    image = data[IMAGE]
+    affine = np.asarray(image.affine, dtype=np.float64)
+    spacing = voxel_size_mm(affine)
+    values = image.as_tensor()[0].float().numpy()
+    rng = np.random.default_rng(0)
+    flat = values.ravel()
+    sample = flat[rng.integers(0, flat.size, min(SAMPLE, flat.size))]
+    inside = []
+    to_voxel = np.linalg.inv(affine)
+    for x, y, z, diameter in record.get("nodules") or []:
+        centre = (to_voxel @ np.append(LPS_TO_RAS @ [x, y, z], 1.0))[:3]
+        radius = np.asarray([diameter / 2 / s for s in spacing])
+        low = np.maximum(np.floor(centre - radius).astype(int), 0)
+        high = np.minimum(np.ceil(centre + radius).astype(int) + 1, values.shape)
+        if np.any(high <= low):
+            continue
+        grid = np.meshgrid(*[np.arange(a, b) for a, b in zip(low, high)], indexing="ij")
+        ball = sum(((g - c) / r) ** 2 for g, c, r in zip(grid, centre, radius)) <= 1
+        inside.append(values[tuple(slice(a, b) for a, b in zip(low, high))][ball])
+    nodule_values = np.concatenate(inside) if inside else np.zeros(0)
+    return {"spacing_mm": [round(float(s), 4) for s in spacing], "shape": list(values.shape),
+            "hu": {"p0.5": float(np.percentile(sample, 0.5)), "median": float(np.median(sample)),
+                   "p99.5": float(np.percentile(sample, 99.5))},
+            "nodule_hu": nodule_values[rng.integers(0, len(nodule_values), min(SAMPLE, len(nodule_values)))].tolist()
+            if len(nodule_values) else [],
+            "nodule_diameters_mm": [float(n[3]) for n in record.get("nodules") or []]}
+
+
+def summarise(task, cases: list[dict]) -> dict:
+    nodule_hu = np.concatenate([np.asarray(c["nodule_hu"]) for c in cases]) if cases else np.zeros(0)
+    for case in cases:  # the samples served the dataset's percentiles; the file keeps only their count
+        case["nodule_hu"] = len(case["nodule_hu"])
+    return {"hu_scan": {k: plans.summary([c["hu"][k] for c in cases])["median"] for k in ("p0.5", "median", "p99.5")},
+            "hu_nodules": {"p0.5": float(np.percentile(nodule_hu, 0.5)), "p99.5": float(np.percentile(nodule_hu, 99.5)),
+                           "voxels": int(len(nodule_hu))} if len(nodule_hu) else {},
+            "nodule_diameter_mm": plans.summary([d for c in cases for d in c["nodule_diameters_mm"]]),
+            "nodules": sum(len(c["nodule_diameters_mm"]) for c in cases)}
+
+
+def plan(task, fingerprint: dict, budget: int, precision: str) -> dict:
+    """Target spacing, an HU window (top: the nodules' 99.5th percentile, nnU-Net's foreground rule for CT;
+    bottom: the scans' 0.5th percentile, the air a nodule stands out against), a patch (x = y, for the 90-degree rotations) holding at least two of the largest
+    nodules across, and scans per step that fit ``budget`` bytes."""
+    cases = fingerprint["per_case"]
+    cfg = task.config
+    spacing = plans.target_spacing([c["spacing_mm"] for c in cases])
+    shapes = np.asarray([np.asarray(c["shape"]) * np.asarray(c["spacing_mm"]) / spacing for c in cases])
+    median_shape = np.median(shapes, axis=0)
+    step = list(size_divisible(cfg.model))
+    network = task.export_module(task.build_model())
+    probe = torch.zeros(1, 1, *[2 * s for s in step])
+    per_voxel = plans.activation_bytes_per_voxel(network, probe, precision)
+    fixed = plans.parameter_bytes(network)
+    largest = fingerprint.get("nodule_diameter_mm", {}).get("max", 30.0)
+    smallest = [max(2 * st, int(math.ceil(2 * largest / sp / st)) * st) for st, sp in zip(step, spacing)]
+    smallest[0] = smallest[1] = max(smallest[:2])
+    patches = cfg.data.patches_per_scan
+
+    def fits(patch) -> bool:
+        square = [min(patch[0], patch[1])] * 2 + [patch[2]]
+        return plans.training_bytes(per_voxel, fixed, square, patches) <= budget
+
+    patch = plans.fit_patch(median_shape, spacing, step, fits, smallest)
+    patch[0] = patch[1] = min(patch[0], patch[1])
+    scans = plans.fit_batch(per_voxel, fixed, patch, budget, float(shapes.prod(axis=1).sum()), batch_min=patches,
+                            batch_max=16 * patches) // patches
+    config = {"data": {"spacing_mm": spacing, "patch_size": patch, "batch_size": max(1, scans)}}
+    nodules, scan = fingerprint.get("hu_nodules") or {}, fingerprint.get("hu_scan") or {}
+    if nodules and scan:  # a nodule is seen against the lung's air: the window starts at the scan's lowest values
+        config["data"]["window_hu"] = [round(min(scan["p0.5"], nodules["p0.5"])), round(nodules["p99.5"])]
+    return {"config": config,
+            "memory": {"budget_bytes": budget, "precision": precision, "activation_bytes_per_voxel": round(per_voxel, 1),
+                       "weights_and_optimizer_bytes": fixed, "patches_per_step": max(1, scans) * patches,
+                       "estimated_training_bytes": plans.training_bytes(per_voxel, fixed, patch, max(1, scans) * patches),
+                       "median_shape_at_target_spacing": median_shape.round(1).tolist()}}

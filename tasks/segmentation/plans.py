@@ -1,0 +1,90 @@
+"""What ``medsight data fingerprint`` measures of a BraTS-like case, and the plan made from it
+(``medsight.plans`` has the rules)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from monai.transforms import Compose
+
+from medsight import plans
+from medsight import transforms as T
+from medsight.geometry import voxel_size_mm
+
+from .transforms import SelectChannelsd
+
+#: voxels per case whose intensities are kept (nnU-Net samples 10,000)
+SAMPLE = 20_000
+
+
+def fingerprint_case(task, record: dict) -> dict:
+    """Voxel size and shape (of the non-zero box when data.crop_foreground, as training crops), per
+    modality the non-zero voxels' intensity statistics, and the tumour's volume and extent."""
+    cfg = task.config.data
+    labels = ("label",) if record.get("label") else ()
+    steps = [*T.load("image", labels), SelectChannelsd("image")]
+    if cfg.orient:
+        steps += T.orient("image", labels, cfg.orient)
+    data = Compose(steps, log_stats=False)(dict(record))
+    image = data["image"]
+    spacing = voxel_size_mm(np.asarray(image.affine)).tolist()
+    values = image.as_tensor().float()
+    brain = (values != 0).any(dim=0)
+    shape = list(values.shape[1:])
+    if cfg.crop_foreground and bool(brain.any()):
+        where = torch.nonzero(brain)
+        shape = (where.max(dim=0).values - where.min(dim=0).values + 1).tolist()
+    rng = np.random.default_rng(0)
+    modalities = {}
+    for role, channel in zip(task.modalities, values):
+        inside = channel[channel != 0].numpy()
+        if len(inside) > SAMPLE:
+            inside = rng.choice(inside, SAMPLE, replace=False)
+        modalities[role] = {"mean": float(inside.mean()), "std": float(inside.std()),
+                            "p0.5": float(np.percentile(inside, 0.5)), "p99.5": float(np.percentile(inside, 99.5))} \
+            if len(inside) else {}
+    case = {"spacing_mm": [round(s, 4) for s in spacing], "shape": shape, "modalities": modalities}
+    if labels:
+        tumour = torch.as_tensor(data["label"])[0] > 0
+        count = int(tumour.sum())
+        case["tumour_ml"] = count * float(np.prod(spacing)) / 1000
+        if count:
+            where = torch.nonzero(tumour)
+            case["tumour_extent_mm"] = ((where.max(dim=0).values - where.min(dim=0).values + 1).numpy()
+                                        * np.asarray(spacing)).round(1).tolist()
+    return case
+
+
+def summarise(task, cases: list[dict]) -> dict:
+    roles = {role for c in cases for role in c["modalities"]}
+    return {"intensity_nonzero": {role: {key: plans.summary([c["modalities"][role][key] for c in cases
+                                                               if c["modalities"].get(role)])["median"]
+                                         for key in ("mean", "std", "p0.5", "p99.5")} for role in sorted(roles)},
+            "tumour_ml": plans.summary([c.get("tumour_ml") for c in cases]),
+            "tumour_extent_mm": {"median": np.median([c["tumour_extent_mm"] for c in cases
+                                                      if "tumour_extent_mm" in c] or [[0, 0, 0]], axis=0).tolist()}}
+
+
+def plan(task, fingerprint: dict, budget: int, precision: str) -> dict:
+    """Target spacing, a patch and a batch that fit ``budget`` bytes; sliding windows of the patch's size."""
+    cases = fingerprint["per_case"]
+    spacing = plans.target_spacing([c["spacing_mm"] for c in cases])
+    shapes = np.asarray([np.asarray(c["shape"]) * np.asarray(c["spacing_mm"]) / spacing for c in cases])
+    median_shape = np.median(shapes, axis=0)
+    network = task.export_module(task.build_model())
+    step = 2 ** (len(task.config.model.blocks_down) - 1) if task.config.model.name == "segresnet" else 16
+    probe = torch.zeros(1, len(task.modalities), *[2 * step] * 3)
+    per_voxel = plans.activation_bytes_per_voxel(network, probe, precision)
+    fixed = plans.parameter_bytes(network)
+    smallest = 2 * step
+    patch = plans.fit_patch(median_shape, spacing, [step] * 3,
+                            lambda p: plans.training_bytes(per_voxel, fixed, p, 2) <= budget, [smallest] * 3)
+    batch = plans.fit_batch(per_voxel, fixed, patch, budget, float(shapes.prod(axis=1).sum()))
+    return {
+        "config": {"data": {"spacing_mm": spacing, "patch_size": patch, "batch_size": batch},
+                   "infer": {"roi_size": patch}},
+        "memory": {"budget_bytes": budget, "precision": precision, "activation_bytes_per_voxel": round(per_voxel, 1),
+                   "weights_and_optimizer_bytes": fixed,
+                   "estimated_training_bytes": plans.training_bytes(per_voxel, fixed, patch, batch),
+                   "median_shape_at_target_spacing": median_shape.round(1).tolist()},
+    }
