@@ -1,0 +1,64 @@
+"""Post-processing chosen on validation, on real MRI: a segmentation checkpoint trained on some BRATS 2015
+cases chooses its per-region post-processing on its training cases (what validation does while training:
+``task.validation_metrics`` with ``learning`` on), then the held-out case is evaluated without and with it.
+
+    flock /tmp/medsight-heavy.lock .venv/bin/python bench/segmentation_postprocess_real.py \
+        --checkpoint CKPT --data ../shared/data/brats/brats2015_deepmedic_4cases [key=value ...]
+
+The checkpoint's own split decides which cases are "train" and which are held out ("val"; e.g. a model
+trained with ``data.val_groups=[brats_2013_pat0004_1]``, as ``bench/segmentation_real.py`` and the README's
+fine-tuned model are). With only a few training cases, the choice is made on cases the model has seen:
+a real run chooses on validation cases it has not. Skips cleanly when the data folder is absent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+from medsight.data import make_dataset
+from medsight.inference import _runtime, evaluate, load_for_inference, network
+from medsight.validation import run_validation
+
+SHOWN = ("dice_ET", "dice_TC", "dice_WT", "hd95_ET", "hd95_TC", "hd95_WT")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--checkpoint", required=True)
+    parser.add_argument("--data", required=True)
+    parser.add_argument("overrides", nargs="*", help="e.g. infer.roi_size=[96,96,96] infer.overlap=0.25")
+    args = parser.parse_args()
+    if not Path(args.data).exists():
+        print(f"skipped: {args.data} not found")
+        return
+    loaded = load_for_inference(args.checkpoint, args.overrides)
+    task = loaded.task
+    source = task.open_data(args.data)
+    train, held_out = task.records(source, "train"), task.records(source, "val")
+    if not train or not held_out:
+        sys.exit("the checkpoint's split leaves no training or no held-out case in this folder")
+    runtime = _runtime(task, None, None, "evaluate")
+    model = network(loaded, runtime, None)
+    task.learning = True
+    outputs = run_validation(task, model, make_dataset(train, task.transforms("val"), task.config.data, None,
+                                                      cache=False), task.config, runtime, desc="choose")
+    task.validation_metrics(outputs)
+    plan = task.state["postprocessing"]
+    print(f"chosen on {len(train)} training case(s): {plan}")
+    task.learning = False
+    rows = {}
+    with tempfile.TemporaryDirectory() as out:
+        for applied in (False, True):
+            task.config.infer.postprocess = applied
+            rows[applied] = evaluate(loaded, Path(args.data), "val", Path(out) / str(applied))
+    print(f"\nheld-out case(s): {', '.join(r['id'] for r in held_out)}")
+    print(f"{'':22s}" + "".join(f"{name:>10s}" for name in SHOWN))
+    for applied, label in ((False, "raw"), (True, "post-processed")):
+        print(f"{label:22s}" + "".join(f"{rows[applied][name]:10.3f}" for name in SHOWN))
+
+
+if __name__ == "__main__":
+    main()
