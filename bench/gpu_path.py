@@ -10,10 +10,12 @@ synthetic data (``medsight data synth``), with the tasks' ``gpu`` profiles. Per 
   ``samples_per_s`` x ``epoch_seconds``; the first epoch holds warm-up and cache filling), in images/s;
   segmentation also in voxels/s (patch voxels x patches/s);
 - the GPU kept busy: ``nvidia-smi`` utilisation sampled every 0.5 s from the end of the first epoch to the
-  last logged step, mean and median. The trainer records no data-wait time (``metrics.jsonl`` holds loss,
-  lr, samples/s and epoch seconds), so the loader is also timed alone: the run's own training loader
-  (same workers, cache and augmentation, no model) over two epochs; loader/training above 1 means it
-  can keep up;
+  last logged step, mean and median; the share of each epoch the trainer waited for the loader
+  (``metrics.jsonl`` ``data_wait_fraction``) and the peak GPU memory (``peak_memory_gb``); and the loader
+  timed alone: the run's own training loader (same workers, cache and augmentation, no model) over two
+  epochs; loader/training above 1 means it can keep up;
+- the plan (segmentation): ``medsight data fingerprint`` for this GPU's memory, then ``train --plans``:
+  the plan's memory estimate against the measured peak, which must stay below it;
 - exact resume: run A trains uninterrupted; run B, same settings, gets SIGTERM past half its steps (the
   trainer finishes the step, writes ``last.pt``, exits 143) and continues with ``medsight train TASK
   --resume B``; the final weights of both ``last.pt`` are compared tensor by tensor (max |difference|),
@@ -139,6 +141,9 @@ def run_summary(run: Path, log: Path, sampler: GpuSampler | None) -> dict:
            "samples_per_s": sum(r["samples_per_s"] * r["epoch_seconds"] for r in steady) / seconds,
            "steady_epochs": f"{steady[0]['epoch']}-{steady[-1]['epoch']}", "runtime": device and device.group(1)}
     out["loss_falls"] = bool(quarter) and out["loss_last_quarter"] < out["loss_first_quarter"]
+    out["data_wait_fraction"] = sum(r.get("data_wait_fraction", 0) * r["epoch_seconds"] for r in steady) / seconds
+    peaks = [r["peak_memory_gb"] for r in epochs if "peak_memory_gb" in r]
+    out["peak_memory_gb"] = max(peaks) if peaks else None
     if sampler is not None:
         start = epochs[0]["time"] if len(epochs) > 1 else steps[0]["time"]
         util = [u for t, u in sampler.samples if start <= t <= steps[-1]["time"]]
@@ -209,6 +214,30 @@ def loader_alone(name: str, profile: str, overrides: list[str], data: Path, work
     return samples / (time.perf_counter() - started)
 
 
+def plan_check(name: str, spec: dict, data: Path, work: Path, common: list[str], cuda: bool) -> dict:
+    """``medsight data fingerprint`` for this GPU's memory (--smoke: 1 GB), then a short ``train --plans``:
+    the plan's memory estimate against the measured peak (CUDA), which the plan promised to stay under."""
+    plans_file, run, log = work / f"plans-{name}.json", work / f"{name}-planned", work / "logs" / f"{name}-planned.log"
+    model = [o for o in spec["overrides"] if o.startswith("model.")]
+    command = [sys.executable, "-m", "medsight", "data", "fingerprint", "auto", str(data), "--out", str(plans_file),
+               "--profile", spec["profile"], *model, *([] if cuda else ["--memory", "1GB"])]
+    subprocess.run(command, check=True, capture_output=True)
+    plan = json.loads(plans_file.read_text())
+    shutil.rmtree(run, ignore_errors=True)
+    code = train([name, "--data", str(data), "--profile", spec["profile"], "--plans", str(plans_file), *common,
+                  "trainer.precision=bf16", "trainer.max_epochs=2", "trainer.val_every_n_epochs=2",
+                  "--out", str(run)], run, log)
+    if code != 0:
+        raise failed(code, log)
+    epochs = [r for r in rows(run / "metrics.jsonl") if r["phase"] == "train"]
+    peaks = [r["peak_memory_gb"] for r in epochs if "peak_memory_gb" in r]
+    estimate = plan["memory"]["estimated_training_bytes"] / 2**30
+    out = {"config": plan["config"], "estimate_gb": estimate, "budget_gb": plan["memory"]["budget_bytes"] / 2**30,
+           "peak_gb": max(peaks) if peaks else None}
+    out["fits"] = out["peak_gb"] is None or out["peak_gb"] <= estimate
+    return out
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="tiny sizes and few steps: checks the script on a CPU")
@@ -274,6 +303,10 @@ def main() -> int:
         task["resume"] = resume
         ok &= resume["exact"]
         print(f"{name} resume: done", flush=True)
+        if name == "segmentation":
+            task["plan"] = plan_check(name, spec, data, work, common, cuda)
+            ok &= task["plan"]["fits"]
+            print(f"{name} plan: done", flush=True)
 
     device = torch.cuda.get_device_name(0) if cuda else "CPU"
     print(f"\n== GPU training path{' (--smoke)' if args.smoke else ''}: {device}, torch {torch.__version__}, "
@@ -291,6 +324,10 @@ def main() -> int:
             if r["voxels_per_s"]:
                 rate += f", {r['voxels_per_s'] / 1e6:.1f} Mvoxels/s"
             print(f"{'':15s} {'throughput':13s} {precision:40s} {rate} (epochs {r['steady_epochs']})")
+            wait = f"waiting for data {100 * r['data_wait_fraction']:.0f} % of epoch time"
+            if r["peak_memory_gb"] is not None:
+                wait += f"; peak memory {r['peak_memory_gb']:.1f} GB"
+            print(f"{'':15s} {'loader':13s} {precision:40s} {wait}")
             if "gpu_util" in r:
                 util = r["gpu_util"]
                 print(f"{'':15s} {'GPU busy':13s} {precision:40s} " + (f"utilisation mean {util['mean']:.0f} %, median "
@@ -298,7 +335,7 @@ def main() -> int:
         best = max(r["samples_per_s"] for r in task["runs"].values())
         loader = task["loader_samples_per_s"]
         print(f"{'':15s} {'loader alone':13s} {'same loader, no model, 2 epochs':40s} {loader:.1f} {unit} = "
-              f"{loader / best:.2f} x training (the trainer records no data-wait time)")
+              f"{loader / best:.2f} x training")
         r = task["resume"]
         setting = (f"bf16, {'' if r['deterministic'] else 'NOT '}deterministic, stopped at "
                    f"{r['stopped_at']}/{r['steps']}")
@@ -306,6 +343,14 @@ def main() -> int:
         if "run_to_run_diff" in r:
             shown += f" (two uninterrupted runs: {r['run_to_run_diff']:.3g}; deterministic refused: {r['refused']})"
         print(f"{'':15s} {'exact resume':13s} {setting:40s} {shown}: {'ok' if r['exact'] else 'FAILED'}")
+        if "plan" in task:
+            p = task["plan"]
+            planned = p["config"]["data"]
+            setting = f"patch {'x'.join(map(str, planned['patch_size']))}, batch {planned['batch_size']}"
+            shown = (f"estimate {p['estimate_gb']:.1f} GB of {p['budget_gb']:.0f} GB; measured peak "
+                     + (f"{p['peak_gb']:.1f} GB: {'ok' if p['fits'] else 'FAILED (above the estimate)'}"
+                        if p["peak_gb"] is not None else "n/a on a CPU"))
+            print(f"{'':15s} {'plan memory':13s} {setting:40s} {shown}")
     (out / "gpu_path.json").write_text(json.dumps({"device": device, "torch": torch.__version__, "smoke": args.smoke,
                                                    "steps": steps, "wall_s": time.perf_counter() - started, "ok": ok,
                                                    "tasks": results}, indent=2))

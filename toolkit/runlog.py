@@ -82,6 +82,10 @@ def epoch_line(p, max_epochs: int, monitored: str, logs: dict, metrics: dict | N
     """The line printed after each epoch: loss, rate, time, and the validation metrics that matter."""
     line = (f"epoch {p.epoch}/{max_epochs}  loss {logs.get('loss', float('nan')):.4f}  "
             f"lr {logs['lr']:.2e}  {logs['samples_per_s']:.1f} samples/s  {logs['epoch_seconds']:.1f} s")
+    if logs.get("data_wait_fraction", 0) >= 0.1:  # the loader, not the model, set the pace
+        line += f" ({100 * logs['data_wait_fraction']:.0f}% waiting for data)"
+    if "peak_memory_gb" in logs:
+        line += f"  {logs['peak_memory_gb']:.1f} GB"
     if metrics:
         name = monitored
         shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k == name or k.startswith("mean"))

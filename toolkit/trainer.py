@@ -184,6 +184,20 @@ class Trainer:
                            seed=epoch_seed(self.cfg.seed, epoch, self.runtime.rank),
                            collate_fn=self.task.collate_fn("train"), weights=self.sample_weights)
 
+    def _timed(self, loader):
+        """The loader's batches, the time spent waiting for each added to ``self._data_wait``: the share of an
+        epoch the device may sit idle for want of data (metrics.jsonl ``data_wait_fraction``)."""
+        batches = iter(loader)
+        while True:
+            started = time.perf_counter()
+            try:
+                batch = next(batches)
+            except StopIteration:
+                return
+            finally:
+                self._data_wait += time.perf_counter() - started
+            yield batch
+
     def train_epoch(self, epoch: int) -> dict[str, float]:
         rt, cfg = self.runtime, self.cfg
         self.model.train()
@@ -198,7 +212,10 @@ class Trainer:
         self._bar = progress_display(self.batches_per_epoch, f"epoch {epoch + 1}/{cfg.max_epochs}", cfg.progress,
                                      unit="batch", initial=skip, enabled=rt.is_main)
         self.optimizer.zero_grad(set_to_none=True)
-        for index, batch in enumerate(loader):
+        self._data_wait = 0.0
+        if rt.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(rt.device)
+        for index, batch in enumerate(self._timed(loader)):
             if index >= self.batches_per_epoch:
                 break
             if index < skip:  # replay a resumed epoch's first batches so augmentations stay in step
@@ -222,7 +239,10 @@ class Trainer:
         elapsed = time.perf_counter() - started
         totals = self._synchronise(self._epoch_sums)  # raises on a non-finite loss or a stop request
         logs = self._epoch_sums.means(totals[3:], totals[2])
-        logs.update(lr=self._lr(), samples_per_s=totals[2] / max(elapsed, 1e-9), epoch_seconds=elapsed)
+        logs.update(lr=self._lr(), samples_per_s=totals[2] / max(elapsed, 1e-9), epoch_seconds=elapsed,
+                    data_wait_fraction=self._data_wait / max(elapsed, 1e-9))
+        if rt.device.type == "cuda":
+            logs["peak_memory_gb"] = torch.cuda.max_memory_allocated(rt.device) / 2**30
         if self._skipped:
             logs["skipped_records"] = len(self._skipped)
             self._say(f"warning: epoch {epoch + 1}: {len(self._skipped)} record(s) skipped (data.on_error=skip); "

@@ -18,8 +18,9 @@ SAMPLE = 20_000
 
 
 def fingerprint_case(task, record: dict) -> dict:
-    """Voxel size and shape (of the non-zero box when data.crop_foreground, as training crops), per
-    modality the non-zero voxels' intensity statistics, and the tumour's volume and extent."""
+    """Voxel size and shape (of the brain's box when data.crop_foreground, as training crops), per modality
+    the intensity statistics inside the brain (non-zero voxels, after data.background_to_zero moved a
+    constant background to 0), and the tumour's volume and extent."""
     cfg = task.config.data
     labels = ("label",) if record.get("label") else ()
     steps = [*T.load("image", labels), SelectChannelsd("image")]
@@ -29,7 +30,10 @@ def fingerprint_case(task, record: dict) -> dict:
     image = data["image"]
     spacing = voxel_size_mm(np.asarray(image.affine)).tolist()
     values = image.as_tensor().float()
-    brain = (values != 0).any(dim=0)
+    # the brain, as training finds it: non-zero after a constant background is moved to 0 (data.background_to_zero)
+    shifted = Compose(T.background_to_zero("image"))({"image": values.clone()})["image"] \
+        if cfg.background_to_zero else values
+    brain = (torch.as_tensor(shifted) != 0).any(dim=0)
     shape = list(values.shape[1:])
     if cfg.crop_foreground and bool(brain.any()):
         where = torch.nonzero(brain)
@@ -37,7 +41,7 @@ def fingerprint_case(task, record: dict) -> dict:
     rng = np.random.default_rng(0)
     modalities = {}
     for role, channel in zip(task.modalities, values):
-        inside = channel[channel != 0].numpy()
+        inside = channel[brain].numpy()
         if len(inside) > SAMPLE:
             inside = rng.choice(inside, SAMPLE, replace=False)
         modalities[role] = {"mean": float(inside.mean()), "std": float(inside.std()),

@@ -295,3 +295,29 @@ def test_the_trainer_reads_the_device_once_per_log_interval_not_once_per_step(tm
     assert len(reads) == expected
     steps = [line for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines() if '"step"' in line]
     assert len(steps) == expected - 2  # each log interval writes its loss and learning rate
+
+
+def test_each_epoch_records_how_long_the_trainer_waited_for_data(tmp_path, monkeypatch):
+    """``data_wait_fraction``: the share of the epoch spent in the loader's ``next`` (a slowed loader shows)."""
+    import json
+
+    from medsight.runtime import Runtime
+    from medsight.trainer import Trainer
+    from tests.toy_task import ToyConfig, ToyRegression
+
+    data = make_toy_data(tmp_path / "toy", samples=32)
+    config = resolve(ToyConfig, overrides=["trainer.max_epochs=1", "trainer.progress=never",
+                                           "trainer.tensorboard=false", "data.batch_size=8"])
+    trainer = Trainer(ToyRegression(config), data, tmp_path / "run", Runtime("cpu", "fp32"))
+    original = trainer.train_loader
+
+    def slow_loader(epoch):
+        for batch in original(epoch):
+            time.sleep(0.05)
+            yield batch
+
+    monkeypatch.setattr(trainer, "train_loader", slow_loader)
+    trainer.fit()
+    epoch = next(json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+                 if '"phase": "train"' in line)
+    assert 0.5 < epoch["data_wait_fraction"] <= 1.0
