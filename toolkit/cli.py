@@ -157,12 +157,15 @@ def cmd_data_fingerprint(args) -> int:
         if budget is None:
             raise MedsightError("no GPU here to size the plan for: give the training GPU's memory, e.g. --memory 24GB",
                                 "command line")
+    from medsight.io.writers import output_file
+
+    out = output_file(Path(args.out or "plans.json"))  # before reading every case: a bad --out fails at once
     task = task_class(config)
     source = task.open_data(root)
     found = plans.fingerprint(task, source, workers=args.workers, mode="auto")
     planned = task.plan(found, budget, args.precision)
     document = {"fingerprint": found, "profile": profile, **planned}
-    out = plans.write(document, Path(args.out) if args.out else root / "plans.json")
+    out = plans.write(document, out)
     median = found["spacing_mm"]["median"]
     log.info(f"{found['cases']} cases ({len(found['unreadable'])} unreadable); median voxel "
              f"{' x '.join(f'{v:g}' for v in median)} mm, anisotropy {found['anisotropy']['median']:.1f}; median shape "
@@ -233,7 +236,7 @@ def build_parser(task_options: tuple[str, ...] = ()) -> argparse.ArgumentParser:
                              help="training precision the memory estimate assumes (default bf16)")
     fingerprint.add_argument("--task", help="the task to plan for, when several read this data")
     fingerprint.add_argument("--profile", help="the task profile the plan starts from (default: gpu)")
-    fingerprint.add_argument("--out", help="plans file (default: PATH/plans.json)")
+    fingerprint.add_argument("--out", help="plans file (default: plans.json in the current folder)")
     fingerprint.add_argument("--workers", type=int, default=0, help="cases read at once in worker processes")
     fingerprint.set_defaults(func=cmd_data_fingerprint)
 

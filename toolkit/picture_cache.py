@@ -85,10 +85,12 @@ class PictureStore:
         self.index, self._maps = {}, {}
         for path in sorted(self.folder.glob("*.json")):
             shard = path.stem
+            if not path.with_suffix(".u8").is_file():
+                continue  # rows deleted by hand: their pictures are decoded again
             try:
                 entries = json.loads(path.read_text())
             except (OSError, ValueError):
-                continue  # a shard being replaced this instant: its entries are rebuilt if needed
+                continue  # a damaged index: its pictures are decoded again
             for key, value in entries.items():
                 self.index.setdefault(key, value["error"] if isinstance(value, dict) else (shard, int(value)))
 
@@ -116,7 +118,7 @@ class PictureStore:
         added = 0
         with open(self.folder / f"{self.shard}.lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)  # one writer per shard, whatever else shares the folder
-            own = json.loads(index_path.read_text()) if index_path.exists() else {}
+            own = _read_index(index_path) if data.is_file() else {}
             display = progress(total, desc, mode, unit="picture")
             try:
                 with open(data, "ab") as out:
@@ -142,6 +144,15 @@ class PictureStore:
                 display.close()
         self.reload()
         return added
+
+
+def _read_index(path: Path) -> dict:
+    """A shard's index; empty when missing or damaged (its rows are then unreferenced and rebuilt)."""
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
 
 
 def _write_json(path: Path, value: dict) -> None:

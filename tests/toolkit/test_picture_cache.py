@@ -132,3 +132,19 @@ def test_the_cache_refuses_no_file_it_cannot_key(tmp_path):
     with pytest.raises(Exception) as caught:
         dataset[2]
     assert isinstance(unwrap(caught.value), DataError) and "gone.png" in str(unwrap(caught.value))
+
+
+def test_a_damaged_index_or_missing_rows_rebuild_instead_of_failing(tmp_path):
+    paths = _pictures(tmp_path / "pics", 3)
+    task = _task("data.cache=pictures")
+    transform = task.transforms("val")
+    make_dataset(_records(paths), transform, task.config.data, tmp_path / "cache")
+    folder = cached_loader(transform).store.folder
+    (folder / "rank0.json").write_text("{ torn")
+    again = task.transforms("val")
+    dataset = make_dataset(_records(paths), again, task.config.data, tmp_path / "cache")
+    assert len(cached_loader(again).store.index) == 3 and dataset[1]["image"].shape == (1, 48, 48)
+    (folder / "rank0.u8").unlink()
+    third = task.transforms("val")
+    dataset = make_dataset(_records(paths), third, task.config.data, tmp_path / "cache")
+    assert dataset[2]["image"].shape == (1, 48, 48)

@@ -72,10 +72,13 @@ def test_the_planned_spacing_follows_the_data_and_the_plan_fits_the_budget(two_b
     assert small["config"]["data"]["spacing_mm"] == [1.0, 1.0, 1.0]
 
 
-def test_a_budget_too_small_for_any_patch_is_one_clear_error(two_brats_sets, tmp_path, capsys):
+def test_a_budget_too_small_for_any_patch_or_a_bad_out_is_one_clear_error(two_brats_sets, tmp_path, capsys):
     assert main(["data", "fingerprint", "brats", str(two_brats_sets[0]), "--memory", "1MB",
                  "--out", str(tmp_path / "p.json")], nested=True) == 2
     assert "memory budget" in capsys.readouterr().err
+    assert main(["data", "fingerprint", "brats", str(two_brats_sets[0]), "--memory", "8GB",
+                 "--out", str(tmp_path)], nested=True) == 2  # a folder: refused before any case is read
+    assert "is a folder" in capsys.readouterr().err
 
 
 def test_train_uses_the_plans_an_override_wins_and_the_run_records_both(two_brats_sets, tmp_path):
@@ -125,3 +128,13 @@ def test_detection_plans_follow_the_scans_spacing_and_window_the_nodules(tmp_pat
     assert data_plan["patch_size"][0] == data_plan["patch_size"][1]  # square, for the 90-degree rotations
     low, high = data_plan["window_hu"]
     assert low <= -900 and high > found["hu_nodules"]["p0.5"]  # air below, the nodules' values inside
+
+
+def test_an_unreadable_case_is_listed_and_left_out_of_the_plan(tmp_path):
+    data = DATASETS.get("brats")().synth(tmp_path / "data", cases=4, seed=3, shape=(40, 40, 32))
+    broken = sorted(data.glob("*/*_flair.nii.gz"))[0]
+    broken.write_bytes(broken.read_bytes()[:200])  # truncated
+    document = _fingerprint(data, tmp_path / "plans.json")
+    found = document["fingerprint"]
+    assert len(found["unreadable"]) == 1 and broken.name in found["unreadable"][0]
+    assert found["cases"] == len(found["per_case"]) and document["config"]["data"]["spacing_mm"] == [1.0, 1.0, 1.0]
