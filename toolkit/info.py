@@ -73,6 +73,9 @@ def describe_checkpoint(path) -> str:
         if key in task_state:
             shown = task_state[key]
             lines.append(f"  {key}: {', '.join(shown) if isinstance(shown, list) else shown}")
+    if task_state.get("postprocessing"):  # chosen on validation (segmentation); infer.postprocess=false: off
+        plan = task_state["postprocessing"]
+        lines.append("  post-processing (chosen on validation): " + ", ".join(f"{k} {v}" for k, v in plan.items()))
     best = state.get("best") or {}
     if best.get("value") is not None:
         lines.append(f"  best {best.get('metric')}: {best['value']:.4f} at epoch {best.get('epoch')}")
