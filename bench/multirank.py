@@ -13,7 +13,7 @@ summation order of the all-reduced gradients differs. The toy task, with none of
 (tests/toolkit/test_trainer.py).
 
     flock /tmp/medsight-heavy.lock .venv/bin/python bench/multirank.py [--tasks classification ...]
-        [--epochs 4] [--work DIR]
+        [--epochs 4] [--work DIR] [key=value ...]     # e.g. data.cache=pictures: each rank caches its shard
 """
 
 from __future__ import annotations
@@ -66,6 +66,8 @@ def main() -> int:
     parser.add_argument("--tasks", nargs="*", default=["classification", "segmentation", "detection"])
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--work", help="keep data and runs here (default: a temporary folder)")
+    parser.add_argument("overrides", nargs="*", metavar="key=value",
+                        help="more settings for every run, e.g. data.cache=pictures (classification)")
     args = parser.parse_args()
     scratch = tempfile.TemporaryDirectory(prefix="medsight-multirank-")
     work = Path(args.work or scratch.name)
@@ -79,7 +81,7 @@ def main() -> int:
             DATASETS.get(spec.dataset)().synth(data, seed=0, **spec.synth)
         overrides = [o for o in spec.overrides if not o.startswith(("trainer.max_epochs", "trainer.val_every"))]
         overrides += [f"trainer.max_epochs={args.epochs}", f"trainer.val_every_n_epochs={args.epochs}",
-                      "trainer.seed=3", *QUIET]
+                      "trainer.seed=3", *QUIET, *args.overrides]
         config = resolve(task_class.config_class, profile=task_class.profiles[spec.profile], overrides=overrides)
         batch = config.data.batch_size
         if batch % 2:
