@@ -54,7 +54,7 @@ CPU_SMALL = {
     "trainer": {"max_epochs": 8, "precision": "fp32"},
 }
 GPU = {
-    # the picture cache: 29x the per-core rate of decoding PNGs every epoch; its rows read 39x faster than the
+    # the picture cache: 28x the per-core rate of decoding PNGs every epoch; its rows read 36x faster than the
     # disk cache's float32 files and take 1/4 of the space (bench/loader_speed.py); data.cache_dir: shared
     "data": {"image_size": 224, "batch_size": 64, "val_batch_size": 128, "num_workers": 8, "cache": "pictures"},
     "model": {"name": "densenet121"},
