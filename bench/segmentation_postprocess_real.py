@@ -18,9 +18,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from medsight.data import make_dataset
-from medsight.inference import _runtime, evaluate, load_for_inference, network
-from medsight.validation import run_validation
+from medsight.inference import evaluate, load_for_inference
 
 SHOWN = ("dice_ET", "dice_TC", "dice_WT", "hd95_ET", "hd95_TC", "hd95_WT")
 
@@ -40,17 +38,13 @@ def main() -> None:
     train, held_out = task.records(source, "train"), task.records(source, "val")
     if not train or not held_out:
         sys.exit("the checkpoint's split leaves no training or no held-out case in this folder")
-    runtime = _runtime(task, None, None, "evaluate")
-    model = network(loaded, runtime, None)
-    task.learning = True
-    outputs = run_validation(task, model, make_dataset(train, task.transforms("val"), task.config.data, None,
-                                                      cache=False), task.config, runtime, desc="choose")
-    task.validation_metrics(outputs)
-    plan = task.state["postprocessing"]
-    print(f"chosen on {len(train)} training case(s): {plan}")
-    task.learning = False
     rows = {}
     with tempfile.TemporaryDirectory() as out:
+        task.learning = True  # as validation while training: every candidate scored, the plan chosen
+        evaluate(loaded, Path(args.data), "train", Path(out) / "choose")
+        plan = task.state["postprocessing"]
+        print(f"chosen on {len(train)} training case(s): {plan}")
+        task.learning = False
         for applied in (False, True):
             task.config.infer.postprocess = applied
             rows[applied] = evaluate(loaded, Path(args.data), "val", Path(out) / str(applied))

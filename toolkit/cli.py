@@ -127,7 +127,6 @@ def cmd_data_fingerprint(args) -> int:
     from medsight.config import resolve
     from medsight.dataset_format import detect_format
     from medsight.registry import DATASETS, TASKS
-    from medsight.task import Task
 
     root = Path(args.path)
     if not root.exists():
@@ -135,7 +134,7 @@ def cmd_data_fingerprint(args) -> int:
     name = detect_format(root) if args.dataset == "auto" else args.dataset
     schema = DATASETS.get(name).schema
     planners = [t for t in TASKS.names() if TASKS.get(t).schema is not None and schema is not None
-                and TASKS.get(t).schema.name == schema.name and TASKS.get(t).plan is not Task.plan]
+                and TASKS.get(t).schema.name == schema.name and TASKS.get(t).planner is not None]
     if args.task:
         if args.task not in planners:
             raise MedsightError(f"the {args.task} task does not plan from {name} data (tasks that do: "

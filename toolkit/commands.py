@@ -67,7 +67,7 @@ def _inherited_settings(path: Path, task_class) -> dict | None:
 
 
 def cmd_train(args) -> int:
-    from medsight import checkpoint
+    from medsight import checkpoint, plans
     from medsight.config import resolve
     from medsight.registry import TASKS
     from medsight.runtime import Runtime
@@ -93,8 +93,6 @@ def cmd_train(args) -> int:
         profile = task_class.profiles[args.profile]
     planned = None
     if args.plans:
-        from medsight import plans
-
         if args.resume:
             raise ConfigError("--plans starts a new run; a resumed run keeps its settings", "command line")
         planned = plans.read(args.plans, args.task)
@@ -134,8 +132,6 @@ def cmd_train(args) -> int:
             trainer = Trainer(task_class(config), data, run_dir, runtime)
             summary = trainer.fit(resume=resume_state)
         if runtime.is_main:
-            from medsight import plans
-
             if (run_dir / "plans.json").exists():  # a planned run: what training chose, next to the plan
                 for key in trainer.task.chosen_on_validation:
                     if trainer.task.state.get(key) is not None:

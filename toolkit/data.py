@@ -22,6 +22,7 @@ import json
 import os
 import re
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -138,6 +139,46 @@ def _skipping(dataset_class):
 
     Skipping.__name__ = f"Skipping{dataset_class.__name__}"
     return Skipping
+
+
+@dataclass(frozen=True)
+class Failed:
+    """What ``map_in_workers`` gives for an item whose function raised a medsight error."""
+
+    message: str  # what is wrong
+    where: str | None  # the file, when the error named one
+
+    def __str__(self) -> str:
+        return f"{self.where}: {self.message}" if self.where else self.message
+
+
+class _Mapped(Dataset):
+    def __init__(self, function: Callable, items: Sequence):
+        super().__init__(list(items))
+        self.function = function
+
+    def _transform(self, index: int):
+        from medsight.errors import unwrap
+
+        try:
+            return self.function(self.data[index])
+        except Exception as exc:
+            known = unwrap(exc)
+            if known is None:
+                raise
+            return Failed(known.message, known.where)
+
+
+def _as_is(item):
+    return item
+
+
+def map_in_workers(function: Callable, items: Sequence, workers: int = 0):
+    """``function(item)`` for each item, in order, computed in ``workers`` loader processes (0: here); an item
+    whose function raises a medsight error (an unreadable file...) gives a ``Failed`` instead of stopping."""
+    loader = torch.utils.data.DataLoader(_Mapped(function, items), batch_size=None, num_workers=workers,
+                                         collate_fn=_as_is)
+    return iter(loader)
 
 
 def make_dataset(records: list[dict], transform: Callable, cfg: LoaderConfig, cache_dir: Path | None,

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from monai.transforms import MapTransform
 
-from medsight.errors import DataError, unwrap
+from medsight.errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -161,25 +161,6 @@ def _write_json(path: Path, value: dict) -> None:
     os.replace(tmp, path)  # readers see the old index or the new one, never half of one
 
 
-class _Pending(torch.utils.data.Dataset):
-    """The pictures a build still needs, decoded (in loader workers when there are any)."""
-
-    def __init__(self, paths: list[str], keys: list[str], prepare: Callable[[str], np.ndarray]):
-        self.paths, self.keys, self.prepare = paths, keys, prepare
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, index: int):
-        try:
-            return self.keys[index], self.prepare(self.paths[index])
-        except Exception as exc:
-            known = unwrap(exc)
-            if known is None:
-                raise
-            return self.keys[index], known.message
-
-
 class CachedPicturesd(MapTransform):
     """``data[key]`` (a picture's path) -> its (1, S, S) uint8 picture: from the store once ``attach``-ed and
     built, else decoded by ``prepare`` and quantised the same way (prediction, evaluation)."""
@@ -220,11 +201,13 @@ class CachedPicturesd(MapTransform):
         self._keys.update(keys)
         if not missing:
             return 0
+        from medsight.data import Failed, map_in_workers
+
         log.info(f"caching {len(missing)} of {len(keys)} pictures at {self.size} px in {store.folder}")
-        pending = _Pending(missing, [keys[p] for p in missing], self.decode)
-        loader = torch.utils.data.DataLoader(pending, batch_size=None, num_workers=workers,
-                                             collate_fn=lambda item: item)
-        return store.add(iter(loader), total=len(missing), mode=mode)
+        decoded = map_in_workers(self.decode, missing, workers)
+        pairs = ((keys[path], value.message if isinstance(value, Failed) else value)
+                 for path, value in zip(missing, decoded))
+        return store.add(pairs, total=len(missing), mode=mode)
 
     def __call__(self, data):
         d = dict(data)

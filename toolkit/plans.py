@@ -29,6 +29,7 @@ validation afterwards (segmentation post-processing).
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
@@ -87,6 +88,14 @@ def activation_bytes_per_voxel(network: nn.Module, probe: torch.Tensor, precisio
     return total / math.prod(probe.shape[2:])
 
 
+def network_memory(task, probe_shape: Sequence[int], precision: str) -> tuple[float, int]:
+    """(activation bytes per input voxel, weights + optimizer bytes) of ``task``'s network, probed on a zero
+    input of ``probe_shape`` (channels, spatial...)."""
+    network = task.export_module(task.build_model())
+    probe = torch.zeros(1, *probe_shape)
+    return activation_bytes_per_voxel(network, probe, precision), parameter_bytes(network)
+
+
 def parameter_bytes(network: nn.Module) -> int:
     return sum(p.numel() for p in network.parameters()) * OPTIMIZER_BYTES_PER_PARAMETER
 
@@ -105,6 +114,12 @@ def target_spacing(spacings: np.ndarray) -> list[float]:
     if target[coarse] > ANISOTROPY * finest:
         target[coarse] = max(float(np.percentile(spacings[:, coarse], 10)), ANISOTROPY * finest)
     return [round(float(s), 4) for s in target]
+
+
+def resampled_shapes(cases: list[dict]) -> tuple[list[float], np.ndarray]:
+    """The target spacing of the cases (``spacing_mm``, ``shape`` each) and every case's shape at it, voxels."""
+    spacing = target_spacing([c["spacing_mm"] for c in cases])
+    return spacing, np.asarray([np.asarray(c["shape"]) * np.asarray(c["spacing_mm"]) / spacing for c in cases])
 
 
 def fit_patch(shape: Sequence[float], spacing: Sequence[float], step: Sequence[int], fits,
@@ -140,40 +155,23 @@ def summary(values: Sequence[float]) -> dict[str, float]:
             "mean": float(values.mean()), "p90": float(np.percentile(values, 90)), "max": float(values.max())}
 
 
-class _Cases(torch.utils.data.Dataset):
-    def __init__(self, task, records: list[dict]):
-        self.task, self.records = task, records
-
-    def __len__(self) -> int:
-        return len(self.records)
-
-    def __getitem__(self, index: int) -> dict:
-        from medsight.errors import unwrap
-
-        record = self.records[index]
-        try:
-            return {"id": str(record.get("id")), **self.task.fingerprint_case(record)}
-        except Exception as exc:
-            known = unwrap(exc)
-            if known is None:
-                raise
-            return {"id": str(record.get("id")), "error": str(known)}
-
-
 def fingerprint(task, source, workers: int = 0, mode: str = "auto") -> dict[str, Any]:
     """Every training and validation case measured once (``task.fingerprint_case``), with progress."""
+    from medsight.data import Failed, map_in_workers
     from medsight.progress import track
 
     records = task.records(source, "train") + task.records(source, "val")
     if not records:
         raise DataError("no cases to measure", source.root)
-    loader = torch.utils.data.DataLoader(_Cases(task, records), batch_size=None, num_workers=workers,
-                                         collate_fn=lambda item: item)
-    cases = list(track(loader, total=len(records), desc="fingerprint", mode=mode, unit="case"))
-    failed = [c for c in cases if "error" in c]
-    for case in failed:
-        log.info(f"unreadable, left out: {case['error']}")
-    cases = [c for c in cases if "error" not in c]
+    measured = track(map_in_workers(task.fingerprint_case, records, workers), total=len(records),
+                     desc="fingerprint", mode=mode, unit="case")
+    cases, failed = [], []
+    for record, case in zip(records, measured):
+        if isinstance(case, Failed):
+            log.info(f"unreadable, left out: {case}")
+            failed.append({"error": str(case)})
+        else:
+            cases.append({"id": str(record.get("id")), **case})
     if not cases:
         raise DataError("no case could be read", source.root)
     spacings = np.asarray([c["spacing_mm"] for c in cases])
@@ -222,7 +220,7 @@ def flatten(config: dict, prefix: str = "") -> dict[str, Any]:
 
 def merge(profile: dict | None, planned: dict) -> dict:
     """The profile with the plan's values over it (both nested dicts)."""
-    merged = json.loads(json.dumps(profile or {}))
+    merged = copy.deepcopy(profile or {})
     for key, value in flatten(planned).items():
         node = merged
         *parents, leaf = key.split(".")

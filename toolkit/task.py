@@ -140,6 +140,9 @@ class Task:
     #: state keys chosen on validation while training (thresholds, post-processing): a run trained with
     #: ``--plans`` records them in its plans.json next to what was planned
     chosen_on_validation: ClassVar[tuple[str, ...]] = ()
+    #: ``medsight data fingerprint`` / ``train --plans``: a module with ``fingerprint_case(task, record)``,
+    #: ``summarise(task, cases)`` and ``plan(task, fingerprint, budget_bytes, precision)``; None = no planning
+    planner: ClassVar[Any] = None
 
     def __init__(self, config: TaskConfig):
         self.config = config
@@ -266,17 +269,22 @@ class Task:
         raise TaskError(f"task {cls.name} cannot score a predictions file", "command line")
 
     # -- settings planned from the data (medsight data fingerprint; train --plans) -----------------
+    def _planner(self):
+        if self.planner is None:
+            raise TaskError(f"the {self.name} task does not plan its settings from the data", "command line")
+        return self.planner
+
     def fingerprint_case(self, record: dict) -> dict:
         """One case measured (``medsight.plans``): at least ``spacing_mm`` and ``shape``; read as training reads."""
-        raise TaskError(f"the {self.name} task does not plan its settings from the data", "command line")
+        return self._planner().fingerprint_case(self, record)
 
     def summarise_fingerprint(self, cases: list[dict]) -> dict:
         """Dataset-wide statistics of this task's measurements, for the plans file."""
-        return {}
+        return self._planner().summarise(self, cases)
 
     def plan(self, fingerprint: dict, budget_bytes: int, precision: str) -> dict:
         """``{"config": overrides as nested dicts, "memory": how they were sized}`` from a fingerprint."""
-        raise TaskError(f"the {self.name} task does not plan its settings from the data", "command line")
+        return self._planner().plan(self, fingerprint, budget_bytes, precision)
 
     # -- state ------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

@@ -6,18 +6,16 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import torch
 from monai.transforms import Compose
 
 from medsight import plans
 from medsight import transforms as T
-from medsight.geometry import voxel_size_mm
+from medsight.geometry import voxel_size_mm, world_to_voxel
 
 from .config import size_divisible
 from .pipeline import IMAGE
 
 SAMPLE = 20_000
-LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
 
 
 def fingerprint_case(task, record: dict) -> dict:
@@ -32,9 +30,9 @@ def fingerprint_case(task, record: dict) -> dict:
     flat = values.ravel()
     sample = flat[rng.integers(0, flat.size, min(SAMPLE, flat.size))]
     inside = []
-    to_voxel = np.linalg.inv(affine)
-    for x, y, z, diameter in record.get("nodules") or []:
-        centre = (to_voxel @ np.append(LPS_TO_RAS @ [x, y, z], 1.0))[:3]
+    nodules = np.asarray(record.get("nodules") or np.zeros((0, 4)), dtype=np.float64)
+    centres = world_to_voxel(nodules[:, :3], affine, "LPS") if len(nodules) else []
+    for centre, diameter in zip(centres, nodules[:, 3]):
         radius = np.asarray([diameter / 2 / s for s in spacing])
         low = np.maximum(np.floor(centre - radius).astype(int), 0)
         high = np.minimum(np.ceil(centre + radius).astype(int) + 1, values.shape)
@@ -65,18 +63,15 @@ def summarise(task, cases: list[dict]) -> dict:
 
 def plan(task, fingerprint: dict, budget: int, precision: str) -> dict:
     """Target spacing, an HU window (top: the nodules' 99.5th percentile, nnU-Net's foreground rule for CT;
-    bottom: the scans' 0.5th percentile, the air a nodule stands out against), a patch (x = y, for the 90-degree rotations) holding at least two of the largest
-    nodules across, and scans per step that fit ``budget`` bytes."""
+    bottom: the scans' 0.5th percentile, the air a nodule stands out against), a patch (x = y, for the
+    90-degree rotations) holding at least two of the largest nodules across, and scans per step that fit
+    ``budget`` bytes."""
     cases = fingerprint["per_case"]
     cfg = task.config
-    spacing = plans.target_spacing([c["spacing_mm"] for c in cases])
-    shapes = np.asarray([np.asarray(c["shape"]) * np.asarray(c["spacing_mm"]) / spacing for c in cases])
+    spacing, shapes = plans.resampled_shapes(cases)
     median_shape = np.median(shapes, axis=0)
     step = list(size_divisible(cfg.model))
-    network = task.export_module(task.build_model())
-    probe = torch.zeros(1, 1, *[2 * s for s in step])
-    per_voxel = plans.activation_bytes_per_voxel(network, probe, precision)
-    fixed = plans.parameter_bytes(network)
+    per_voxel, fixed = plans.network_memory(task, (1, *[2 * s for s in step]), precision)
     largest = fingerprint.get("nodule_diameter_mm", {}).get("max", 30.0)
     smallest = [max(2 * st, int(math.ceil(2 * largest / sp / st)) * st) for st, sp in zip(step, spacing)]
     smallest[0] = smallest[1] = max(smallest[:2])

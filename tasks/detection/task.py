@@ -72,6 +72,7 @@ class LungNoduleDetection(Task):
     config_class = DetectionConfig
     profiles = {"cpu-small": CPU_SMALL, "gpu": GPU}
     schema = NODULE_SCANS
+    planner = plans  # medsight data fingerprint, train --plans
     model_family = "detection"
     inherited_from_starting_weights = ("model", "data.spacing_mm", "data.window_hu")
     monitor = Monitor("cpm", "max")
@@ -101,16 +102,6 @@ class LungNoduleDetection(Task):
         return pipeline.collate_fn(stage)
 
     # -- model ------------------------------------------------------------------------------------
-    # -- planning (medsight data fingerprint, train --plans) ---------------------------------------
-    def fingerprint_case(self, record: dict) -> dict:
-        return plans.fingerprint_case(self, record)
-
-    def summarise_fingerprint(self, cases: list[dict]) -> dict:
-        return plans.summarise(self, cases)
-
-    def plan(self, fingerprint: dict, budget_bytes: int, precision: str) -> dict:
-        return plans.plan(self, fingerprint, budget_bytes, precision)
-
     def build_model(self) -> nn.Module:
         return build_detector(self.config.model, self.config.infer)
 

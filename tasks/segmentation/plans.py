@@ -72,14 +72,10 @@ def summarise(task, cases: list[dict]) -> dict:
 def plan(task, fingerprint: dict, budget: int, precision: str) -> dict:
     """Target spacing, a patch and a batch that fit ``budget`` bytes; sliding windows of the patch's size."""
     cases = fingerprint["per_case"]
-    spacing = plans.target_spacing([c["spacing_mm"] for c in cases])
-    shapes = np.asarray([np.asarray(c["shape"]) * np.asarray(c["spacing_mm"]) / spacing for c in cases])
+    spacing, shapes = plans.resampled_shapes(cases)
     median_shape = np.median(shapes, axis=0)
-    network = task.export_module(task.build_model())
     step = 2 ** (len(task.config.model.blocks_down) - 1) if task.config.model.name == "segresnet" else 16
-    probe = torch.zeros(1, len(task.modalities), *[2 * step] * 3)
-    per_voxel = plans.activation_bytes_per_voxel(network, probe, precision)
-    fixed = plans.parameter_bytes(network)
+    per_voxel, fixed = plans.network_memory(task, (len(task.modalities), *[2 * step] * 3), precision)
     smallest = 2 * step
     patch = plans.fit_patch(median_shape, spacing, [step] * 3,
                             lambda p: plans.training_bytes(per_voxel, fixed, p, 2) <= budget, [smallest] * 3)

@@ -43,6 +43,7 @@ class BrainTumourSegmentation(Task):
     config_class = SegmentationConfig
     profiles = PROFILES
     schema = MRI_CASES
+    planner = plans  # medsight data fingerprint, train --plans
     model_family = "segmentation"
     chosen_on_validation = ("postprocessing",)
     inherited_from_starting_weights = ("model", "data.orient", "data.resample", "data.spacing_mm", "data.background_to_zero",
@@ -89,16 +90,6 @@ class BrainTumourSegmentation(Task):
         return self._transforms[stage, convention]
 
     # -- model ------------------------------------------------------------------------------------
-    # -- planning (medsight data fingerprint, train --plans) ---------------------------------------
-    def fingerprint_case(self, record: dict) -> dict:
-        return plans.fingerprint_case(self, record)
-
-    def summarise_fingerprint(self, cases: list[dict]) -> dict:
-        return plans.summarise(self, cases)
-
-    def plan(self, fingerprint: dict, budget_bytes: int, precision: str) -> dict:
-        return plans.plan(self, fingerprint, budget_bytes, precision)
-
     def build_model(self) -> nn.Module:
         return build_network(self.config.model, in_channels=len(self.modalities))
 

@@ -123,7 +123,7 @@ def test_the_uint8_zscore_is_the_two_float_steps(percentiles):
         assert torch.allclose(fast["image"], slow["image"], atol=1e-5)
 
 
-def test_the_cache_refuses_no_file_it_cannot_key(tmp_path):
+def test_a_missing_file_is_not_cached_and_reading_it_names_it(tmp_path):
     """A missing file is not cached; reading it then fails naming it (the run's on_error decides)."""
     paths = _pictures(tmp_path / "pics", 2)
     task = _task("data.cache=pictures")

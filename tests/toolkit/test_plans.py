@@ -66,10 +66,13 @@ def test_the_planned_spacing_follows_the_data_and_the_plan_fits_the_budget(two_b
     # the thick set's patch covers as many millimetres in z with 5x fewer voxels
     assert planned["thick"]["config"]["data"]["patch_size"][2] < planned["iso"]["config"]["data"]["patch_size"][2]
 
-    small = _fingerprint(iso, tmp_path / "small.json", "model.init_filters=32")
-    tiny = json.loads((tmp_path / "small.json").read_text())
-    assert tiny["memory"]["activation_bytes_per_voxel"] > planned["iso"]["memory"]["activation_bytes_per_voxel"]
-    assert small["config"]["data"]["spacing_mm"] == [1.0, 1.0, 1.0]
+    # a wider network needs more bytes per voxel; half the memory makes the patch shrink until it fits
+    wider = _fingerprint(iso, tmp_path / "wider.json", "model.init_filters=32")
+    assert wider["memory"]["activation_bytes_per_voxel"] > planned["iso"]["memory"]["activation_bytes_per_voxel"]
+    half = planned["iso"]["memory"]["estimated_training_bytes"] // 2
+    smaller = _fingerprint(iso, tmp_path / "smaller.json", "--memory", f"{half / 2**20:.0f}MB")
+    assert np.prod(smaller["config"]["data"]["patch_size"]) < np.prod(planned["iso"]["config"]["data"]["patch_size"])
+    assert smaller["memory"]["estimated_training_bytes"] <= smaller["memory"]["budget_bytes"]
 
 
 def test_a_budget_too_small_for_any_patch_or_a_bad_out_is_one_clear_error(two_brats_sets, tmp_path, capsys):
