@@ -52,6 +52,8 @@ from medsight.tasks.classification import XrayClassification
 from medsight.tasks.classification.config import ClassificationConfig
 from medsight.tasks.classification.labels import LabelSet
 
+from _network_alone import NetworkTimer, default_engine, engine_calls, network_alone, report  # bench/, beside this script
+
 TARGET_RATIO = 1.5
 SUFFIXES = (".png", ".jpg", ".jpeg")
 
@@ -220,85 +222,85 @@ def main() -> int:
         return 0
     wall = time.perf_counter()
     native_bf16 = cpu_has_native_bf16()
-    with tempfile.TemporaryDirectory(prefix="medsight-cls-speed-") as work:
-        work = Path(work)
-        # converted engines are cached (as predict does by default), in this run's folder: the warm-up fills it
-        os.environ["MEDSIGHT_ENGINE_CACHE"] = str(work / "engine-cache")
-        folder = pictures(args, work)
-        paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in SUFFIXES)
-        if not paths:
-            print(f"skipped: no pictures in {args.data}")
-            return 0
-        names = [p.name for p in paths]
-        ckpt = Path(args.checkpoint) if args.checkpoint else random_weights_checkpoint(work / "random.pt",
-                                                                                       args.image_size)
-        loaded = load_for_inference(ckpt)
-        cfg, task = loaded.task.config, loaded.task
-        image_size = cfg.data.image_size
-        batch = task.predict_batch_size(torch.device("cpu"))
-        ref_batch = args.ref_batch or batch
-        multi = task.labels.multi_label
-        if task.state.get("operating_points"):
-            print("note: this checkpoint rescales probabilities by operating points; the reference does not")
-        dataset = XrayPNGs(paths, image_size, cfg.data.channels, cfg.data.normalize, cfg.data.intensity_percentiles)
-        model = reference_model(loaded)
+    scratch = tempfile.TemporaryDirectory(prefix="medsight-cls-speed-")  # removed at the end
+    work = Path(scratch.name)
+    # converted engines are cached (as predict does by default), in this run's folder: the warm-up fills it
+    os.environ["MEDSIGHT_ENGINE_CACHE"] = str(work / "engine-cache")
+    folder = pictures(args, work)
+    paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in SUFFIXES)
+    if not paths:
+        print(f"skipped: no pictures in {args.data}")
+        return 0
+    names = [p.name for p in paths]
+    ckpt = Path(args.checkpoint) if args.checkpoint else random_weights_checkpoint(work / "random.pt",
+                                                                                   args.image_size)
+    loaded = load_for_inference(ckpt)
+    cfg, task = loaded.task.config, loaded.task
+    image_size = cfg.data.image_size
+    batch = task.predict_batch_size(torch.device("cpu"))
+    ref_batch = args.ref_batch or batch
+    multi = task.labels.multi_label
+    if task.state.get("operating_points"):
+        print("note: this checkpoint rescales probabilities by operating points; the reference does not")
+    dataset = XrayPNGs(paths, image_size, cfg.data.channels, cfg.data.normalize, cfg.data.intensity_percentiles)
+    model = reference_model(loaded)
 
-        int8 = None
-        if not args.no_int8:
-            if args.int8_checkpoint:
-                int8 = Path(args.int8_checkpoint)
-            else:
-                calibration = Path(args.calibration) if args.calibration else \
-                    DATASETS.get("chestxray14")().synth(work / "calibration", cases=64, seed=1, size=args.size)
-                int8, label = int8_checkpoint(ckpt, calibration, work / "int8.pt", args.calibration_samples)
-                print(f"int8 checkpoint: built in {label['build_seconds']:.0f} s from {args.calibration_samples} "
-                      f"calibration pictures ({'given' if args.calibration else 'synthetic'}); size ratio "
-                      f"{label['size_ratio']}", flush=True)
+    int8 = None
+    if not args.no_int8:
+        if args.int8_checkpoint:
+            int8 = Path(args.int8_checkpoint)
+        else:
+            calibration = Path(args.calibration) if args.calibration else \
+                DATASETS.get("chestxray14")().synth(work / "calibration", cases=64, seed=1, size=args.size)
+            int8, label = int8_checkpoint(ckpt, calibration, work / "int8.pt", args.calibration_samples)
+            print(f"int8 checkpoint: built in {label['build_seconds']:.0f} s from {args.calibration_samples} "
+                  f"calibration pictures ({'given' if args.calibration else 'synthetic'}); size ratio "
+                  f"{label['size_ratio']}", flush=True)
 
-        bf16 = "bf16" if native_bf16 else "fp32"
-        workers = [int(w) for w in args.workers.split(",")]
-        reference_rows = {  # name: (bf16 autocast, channels-last)
-            "reference fp32": (False, False),
-            "reference fp32 + ch.-last": (False, True),
-            "reference bf16 autocast": (True, False),
-            "reference bf16 autocast + ch.-last": (True, True),
-        }
-        medsight_rows = {  # name: (engine, precision, overrides)
-            "medsight default (engine auto)": ("auto", None, []),
-            "  same, 1 loader worker": ("auto", None, ["data.num_workers=1"]),
-            "  same, engine converted in the run": ("auto", None, []),
-            "medsight torch fp32": ("torch", "fp32", []),
-            f"medsight torch {bf16}": ("torch", bf16, []),
-            "medsight onnxruntime fp32": ("onnxruntime", "fp32", []),
-            "medsight openvino fp32": ("openvino", "fp32", []),
-            "medsight openvino bf16": ("openvino", "bf16", []),
-        }
-        if int8 is not None:
-            medsight_rows["medsight int8 (compressed, openvino)"] = ("openvino", None, [])
+    bf16 = "bf16" if native_bf16 else "fp32"
+    workers = [int(w) for w in args.workers.split(",")]
+    reference_rows = {  # name: (bf16 autocast, channels-last)
+        "reference fp32": (False, False),
+        "reference fp32 + ch.-last": (False, True),
+        "reference bf16 autocast": (True, False),
+        "reference bf16 autocast + ch.-last": (True, True),
+    }
+    medsight_rows = {  # name: (engine, precision, overrides)
+        "medsight default (engine auto)": ("auto", None, []),
+        "  same, 1 loader worker": ("auto", None, ["data.num_workers=1"]),
+        "  same, engine converted in the run": ("auto", None, []),
+        "medsight torch fp32": ("torch", "fp32", []),
+        f"medsight torch {bf16}": ("torch", bf16, []),
+        "medsight onnxruntime fp32": ("onnxruntime", "fp32", []),
+        "medsight openvino fp32": ("openvino", "fp32", []),
+        "medsight openvino bf16": ("openvino", "bf16", []),
+    }
+    if int8 is not None:
+        medsight_rows["medsight int8 (compressed, openvino)"] = ("openvino", None, [])
 
-        # warm-up pass of every row (oneDNN builds kernels on first use), keeping the outputs
-        outputs: dict[str, np.ndarray] = {}
+    # warm-up pass of every row (oneDNN builds kernels on first use), keeping the outputs
+    outputs: dict[str, np.ndarray] = {}
+    for name, (use_bf16, cl) in reference_rows.items():
+        _, outputs[name] = reference_pass(model, dataset, ref_batch, 0, use_bf16, cl, multi)
+    for name, (engine, precision, overrides) in medsight_rows.items():
+        source = int8 if "int8" in name else ckpt
+        _, _, outputs[name] = medsight_pass(source, folder, work / "warm", engine, precision, overrides, names,
+                                            cold="converted" in name)
+    print(f"warm-up done at {time.perf_counter() - wall:.0f} s", flush=True)
+
+    speeds = {(name, w): [] for name in reference_rows for w in workers}
+    speeds.update({(name, None): [] for name in medsight_rows})
+    setup = {name: [] for name in medsight_rows}
+    for _ in range(args.repeats):  # interleaved: drift in machine load hits every row alike
         for name, (use_bf16, cl) in reference_rows.items():
-            _, outputs[name] = reference_pass(model, dataset, ref_batch, 0, use_bf16, cl, multi)
+            for w in workers:
+                speeds[name, w].append(reference_pass(model, dataset, ref_batch, w, use_bf16, cl, multi)[0])
         for name, (engine, precision, overrides) in medsight_rows.items():
             source = int8 if "int8" in name else ckpt
-            _, _, outputs[name] = medsight_pass(source, folder, work / "warm", engine, precision, overrides, names,
-                                                cold="converted" in name)
-        print(f"warm-up done at {time.perf_counter() - wall:.0f} s", flush=True)
-
-        speeds = {(name, w): [] for name in reference_rows for w in workers}
-        speeds.update({(name, None): [] for name in medsight_rows})
-        setup = {name: [] for name in medsight_rows}
-        for _ in range(args.repeats):  # interleaved: drift in machine load hits every row alike
-            for name, (use_bf16, cl) in reference_rows.items():
-                for w in workers:
-                    speeds[name, w].append(reference_pass(model, dataset, ref_batch, w, use_bf16, cl, multi)[0])
-            for name, (engine, precision, overrides) in medsight_rows.items():
-                source = int8 if "int8" in name else ckpt
-                speed, seconds, _ = medsight_pass(source, folder, work / "out", engine, precision, overrides, names,
-                                                  cold="converted" in name)
-                speeds[name, None].append(speed)
-                setup[name].append(seconds)
+            speed, seconds, _ = medsight_pass(source, folder, work / "out", engine, precision, overrides, names,
+                                              cold="converted" in name)
+            speeds[name, None].append(speed)
+            setup[name].append(seconds)
 
     # the OpenVINO precision medsight's default gets on this CPU
     try:
@@ -338,6 +340,23 @@ def main() -> int:
           f"{'met' if default / base >= TARGET_RATIO else 'NOT met'})")
     print("setup s: seconds inside predict before the first picture (engine export/conversion/compilation), "
           "counted in images/s")
+    # the network alone, on the batches the best reference row fed its network: how far any pipeline could go
+    use_bf16, cl = reference_rows[best_name]
+    with NetworkTimer(model, keep=True) as recorder:
+        speed = reference_pass(model, dataset, ref_batch, reference_best[best_name][0], use_bf16, cl, multi)[0]
+    compressed = load_for_inference(int8) if int8 is not None else None
+    alone = network_alone(engine_calls(task, model, compressed, native_bf16), recorder.inputs, args.repeats)
+    count = len(paths)
+    per_picture = {name: seconds / count for name, seconds in alone.items()}
+    engine_of = {"medsight default (engine auto)": default_engine(loaded),
+                 f"medsight torch {bf16}": "torch bf16 autocast + channels-last" if native_bf16 else "torch fp32",
+                 "medsight torch fp32": "torch fp32", "medsight openvino fp32": "openvino fp32",
+                 "medsight openvino bf16": "openvino bf16", "medsight int8 (compressed, openvino)": "int8 (compressed, openvino)"}
+    report(f"{best_name} (this pass: {speed:.1f} images/s)", 1 / base, recorder.seconds / count * (speed * (1 / base)),
+           per_picture, recorder.inputs, TARGET_RATIO, per=" per picture",
+           rows={name: (1 / statistics.median(speeds[name, None]), engine) for name, engine in engine_of.items()
+                 if (name, None) in speeds})
+    scratch.cleanup()
     print(f"wall time {time.perf_counter() - wall:.0f} s")
     return 0
 

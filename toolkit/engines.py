@@ -12,10 +12,14 @@ its network was (``Task.with_engine``).
 - ``openvino``: the same module converted by OpenVINO (``ov.convert_model``), compiled for the CPU with
   the precision asked for: fp32 (``INFERENCE_PRECISION_HINT=f32``), bf16, or ``auto`` (OpenVINO's default:
   bf16 on CPUs with native bf16, as ``Runtime`` does for PyTorch).
-- ``auto``: OpenVINO on a CPU when it is installed and the task allows an engine for the options asked
-  (Grad-CAM needs PyTorch's gradients), else PyTorch. Measured on 2 cores (bench/segmentation_inference_speed.py):
-  a SegResNet window is 2.3x faster in OpenVINO bf16 than in PyTorch bf16 autocast, ONNX Runtime fp32
-  1.2x faster than PyTorch fp32.
+- ``auto``: on a CPU, whichever of PyTorch (at the run's precision and memory layout) and OpenVINO runs
+  this network faster on this machine (``faster``): both are timed once on the task's typical input
+  (``Task.engine_probe``: a window, a batch of pictures) and the choice is remembered in the engine cache.
+  There is no rule that holds for every network: on 2 cores with native bf16, OpenVINO bf16 ran DenseNet121
+  1.6x and the cpu-small RetinaNet 1.5x faster than PyTorch bf16 + channels-last, and SegResNet 1.2x
+  slower (the network-alone tables of bench/*_speed.py). PyTorch where OpenVINO is not installed, on
+  GPUs, where the engine cache is off (no conversion to pay for every run) and where the options need
+  PyTorch's gradients (Grad-CAM).
 
 An engine file (``medsight compress --method int8``) is carried inside a medsight checkpoint
 (``state["engine"] = {"kind", "precision", "encoding": "zlib", "files": {name: uint8 tensor}}``: each file
@@ -138,6 +142,9 @@ def openvino_runner(model, precision: str) -> Callable[[np.ndarray], list[np.nda
     config = {"INFERENCE_NUM_THREADS": _threads(), "PERFORMANCE_HINT": "LATENCY"}
     if precision in _OV_PRECISION:
         config["INFERENCE_PRECISION_HINT"] = _OV_PRECISION[precision]
+    folder = cache_folder()
+    if folder is not None:  # OpenVINO's own cache of compiled models: compiling 0.3 s -> 0.1 s on later runs
+        config["CACHE_DIR"] = str(folder / "compiled")
     compiled = ov.Core().compile_model(model, "CPU", config)
     request = compiled.create_infer_request()
 
@@ -181,6 +188,53 @@ def build(kind: str, module: nn.Module, spec: NetworkInput, precision: str) -> E
     log.debug(f"{kind} engine ready in {time.perf_counter() - started:.1f} s "
               f"({'from the engine cache' if found else 'converted'}: {folder or 'no cache'})")
     return engine
+
+
+def faster(module: nn.Module, spec: NetworkInput, probe: torch.Tensor, precision: str, channels_last: bool) -> str:
+    """"torch" or "openvino": which runs ``module`` faster on ``probe`` here, PyTorch at ``precision`` (autocast)
+    and ``channels_last``, or OpenVINO at ``precision``. Each is timed (two warm-up calls, best of three) once
+    per network, probe, precision and thread count; the answer is remembered in the engine cache."""
+    import copy
+    import json
+
+    from medsight.runtime import channels_last_, to_channels_last
+
+    folder = cache_folder()
+    measured = f"{cache_key('openvino', module, spec)}|{tuple(probe.shape)}|{precision}|{channels_last}|{_threads()}"
+    key = "choice-" + hashlib.sha256(measured.encode()).hexdigest()[:40]
+    note = folder / f"{key}.json" if folder is not None else None
+    if note is not None and note.is_file():
+        try:
+            return json.loads(note.read_text())["engine"]
+        except (OSError, ValueError, KeyError):
+            pass  # a damaged note: measure again
+    model = copy.deepcopy(module).float().eval()
+    if channels_last:
+        channels_last_(model)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+
+    def torch_run(x: torch.Tensor):
+        with torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+            return model(to_channels_last(x) if channels_last else x)
+
+    seconds = {}
+    for name, run in (("torch", torch_run), ("openvino", build("openvino", module, spec, precision))):
+        with torch.no_grad():
+            for _ in range(2):  # oneDNN and OpenVINO build their kernels on the first calls
+                run(probe)
+            best = float("inf")
+            for _ in range(3):
+                started = time.perf_counter()
+                run(probe)
+                best = min(best, time.perf_counter() - started)
+        seconds[name] = best
+    choice = min(seconds, key=seconds.get)
+    log.info(f"engine auto: {choice} for this network here (input {tuple(probe.shape)}, {precision}: torch "
+             f"{seconds['torch']:.3f} s, openvino {seconds['openvino']:.3f} s); remembered in {folder}")
+    _store(folder, key, lambda tmp: tmp.with_suffix(".json").write_text(
+        json.dumps({"engine": choice, "seconds": seconds, "input": list(probe.shape), "precision": precision,
+                    "channels_last": channels_last, "threads": _threads()})), (".json",))
+    return choice
 
 
 # -- the engine cache ---------------------------------------------------------------------------------------

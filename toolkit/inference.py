@@ -70,7 +70,7 @@ def load_for_inference(path: str | Path, overrides: list[str] | tuple = (), weig
     return Loaded(task=task, model=model, state=state, path=path)
 
 
-def _runtime(task: Task, device: str | None, precision: str | None, stage: str) -> Runtime:
+def inference_runtime(task: Task, device: str | None, precision: str | None, stage: str) -> Runtime:
     """Precision and memory layout: the command line's, else (predict) the task's ``infer.precision``
     and ``infer.channels_last``, else training's. ``evaluate`` runs as validation ran, so its metrics
     and the thresholds chosen on validation reproduce; ``predict`` may take the faster settings."""
@@ -79,7 +79,28 @@ def _runtime(task: Task, device: str | None, precision: str | None, stage: str) 
     infer = getattr(task.config, "infer", None) if stage == "predict" else None
     precision = precision or getattr(infer, "precision", None) or cfg.precision
     channels_last = getattr(infer, "channels_last", cfg.channels_last)
-    return Runtime(device or cfg.device, precision, channels_last, compile=False, distributed=False)
+    runtime = Runtime(device or cfg.device, precision, bool(channels_last), compile=False, distributed=False)
+    if channels_last is None:  # auto: where the rounding is reduced precision's anyway
+        runtime.channels_last = runtime.precision in ("bf16", "fp16")
+    return runtime
+
+
+def auto_engine(loaded: Loaded, runtime: Runtime) -> str:
+    """What ``--engine auto`` runs: on a CPU, whichever of PyTorch (the run's precision and layout) and
+    OpenVINO runs this network faster on this machine, timed once on the task's typical input and remembered
+    in the engine cache (``medsight.engines.faster``). A compressed checkpoint's own engine. PyTorch on GPUs,
+    where OpenVINO is not installed or the engine cache is off, and where the task's options need
+    PyTorch's gradients (Grad-CAM)."""
+    from medsight import engines
+
+    task = loaded.task
+    if loaded.model is None:  # a compressed checkpoint runs on the engine it carries
+        return loaded.state["engine"]["kind"]
+    if (runtime.device.type != "cpu" or task.engine_unsupported()
+            or not engines.installed("openvino") or engines.cache_folder() is None):
+        return "torch"
+    return engines.faster(task.export_module(loaded.model), task.network_input(), task.engine_probe(),
+                          runtime.precision, runtime.channels_last)
 
 
 def network(loaded: Loaded, runtime: Runtime, precision: str | None) -> torch.nn.Module:
@@ -89,8 +110,7 @@ def network(loaded: Loaded, runtime: Runtime, precision: str | None) -> torch.nn
 
     task, kind = loaded.task, loaded.engine
     if kind == "auto":
-        reason = task.engine_unsupported()
-        kind = "openvino" if runtime.device.type == "cpu" and engines.installed("openvino") and not reason else "torch"
+        kind = auto_engine(loaded, runtime)
     if kind == "torch":
         if loaded.model is None:
             raise CheckpointError(f"holds a compressed {loaded.state['engine']['kind']} model, not torch weights: "
@@ -122,7 +142,7 @@ def evaluate(loaded: Loaded, data: Path, split: str, out: Path, device: str | No
     records = task.records(task.open_data(data), split)
     if not records:
         raise DataError(f"no records in split {split!r}", data)
-    runtime = _runtime(task, device, precision, "evaluate")
+    runtime = inference_runtime(task, device, precision, "evaluate")
     model = network(loaded, runtime, precision)
     dataset = make_dataset(records, task.transforms("val"), task.config.data, None, cache=False)
     started = time.perf_counter()
@@ -188,7 +208,7 @@ def predict(loaded: Loaded, inputs: list[str], out: Path, images: dict[str, str]
             records.extend(task.input_records(None, images=images))
         except MedsightError as exc:
             report.failures.append(str(exc))
-    runtime = _runtime(task, device, precision, "predict")
+    runtime = inference_runtime(task, device, precision, "predict")
     model = network(loaded, runtime, precision)
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()

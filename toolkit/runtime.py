@@ -39,29 +39,45 @@ def pick_device(requested: str = "auto") -> torch.device:
     return device
 
 
-def _cpu_times() -> tuple[int, int] | None:
-    """(idle, total) jiffies of all CPUs since boot (Linux ``/proc/stat``), None elsewhere."""
+def _cpu_times() -> tuple[float, float, float, float] | None:
+    """(idle, total) CPU seconds of all CPUs since boot (Linux ``/proc/stat``), this process's own CPU
+    seconds (every thread) and the monotonic clock; None elsewhere."""
+    import time
+
     try:
         with open("/proc/stat") as handle:
             values = [int(v) for v in handle.readline().split()[1:9]]
     except (OSError, ValueError):
         return None
-    return values[3] + values[4], sum(values)
+    tick = os.sysconf("SC_CLK_TCK")
+    own = os.times()
+    return (values[3] + values[4]) / tick, sum(values) / tick, own.user + own.system, time.monotonic()
 
 
-def busy_cores(interval: float = 0.1) -> float | None:
-    """How many of the machine's cores other work kept busy over ``interval`` seconds (None: unknown)."""
+#: the previous /proc/stat sample: busy_cores measures from it (the first is taken at import), so a command
+#: learns what else runs from the time it spent starting up instead of sleeping for it
+_LAST_SAMPLE = _cpu_times()
+
+
+def busy_cores(interval: float = 0.1, stale: float = 5.0) -> float | None:
+    """How many of the machine's cores other processes kept busy (None: unknown). Measured over the time
+    since the previous call (or import), less this process's own CPU time; when that is under ``interval``
+    or over ``stale`` seconds ago, over a fresh ``interval``."""
     import time
 
-    first = _cpu_times()
-    if first is None:
+    global _LAST_SAMPLE
+    first, second = _LAST_SAMPLE, _cpu_times()
+    if second is None:
         return None
-    time.sleep(interval)
-    second = _cpu_times()
+    if first is None or not interval <= second[3] - first[3] <= stale:
+        time.sleep(interval)
+        first, second = second, _cpu_times()
+    _LAST_SAMPLE = second
     total = second[1] - first[1]
     if total <= 0:
         return None
-    return (os.cpu_count() or 1) * (1 - (second[0] - first[0]) / total)
+    busy = (total - (second[0] - first[0])) - (second[2] - first[2])  # CPU seconds of every process but this
+    return min(max(busy / total, 0.0), 1.0) * (os.cpu_count() or 1)
 
 
 #: torch's own thread count for this process, before medsight changed it

@@ -244,6 +244,11 @@ class Task:
         engine is the whole model."""
         return engine
 
+    def engine_probe(self) -> torch.Tensor:
+        """A typical input of the network at predict time (a window batch, a batch of pictures), on which
+        ``--engine auto`` times the engines against each other. Default: ``network_input().example``."""
+        return self.network_input().example
+
     def engine_unsupported(self) -> str | None:
         """Why the options asked for need PyTorch itself (e.g. gradients for Grad-CAM), or None."""
         return None

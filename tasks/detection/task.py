@@ -209,6 +209,12 @@ class LungNoduleDetection(Task):
         size = [2 * d for d in size_divisible(self.config.model)]
         return torch.rand(1, 1, *size, generator=torch.Generator().manual_seed(0))
 
+    def engine_probe(self) -> torch.Tensor:
+        """One window batch (each side at most 128, to keep the one-off timing short)."""
+        infer = self.config.infer
+        size = [min(s, 128) for s in infer.roi_size]
+        return torch.rand(min(infer.sw_batch_size, 4), 1, *size, generator=torch.Generator().manual_seed(0))
+
     @classmethod
     def demo_inputs(cls, data: Path) -> list[str]:
         from medsight.datasets.luna16 import find_scans

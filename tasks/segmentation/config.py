@@ -94,11 +94,11 @@ class SegmentationInfer:
     #: auto: bf16 on CUDA and on CPUs with native bf16 (2.1x faster than fp32 MONAI on a 240x240x155
     #: case here, Dice agreement >= 0.997: bench/segmentation_inference_speed.py), else fp32
     precision: str = "auto"
-    #: 3D convolutions in channels-last memory layout when PyTorch runs the network (--engine torch): a
-    #: BraTS case 1.6x faster in bf16 and 1.3x in fp32 on 2 cores (bench/segmentation_inference_speed.py).
-    #: Off by default: in fp32 it changes the arithmetic (1e-6), enough to flip a voxel lying on the
-    #: threshold, and --precision fp32 reproduces a source model's label maps exactly (medsight import)
-    channels_last: bool = False
+    #: 3D convolutions in channels-last memory layout when PyTorch runs the network: a BraTS case 1.6x
+    #: faster in bf16 and 1.3x in fp32 on 2 cores (bench/segmentation_inference_speed.py). null (auto): on
+    #: in bf16/fp16, off in fp32, where it changes the arithmetic (1e-6), enough to flip a voxel lying on
+    #: the threshold, and --precision fp32 reproduces a source model's label maps exactly (medsight import)
+    channels_last: Optional[bool] = None
 
     def __post_init__(self):
         choice("infer.blend", self.blend, ("gaussian", "constant"))

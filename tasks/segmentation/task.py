@@ -265,6 +265,13 @@ class BrainTumourSegmentation(Task):
         size = [64 if s <= 0 else min(s, 64) for s in self.config.infer.roi_size]
         return torch.zeros(1, len(self.modalities), *size)
 
+    def engine_probe(self) -> torch.Tensor:
+        """One window batch (each side at most 128, to keep the one-off timing short)."""
+        infer = self.config.infer
+        size = [128 if s <= 0 else min(s, 128) for s in infer.roi_size]
+        return torch.randn(min(infer.sw_batch_size, 4), len(self.modalities), *size,
+                           generator=torch.Generator().manual_seed(0))
+
     @classmethod
     def demo_inputs(cls, data: Path) -> list[str]:
         cases = sorted(p for p in Path(data).iterdir() if p.is_dir())

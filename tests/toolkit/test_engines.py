@@ -156,15 +156,19 @@ def test_a_converted_engine_is_cached_by_its_weights(tmp_path, monkeypatch, kind
     spec = engines.NetworkInput(torch.randn(1, 2, 16, 16, 16))
     x = torch.randn(2, 2, 16, 16, 16)
     first = engines.build(kind, network, spec, "fp32")(x)
-    cached = sorted(p.name for p in (tmp_path / "cache").iterdir())
+    def engine_files():  # (OpenVINO also keeps its compiled models, in a folder of its own)
+        return sorted(p.name for p in (tmp_path / "cache").iterdir() if p.is_file())
+
+    cached = engine_files()
     assert len(cached) == (2 if kind == "openvino" else 1) and not any("tmp" in n for n in cached)
+    assert (tmp_path / "cache" / "compiled").is_dir() == (kind == "openvino")
     again = engines.build(kind, network, spec, "fp32")(x)  # read back: same files, same outputs
-    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == cached
+    assert engine_files() == cached
     assert torch.equal(first, again)
     with torch.no_grad():
         network.conv_final[-1].conv.bias.add_(1.0)  # other weights: another engine, never the stale one
     changed = engines.build(kind, network, spec, "fp32")(x)
-    assert len(list((tmp_path / "cache").iterdir())) == 2 * len(cached)
+    assert len(engine_files()) == 2 * len(cached)
     assert (changed - first).abs().max() > 0.5
     torch.testing.assert_close(changed, network(x), atol=1e-4, rtol=1e-4)
     monkeypatch.setenv("MEDSIGHT_ENGINE_CACHE", "off")
@@ -199,3 +203,32 @@ def test_a_damaged_engine_cache_entry_is_converted_again(tmp_path, monkeypatch):
     xml = next((tmp_path / "cache").glob("*.xml"))
     xml.write_text("<net truncated")
     torch.testing.assert_close(engines.build("openvino", network, spec, "fp32")(x), first)
+
+
+def test_auto_times_the_engines_once_and_remembers_the_faster(tmp_path, monkeypatch):
+    """``--engine auto`` on a CPU: PyTorch and OpenVINO are timed on the task's typical input; the faster is
+    remembered in the engine cache (a second run measures nothing); with the cache off, PyTorch."""
+    import json
+
+    from monai.networks.nets import SegResNet
+
+    from medsight import engines
+
+    monkeypatch.setenv("MEDSIGHT_ENGINE_CACHE", str(tmp_path / "cache"))
+    torch.manual_seed(0)
+    network = SegResNet(spatial_dims=3, init_filters=8, in_channels=2, out_channels=3).eval()
+    spec, probe = engines.NetworkInput(torch.randn(1, 2, 16, 16, 16)), torch.randn(2, 2, 32, 32, 32)
+    choice = engines.faster(network, spec, probe, "fp32", channels_last=False)
+    notes = list((tmp_path / "cache").glob("choice-*.json"))
+    assert len(notes) == 1
+    note = json.loads(notes[0].read_text())
+    assert choice == note["engine"] == min(note["seconds"], key=note["seconds"].get)
+    assert note["input"] == [2, 2, 32, 32, 32] and set(note["seconds"]) == {"torch", "openvino"}
+
+    def no_conversion(*args, **kwargs):
+        raise AssertionError("measured again")
+
+    monkeypatch.setattr(engines, "build", no_conversion)
+    assert engines.faster(network, spec, probe, "fp32", channels_last=False) == choice
+    with pytest.raises(AssertionError):  # another precision is another measurement
+        engines.faster(network, spec, probe, "bf16", channels_last=True)
