@@ -292,7 +292,8 @@ def cmd_compress(args) -> int:
                           "--calibration", "command line")
     label = compress(Path(args.checkpoint), args.method, out, Path(args.data or args.calibration),
                      calibration=Path(args.calibration) if args.calibration else None, samples=args.samples,
-                     amount=args.amount, finetune_epochs=args.finetune_epochs, split=args.split)
+                     amount=args.amount, finetune_epochs=args.finetune_epochs, split=args.split,
+                     student=args.student)
     before, after = label["before"], label["after"]
     log.info(f"{'':18s} {'before':>14s} {'after':>14s}")
     log.info(f"{'engine':18s} {before['engine']:>14s} {after['engine']:>14s}")
@@ -300,6 +301,9 @@ def cmd_compress(args) -> int:
              f"(fp32 weights alone {label['fp32_weights_bytes'] / 1e6:.2f} MB: "
              f"{label['size_ratio_vs_fp32_weights']:.3f}x)")
     log.info(f"{'evaluate cases/s':18s} {before['cases_per_second']:14.3f} {after['cases_per_second']:14.3f}")
+    if "parameters" in label:
+        log.info(f"{'parameters':18s} {label['parameters']['teacher']:14,d} {label['parameters']['student']:14,d}   "
+                 f"({label['student']}, trained in {label['distill']['training_seconds']:.0f} s)")
     for key, value in before["metrics"].items():
         if isinstance(value, float) and isinstance(after["metrics"].get(key), float):
             log.info(f"{key:18s} {value:14.4f} {after['metrics'][key]:14.4f}")
@@ -375,9 +379,10 @@ def add_commands(sub, task_options: set[str] = frozenset()) -> None:
     predict.add_argument("--precision", choices=["fp32", "bf16", "fp16", "auto"])
     predict.add_argument("--batch-size", type=int, help="items per batch (default: the task picks one for the device)")
     predict.add_argument("--engine", choices=ENGINE_CHOICES, default="auto",
-                         help="what runs the network: torch, onnxruntime or openvino (CPU); auto (default): "
-                              "OpenVINO on a CPU when installed, else torch. The sliding window, box decoding "
-                              "and writers are the same code for every engine")
+                         help="what runs the network: torch, onnxruntime or openvino (CPU); auto (default): on "
+                              "a CPU, the faster of torch and OpenVINO for this network, timed once and remembered "
+                              "in the engine cache. The sliding window, box decoding and writers are the same code "
+                              "for every engine")
     predict.add_argument("--dicom", action="store_true",
                          help="also write DICOM objects for viewers, referencing a DICOM input's series "
                               "(segmentation: DICOM SEG of the regions; detection: DICOM SEG of the marks)")
@@ -394,18 +399,23 @@ def add_commands(sub, task_options: set[str] = frozenset()) -> None:
     export.add_argument("--out", required=True)
     export.set_defaults(func=cmd_export)
 
-    compressing = sub.add_parser("compress", help="int8, half-precision weights or pruning, measured before "
-                                                  "and after on a validation split")
+    compressing = sub.add_parser("compress", help="int8, half-precision weights, pruning or distillation into "
+                                                  "another network, measured before and after on a split")
     compressing.add_argument("--checkpoint", required=True)
-    compressing.add_argument("--method", required=True, choices=["int8", "fp16", "bf16", "prune"])
+    compressing.add_argument("--method", required=True, choices=["int8", "fp16", "bf16", "prune", "distill"])
     compressing.add_argument("--out", required=True, help="the compressed checkpoint")
-    compressing.add_argument("--data", help="dataset whose validation split measures before and after "
+    compressing.add_argument("--data", help="dataset whose --split measures before and after "
                                             "(default: --calibration)")
-    compressing.add_argument("--calibration", help="int8: dataset whose training split calibrates; prune: the "
-                                                   "fine-tuning data (default: --data)")
+    compressing.add_argument("--calibration", help="int8: dataset whose training split calibrates; prune, distill: "
+                                                   "the training data (default: --data)")
     compressing.add_argument("--samples", type=int, default=100, help="int8: network inputs to calibrate on")
     compressing.add_argument("--amount", type=float, default=0.3, help="prune: fraction of channels removed")
-    compressing.add_argument("--finetune-epochs", type=int, default=1, help="prune: epochs of fine-tuning")
+    compressing.add_argument("--finetune-epochs", type=int, help="prune: epochs of fine-tuning (default 1); "
+                                                                 "distill: epochs of training the student (default: "
+                                                                 "the source run's trainer.max_epochs)")
+    compressing.add_argument("--student", help="distill (classification): the model trained to imitate the "
+                                               "checkpoint's, a model name (medsight tasks lists them; default "
+                                               "resnet18)")
     compressing.add_argument("--split", default="val", help="split measured before and after (default val)")
     compressing.set_defaults(func=cmd_compress)
 

@@ -13,11 +13,19 @@ Methods (each writes a checkpoint that ``evaluate`` and ``predict`` take as ``--
 - ``prune``: structured pruning (torch-pruning): the ``--amount`` fraction of channels of each
   convolution with the smallest L2 norm removed (the network gets thinner, not sparse), then
   ``--finetune-epochs`` of training on the calibration data by the trainer.
+- ``distill`` (classification): knowledge distillation into another, smaller or faster network. The
+  trainer trains ``--student`` (a classification model name; default resnet18) from scratch on the
+  calibration data with the source run's config, except ``model.name`` and ``loss.distill_from`` = the
+  source checkpoint (the teacher, whose softened outputs the student also learns, see the classification
+  task's ``loss.distill_*`` keys), for ``--finetune-epochs`` (default: the source run's
+  ``trainer.max_epochs``, so the student gets the teacher's schedule and time budget). The checkpoint is
+  the student's (its best on validation), an ordinary one.
 
-Before and after, the validation split of ``--data`` is evaluated as ``medsight evaluate`` does (before:
-the source checkpoint on PyTorch, as validation measured it; after: the compressed one on its engine): the
-metrics, the evaluate throughput and the checkpoint size are written into the new checkpoint
-(``state["compression"]``) and into ``<out>.compression.json``. Sizes are compared with the source file
+Before and after, the ``--split`` (default ``val``) of ``--data`` is evaluated as ``medsight evaluate`` does
+(before: the source checkpoint on PyTorch, as validation measured it; after: the compressed one on its
+engine): the metrics, the evaluate throughput and the checkpoint size are written into the new checkpoint
+(``state["compression"]``) and into ``<out>.compression.json``; for ``distill`` also the student's name, both
+parameter counts and the training time. Sizes are compared with the source file
 and with its fp32 weights alone (a training checkpoint also holds the optimizer's state).
 """
 
@@ -41,7 +49,8 @@ from medsight.io.writers import write_json
 
 log = logging.getLogger(__name__)
 
-METHODS = ("int8", "fp16", "bf16", "prune")
+METHODS = ("int8", "fp16", "bf16", "prune", "distill")
+DEFAULT_STUDENT = "resnet18"
 #: what a compressed checkpoint keeps of its source (the rest is training state: optimizer, rng...)
 KEPT = ("task", "config", "data", "data_format", "trained_on", "started_from", "task_state", "provenance", "best")
 
@@ -178,15 +187,65 @@ def prune_and_finetune(loaded: Loaded, data: Path, amount: float, epochs: int, w
             "finetune": {"epochs": epochs, "data": str(data), "checkpoint": final.name}}
 
 
+def check_distillable(loaded: Loaded, student: str) -> None:
+    from medsight.models import models
+
+    if loaded.task.name != "classification":
+        raise ConfigError(f"--method distill is for classification checkpoints, this one is {loaded.task.name}",
+                          loaded.path)
+    models("classification").check(student, key="--student")
+
+
+def distill(loaded: Loaded, teacher: Path, data: Path, student: str, epochs: int, work: Path) -> tuple[dict, dict]:
+    """Train ``student`` from scratch with the trainer on ``data``, learning the teacher's outputs too (the
+    teacher's run config, ``epochs`` epochs): returns the student's checkpoint, to save as it is, and what
+    was done."""
+    from medsight.cli import main
+    from medsight.config import to_yaml
+
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "config.yaml").write_text(to_yaml(loaded.task.config))
+    log.info(f"distill: training {student} for {epochs} epoch(s) on {data}, taught by {teacher}")
+    started = time.perf_counter()
+    status = main(["train", "classification", "--data", str(data), "--config", str(work / "config.yaml"),
+                   "--out", str(work / "run"), f"model.name={student}", "model.init_weights=null",
+                   "trainer.init_weights=null", f"loss.distill_from={Path(teacher).resolve()}",
+                   f"trainer.max_epochs={epochs}"], nested=True)
+    seconds = time.perf_counter() - started
+    folder = work / "run" / "checkpoints"
+    final = folder / "best.pt" if (folder / "best.pt").is_file() else folder / "last.pt"
+    if status != 0 or not final.is_file():
+        raise MedsightError(f"training the student failed (exit {status})", data)
+    trained = checkpoint.load(final)
+    state = {key: trained[key] for key in KEPT if key in trained}
+    state["model"] = checkpoint.model_weights(trained)
+    settings = trained["config"]["loss"]
+    return state, {"epochs": epochs, "data": str(data), "checkpoint": final.name, "training_seconds": round(seconds, 1),
+                   "weight": settings["distill_weight"], "temperature": settings["distill_temperature"]}
+
+
+def parameter_count(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
 def compress(source: Path, method: str, out: Path, data: Path, calibration: Path | None = None,
-             samples: int = 100, amount: float = 0.3, finetune_epochs: int = 1, split: str = "val",
-             baseline_engine: str = "torch") -> dict:
+             samples: int = 100, amount: float = 0.3, finetune_epochs: int | None = None, split: str = "val",
+             baseline_engine: str = "torch", student: str | None = None) -> dict:
+    """``finetune_epochs``: prune's fine-tuning (default 1) or distill's training (default: the source run's
+    ``trainer.max_epochs``); ``student``: distill's model name (default resnet18)."""
     if method not in METHODS:
         raise ConfigError(f"unknown method {method!r} (one of {', '.join(METHODS)})", "command line")
+    if student is not None and method != "distill":
+        raise ConfigError("--student is for --method distill", "command line")
     loaded = load_for_inference(source)
     if loaded.model is None:
         raise ConfigError(f"already compressed ({loaded.engine} engine): compress the checkpoint it came from",
                           source)
+    if method == "distill":
+        student = student or DEFAULT_STUDENT
+        check_distillable(loaded, student)
+    if finetune_epochs is None:
+        finetune_epochs = loaded.task.config.trainer.max_epochs if method == "distill" else 1
     calibration = calibration or data
     fp32_bytes = sum(v.numel() * 4 if torch.is_floating_point(v) else v.numel() * v.element_size()
                      for v in loaded.model.state_dict().values())  # the source's, before pruning thins it
@@ -199,8 +258,10 @@ def compress(source: Path, method: str, out: Path, data: Path, calibration: Path
             state["engine"] = int8_engine(loaded, calibration_inputs(loaded, calibration, samples))
         elif method in ("fp16", "bf16"):
             state["model"] = half_weights(loaded.state, torch.float16 if method == "fp16" else torch.bfloat16)
-        else:
+        elif method == "prune":
             state.update(prune_and_finetune(loaded, calibration, amount, finetune_epochs, work / "finetune"))
+        else:
+            state, training = distill(loaded, source, calibration, student, finetune_epochs, work / "distill")
         state["compression"] = {"method": method, "source": str(source), "before": before.row()}
         checkpoint.save(state, out)
         after = measure(out, data, split, baseline_engine if method != "int8" else "auto", work / "after")
@@ -210,6 +271,9 @@ def compress(source: Path, method: str, out: Path, data: Path, calibration: Path
              "speed_ratio": round(before.seconds / after.seconds, 3) if after.seconds else None,
              "metric_change": {k: round(after.metrics[k] - v, 4) for k, v in before.metrics.items()
                                if isinstance(v, float) and isinstance(after.metrics.get(k), float)}}
+    if method == "distill":
+        label.update(student=student, distill=training, parameters={
+            "teacher": parameter_count(loaded.model), "student": parameter_count(load_for_inference(out).model)})
     state["compression"] = label
     checkpoint.save(state, out)  # the label, both sides measured, inside the checkpoint too
     write_json(label, out.with_name(out.name + ".compression.json"))

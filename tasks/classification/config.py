@@ -107,10 +107,22 @@ class ClassificationLoss:
     #: weigh positives by negatives/positives per label, counted on the training split (bce; ce: class weights)
     pos_weight: bool = False
     focal_gamma: float = 2.0
+    #: knowledge distillation: a classification checkpoint (the teacher) whose outputs on the same training
+    #: pictures the model also learns (``medsight compress --method distill`` sets it); null = none. Read when
+    #: training starts or resumes; evaluate and predict never load it.
+    distill_from: Optional[str] = None
+    #: loss = (1 - distill_weight) * the loss above + distill_weight * the distillation term
+    distill_weight: float = 0.5
+    #: both networks' logits are divided by it before the distillation term (softer targets), which is scaled
+    #: by its square so that its gradients keep their size
+    distill_temperature: float = 2.0
 
     def __post_init__(self):
         choice("loss.name", self.name, ("auto", "bce", "focal", "ce"))
         positive("loss.focal_gamma", self.focal_gamma, allow_zero=True)
+        positive("loss.distill_temperature", self.distill_temperature)
+        if not 0 <= self.distill_weight <= 1:
+            raise ConfigError(f"loss.distill_weight must be in [0, 1], got {self.distill_weight}")
 
 
 @dataclass

@@ -1,5 +1,6 @@
 """Losses for imbalanced labels: BCE-with-logits (optional per-label ``pos_weight``), focal loss
-(MONAI's), softmax cross-entropy for single-label data (optional class weights)."""
+(MONAI's), softmax cross-entropy for single-label data (optional class weights); and the knowledge
+distillation term that pulls a model's outputs toward a teacher's."""
 
 from __future__ import annotations
 
@@ -53,3 +54,24 @@ def classification_loss(logits: torch.Tensor, target: torch.Tensor, name: str, m
         focal = FocalLoss(use_softmax=not multi_label, gamma=focal_gamma, weight=weight, reduction="mean")
         return focal(logits, target)
     raise ValueError(f"unknown loss {name!r}")
+
+
+def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, multi_label: bool,
+                      temperature: float = 2.0) -> torch.Tensor:
+    """How far the student's outputs lie from the teacher's, both logits (B, K), softened by ``temperature``
+    and scaled by its square (Hinton et al. 2015), in float32; 0 when the two agree.
+
+    Single-label: KL(softmax(teacher / T) || softmax(student / T)), per picture. Multi-label: per label, the
+    KL divergence between the two Bernoulli distributions sigmoid(teacher / T) and sigmoid(student / T), i.e.
+    BCE-with-logits against the teacher's probabilities less that target's own entropy (same gradient).
+    """
+    student, teacher = student_logits.float() / temperature, teacher_logits.float() / temperature
+    if multi_label:
+        target = torch.sigmoid(teacher)
+        divergence = (nn.functional.binary_cross_entropy_with_logits(student, target)
+                      - nn.functional.binary_cross_entropy_with_logits(teacher, target))
+    else:
+        divergence = nn.functional.kl_div(nn.functional.log_softmax(student, dim=1),
+                                          nn.functional.log_softmax(teacher, dim=1), reduction="batchmean",
+                                          log_target=True)
+    return divergence * temperature ** 2

@@ -29,7 +29,8 @@ from medsight.tasks.classification import outputs
 from medsight.tasks.classification.cam import GradCamMaps
 from medsight.tasks.classification.config import ClassificationConfig
 from medsight.tasks.classification.labels import LabelSet, label_set
-from medsight.tasks.classification.losses import class_weights, classification_loss, loss_name, positive_weights
+from medsight.tasks.classification.losses import (class_weights, classification_loss, distillation_loss, loss_name,
+                                                  positive_weights)
 from medsight.tasks.classification.metrics import DEFAULT_THRESHOLD, choose_thresholds, summarise
 from medsight.tasks.classification.models import last_feature_map_layer
 from medsight.tasks.classification.sampling import inverse_frequency_weights, per_group_weights
@@ -96,6 +97,7 @@ class XrayClassification(Task):
         super().__init__(config)
         self._cam: GradCamMaps | None = None
         self._cam_model: nn.Module | None = None
+        self._teacher: nn.Module | None = None  # loss.distill_from, loaded at the first training step
 
     # -- labels -----------------------------------------------------------------------------------
     @property
@@ -229,7 +231,26 @@ class XrayClassification(Task):
         multi = self.labels.multi_label
         loss = classification_loss(logits, batch["label"], loss_name(self.config.loss.name, multi), multi,
                                    self.state.get("loss_weights"), self.config.loss.focal_gamma)
-        return StepOutput(loss=loss, batch_size=len(logits))
+        settings = self.config.loss
+        if not settings.distill_from:
+            return StepOutput(loss=loss, batch_size=len(logits))
+        distill = distillation_loss(logits, self._teacher_logits(batch["image"]), multi, settings.distill_temperature)
+        weight = settings.distill_weight
+        return StepOutput(loss=(1 - weight) * loss + weight * distill, batch_size=len(logits),
+                          logs={"label_loss": loss.detach(), "distill_loss": distill.detach()})
+
+    def _teacher_logits(self, images: torch.Tensor) -> torch.Tensor:
+        """The teacher's logits (B, K) for the student's batch. Each process (DDP rank) loads its own frozen
+        copy, unwrapped, on the batch's device; a resumed run reloads it from the config."""
+        from medsight.tasks.classification.teacher import load_teacher
+
+        settings = self.config.loss
+        if self._teacher is None:
+            self._teacher = load_teacher(settings.distill_from, self.config, self.labels).to(images.device)
+            log.info(f"distilling from {settings.distill_from} (weight {settings.distill_weight}, "
+                     f"temperature {settings.distill_temperature})")
+        with torch.no_grad():
+            return self._teacher(images)
 
     def validation_step(self, model: nn.Module, batch: dict) -> dict[str, list]:
         probabilities = self._probabilities(model(batch["image"])).cpu().numpy()
@@ -307,6 +328,12 @@ class XrayClassification(Task):
     def example_input(self) -> torch.Tensor:
         size = self.config.data.image_size
         return torch.zeros(1, self.config.data.channels, size, size)
+
+    def engine_probe(self) -> torch.Tensor:
+        """One CPU predict batch of pictures."""
+        size = self.config.data.image_size
+        return torch.randn(self.predict_batch_size(torch.device("cpu")), self.config.data.channels, size, size,
+                           generator=torch.Generator().manual_seed(0))
 
     @classmethod
     def demo_inputs(cls, data: Path) -> list[str]:
