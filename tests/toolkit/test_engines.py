@@ -222,7 +222,9 @@ def test_auto_times_the_engines_once_and_remembers_the_faster(tmp_path, monkeypa
     notes = list((tmp_path / "cache").glob("choice-*.json"))
     assert len(notes) == 1
     note = json.loads(notes[0].read_text())
-    assert choice == note["engine"] == min(note["seconds"], key=note["seconds"].get)
+    seconds = note["seconds"]
+    assert choice == note["engine"] == ("openvino" if seconds["openvino"] < engines.OPENVINO_MARGIN * seconds["torch"]
+                                        else "torch")
     assert note["input"] == [2, 2, 32, 32, 32] and set(note["seconds"]) == {"torch", "openvino"}
 
     def no_conversion(*args, **kwargs):
