@@ -133,25 +133,28 @@ def report(best_name: str, best_seconds: float, best_network_seconds: float, alo
         print(f"  {name:40s} {seconds:8.3f} s   ceiling {best_seconds / seconds:5.2f}x")
     print(f"best reference row ({best_name}): {best_seconds:.3f} s{per}, of which {best_network_seconds:.3f} s "
           f"({100 * best_network_seconds / best_seconds:.0f} %) in its network and {around:.3f} s around it")
+    lean = best_seconds / (alone[fastest] + around)
     print(f"ceiling: a pipeline with NOTHING around the network, on the fastest engine here ({fastest}), "
           f"would take {alone[fastest]:.3f} s{per} = {ceiling:.2f}x the best reference "
-          f"(target {target}x: {'within reach' if ceiling >= target else 'out of reach for any pipeline'})")
+          f"(target {target}x: {'within reach' if ceiling >= target else 'out of reach for any pipeline'}); "
+          f"one that spends the best reference's own {around:.3f} s around it (reading, preprocessing, writing): "
+          f"{lean:.2f}x")
     for name, (seconds, engine) in (rows or {}).items():
         if engine in alone:
             print(f"  {name}: {seconds:.3f} s{per}, of which about {alone[engine]:.3f} s in the network ({engine}) "
                   f"and {seconds - alone[engine]:.3f} s around it (the best reference: {around:.3f} s)")
     return {"best_reference": best_name, "best_reference_seconds": best_seconds,
             "best_reference_network_seconds": best_network_seconds, "network_alone": alone,
-            "fastest_engine": fastest, "ceiling": ceiling}
+            "fastest_engine": fastest, "ceiling": ceiling, "ceiling_with_reference_pipeline": lean}
 
 
-def default_engine(loaded) -> str:
-    """The ``engine_calls`` row that ``medsight predict`` runs by default (engine auto, the task's precision and
-    layout) for ``loaded`` on this CPU."""
+def default_engine(loaded, precision: str | None = None, engine: str = "auto") -> str:
+    """The ``engine_calls`` row that ``medsight predict [--precision P] [--engine E]`` runs for ``loaded`` on this
+    CPU (default: engine auto, the task's precision and layout)."""
     from medsight.inference import auto_engine, inference_runtime
 
-    runtime = inference_runtime(loaded.task, "cpu", None, "predict")
-    if auto_engine(loaded, runtime) != "torch":
+    runtime = inference_runtime(loaded.task, "cpu", precision, "predict")
+    if (auto_engine(loaded, runtime) if engine == "auto" else engine) != "torch":
         return f"openvino {runtime.precision}"
     name = "torch fp32" if runtime.precision == "fp32" else f"torch {runtime.precision} autocast"
     return name + (" + channels-last" if runtime.channels_last else "")

@@ -349,7 +349,7 @@ def main() -> int:
     count = len(paths)
     per_picture = {name: seconds / count for name, seconds in alone.items()}
     engine_of = {"medsight default (engine auto)": default_engine(loaded),
-                 f"medsight torch {bf16}": "torch bf16 autocast + channels-last" if native_bf16 else "torch fp32",
+                 f"medsight torch {bf16}": default_engine(loaded, bf16, "torch"),
                  "medsight torch fp32": "torch fp32", "medsight openvino fp32": "openvino fp32",
                  "medsight openvino bf16": "openvino bf16", "medsight int8 (compressed, openvino)": "int8 (compressed, openvino)"}
     report(f"{best_name} (this pass: {speed:.1f} images/s)", 1 / base, recorder.seconds / count * (speed * (1 / base)),

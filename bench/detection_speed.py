@@ -311,7 +311,7 @@ def main() -> int:
     alone = network_alone(engine_calls(loaded.task, loaded.model, int8, native), recorder.inputs, args.repeats)
     per_scan = {name: seconds / len(inputs) for name, seconds in alone.items()}
     engine_of = {"medsight default (engine auto)": default_engine(loaded), "medsight torch fp32": "torch fp32",
-                 "medsight torch bf16": "torch bf16 autocast + channels-last" if native else "torch fp32",
+                 "medsight torch bf16": default_engine(loaded, "bf16" if native else "fp32", "torch"),
                  "medsight openvino fp32": "openvino fp32", "medsight openvino bf16": "openvino bf16",
                  "medsight int8 (compress, openvino)": "int8 (compressed, openvino)"}
     report(best_ref, medians[best_ref], recorder.seconds / recorded_seconds * medians[best_ref], per_scan,

@@ -408,7 +408,7 @@ def main() -> int:
     alone = network_alone(calls, recorder.inputs, args.repeats)
     native = cpu_has_native_bf16()
     engine_of = {"ms-default": default_engine(loaded),
-                 "ms-torch-bf16": "torch bf16 autocast + channels-last" if native else "torch fp32",
+                 "ms-torch-bf16": default_engine(loaded, "bf16" if native else "fp32", "torch"),
                  "ms-torch-fp32": "torch fp32",
                  "ms-ov-fp32": "openvino fp32", "ms-ov-bf16": "openvino bf16", "ms-int8": "int8 (compressed, openvino)"}
     ceiling = report(LABELS[best_ref], best, results[best_ref]["network_seconds"], alone, recorder.inputs,
