@@ -144,6 +144,17 @@ def channels_last_(module: nn.Module) -> nn.Module:
     return module
 
 
+def channels_last_format(module: nn.Module) -> torch.memory_format | None:
+    """The channels-last format ``module``'s convolution weights were put in (``channels_last_``), or None.
+    A network fed views of a channels-last tensor (sliding-window windows) gets them reordered inside
+    every convolution; one reorder per window, before the network, is cheaper."""
+    for weight in module.parameters():
+        if weight.dim() in (4, 5) and weight.shape[1] > 1 and weight.shape[2:].numel() > 1:
+            layout = torch.channels_last if weight.dim() == 4 else torch.channels_last_3d
+            return layout if weight.is_contiguous(memory_format=layout) and not weight.is_contiguous() else None
+    return None
+
+
 def to_channels_last(tensor: torch.Tensor) -> torch.Tensor:
     """A 4-D or 5-D tensor with unambiguous channels-last strides (other tensors unchanged)."""
     if tensor.dim() == 4:

@@ -25,6 +25,7 @@ from medsight.io.readers import check_volume_path
 from medsight.io.readers import load as load_image
 from medsight.io.writers import write_csv, write_nifti
 from medsight.registry import register_task
+from medsight.runtime import channels_last_format
 from medsight.task import DemoSpec, Monitor, PredictionWriter, StepOutput, Task
 
 from . import plans
@@ -135,12 +136,14 @@ class BrainTumourSegmentation(Task):
         """(B, C, X, Y, Z) z-scored image -> (B, 3, X, Y, Z) sigmoid probabilities, with optional flip TTA."""
         inferer = self._inferer(model)
         image = image.as_tensor() if isinstance(image, MetaTensor) else image
+        layout = channels_last_format(model)
+        network = model if layout is None else lambda window: model(window.contiguous(memory_format=layout))
         flips = [()] if not self.config.infer.tta else [
             axes for n in range(4) for axes in itertools.combinations((2, 3, 4), n)]
         total = None
         for axes in flips:
             flipped = torch.flip(image, axes) if axes else image
-            prob = torch.sigmoid(inferer(flipped, model).float())
+            prob = torch.sigmoid(inferer(flipped, network).float())
             prob = torch.flip(prob, axes) if axes else prob
             total = prob if total is None else total + prob
         return total / len(flips)

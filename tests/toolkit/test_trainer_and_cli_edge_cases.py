@@ -118,3 +118,26 @@ def test_channels_last_gives_1x1_kernels_and_1_channel_inputs_unambiguous_channe
     picture = torch.randn(1, 1, 6, 6)
     expected = torch.nn.functional.conv2d(picture, model[0].weight.contiguous(), model[0].bias)
     assert torch.allclose(model[0](picture.to(memory_format=torch.channels_last)), expected, atol=1e-6)
+
+
+def test_a_channels_last_network_gets_each_sliding_window_reordered_once_with_the_same_probabilities():
+    """``channels_last_format`` tells a channels-last network; segmentation then hands it each window in that
+    layout (one reorder per window, not one per convolution) and its probabilities do not change."""
+    from monai.networks.nets import SegResNet
+
+    from medsight.config import resolve
+    from medsight.registry import TASKS
+    from medsight.runtime import channels_last_format
+
+    task_class = TASKS.get("segmentation")
+    task = task_class(resolve(task_class.config_class, overrides=["infer.roi_size=[16,16,16]", "infer.overlap=0.25"]))
+    torch.manual_seed(0)
+    network = SegResNet(spatial_dims=3, init_filters=8, in_channels=2, out_channels=3).eval()
+    image = torch.randn(1, 2, 24, 20, 18)
+    assert channels_last_format(network) is None
+    with torch.no_grad():
+        plain = task.probabilities(network, image)
+        Runtime("cpu", "fp32", channels_last=True, distributed=False).setup_model(network, train=False)
+        assert channels_last_format(network) == torch.channels_last_3d
+        reordered = task.probabilities(network, image.contiguous(memory_format=torch.channels_last_3d))
+    torch.testing.assert_close(reordered, plain, atol=1e-5, rtol=1e-5)
