@@ -59,7 +59,7 @@ def _cpu_times() -> tuple[float, float, float, float] | None:
 _LAST_SAMPLE = _cpu_times()
 
 
-def busy_cores(interval: float = 0.1, stale: float = 5.0) -> float | None:
+def busy_cores(interval: float = 0.1, stale: float = 15.0) -> float | None:
     """How many of the machine's cores other processes kept busy (None: unknown). Measured over the time
     since the previous call (or import), less this process's own CPU time; when that is under ``interval``
     or over ``stale`` seconds ago, over a fresh ``interval``."""
