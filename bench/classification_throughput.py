@@ -24,6 +24,9 @@ export / OpenVINO conversion is counted too) and writes predictions.csv. Rows ar
 median. Reference rows: each precision/layout with the best of ``--workers`` loader worker counts (the
 median of the best count). ratio: images/s over the best reference row's. max |dp|: the largest
 difference of any probability from the reference fp32 row's, same picture, same label.
+
+After the table: the network alone (``_network_alone.py``), each engine on the inputs the best reference
+row fed its network, and the ceiling any pipeline running this network could reach against that row.
 """
 
 from __future__ import annotations

@@ -23,6 +23,9 @@ the comparison removes that known half-voxel offset.
 Without ``--checkpoint`` a seeded random-init cpu-small detector is used: speed does not depend on the
 weights, but its marks are low-confidence noise that sits near every threshold (agreement of reduced
 precisions and int8 is then a worst case). int8 calibrates on a small synthetic LUNA16 set.
+
+After the table: the network alone (``_network_alone.py``), each engine on the inputs the best reference
+row fed its network, and the ceiling any pipeline running this network could reach against that row.
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ roi / overlap / sw_batch_size / blend mode, sigmoid + threshold, ``Invertd`` bac
 ``nibabel`` to write the label map. Variants: fp32; ``torch.autocast("cpu", dtype=torch.bfloat16)``; each
 with the network and its windows in ``channels_last_3d``. Ratios are against the FASTEST reference row.
 
-medsight rows: ``predict`` with the default engine (``auto``: OpenVINO on a CPU when installed) and
+medsight rows: ``predict`` with the default engine (``auto``: the faster of PyTorch and OpenVINO, timed) and
 precision, then each engine explicitly (torch bf16 / fp32, ONNX Runtime fp32, OpenVINO fp32 / bf16), and
 the ``medsight compress --method int8`` checkpoint (compressed inside the bench, calibrated on a small
 synthetic BraTS dataset or on ``--calibration DATA``; or ``--int8-checkpoint``). The overlay picture that
@@ -41,6 +41,9 @@ weights; agreement does: give a trained ``--checkpoint`` for the agreement that 
 
 Without ``--case`` it uses the real BraTS 2023 case in ../shared/data (four modalities, 240 x 240 x 155)
 when present, else a full-size synthetic case.
+
+After the table: the network alone (``_network_alone.py``), each engine on the inputs the best reference
+row fed its network, and the ceiling any pipeline running this network could reach against that row.
 """
 
 from __future__ import annotations

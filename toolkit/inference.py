@@ -103,7 +103,7 @@ def auto_engine(loaded: Loaded, runtime: Runtime) -> str:
                           runtime.precision, runtime.channels_last)
 
 
-def network(loaded: Loaded, runtime: Runtime, precision: str | None) -> torch.nn.Module:
+def network(loaded: Loaded, runtime: Runtime) -> torch.nn.Module:
     """The model predict and evaluate run: the torch model set up by ``runtime``, or the task's model with
     its network run by an inference engine (``loaded.engine``; see medsight.engines)."""
     from medsight import engines
@@ -122,7 +122,7 @@ def network(loaded: Loaded, runtime: Runtime, precision: str | None) -> torch.nn
     reason = task.engine_unsupported()
     if reason:
         raise ConfigError(f"--engine {kind}: {reason}; use --engine torch", "command line")
-    asked = precision or getattr(getattr(task.config, "infer", None), "precision", None) or "auto"
+    asked = runtime.precision  # as PyTorch would run it: --precision, else predict's infer.precision or training's
     if loaded.model is None:
         engine = engines.from_files(loaded.state["engine"], asked, loaded.path)
         skeleton = build_model(task)
@@ -143,7 +143,7 @@ def evaluate(loaded: Loaded, data: Path, split: str, out: Path, device: str | No
     if not records:
         raise DataError(f"no records in split {split!r}", data)
     runtime = inference_runtime(task, device, precision, "evaluate")
-    model = network(loaded, runtime, precision)
+    model = network(loaded, runtime)
     dataset = make_dataset(records, task.transforms("val"), task.config.data, None, cache=False)
     started = time.perf_counter()
     outputs = run_validation(task, model, dataset, task.config, runtime, desc=f"evaluate {split}")
@@ -209,7 +209,7 @@ def predict(loaded: Loaded, inputs: list[str], out: Path, images: dict[str, str]
         except MedsightError as exc:
             report.failures.append(str(exc))
     runtime = inference_runtime(task, device, precision, "predict")
-    model = network(loaded, runtime, precision)
+    model = network(loaded, runtime)
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     writer = task.prediction_writer(out, options)
