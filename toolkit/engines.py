@@ -17,8 +17,8 @@ its network was (``Task.with_engine``).
   also pays a start-up per process): both are timed once on the task's typical input
   (``Task.engine_probe``: a window, a batch of pictures) and the choice is remembered in the engine cache.
   There is no rule that holds for every network: on 2 cores with native bf16, OpenVINO bf16 ran DenseNet121
-  1.6x and the cpu-small RetinaNet 1.5x faster than PyTorch bf16 + channels-last, and SegResNet 1.2x
-  slower (the network-alone tables of bench/*_speed.py). PyTorch where OpenVINO is not installed, on
+  and the cpu-small RetinaNet 1.5x faster than PyTorch bf16 + channels-last, and the BraTS-bundle
+  SegResNet no faster (0.96-0.81x; the network-alone tables of bench/*_speed.py). PyTorch where OpenVINO is not installed, on
   GPUs, where the engine cache is off (no conversion to pay for every run) and where the options need
   PyTorch's gradients (Grad-CAM).
 
