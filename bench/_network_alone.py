@@ -56,26 +56,18 @@ class NetworkTimer:
         self._handles = []
 
 
-def _channels_last(x: torch.Tensor) -> torch.Tensor:
-    if x.dim() == 4:
-        return x.contiguous(memory_format=torch.channels_last)
-    if x.dim() == 5:
-        return x.contiguous(memory_format=torch.channels_last_3d)
-    return x
-
-
 def torch_call(module: nn.Module, bf16: bool, channels_last: bool) -> Callable[[torch.Tensor], object]:
-    """``module`` run as the references run it: no_grad, optional bf16 autocast and channels-last."""
+    """``module`` run as medsight's PyTorch path runs it (``Runtime``): optional bf16 autocast and channels-last."""
     import copy
 
-    module = copy.deepcopy(module).float().eval()
-    if channels_last:
-        module = module.to(memory_format=torch.channels_last_3d if any(
-            p.dim() == 5 for p in module.parameters()) else torch.channels_last)
+    from medsight.runtime import Runtime
+
+    runtime = Runtime("cpu", "bf16" if bf16 else "fp32", channels_last, distributed=False)
+    model = runtime.setup_model(copy.deepcopy(module).float().eval(), train=False)
 
     def call(x: torch.Tensor):
-        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            return module(_channels_last(x) if channels_last else x)
+        with torch.no_grad(), runtime.autocast():
+            return model(runtime.to_device(x))
 
     return call
 

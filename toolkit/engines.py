@@ -203,7 +203,7 @@ def faster(module: nn.Module, spec: NetworkInput, probe: torch.Tensor, precision
     import copy
     import json
 
-    from medsight.runtime import channels_last_, to_channels_last
+    from medsight.runtime import Runtime
 
     folder = cache_folder()
     measured = f"{cache_key('openvino', module, spec)}|{tuple(probe.shape)}|{precision}|{channels_last}|{_threads()}"
@@ -214,14 +214,12 @@ def faster(module: nn.Module, spec: NetworkInput, probe: torch.Tensor, precision
             return json.loads(note.read_text())["engine"]
         except (OSError, ValueError, KeyError):
             pass  # a damaged note: measure again
-    model = copy.deepcopy(module).float().eval()
-    if channels_last:
-        channels_last_(model)
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    runtime = Runtime("cpu", precision, channels_last, distributed=False)  # as predict runs PyTorch
+    model = runtime.setup_model(copy.deepcopy(module).float().eval(), train=False)
 
     def torch_run(x: torch.Tensor):
-        with torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
-            return model(to_channels_last(x) if channels_last else x)
+        with runtime.autocast():
+            return model(runtime.to_device(x))
 
     seconds = {}
     for name, run in (("torch", torch_run), ("openvino", build("openvino", module, spec, precision))):
