@@ -60,7 +60,7 @@ def torch_call(module: nn.Module, bf16: bool, channels_last: bool) -> Callable[[
     """``module`` run as medsight's PyTorch path runs it (``Runtime``): optional bf16 autocast and channels-last."""
     import copy
 
-    from medsight.runtime import Runtime
+    from medsight.core.runtime import Runtime
 
     runtime = Runtime("cpu", "bf16" if bf16 else "fp32", channels_last, distributed=False)
     model = runtime.setup_model(copy.deepcopy(module).float().eval(), train=False)
@@ -75,8 +75,7 @@ def torch_call(module: nn.Module, bf16: bool, channels_last: bool) -> Callable[[
 def engine_calls(task, model: nn.Module, compressed=None, native_bf16: bool = True) -> dict[str, Callable]:
     """name -> a call of the task's network (``task.export_module``) on one input, per engine medsight offers.
     ``compressed``: a Loaded compressed checkpoint, whose engine is added as "int8 (compressed)"."""
-    from medsight import engines
-
+    from medsight.inference import engines
     module = task.export_module(model).float().eval()
     calls = {"torch fp32": torch_call(module, False, False),
              "torch fp32 + channels-last": torch_call(module, False, True)}
@@ -143,7 +142,7 @@ def report(best_name: str, best_seconds: float, best_network_seconds: float, alo
 def default_engine(loaded, precision: str | None = None, engine: str = "auto") -> str:
     """The ``engine_calls`` row that ``medsight predict [--precision P] [--engine E]`` runs for ``loaded`` on this
     CPU (default: engine auto, the task's precision and layout)."""
-    from medsight.inference import auto_engine, inference_runtime
+    from medsight.inference.predict import auto_engine, inference_runtime
 
     runtime = inference_runtime(loaded.task, "cpu", precision, "predict")
     if (auto_engine(loaded, runtime) if engine == "auto" else engine) != "torch":

@@ -19,9 +19,9 @@ from pathlib import Path
 import torch
 
 import medsight  # noqa: F401
-from medsight.cli import main as medsight_main
-from medsight.registry import DATASETS
-from medsight.runlog import read
+from medsight.cli.main import main as medsight_main
+from medsight.core.registry import DATASETS
+from medsight.training.runlog import read
 
 TARGET_AUROC = 0.95
 BUDGET_S = 600.0

@@ -37,7 +37,7 @@ import time
 from pathlib import Path
 
 import medsight  # noqa: F401
-from medsight.cli import main as medsight_main
+from medsight.cli.main import main as medsight_main
 from medsight.datasets.chestxray14 import FINDINGS
 
 BINARY_TARGET = 0.70

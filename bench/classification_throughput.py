@@ -46,11 +46,11 @@ import torch
 import torch.nn.functional as F
 
 import medsight  # noqa: F401
-from medsight import checkpoint
-from medsight.config import resolve, to_dict
-from medsight.inference import load_for_inference, predict
-from medsight.registry import DATASETS
-from medsight.runtime import cpu_has_native_bf16
+from medsight.core import checkpoint
+from medsight.core.config import resolve, to_dict
+from medsight.inference.predict import load_for_inference, predict
+from medsight.core.registry import DATASETS
+from medsight.core.runtime import cpu_has_native_bf16
 from medsight.tasks.classification import XrayClassification
 from medsight.tasks.classification.config import ClassificationConfig
 from medsight.tasks.classification.labels import LabelSet
@@ -176,7 +176,7 @@ def medsight_pass(checkpoint_path: Path, folder: Path, out: Path, engine: str, p
 
 
 def int8_checkpoint(source: Path, calibration: Path, out: Path, samples: int) -> tuple[Path, dict]:
-    from medsight.compress import compress
+    from medsight.compression.compress import compress
 
     started = time.perf_counter()
     # measured before/after on the test split: a small dataset's validation split may be empty

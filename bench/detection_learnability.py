@@ -20,8 +20,8 @@ import time
 from pathlib import Path
 
 import medsight  # noqa: F401
-from medsight.cli import main as medsight_main
-from medsight.registry import DATASETS
+from medsight.cli.main import main as medsight_main
+from medsight.core.registry import DATASETS
 
 TARGET_CPM = 0.80
 BUDGET_CPU_MINUTES = 20.0

@@ -43,10 +43,10 @@ import numpy as np
 import torch
 
 import medsight  # noqa: F401
-from medsight.config import resolve
-from medsight.inference import Loaded, load_for_inference, predict
-from medsight.registry import DATASETS, TASKS
-from medsight.runtime import cpu_has_native_bf16
+from medsight.core.config import resolve
+from medsight.inference.predict import Loaded, load_for_inference, predict
+from medsight.core.registry import DATASETS, TASKS
+from medsight.core.runtime import cpu_has_native_bf16
 
 from _network_alone import NetworkTimer, default_engine, engine_calls, network_alone, report  # bench/, beside this script
 
@@ -189,9 +189,9 @@ ROWS = {  # name: ("ref", bf16) or ("ms", engine, precision)
 
 def int8_checkpoint(loaded: Loaded, args, work: Path) -> Path:
     """``medsight compress --method int8`` of the bench's checkpoint (saved first when random-init)."""
-    from medsight import checkpoint
-    from medsight.compress import compress
-    from medsight.config import to_dict
+    from medsight.core import checkpoint
+    from medsight.compression.compress import compress
+    from medsight.core.config import to_dict
 
     source = Path(args.checkpoint) if args.checkpoint else checkpoint.save(
         {"task": "detection", "config": to_dict(loaded.task.config), "task_state": loaded.task.state,

@@ -51,9 +51,9 @@ from pathlib import Path
 
 import medsight  # noqa: F401
 import torch
-from medsight import checkpoint
-from medsight.config import resolve
-from medsight.registry import TASKS
+from medsight.core import checkpoint
+from medsight.core.config import resolve
+from medsight.core.registry import TASKS
 
 QUIET = ["trainer.progress=never", "trainer.tensorboard=false", "trainer.channels_last=true"]
 # per task: synthetic data, profile, steps per epoch (a cap below the data's own), size overrides
@@ -181,7 +181,7 @@ def resume_check(name: str, base: list[str], work: Path) -> dict:
 
 def loader_alone(name: str, profile: str, overrides: list[str], data: Path, work: Path) -> float:
     """Samples/s of the training loader by itself over two epochs, as the trainer builds it (no model run)."""
-    from medsight.trainer import Trainer
+    from medsight.training.trainer import Trainer
 
     task_class = TASKS.get(name)
     config = resolve(task_class.config_class, profile=task_class.profiles[profile],

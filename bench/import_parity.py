@@ -26,7 +26,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from medsight.cli import main as medsight  # noqa: E402
+from medsight.cli.main import main as medsight  # noqa: E402
 from tests.tasks import test_import as fixtures  # noqa: E402
 
 
@@ -65,7 +65,7 @@ def chexnet(work: Path) -> tuple[str, torch.nn.Module, Path]:
     net = fixtures.chexnet_network()
     source = fixtures.save_chexnet_checkpoint(net, work / "model.pth.tar")
     assert medsight(["import", str(source), "--out", str(work / "chexnet.pt")]) == 0
-    from medsight.registry import DATASETS
+    from medsight.core.registry import DATASETS
 
     data = DATASETS.get("chestxray14")().synth(work / "cxr", cases=8, seed=2, size=224)
     pictures = sorted(data.glob("images_*/images/*.png"))
@@ -90,7 +90,7 @@ def txrv(work: Path) -> str:
     torch.manual_seed(4)
     torch.save(xrv.models.DenseNet(weights=None), work / name)
     assert medsight(["import", str(work / name), "--out", str(work / "xrv.pt"), "--format", "txrv"]) == 0
-    from medsight.registry import DATASETS
+    from medsight.core.registry import DATASETS
 
     pictures = sorted(DATASETS.get("chestxray14")().synth(work / "cxr", cases=8, seed=2, size=224)
                       .glob("images_*/images/*.png"))

@@ -40,9 +40,9 @@ import numpy as np
 import torch
 
 import medsight  # noqa: F401  (compatibility step before torchvision)
-from medsight.config import resolve
-from medsight.data import make_dataset
-from medsight.picture_cache import cached_loader
+from medsight.core.config import resolve
+from medsight.data.loading import make_dataset
+from medsight.data.picture_cache import cached_loader
 
 TARGET_PICTURES = 10.0
 TARGET_VOLUMES = 1 / 3
@@ -183,8 +183,8 @@ def epoch_seconds(dataset) -> float:
 
 
 def volume_task(name: str, data: Path, overrides: list[str]):
-    from medsight.dataset_format import open_dataset
-    from medsight.registry import TASKS
+    from medsight.data.formats import open_dataset
+    from medsight.core.registry import TASKS
 
     task_class = TASKS.get(name)
     task = task_class(resolve(task_class.config_class, overrides=overrides))

@@ -29,8 +29,8 @@ import time
 from pathlib import Path
 
 import medsight  # noqa: F401
-from medsight.config import resolve
-from medsight.registry import DATASETS, TASKS
+from medsight.core.config import resolve
+from medsight.core.registry import DATASETS, TASKS
 
 QUIET = ["trainer.progress=never", "trainer.tensorboard=false"]
 

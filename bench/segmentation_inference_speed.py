@@ -4,7 +4,7 @@ What is timed, for every row, is the job as a user runs it on one BraTS-size cas
 by default): read the NIfTI files, preprocess, sliding-window inference, invert the preprocessing onto the
 input grid, threshold, write the label map NIfTI. Loading the checkpoint is not timed (on either side);
 converting the network for an engine (ONNX export, OpenVINO conversion and compilation) happens inside
-``medsight.inference.predict``: predict caches the converted network (the engine cache), so the timed runs
+``medsight.inference.predict.predict``: predict caches the converted network (the engine cache), so the timed runs
 read it back, as every predict after a model's first does; the row "engine converted in the run" empties
 the cache for each run and so times the conversion too.
 
@@ -61,11 +61,11 @@ import numpy as np
 import torch
 
 import medsight  # noqa: F401
-from medsight import checkpoint
-from medsight.config import resolve, to_dict
-from medsight.inference import Loaded, load_for_inference, predict
-from medsight.registry import DATASETS, TASKS
-from medsight.runtime import cpu_has_native_bf16
+from medsight.core import checkpoint
+from medsight.core.config import resolve, to_dict
+from medsight.inference.predict import Loaded, load_for_inference, predict
+from medsight.core.registry import DATASETS, TASKS
+from medsight.core.runtime import cpu_has_native_bf16
 
 from _network_alone import NetworkTimer, default_engine, engine_calls, network_alone, report  # bench/, beside this script
 
@@ -132,7 +132,7 @@ class Reference:
                                       NormalizeIntensityd, Orientationd, Spacingd)
 
         from medsight.datasets import brats
-        from medsight.transforms import BackgroundToZerod
+        from medsight.data.transforms import BackgroundToZerod
 
         data, infer = config.data, config.infer
         steps = [LoadImaged("image", image_only=True), EnsureChannelFirstd("image"),
@@ -217,7 +217,7 @@ def medsight_run(loaded: Loaded, precision: str | None, case: Path, out: Path, s
 def make_int8(source: Path, calibration: Path | None, samples: int, work: Path) -> Path:
     """``medsight compress --method int8`` of ``source``, calibrated on ``calibration`` (default: a small
     synthetic 4-modality BraTS dataset; the random default checkpoint's val split is its first case)."""
-    from medsight.compress import compress
+    from medsight.compression.compress import compress
 
     if calibration is None:
         calibration = DATASETS.get("brats")().synth(work / "calibration", cases=4, shape=(128, 128, 96))

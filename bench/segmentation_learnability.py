@@ -13,7 +13,7 @@ import shutil
 import time
 from pathlib import Path
 
-from medsight.cli import main as medsight
+from medsight.cli.main import main as medsight
 
 
 def run(argv: list[str]) -> None:

@@ -18,7 +18,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from medsight.inference import evaluate, load_for_inference
+from medsight.inference.predict import evaluate, load_for_inference
 
 SHOWN = ("dice_ET", "dice_TC", "dice_WT", "hd95_ET", "hd95_TC", "hd95_WT")
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from medsight.cli import main as medsight
+from medsight.cli.main import main as medsight
 from medsight.datasets.brats import find_cases
 
 HERE = Path(__file__).resolve().parents[1]

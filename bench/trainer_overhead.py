@@ -18,11 +18,11 @@ import torch
 from torch import nn
 
 import medsight  # noqa: F401
-from medsight.config import LoaderConfig, TaskConfig, resolve
-from medsight.registry import register_task
-from medsight.runtime import Runtime
+from medsight.core.config import LoaderConfig, TaskConfig, resolve
+from medsight.core.registry import register_task
+from medsight.core.runtime import Runtime
 from medsight.task import Monitor, StepOutput, Task
-from medsight.trainer import Trainer
+from medsight.training.trainer import Trainer
 
 IMAGE = 64
 

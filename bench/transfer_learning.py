@@ -25,7 +25,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from medsight.cli import main as medsight  # noqa: E402
+from medsight.cli.main import main as medsight  # noqa: E402
 from tests.tasks import test_import as fixtures  # noqa: E402
 
 

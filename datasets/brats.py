@@ -26,12 +26,12 @@ from typing import Optional
 import nibabel as nib
 import numpy as np
 
-from medsight.dataset_format import DatasetFormat, Problem, SplitOptions
+from medsight.data.formats import DatasetFormat, Problem, SplitOptions
 from medsight.datasets.conventions import CONVENTIONS, DEFAULT_CONVENTION, LabelConvention
 from medsight.datasets.schemas import MRI_CASES
 from medsight.datasets.splits import fold_of
 from medsight.errors import ConfigError, DataError
-from medsight.registry import register_dataset
+from medsight.core.registry import register_dataset
 
 ROLES = ("t1", "t1c", "t2", "flair")
 REGIONS = ("ET", "TC", "WT")

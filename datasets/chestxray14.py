@@ -23,13 +23,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from medsight.dataset_format import DatasetFormat, Problem, SplitOptions, missing_files
+from medsight.data.formats import DatasetFormat, Problem, SplitOptions, missing_files
 from medsight.datasets.folders import unreadable_image
 from medsight.datasets.schemas import LABELLED_PICTURES
 from medsight.datasets.splits import TEST_SEED, held_out, split_by_group, validation_split
 from medsight.errors import DataError
 from medsight.io.writers import write_text
-from medsight.registry import register_dataset
+from medsight.core.registry import register_dataset
 
 FINDINGS: tuple[str, ...] = (
     "Atelectasis",

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from medsight.dataset_format import DatasetFormat, Problem, SplitOptions, missing_files
+from medsight.data.formats import DatasetFormat, Problem, SplitOptions, missing_files
 from medsight.datasets.schemas import LABELLED_PICTURES
 from medsight.datasets.splits import (
     canonical_split,
@@ -34,7 +34,7 @@ from medsight.datasets.splits import (
 )
 from medsight.errors import ConfigError, DataError
 from medsight.io.writers import write_csv
-from medsight.registry import register_dataset
+from medsight.core.registry import register_dataset
 
 TEST_FRACTION = 0.2
 POSITIVE = {"1", "1.0", "true", "yes", "y", "positive"}

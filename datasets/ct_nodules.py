@@ -26,7 +26,7 @@ import pydicom
 import SimpleITK as sitk
 from pydicom.errors import InvalidDicomError
 
-from medsight.dataset_format import DatasetFormat, Problem
+from medsight.data.formats import DatasetFormat, Problem
 from medsight.datasets.luna16 import (
     ANNOTATION_COLUMNS,
     annotation_problems,
@@ -37,9 +37,9 @@ from medsight.datasets.luna16 import (
 from medsight.datasets.schemas import NODULE_SCANS
 from medsight.datasets.splits import fold_of
 from medsight.errors import DataError
-from medsight.geometry import affine_from_itk, voxel_to_world
+from medsight.core.geometry import affine_from_itk, voxel_to_world
 from medsight.io.writers import write_csv
-from medsight.registry import register_dataset
+from medsight.core.registry import register_dataset
 
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".mhd", ".mha", ".nrrd", ".nhdr")
 FOLDS = 10

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from medsight.dataset_format import DatasetFormat, Problem, SplitOptions
+from medsight.data.formats import DatasetFormat, Problem, SplitOptions
 from medsight.datasets.schemas import LABELLED_PICTURES
 from medsight.datasets.splits import (
     SPLIT_NAMES,
@@ -35,7 +35,7 @@ from medsight.datasets.splits import (
 )
 from medsight.errors import DataError
 from medsight.io.readers import DICOM_SUFFIXES, PICTURE_SUFFIXES
-from medsight.registry import register_dataset
+from medsight.core.registry import register_dataset
 
 IMAGE_SUFFIXES = tuple(f".{s}" for s in PICTURE_SUFFIXES + DICOM_SUFFIXES)
 TEST_FRACTION = 0.2

@@ -14,13 +14,13 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from medsight.dataset_format import DatasetFormat, Problem, SplitOptions
+from medsight.data.formats import DatasetFormat, Problem, SplitOptions
 from medsight.datasets.schemas import NODULE_SCANS
 from medsight.datasets.splits import validation_split
 from medsight.errors import DataError
-from medsight.geometry import affine_from_itk, voxel_to_world, world_to_voxel
+from medsight.core.geometry import affine_from_itk, voxel_to_world, world_to_voxel
 from medsight.io.writers import write_csv
-from medsight.registry import register_dataset
+from medsight.core.registry import register_dataset
 
 ANNOTATION_COLUMNS = ("seriesuid", "coordX", "coordY", "coordZ", "diameter_mm")
 CANDIDATE_COLUMNS = ("seriesuid", "coordX", "coordY", "coordZ", "class")

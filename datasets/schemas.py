@@ -7,7 +7,7 @@ carries ``group``: the patient, scan or case that splits keep whole.
 
 from __future__ import annotations
 
-from medsight.dataset_format import RecordSchema
+from medsight.data.formats import RecordSchema
 
 #: chest X-rays and other 2D pictures with label names; ``metadata``: the label set
 LABELLED_PICTURES = RecordSchema(

@@ -24,7 +24,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from medsight.registry import DATASETS  # noqa: E402
+from medsight.core.registry import DATASETS  # noqa: E402
 
 
 @dataclass

@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 
 import medsight  # noqa: F401
-from medsight.cli import main as medsight_main
+from medsight.cli.main import main as medsight_main
 from medsight.datasets.ct_nodules import nodules_from_mask
-from medsight.geometry import world_to_voxel
+from medsight.core.geometry import world_to_voxel
 from medsight.io.readers import load
 
 LUNG1 = Path("ct/pyradiomics_lung1")

@@ -26,9 +26,9 @@ import highdicom as hd  # noqa: E402
 import nibabel as nib  # noqa: E402
 import pydicom  # noqa: E402
 
-from medsight.cli import main  # noqa: E402
+from medsight.cli.main import main  # noqa: E402
 from medsight.datasets.conventions import CONVENTIONS  # noqa: E402
-from medsight.geometry import voxel_to_world  # noqa: E402
+from medsight.core.geometry import voxel_to_world  # noqa: E402
 from tests.toolkit.test_dicom_out import (  # noqa: E402
     NEEDLES,
     dicom_mri_case,

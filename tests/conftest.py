@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import medsight  # noqa: F401  (first: makes torchvision importable with a CPU torch)
-from medsight.registry import DATASETS
+from medsight.core.registry import DATASETS
 
 REPO = Path(__file__).resolve().parents[1]
 

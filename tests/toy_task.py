@@ -17,8 +17,8 @@ import torch
 from monai.transforms import Compose, EnsureTyped, RandGaussianNoised
 from torch import nn
 
-from medsight.config import LoaderConfig, TaskConfig
-from medsight.registry import register_task
+from medsight.core.config import LoaderConfig, TaskConfig
+from medsight.core.registry import register_task
 from medsight.task import Monitor, StepOutput, Task
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import tests.toy_task  # noqa: E402,F401
-from medsight.cli import main  # noqa: E402
+from medsight.cli.main import main  # noqa: E402
 
 if __name__ == "__main__":
     raise SystemExit(main())

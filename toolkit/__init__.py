@@ -1,35 +1,34 @@
 """medsight: deep learning for chest X-rays, lung-nodule CT and brain-tumour MRI.
 
-Importing medsight first makes torchvision importable with a CPU-only torch (see ``_compat``); that is
-its only import-time side effect.
+The Python API is what the command line calls (``medsight.train``, ``medsight.load(...).predict``, ...); its
+names are imported on first use, so ``import medsight`` stays light. Importing medsight has one side effect:
+torchvision, whenever something first imports it, is made importable with a CPU-only torch (``_compat``).
 """
 
-from medsight._compat import ensure_torchvision_importable
+from medsight._compat import make_torchvision_importable_on_first_import
+from medsight.core.version import __version__
+from medsight.errors import CheckpointError, ConfigError, DataError, MedsightError, TaskError, TrainingError
 
-ensure_torchvision_importable()
+make_torchvision_importable_on_first_import()
 
-from importlib.metadata import PackageNotFoundError, version  # noqa: E402
+#: public name -> the module that defines it (imported when the name is first used)
+_API = {}
 
-from medsight.errors import (  # noqa: E402
-    CheckpointError,
-    ConfigError,
-    DataError,
-    MedsightError,
-    TaskError,
-    TrainingError,
-)
 
-try:
-    __version__ = version("medsight")
-except PackageNotFoundError:  # running from a source tree that is not installed
-    __version__ = "0+unknown"
+def __getattr__(name: str):
+    module = _API.get(name)
+    if module is None:
+        raise AttributeError(f"module 'medsight' has no attribute {name!r}")
+    import importlib
 
-__all__ = [
-    "CheckpointError",
-    "ConfigError",
-    "DataError",
-    "MedsightError",
-    "TaskError",
-    "TrainingError",
-    "__version__",
-]
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_API))
+
+
+__all__ = ["CheckpointError", "ConfigError", "DataError", "MedsightError", "TaskError", "TrainingError",
+           "__version__", *_API]

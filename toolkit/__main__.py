@@ -1,3 +1,3 @@
-from medsight.cli import main
+from medsight.cli.main import main
 
 raise SystemExit(main())

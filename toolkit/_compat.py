@@ -8,17 +8,19 @@ which is built against CUDA torch. Its ``_C`` extension then fails to load, and
 import-time registrations need is enough for everything medsight uses: MONAI does its own NMS,
 and no compiled torchvision kernel is ever called.
 
-This must run before anything imports torchvision, so ``medsight/__init__.py`` calls it first.
-Where the extension loads (matching torch and torchvision), it does nothing.
+This must run before anything imports torchvision. ``import medsight`` therefore installs a one-shot import
+hook (``make_torchvision_importable_on_first_import``) that runs it just before torchvision's first import,
+whoever imports it (segmentation-models-pytorch, timm, MONAI): torch itself is imported only then, so a
+command that never needs torchvision starts without it. Where the extension loads (matching torch and
+torchvision), it does nothing.
 """
 
 from __future__ import annotations
 
+import importlib.abc
 import importlib.util
 import sys
 from pathlib import Path
-
-import torch
 
 # Schemas as torchvision's C++ sources define them (csrc/ops/nms.cpp, csrc/ops/quantized/cpu/qnms_kernel.cpp).
 _SCHEMAS = {
@@ -27,10 +29,12 @@ _SCHEMAS = {
 }
 
 # A torch.library.Library drops its definitions when garbage-collected: keep it for the process.
-_LIBRARY: torch.library.Library | None = None
+_LIBRARY = None
 
 
 def _operator_exists(name: str) -> bool:
+    import torch
+
     try:
         torch._C._get_schema(f"torchvision::{name}", "")
     except RuntimeError:
@@ -40,6 +44,8 @@ def _operator_exists(name: str) -> bool:
 
 def _extension_loads(package_dir: Path) -> bool:
     """Try to load torchvision's compiled ops the way torchvision itself does."""
+    import torch
+
     for library in sorted(package_dir.glob("_C*.so")) + sorted(package_dir.glob("_C*.pyd")):
         try:
             torch.ops.load_library(str(library))
@@ -68,8 +74,32 @@ def ensure_torchvision_importable() -> bool:
     missing = [schema for name, schema in _SCHEMAS.items() if not _operator_exists(name)]
     if not missing:
         return False
+    import torch
+
     library = torch.library.Library("torchvision", "FRAGMENT")
     for schema in missing:
         library.define(schema)
     _LIBRARY = library
     return True
+
+
+class _BeforeTorchvision(importlib.abc.MetaPathFinder):
+    """Runs ``ensure_torchvision_importable`` when ``torchvision`` is first imported, then steps aside (it finds
+    nothing itself: the import goes on through the usual finders)."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name == "torchvision":
+            _remove_hook()
+            ensure_torchvision_importable()
+        return None
+
+
+def _remove_hook() -> None:
+    sys.meta_path[:] = [finder for finder in sys.meta_path if not isinstance(finder, _BeforeTorchvision)]
+
+
+def make_torchvision_importable_on_first_import() -> None:
+    """Install the hook (once); where torchvision is already imported, there is nothing left to do."""
+    if "torchvision" in sys.modules or any(isinstance(f, _BeforeTorchvision) for f in sys.meta_path):
+        return
+    sys.meta_path.insert(0, _BeforeTorchvision())

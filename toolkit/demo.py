@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from medsight.io.writers import write_text
-from medsight.registry import TASKS
+from medsight.core.registry import TASKS
 
 log = logging.getLogger(__name__)
 CHECKPOINT = "<checkpoint>"
@@ -42,7 +42,7 @@ def _checkpoint(run: Path) -> Path:
 
 
 def _run(argv: list[str]) -> int:
-    from medsight.cli import main
+    from medsight.cli.main import main
 
     log.info(f"\n$ medsight {shlex.join(argv)}")
     return main(argv, nested=True)
@@ -116,7 +116,7 @@ def run_demo(out: Path, tasks: list[str] | None = None, quick: bool = False) -> 
             if status != 0:
                 failed.append(f"{name}: `medsight {shlex.join(argv)}` exited with {status}")
                 break
-        from medsight.report import write_report
+        from medsight.reporting.report import write_report
 
         report = write_report(run, title=f"medsight demo: {name}") if run.exists() else None
         result = DemoResult(name, run, report, time.perf_counter() - started, status, task.monitor.metric,

@@ -17,7 +17,7 @@ needs: label order, thresholds, label convention) is then set exactly once, eith
     class BrainTumourSegmentation(Task):
         config_class = SegmentationConfig
         schema = MRI_CASES                     # the records it reads
-        model_family = "segmentation"          # medsight.models registry it builds from
+        model_family = "segmentation"          # medsight.core.models registry it builds from
         def learn_state(self, data): ...        # fresh training only
         def records(self, data, split): ...     # default: data.records(split)
         def transforms(self, stage): ...
@@ -41,8 +41,8 @@ from typing import Any, ClassVar, Literal
 import torch
 from torch import nn
 
-from medsight.config import TaskConfig
-from medsight.dataset_format import DataSource, RecordSchema, open_dataset
+from medsight.core.config import TaskConfig
+from medsight.data.formats import DataSource, RecordSchema, open_dataset
 from medsight.errors import TaskError
 
 Stage = Literal["train", "val", "infer"]
@@ -126,7 +126,7 @@ class Task:
     profiles: ClassVar[dict[str, dict]] = {}
     #: the record schema this task reads; None = the task reads its data without dataset formats
     schema: ClassVar[RecordSchema | None] = None
-    #: the ``medsight.models`` family ``build_model`` creates from (``medsight tasks`` lists its names)
+    #: the ``medsight.core.models`` family ``build_model`` creates from (``medsight tasks`` lists its names)
     model_family: ClassVar[str | None] = None
     monitor: ClassVar[Monitor] = Monitor("loss", "min")
     demo: ClassVar[DemoSpec | None] = None
@@ -233,9 +233,9 @@ class Task:
         return model
 
     def network_input(self):
-        """What the export module takes (``medsight.engines.NetworkInput``): an example batch, and whether
+        """What the export module takes (``medsight.inference.engines.NetworkInput``): an example batch, and whether
         its spatial size varies at run time. Default: ``example_input()``, batch axis dynamic only."""
-        from medsight.engines import NetworkInput
+        from medsight.inference.engines import NetworkInput
 
         return NetworkInput(self.example_input())
 
@@ -280,7 +280,7 @@ class Task:
         return self.planner
 
     def fingerprint_case(self, record: dict) -> dict:
-        """One case measured (``medsight.plans``): at least ``spacing_mm`` and ``shape``; read as training reads."""
+        """One case measured (``medsight.planning.plans``): at least ``spacing_mm`` and ``shape``; read as training reads."""
         return self._planner().fingerprint_case(self, record)
 
     def summarise_fingerprint(self, cases: list[dict]) -> dict:

@@ -18,7 +18,7 @@ import numpy as np
 import SimpleITK as sitk
 from pydicom.uid import generate_uid
 
-from medsight.geometry import affine_from_itk, voxel_to_world
+from medsight.core.geometry import affine_from_itk, voxel_to_world
 
 UID_PREFIX = "1.3.6.1.4.1.14519.5.2.1.6279.6001."  # the LIDC-IDRI root that LUNA16 uids share
 

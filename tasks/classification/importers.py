@@ -20,7 +20,7 @@ import torch
 
 from medsight.datasets.chestxray14 import FINDINGS
 from medsight.errors import ConfigError
-from medsight.importers import Imported, ModelImporter, load_tensors, register_importer
+from medsight.sources.importers import Imported, ModelImporter, load_tensors, register_importer
 
 #: CheXNet's CLASS_NAMES: the same order as ChestX-ray14's findings here
 CHEXNET_LABELS = tuple(FINDINGS)

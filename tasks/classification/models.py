@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from medsight.errors import CheckpointError
-from medsight.models import Provider, create_model, models, register_model
+from medsight.core.models import Provider, create_model, models, register_model
 
 
 class SimpleCNN(nn.Module):

@@ -17,13 +17,13 @@ import torch
 from monai.transforms import Compose, EnsureTyped
 from torch import nn
 
-from medsight import transforms as T
-from medsight.dataset_format import DataSource
+from medsight.data import transforms as T
+from medsight.data.formats import DataSource
 from medsight.datasets.schemas import LABELLED_PICTURES
 from medsight.errors import DataError
-from medsight.models import create_model
-from medsight.picture_cache import CachedPicturesd
-from medsight.registry import register_task
+from medsight.core.models import create_model
+from medsight.data.picture_cache import CachedPicturesd
+from medsight.core.registry import register_task
 from medsight.task import DemoSpec, Monitor, PredictionWriter, StepOutput, Task
 from medsight.tasks.classification import outputs
 from medsight.tasks.classification.cam import GradCamMaps
@@ -143,7 +143,7 @@ class XrayClassification(Task):
         # Pictures need no geometry past loading: plain tensors skip MetaTensor bookkeeping in every
         # later transform (about a third of the per-picture cost of predict).
         decode = [*T.load("image", kind="picture"), EnsureTyped("image", dtype=torch.float32, track_meta=False)]
-        if d.cache == "pictures":  # decoded, gray and resized once (medsight.picture_cache), uint8
+        if d.cache == "pictures":  # decoded, gray and resized once (medsight.data.picture_cache), uint8
             stored = d.cache_size or size
             steps = [CachedPicturesd("image", Compose([*decode, *T.resize("image", size=(stored, stored))]), stored)]
             if stored != size or d.normalize != "picture":

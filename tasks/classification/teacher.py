@@ -8,7 +8,7 @@ from pathlib import Path
 
 from torch import nn
 
-from medsight import checkpoint
+from medsight.core import checkpoint
 from medsight.errors import ConfigError
 from medsight.tasks.classification.config import ClassificationConfig
 from medsight.tasks.classification.labels import LabelSet
@@ -20,7 +20,7 @@ INPUT_SETTINGS = ("image_size", "channels", "normalize", "intensity_percentiles"
 def load_teacher(path: str | Path, config: ClassificationConfig, labels: LabelSet) -> nn.Module:
     """The teacher's network (its EMA weights when its run kept them) in eval mode with no gradients, on the
     CPU in float32; ConfigError when it cannot stand in for this run's model on this run's pictures."""
-    from medsight.inference import load_for_inference
+    from medsight.inference.predict import load_for_inference
 
     where = f"loss.distill_from={path}"
     if not Path(path).is_file():

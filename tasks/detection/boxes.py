@@ -1,9 +1,9 @@
-"""Nodules in world mm <-> boxes in the voxels of an image, through ``medsight.geometry`` only.
+"""Nodules in world mm <-> boxes in the voxels of an image, through ``medsight.core.geometry`` only.
 
 A nodule is a LUNA16 row: centre (x, y, z) in world mm, LPS, and a diameter in mm. A box is MONAI's
 ``StandardMode`` ``[x0, y0, z0, x1, y1, z1]`` in voxel-edge coordinates of the image array: voxel
 ``i`` spans ``[i, i + 1)``, so a continuous voxel index ``c`` (voxel centres at integers, the
-convention of ``medsight.geometry``) sits at box coordinate ``c + 0.5``. MONAI's box flips, 90-degree
+convention of ``medsight.core.geometry``) sits at box coordinate ``c + 0.5``. MONAI's box flips, 90-degree
 rotations, crops and zooms use the same convention, which keeps the centre exact through them.
 
 The box of a nodule is the cube around its centre whose side along each array axis is the diameter
@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from monai.transforms import MapTransform
 
-from medsight.geometry import voxel_size_mm, voxel_to_world, world_to_voxel
+from medsight.core.geometry import voxel_size_mm, voxel_to_world, world_to_voxel
 
 #: box coordinate of the centre of voxel 0 (voxel-edge convention); MONAI Model Zoo's
 #: lung_nodule_ct_detection was trained with boxes whose coordinates put voxel centres at integers (0.0):

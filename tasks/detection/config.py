@@ -10,11 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
-from medsight.config import LoaderConfig, OptimConfig, TaskConfig, TrainerConfig, choice, positive
-from medsight.dataset_format import check_format_name
+from medsight.core.config import LoaderConfig, OptimConfig, TaskConfig, TrainerConfig, choice, positive
+from medsight.data.formats import check_format_name
 from medsight.datasets.schemas import NODULE_SCANS
 from medsight.errors import ConfigError
-from medsight.models import models as registry
+from medsight.core.models import models as registry
 
 #: ResNet depth -> (block type, blocks per stage), as in MONAI's and torchvision's ResNets
 RESNET_DEPTHS = {

@@ -21,9 +21,9 @@ from pathlib import Path
 
 import torch
 
-from medsight.bundles import Bundle, bundle_provenance, is_bundle, read_bundle, value
+from medsight.sources.bundles import Bundle, bundle_provenance, is_bundle, read_bundle, value
 from medsight.errors import ConfigError
-from medsight.importers import Imported, ModelImporter, register_importer
+from medsight.sources.importers import Imported, ModelImporter, register_importer
 
 
 def _call_arguments(expression: str, function: str) -> dict:

@@ -17,7 +17,7 @@ from monai.networks.blocks.backbone_fpn_utils import BackboneWithFPN
 from monai.networks.nets import resnet
 from torch import nn
 
-from medsight.models import create_model, register_model
+from medsight.core.models import create_model, register_model
 
 from .config import RESNET_DEPTHS, DetectionInfer, DetectionModel, size_divisible
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medsight.geometry import voxel_size_mm, voxel_to_world, world_to_voxel
+from medsight.core.geometry import voxel_size_mm, voxel_to_world, world_to_voxel
 from medsight.io.pictures import marks_png
 from medsight.io.writers import atomic_path, write_csv, write_json
 from medsight.task import PredictionWriter

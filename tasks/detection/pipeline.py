@@ -1,7 +1,7 @@
 """Transforms per stage and batch collation.
 
 Every stage: read -> orient RAS -> resample to ``data.spacing_mm`` -> HU window to 0..1 (the shared
-builders of ``medsight.transforms``). Training then makes boxes from the nodules on the resampled
+builders of ``medsight.data.transforms``). Training then makes boxes from the nodules on the resampled
 grid and draws patches (half containing a nodule), augmented with MONAI's box-aware zoom, flips and
 90-degree rotations so that boxes move with the image.
 """
@@ -22,8 +22,7 @@ from monai.apps.detection.transforms.dictionary import (
 from monai.data import list_data_collate
 from monai.transforms import Compose, EnsureTyped, RandGaussianNoised, SelectItemsd, SpatialPadd
 
-from medsight import transforms as T
-
+from medsight.data import transforms as T
 from .boxes import NodulesToBoxesd
 from .config import DetectionData
 from .model import BOX_KEY, LABEL_KEY

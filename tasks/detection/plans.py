@@ -1,5 +1,5 @@
 """What ``medsight data fingerprint`` measures of a CT scan with nodules, and the plan made from it
-(``medsight.plans`` has the rules)."""
+(``medsight.planning.plans`` has the rules)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import math
 import numpy as np
 from monai.transforms import Compose
 
-from medsight import plans
-from medsight import transforms as T
-from medsight.geometry import voxel_size_mm, world_to_voxel
+from medsight.planning import plans
+from medsight.data import transforms as T
+from medsight.core.geometry import voxel_size_mm, world_to_voxel
 
 from .config import size_divisible
 from .pipeline import IMAGE

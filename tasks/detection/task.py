@@ -12,7 +12,7 @@ from torch import nn
 
 from medsight.datasets.schemas import NODULE_SCANS
 from medsight.errors import DataError
-from medsight.registry import register_task
+from medsight.core.registry import register_task
 from medsight.task import DemoSpec, Monitor, PredictionWriter, StepOutput, Task
 
 from . import froc, outputs, pipeline
@@ -111,7 +111,7 @@ class LungNoduleDetection(Task):
         return ExportedNetwork(model.network)
 
     def network_input(self):
-        from medsight.engines import NetworkInput
+        from medsight.inference.engines import NetworkInput
 
         return NetworkInput(self.example_input(), dynamic_spatial=True)  # whole scans when they fit the window
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
-from medsight.config import LoaderConfig, TaskConfig, choice, positive
-from medsight.dataset_format import check_format_name
+from medsight.core.config import LoaderConfig, TaskConfig, choice, positive
+from medsight.data.formats import check_format_name
 from medsight.datasets.brats import CONVENTIONS, ROLES
 from medsight.datasets.schemas import MRI_CASES
 from medsight.errors import ConfigError
-from medsight.models import models as registry
+from medsight.core.models import models as registry
 
 
 @dataclass

@@ -21,10 +21,10 @@ from pathlib import Path
 
 import torch
 
-from medsight.bundles import Bundle, bundle_provenance, is_bundle, read_bundle, value
+from medsight.sources.bundles import Bundle, bundle_provenance, is_bundle, read_bundle, value
 from medsight.datasets.brats import REGIONS
 from medsight.errors import ConfigError
-from medsight.importers import Imported, ModelImporter, register_importer
+from medsight.sources.importers import Imported, ModelImporter, register_importer
 
 #: channel names the bundles use -> medsight's roles
 ROLE_NAMES = {"t1c": "t1c", "t1ce": "t1c", "t1gd": "t1c", "t1-gd": "t1c", "t1": "t1", "t1n": "t1", "t2": "t2",

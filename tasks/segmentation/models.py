@@ -8,7 +8,7 @@ import torch
 from monai.networks.nets import DynUNet, SegResNet, UNet
 from torch import nn
 
-from medsight.models import create_model, register_model
+from medsight.core.models import create_model, register_model
 
 from .config import SegmentationModel
 

@@ -1,5 +1,5 @@
 """What ``medsight data fingerprint`` measures of a BraTS-like case, and the plan made from it
-(``medsight.plans`` has the rules)."""
+(``medsight.planning.plans`` has the rules)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import numpy as np
 import torch
 from monai.transforms import Compose
 
-from medsight import plans
-from medsight import transforms as T
-from medsight.geometry import voxel_size_mm
+from medsight.planning import plans
+from medsight.data import transforms as T
+from medsight.core.geometry import voxel_size_mm
 
 from .transforms import SelectChannelsd
 

@@ -15,17 +15,17 @@ from monai.losses import DiceLoss
 from monai.transforms import Invertd
 from torch import nn
 
-from medsight.dataset_format import DataSource
+from medsight.data.formats import DataSource
 from medsight.datasets import brats
 from medsight.datasets.schemas import MRI_CASES
 from medsight.errors import DataError
-from medsight.geometry import voxel_size_mm
+from medsight.core.geometry import voxel_size_mm
 from medsight.io.pictures import volume_overlay_png
 from medsight.io.readers import check_volume_path
 from medsight.io.readers import load as load_image
 from medsight.io.writers import write_csv, write_nifti
-from medsight.registry import register_task
-from medsight.runtime import channels_last_format
+from medsight.core.registry import register_task
+from medsight.core.runtime import channels_last_format
 from medsight.task import DemoSpec, Monitor, PredictionWriter, StepOutput, Task
 
 from . import plans
@@ -260,7 +260,7 @@ class BrainTumourSegmentation(Task):
         return ["infer.tta=true"] if command == "predict" and getattr(args, "tta", False) else []
 
     def network_input(self):
-        from medsight.engines import NetworkInput
+        from medsight.inference.engines import NetworkInput
 
         return NetworkInput(self.example_input(), dynamic_spatial=True)  # a window, or a whole small volume
 

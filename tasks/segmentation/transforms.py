@@ -8,7 +8,7 @@ import torch
 from monai.data import MetaTensor
 from monai.transforms import Compose, MapTransform, RandCropByPosNegLabeld, SpatialPadd
 
-from medsight import transforms as T
+from medsight.data import transforms as T
 from medsight.datasets.brats import CONVENTIONS
 from medsight.errors import DataError
 

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from medsight import checkpoint
-from medsight.cli import main
-from medsight.registry import DATASETS, TASKS
+from medsight.core import checkpoint
+from medsight.cli.main import main
+from medsight.core.registry import DATASETS, TASKS
 
 TASK_NAMES = [name for name in TASKS.names() if TASKS.get(name).demo is not None]
 

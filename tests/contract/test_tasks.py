@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from medsight import checkpoint
-from medsight.cli import main
-from medsight.registry import TASKS
+from medsight.core import checkpoint
+from medsight.cli.main import main
+from medsight.core.registry import TASKS
 
 
 VARIANTS: dict[str, tuple[tuple[str, ...], ...]] = {
@@ -40,7 +40,7 @@ def datasets(tmp_path_factory):
     def make(name: str) -> Path:
         spec = TASKS.get(name).demo
         if spec.dataset not in made:
-            from medsight.registry import DATASETS
+            from medsight.core.registry import DATASETS
 
             synth = dict(spec.synth, **spec.quick_synth)
             cases = synth.pop("cases", None)
@@ -89,7 +89,7 @@ def test_task_trains_resumes_evaluates_predicts_and_exports(name, variant, datas
 
 @pytest.mark.parametrize("name", TASKS.names())
 def test_every_profile_of_every_task_resolves_to_a_valid_config(name):
-    from medsight.config import resolve
+    from medsight.core.config import resolve
 
     task = TASKS.get(name)
     for profile in task.profiles.values():

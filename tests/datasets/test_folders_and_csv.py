@@ -10,7 +10,7 @@ from medsight.datasets import csv_table, folders
 from medsight.datasets.csv_table import CsvOptions
 from medsight.datasets.folders import FoldersOptions
 from medsight.errors import DataError
-from medsight.registry import DATASETS
+from medsight.core.registry import DATASETS
 
 
 def picture(path: Path, value: int = 100) -> Path:
@@ -180,7 +180,7 @@ def test_csv_validation_rows_can_be_ignored_for_a_patient_split_of_train(tmp_pat
 
 
 def test_a_synthetic_csv_set_is_detected_as_csv_not_as_a_class_folder_named_images(tmp_path):
-    from medsight.dataset_format import open_dataset
+    from medsight.data.formats import open_dataset
     from medsight.datasets.schemas import LABELLED_PICTURES
 
     data = DATASETS.get("csv")().synth(tmp_path / "S", cases=10, seed=0, size=16)

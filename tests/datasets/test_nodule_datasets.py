@@ -8,7 +8,7 @@ import pytest
 from medsight.datasets.ct_nodules import find_scans, scan_records as records, stable_fold
 from medsight.datasets.luna16 import scan_records as luna16_records
 from medsight.errors import DataError
-from medsight.registry import DATASETS
+from medsight.core.registry import DATASETS
 
 
 @pytest.fixture(scope="module")

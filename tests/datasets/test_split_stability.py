@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from medsight.dataset_format import build_options
+from medsight.data.formats import build_options
 from medsight.datasets.splits import fold_of, held_out, split_by_group, unit_hash
-from medsight.registry import DATASETS
+from medsight.core.registry import DATASETS
 
 #: per format: synth options small enough for a test, and a case count (then 10 % more)
 SETS = {

@@ -9,9 +9,9 @@ import pytest
 
 from medsight.datasets.chestxray14 import HEADER_2017
 from medsight.datasets.luna16 import find_scans, read_annotations
-from medsight.geometry import world_to_voxel
+from medsight.core.geometry import world_to_voxel
 from medsight.io.readers import load
-from medsight.registry import DATASETS
+from medsight.core.registry import DATASETS
 
 
 def digest(folder):

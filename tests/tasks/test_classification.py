@@ -13,15 +13,15 @@ import pytest
 import torch
 from PIL import Image
 
-from medsight import checkpoint
-from medsight.cli import main
-from medsight.config import resolve
+from medsight.core import checkpoint
+from medsight.cli.main import main
+from medsight.core.config import resolve
 from medsight.datasets.chestxray14 import FINDINGS
 from medsight.datasets.synth.chestxray14 import FINDING_REGIONS
 from medsight.datasets.synth.dicom import write_xray
 from medsight.errors import ConfigError, DataError
-from medsight.inference import load_for_inference
-from medsight.registry import DATASETS, TASKS
+from medsight.inference.predict import load_for_inference
+from medsight.core.registry import DATASETS, TASKS
 from medsight.tasks.classification import XrayClassification
 from medsight.tasks.classification.config import ClassificationConfig
 from medsight.tasks.classification.losses import classification_loss, positive_weights
@@ -53,7 +53,7 @@ def read_rows(path: Path) -> list[dict]:
 
 # -- registration, config -------------------------------------------------------------------------
 def test_task_is_registered_through_its_entry_point_and_reads_every_picture_format():
-    from medsight.dataset_format import formats_for
+    from medsight.data.formats import formats_for
 
     task = TASKS.get("classification")
     assert task is XrayClassification

@@ -12,16 +12,16 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from medsight.cli import main
+from medsight.cli.main import main
 from medsight.errors import ConfigError, DataError
-from medsight.geometry import affine_from_itk, voxel_size_mm, world_to_voxel
-from medsight.registry import DATASETS, TASKS
+from medsight.core.geometry import affine_from_itk, voxel_size_mm, world_to_voxel
+from medsight.core.registry import DATASETS, TASKS
 from medsight.tasks.detection import froc
 from medsight.tasks.detection.boxes import boxes_to_nodules, nodules_to_boxes
 from medsight.tasks.detection.config import DetectionConfig
 from medsight.tasks.detection.pipeline import eval_transforms, train_transforms
 
-from medsight.config import resolve
+from medsight.core.config import resolve
 
 ORIGIN_LPS = (-171.3, 88.25, -305.5)
 SPACING_MM = (0.71, 0.93, 2.5)
@@ -337,8 +337,8 @@ def test_predict_inputs_name_bad_files_and_read_series_uids(tmp_path):
 @pytest.fixture(scope="module")
 def random_checkpoint(tmp_path_factory):
     """A checkpoint of an untrained cpu-small detector (predict needs no training to be tested)."""
-    from medsight import checkpoint
-    from medsight.config import to_dict
+    from medsight.core import checkpoint
+    from medsight.core.config import to_dict
 
     task_class = TASKS.get("detection")
     cfg = resolve(task_class.config_class, profile=task_class.profiles["cpu-small"],
@@ -402,7 +402,7 @@ def test_each_predict_call_writes_only_its_own_scans_with_one_loaded_model(rando
                                                                            tmp_path):
     """A prediction run's rows belong to a writer made for that call, not to the loaded task."""
     from medsight.datasets.luna16 import find_scans
-    from medsight.inference import load_for_inference, predict
+    from medsight.inference.predict import load_for_inference, predict
 
     first, second = sorted(path for path, _ in find_scans(synth_luna16).values())[:2]
     loaded = load_for_inference(random_checkpoint, ["infer.score_threshold=0.0", "infer.overlays_per_scan=0"])

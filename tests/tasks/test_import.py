@@ -15,8 +15,8 @@ import pytest
 import torch
 from torch import nn
 
-from medsight.cli import main
-from medsight.registry import DATASETS
+from medsight.cli.main import main
+from medsight.core.registry import DATASETS
 
 # -- the MONAI Model Zoo's brats_mri_segmentation bundle ---------------------------------------------------
 #: configs/inference.json of the bundle as published (Project-MONAI/model-zoo, models/brats_mri_segmentation)
@@ -136,8 +136,7 @@ def test_an_imported_brats_bundle_predicts_what_the_bundle_itself_predicts(tmp_p
     assert "modalities by role: t1c, t1, t2, flair; output channels ['Tumor core', 'Whole tumor', " \
            "'Enhancing tumor'] reordered to ET, TC, WT" in printed
     assert "published: val_mean_dice 0.8518" in printed and "version: 0.5.3" in printed
-    from medsight import checkpoint as ckpt
-
+    from medsight.core import checkpoint as ckpt
     state = ckpt.load(checkpoint, task="segmentation")
     assert state["config"]["infer"]["roi_size"] == [240, 240, 160] and state["config"]["data"]["orient"] == ""
 
@@ -171,8 +170,7 @@ def test_an_imported_bundle_fine_tunes_on_two_modalities_chosen_by_role(tmp_path
     printed = capsys.readouterr().out
     assert "from the starting weights' config: model.name, model.init_filters" in printed
     assert "convInit.conv.weight: input channels by role ['t1c', 't1', 't2', 'flair'] -> ['flair', 't1c']" in printed
-    from medsight import checkpoint as ckpt
-
+    from medsight.core import checkpoint as ckpt
     tuned = ckpt.load(run / "checkpoints" / "last.pt")
     start = ckpt.load(imported)
     assert tuned["config"]["model"]["init_filters"] == 16 and tuned["config"]["data"]["orient"] == ""
@@ -261,7 +259,7 @@ def test_a_plain_torchvision_state_dict_imports_and_a_cam_follows_the_picture(tm
 def test_import_errors_are_one_line_naming_the_file(tmp_path, capsys, monkeypatch):
     import urllib.error
 
-    import medsight.bundles
+    import medsight.sources.bundles
 
     assert main(["import", str(tmp_path / "gone.pth.tar"), "--out", str(tmp_path / "x.pt")]) == 2
     assert capsys.readouterr().err == f"error: {tmp_path / 'gone.pth.tar'}: file or folder not found\n"
@@ -279,7 +277,7 @@ def test_import_errors_are_one_line_naming_the_file(tmp_path, capsys, monkeypatc
     def offline(url, timeout=30.0):
         raise urllib.error.URLError("no network")
 
-    monkeypatch.setattr(medsight.bundles, "_fetch", offline)
+    monkeypatch.setattr(medsight.sources.bundles, "_fetch", offline)
     assert main(["import", "monai:brats_mri_segmentation", "--out", str(tmp_path / "x.pt")]) == 2
     error = capsys.readouterr().err
     assert error.startswith("error: monai:brats_mri_segmentation: cannot reach the MONAI Model Zoo (no network): on "

@@ -10,13 +10,13 @@ import torch
 from monai.data import decollate_batch, list_data_collate
 from scipy import ndimage
 
-from medsight.config import resolve
+from medsight.core.config import resolve
 from medsight.datasets import brats
 from medsight.datasets.synth.brats import NECROSIS, OEDEMA, ET, labels_of, make_case
 from medsight.datasets.synth.dicom import write_series
 from medsight.errors import DataError, unwrap
-from medsight.geometry import voxel_to_world
-from medsight.registry import DATASETS
+from medsight.core.geometry import voxel_to_world
+from medsight.core.registry import DATASETS
 from medsight.tasks.segmentation import BrainTumourSegmentation
 from medsight.tasks.segmentation.config import SegmentationConfig
 from medsight.tasks.segmentation.metrics import HD95_ONE_EMPTY_MM, region_scores
@@ -209,7 +209,7 @@ def test_mask_predicted_on_dicom_series_lands_on_the_tumour(tmp_path):
         write_series(images[role].astype(np.float32) - 1024, origin, spacing, direction, paths[role],
                      rescale_intercept=-1024.0)
     labels = labels_of(tissue, "brats2021")
-    from medsight.geometry import affine_from_itk
+    from medsight.core.geometry import affine_from_itk
     from medsight.io.writers import write_nifti
 
     affine = affine_from_itk(origin, spacing, direction)
@@ -277,7 +277,7 @@ def test_config_refuses_unknown_roles_and_conventions():
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
     """A model trained for one quick epoch on 2021-naming synthetic data (geometry, not quality)."""
-    from medsight.cli import main
+    from medsight.cli.main import main
 
     root = tmp_path_factory.mktemp("seg")
     data = DATASETS.get("brats")().synth(root / "data", cases=3, seed=2, shape=SHAPE)
@@ -289,7 +289,7 @@ def tiny_model(tmp_path_factory):
 
 
 def test_batch_predict_goes_on_past_a_bad_case_and_lists_it(tiny_model, tmp_path, capsys):
-    from medsight.cli import main
+    from medsight.cli.main import main
 
     checkpoint, data = tiny_model
     good, bad = sorted(p for p in data.iterdir() if p.is_dir())[:2]
@@ -309,7 +309,7 @@ def test_batch_predict_goes_on_past_a_bad_case_and_lists_it(tiny_model, tmp_path
 
 
 def test_model_trained_on_2021_naming_predicts_2023_naming_on_the_inputs_grid(tiny_model, tmp_path):
-    from medsight.cli import main
+    from medsight.cli.main import main
 
     checkpoint, _ = tiny_model
     case = next(p for p in synth(tmp_path, "2023", cases=1).iterdir() if p.is_dir())
@@ -328,7 +328,7 @@ def test_model_trained_on_2021_naming_predicts_2023_naming_on_the_inputs_grid(ti
 
 
 def test_explicit_images_and_dicom_series_subfolders_are_inputs(tiny_model, tmp_path):
-    from medsight.cli import main
+    from medsight.cli.main import main
 
     checkpoint, data = tiny_model
     case = sorted(p for p in data.iterdir() if p.is_dir())[0]
@@ -341,7 +341,7 @@ def test_explicit_images_and_dicom_series_subfolders_are_inputs(tiny_model, tmp_
 
     for role, path in (("flair", flair), ("t1c", t1c)):
         image = load(path)
-        from medsight.geometry import itk_from_affine
+        from medsight.core.geometry import itk_from_affine
 
         origin, spacing, direction = itk_from_affine(image.affine.numpy())
         write_series(image[0].numpy(), origin, spacing, direction, folder / role, rescale_intercept=0.0)
@@ -353,7 +353,7 @@ def test_explicit_images_and_dicom_series_subfolders_are_inputs(tiny_model, tmp_
 
 
 def test_an_option_of_another_task_is_refused_naming_its_task(tiny_model, tmp_path, capsys):
-    from medsight.cli import main
+    from medsight.cli.main import main
 
     checkpoint, data = tiny_model
     case = sorted(p for p in data.iterdir() if p.is_dir())[0]

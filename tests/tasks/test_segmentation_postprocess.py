@@ -10,7 +10,7 @@ from monai.data import decollate_batch, list_data_collate
 from scipy import ndimage
 from torch import nn
 
-from medsight.config import resolve
+from medsight.core.config import resolve
 from medsight.datasets.synth.brats import labels_of, make_case
 from medsight.errors import CheckpointError
 from medsight.io.writers import write_nifti

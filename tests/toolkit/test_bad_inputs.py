@@ -15,10 +15,10 @@ import pytest
 import torch
 from PIL import Image
 
-from medsight.cli import main
+from medsight.cli.main import main
 from medsight.errors import DataError
-from medsight.registry import DATASETS
-from medsight.transforms import ImageGuardd
+from medsight.core.registry import DATASETS
+from medsight.data.transforms import ImageGuardd
 
 QUIET = ["trainer.progress=never", "trainer.tensorboard=false"]
 
@@ -155,9 +155,9 @@ def test_a_bad_case_stops_training_naming_it_or_is_skipped_and_counted(tmp_path,
 
 
 def test_a_4d_scan_among_good_ones_fails_alone(tmp_path, capsys):
-    from medsight import checkpoint
-    from medsight.config import resolve, to_dict
-    from medsight.registry import TASKS
+    from medsight.core import checkpoint
+    from medsight.core.config import resolve, to_dict
+    from medsight.core.registry import TASKS
 
     task_class = TASKS.get("detection")
     cfg = resolve(task_class.config_class, profile=task_class.profiles["cpu-small"],

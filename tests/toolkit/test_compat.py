@@ -8,8 +8,6 @@ from pathlib import Path
 import pytest
 
 from medsight import _compat
-
-
 def _python(code: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
 
@@ -18,6 +16,18 @@ def test_importing_medsight_first_makes_torchvision_smp_and_monai_detection_impo
     result = _python(
         "import medsight, torchvision, segmentation_models_pytorch, timm, monai.apps.detection.networks.retinanet_detector;"
         "from torchvision.ops import boxes; print('ok', torchvision.__version__)"
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.startswith("ok ")
+
+
+def test_import_medsight_does_not_import_torch_and_the_hook_runs_at_torchvisions_first_import():
+    result = _python(
+        "import sys, medsight; assert 'torch' not in sys.modules, 'torch imported';"
+        "from medsight import _compat; assert _compat._LIBRARY is None;"
+        "import torchvision; from torchvision.ops import boxes;"
+        "assert not any(isinstance(f, _compat._BeforeTorchvision) for f in sys.meta_path), 'hook left behind';"
+        "print('ok', _compat._LIBRARY is not None)"
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.startswith("ok ")
@@ -73,6 +83,7 @@ def test_the_defined_schema_accepts_the_call_torchvision_makes():
     """torchvision calls ``torch.ops.torchvision.nms(boxes, scores, iou_threshold)``: with the compatibility
     step the call binds to the schema and only then finds no kernel; with matching builds it runs."""
     import torch
+    import torchvision  # noqa: F401  (its first import is what runs the step)
 
     boxes, scores = torch.tensor([[0.0, 0, 1, 1], [0, 0, 1, 1]]), torch.tensor([0.9, 0.8])
     if _compat._LIBRARY is None:  # the extension loaded: the real operator

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from medsight import checkpoint
-from medsight.cli import main
-from medsight.config import resolve
-from medsight.registry import DATASETS
+from medsight.core import checkpoint
+from medsight.cli.main import main
+from medsight.core.config import resolve
+from medsight.core.registry import DATASETS
 from medsight.tasks.classification import XrayClassification
 from medsight.tasks.classification.config import ClassificationConfig
 from medsight.tasks.classification.losses import distillation_loss

@@ -1,8 +1,8 @@
 """`medsight demo --quick`: every registered task synthesises its data, trains, evaluates and predicts
 on inputs picked after the data exist (a task's demo inputs may list the synthetic folder)."""
 
-from medsight.cli import main
-from medsight.registry import TASKS
+from medsight.cli.main import main
+from medsight.core.registry import TASKS
 
 
 def test_quick_demo_runs_every_task_to_predictions(tmp_path, capsys):
@@ -36,7 +36,7 @@ def test_quick_demo_runs_every_task_to_predictions(tmp_path, capsys):
 
 
 def test_progress_lines_say_where_a_long_step_stands(capsys):
-    from medsight.progress import _Lines, setup_logging
+    from medsight.core.progress import _Lines, setup_logging
 
     setup_logging()
     lines = _Lines(total=40, desc="epoch 2/5", unit="batch", every_s=0.0)

@@ -13,12 +13,12 @@ import numpy as np
 import pydicom
 import torch
 
-from medsight import checkpoint
-from medsight.cli import main
-from medsight.config import resolve, to_dict
+from medsight.core import checkpoint
+from medsight.cli.main import main
+from medsight.core.config import resolve, to_dict
 from medsight.datasets.synth.dicom import write_series, write_xray
-from medsight.geometry import itk_from_affine, voxel_to_world
-from medsight.registry import TASKS
+from medsight.core.geometry import itk_from_affine, voxel_to_world
+from medsight.core.registry import TASKS
 
 #: identifier attributes of the basic de-identification profile, holding marker strings
 MARKERS = {"PatientName": "Zqxmarker^Pat", "PatientID": "ZQXID4711", "PatientBirthDate": "19010203",

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 import torch
 
-from medsight import checkpoint
-from medsight.cli import main
+from medsight.core import checkpoint
+from medsight.cli.main import main
 from medsight.datasets.chestxray14 import FINDINGS
-from medsight.registry import DATASETS
+from medsight.core.registry import DATASETS
 from tests.toolkit.test_dicom_out import random_checkpoint
 
 QUIET = ["trainer.progress=never", "trainer.tensorboard=false"]
@@ -148,8 +148,7 @@ def test_onnx_export_works_after_the_readme_install(work):
 def test_a_converted_engine_is_cached_by_its_weights(tmp_path, monkeypatch, kind):
     from monai.networks.nets import SegResNet
 
-    from medsight import engines
-
+    from medsight.inference import engines
     monkeypatch.setenv("MEDSIGHT_ENGINE_CACHE", str(tmp_path / "cache"))
     torch.manual_seed(0)
     network = SegResNet(spatial_dims=3, init_filters=8, in_channels=2, out_channels=3).eval()
@@ -193,8 +192,7 @@ def test_int8_of_a_gray_picture_model_keeps_its_single_channel_convolution_in_fl
 def test_a_damaged_engine_cache_entry_is_converted_again(tmp_path, monkeypatch):
     from monai.networks.nets import SegResNet
 
-    from medsight import engines
-
+    from medsight.inference import engines
     monkeypatch.setenv("MEDSIGHT_ENGINE_CACHE", str(tmp_path / "cache"))
     network = SegResNet(spatial_dims=3, init_filters=8, in_channels=1, out_channels=2).eval()
     spec = engines.NetworkInput(torch.randn(1, 1, 16, 16, 16))
@@ -212,8 +210,7 @@ def test_auto_times_the_engines_once_and_remembers_the_faster(tmp_path, monkeypa
 
     from monai.networks.nets import SegResNet
 
-    from medsight import engines
-
+    from medsight.inference import engines
     monkeypatch.setenv("MEDSIGHT_ENGINE_CACHE", str(tmp_path / "cache"))
     torch.manual_seed(0)
     network = SegResNet(spatial_dims=3, init_filters=8, in_channels=2, out_channels=3).eval()

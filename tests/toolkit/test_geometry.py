@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from medsight.geometry import affine_from_itk, itk_from_affine, voxel_to_world, world_to_voxel
+from medsight.core.geometry import affine_from_itk, itk_from_affine, voxel_to_world, world_to_voxel
 
 ORIGIN = (-183.25, 97.5, -312.75)
 SPACING = (0.703, 0.86, 2.5)

@@ -9,11 +9,11 @@ import pytest
 import torch
 from PIL import Image
 
-from medsight import transforms as T
-from medsight.config import resolve
-from medsight.data import SKIPPED, make_dataset
+from medsight.data import transforms as T
+from medsight.core.config import resolve
+from medsight.data.loading import SKIPPED, make_dataset
 from medsight.errors import DataError, unwrap
-from medsight.picture_cache import cached_loader, quantise
+from medsight.data.picture_cache import cached_loader, quantise
 from medsight.tasks.classification import XrayClassification
 from medsight.tasks.classification.config import ClassificationConfig
 

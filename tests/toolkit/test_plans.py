@@ -5,11 +5,11 @@ import json
 import numpy as np
 import pytest
 
-from medsight import plans
-from medsight.cli import main
-from medsight.config import resolve
+from medsight.planning import plans
+from medsight.cli.main import main
+from medsight.core.config import resolve
 from medsight.errors import ConfigError
-from medsight.registry import DATASETS, TASKS
+from medsight.core.registry import DATASETS, TASKS
 
 
 def test_target_spacing_is_the_median_and_spares_thin_slices_of_anisotropic_data():
@@ -96,8 +96,7 @@ def test_train_uses_the_plans_an_override_wins_and_the_run_records_both(two_brat
                  "--out", str(run), "data.batch_size=1", "trainer.max_epochs=1", "trainer.max_steps_per_epoch=1",
                  "model.init_filters=8", "trainer.progress=never", "trainer.tensorboard=false",
                  "trainer.val_every_n_epochs=1", "data.folds=2", "data.split_seed=1"]) == 0
-    from medsight import checkpoint
-
+    from medsight.core import checkpoint
     config = checkpoint.load(run / "checkpoints" / "last.pt", task="segmentation")["config"]
     assert config["data"]["patch_size"] == [32, 32, 32] and config["data"]["spacing_mm"] == [1.0, 1.0, 1.0]
     assert config["data"]["batch_size"] == 1  # the command line wins over the plan

@@ -4,7 +4,7 @@ wraps the reader's DataError in its own RuntimeError."""
 from monai.transforms import Compose, Lambdad
 
 from medsight.errors import DataError
-from medsight.inference import _SafeDataset
+from medsight.inference.predict import _SafeDataset
 
 
 def _refuse(path):

@@ -11,7 +11,7 @@ from pydicom.uid import JPEG2000Lossless, generate_uid
 
 from medsight.datasets.synth.dicom import write_series, write_xray
 from medsight.errors import DataError
-from medsight.geometry import voxel_to_world
+from medsight.core.geometry import voxel_to_world
 from medsight.io.readers import image_loader, image_loaderd, load
 
 from .test_geometry import oblique_direction

@@ -5,9 +5,7 @@ import os
 import pytest
 import torch
 
-from medsight import runtime
-
-
+from medsight.core import runtime
 @pytest.fixture(autouse=True)
 def restore_threads():
     before = torch.get_num_threads()

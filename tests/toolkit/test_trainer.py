@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from medsight import checkpoint
-from medsight.config import TaskConfig, resolve
-from medsight.data import partition
+from medsight.core import checkpoint
+from medsight.core.config import TaskConfig, resolve
+from medsight.data.loading import partition
 from medsight.errors import CheckpointError, ConfigError, TaskError
-from medsight.registry import TASKS, register_task
+from medsight.core.registry import TASKS, register_task
 from medsight.task import Task
 from tests.toy_task import make_toy_data
 
@@ -162,7 +162,7 @@ def test_truncated_checkpoint_is_a_clear_error(tmp_path):
 
 SAVER = textwrap.dedent("""
     import sys, torch
-    from medsight import checkpoint
+    from medsight.core import checkpoint
     path, n = sys.argv[1], 0
     while True:
         n += 1
@@ -278,9 +278,9 @@ def test_the_trainer_reads_the_device_once_per_log_interval_not_once_per_step(tm
                                                                               expected):
     """Losses stay on the device: one sync (one all-reduce under DDP) every trainer.log_every_n_steps
     optimizer steps and one at each epoch's end, never one per step (error mode)."""
-    from medsight.config import resolve
-    from medsight.runtime import Runtime
-    from medsight.trainer import Trainer
+    from medsight.core.config import resolve
+    from medsight.core.runtime import Runtime
+    from medsight.training.trainer import Trainer
     from tests.toy_task import ToyConfig, ToyRegression
 
     reads = []
@@ -301,8 +301,8 @@ def test_each_epoch_records_how_long_the_trainer_waited_for_data(tmp_path, monke
     """``data_wait_fraction``: the share of the epoch spent in the loader's ``next`` (a slowed loader shows)."""
     import json
 
-    from medsight.runtime import Runtime
-    from medsight.trainer import Trainer
+    from medsight.core.runtime import Runtime
+    from medsight.training.trainer import Trainer
     from tests.toy_task import ToyConfig, ToyRegression
 
     data = make_toy_data(tmp_path / "toy", samples=32)

@@ -8,14 +8,14 @@ import torch
 from monai.data import Dataset
 from monai.transforms import Compose, Lambdad
 
-import medsight.commands
-from medsight.cli import main
-from medsight.config import LoaderConfig, resolve
-from medsight.data import make_loader
+import medsight.cli.commands
+from medsight.cli.main import main
+from medsight.core.config import LoaderConfig, resolve
+from medsight.data.loading import make_loader
 from medsight.errors import DataError, unwrap
-from medsight.inference import _SafeDataset
-from medsight.runtime import Runtime
-from medsight.trainer import Trainer
+from medsight.inference.predict import _SafeDataset
+from medsight.core.runtime import Runtime
+from medsight.training.trainer import Trainer
 from tests.toy_task import ToyConfig, ToyRegression, make_toy_data
 
 
@@ -83,7 +83,7 @@ def test_cli_prints_a_wrapped_data_error_as_one_line_with_status_2(tmp_path, mon
         except RuntimeError as exc:
             raise RuntimeError("while exporting") from exc
 
-    monkeypatch.setattr(medsight.commands, "cmd_export", export)
+    monkeypatch.setattr(medsight.cli.commands, "cmd_export", export)
     status = main(["export", "--checkpoint", "x.pt", "--format", "onnx", "--out", str(tmp_path / "m.onnx")])
     assert status == 2
     assert capsys.readouterr().err == f"error: {tmp_path / 'a.png'}: cannot read picture (truncated)\n"
@@ -125,9 +125,9 @@ def test_a_channels_last_network_gets_each_sliding_window_reordered_once_with_th
     layout (one reorder per window, not one per convolution) and its probabilities do not change."""
     from monai.networks.nets import SegResNet
 
-    from medsight.config import resolve
-    from medsight.registry import TASKS
-    from medsight.runtime import channels_last_format
+    from medsight.core.config import resolve
+    from medsight.core.registry import TASKS
+    from medsight.core.runtime import channels_last_format
 
     task_class = TASKS.get("segmentation")
     task = task_class(resolve(task_class.config_class, overrides=["infer.roi_size=[16,16,16]", "infer.overlap=0.25"]))

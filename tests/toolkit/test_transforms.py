@@ -4,9 +4,7 @@ import numpy as np
 import torch
 from monai.transforms import Compose
 
-from medsight import transforms as T
-
-
+from medsight.data import transforms as T
 def test_constant_background_is_shifted_to_zero_and_cropping_then_keeps_the_whole_brain():
     brain = torch.zeros(1, 20, 20, 20)
     brain[0, 5:15, 4:16, 6:14] = torch.randn(10, 12, 8)  # z-scored: half the brain is negative

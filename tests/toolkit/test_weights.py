@@ -1,13 +1,13 @@
-"""The one starting-weights loader (``medsight.weights``): what it loads, adapts, skips and refuses."""
+"""The one starting-weights loader (``medsight.training.weights``): what it loads, adapts, skips and refuses."""
 
 import pytest
 import torch
 from torch import nn
 
-from medsight import checkpoint
+from medsight.core import checkpoint
 from medsight.errors import CheckpointError
 from medsight.tasks.classification.models import build_classifier
-from medsight.weights import align_names, load_initial_weights
+from medsight.training.weights import align_names, load_initial_weights
 
 
 def test_an_rgb_first_convolution_is_summed_another_head_skipped_and_everything_reported(tmp_path):

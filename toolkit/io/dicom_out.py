@@ -17,7 +17,7 @@ import numpy as np
 import pydicom
 
 from medsight.errors import DataError
-from medsight.geometry import world_to_voxel
+from medsight.core.geometry import world_to_voxel
 from medsight.io.writers import atomic_path
 
 #: removed from every object medsight writes (DICOM PS3.15 basic profile: names, dates of birth, addresses,
@@ -84,7 +84,7 @@ def write_segmentation(masks: Mapping[str, np.ndarray], affine_ras: np.ndarray, 
     import highdicom as hd
     from pydicom.sr.codedict import codes
 
-    import medsight
+    from medsight.core.version import __version__
 
     images = series_datasets(source)
     for ds in images:
@@ -110,7 +110,7 @@ def write_segmentation(masks: Mapping[str, np.ndarray], affine_ras: np.ndarray, 
             raise DataError(f"slice {ds.get('InstanceNumber', row)} lies outside the predicted grid", source)
         for index, mask in enumerate(masks.values()):
             frames[row, :, :, index] = np.asarray(mask)[:, :, k].T  # [x, y] -> rows (y), columns (x)
-    algorithm = hd.AlgorithmIdentificationSequence(name="medsight", version=str(medsight.__version__),
+    algorithm = hd.AlgorithmIdentificationSequence(name="medsight", version=str(__version__),
                                                    family=codes.cid7162.ArtificialIntelligence)
     segments = [hd.seg.SegmentDescription(
         segment_number=number, segment_label=name[:64], algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
@@ -121,7 +121,7 @@ def write_segmentation(masks: Mapping[str, np.ndarray], affine_ras: np.ndarray, 
         source_images=images, pixel_array=frames, segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=segments, series_instance_uid=hd.UID(), series_number=series_number,
         sop_instance_uid=hd.UID(), instance_number=1, manufacturer="medsight", manufacturer_model_name="medsight",
-        software_versions=str(medsight.__version__), device_serial_number="0", series_description=description[:64])
+        software_versions=str(__version__), device_serial_number="0", series_description=description[:64])
     if not keep_identifiers:
         deidentify(seg)
     with atomic_path(path) as tmp:

@@ -17,7 +17,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Circle
 
-from medsight.geometry import voxel_size_mm
+from medsight.core.geometry import voxel_size_mm
 from medsight.io.writers import atomic_path
 
 REGION_COLOURS = ("#ff3b30", "#ffcc00", "#34c759", "#0a84ff", "#bf5af2", "#ff9f0a")

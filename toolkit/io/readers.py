@@ -5,7 +5,7 @@ plugs into ``LoadImage``/``LoadImaged``; a read failure becomes a ``DataError`` 
 
 Array layout:
 - volumes (NIfTI, MHD/MHA, NRRD, DICOM series) are indexed ``[x, y, z]`` like MONAI's ITK and
-  nibabel readers; ``meta["affine"]`` maps those indices to RAS mm (see ``medsight.geometry``);
+  nibabel readers; ``meta["affine"]`` maps those indices to RAS mm (see ``medsight.core.geometry``);
 - 2D pictures (PNG/JPEG, X-ray DICOM) are indexed ``[row, column]`` like every 2D vision library,
   so weights trained elsewhere on X-rays see images the right way up.
 """
@@ -30,7 +30,7 @@ from PIL import Image
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
 from medsight.errors import DataError
-from medsight.geometry import affine_from_itk, geometry_meta
+from medsight.core.geometry import affine_from_itk, geometry_meta
 from medsight.io.dicom import _first_line, read_series
 
 from medsight.io.checks import (  # noqa: E402,F401  (suffixes and checks re-exported here)

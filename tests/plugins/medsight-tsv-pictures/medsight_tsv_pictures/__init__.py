@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from medsight.dataset_format import DatasetFormat, Problem, SplitOptions
+from medsight.data.formats import DatasetFormat, Problem, SplitOptions
 from medsight.datasets.schemas import LABELLED_PICTURES
 from medsight.datasets.splits import split_by_group
 from medsight.errors import DataError

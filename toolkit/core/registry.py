@@ -84,5 +84,5 @@ def register_task(name: str):
 
 
 def register_dataset(name: str):
-    """Register a ``medsight.dataset_format.DatasetFormat`` subclass under ``name``."""
+    """Register a ``medsight.data.formats.DatasetFormat`` subclass under ``name``."""
     return DATASETS.register(name)

@@ -157,8 +157,8 @@ def summary(values: Sequence[float]) -> dict[str, float]:
 
 def fingerprint(task, source, workers: int = 0, mode: str = "auto") -> dict[str, Any]:
     """Every training and validation case measured once (``task.fingerprint_case``), with progress."""
-    from medsight.data import Failed, map_in_workers
-    from medsight.progress import track
+    from medsight.data.loading import Failed, map_in_workers
+    from medsight.core.progress import track
 
     records = task.records(source, "train") + task.records(source, "val")
     if not records:

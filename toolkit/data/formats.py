@@ -173,7 +173,7 @@ def options_for(fmt_class: type[DatasetFormat], data_config: Any) -> Any:
 
 def build_options(fmt_class: type[DatasetFormat], values: Mapping[str, Any]) -> Any:
     """Validated options object (typed through OmegaConf, like every config)."""
-    from medsight.config import resolve_structured
+    from medsight.core.config import resolve_structured
 
     return resolve_structured(fmt_class.options_class, dict(values), source=f"data ({fmt_class.name} options)")
 
@@ -184,7 +184,7 @@ def options_from_overrides(fmt_class: type[DatasetFormat], overrides: Sequence[s
     ``train`` takes. Returns (options, ignored overrides): keys outside ``data.``, and ``data.`` keys
     that a task consuming this format knows but that do not concern reading the files, are ignored;
     other keys are errors."""
-    from medsight.config import parse_override
+    from medsight.core.config import parse_override
 
     names = [f.name for f in fields(fmt_class.options_class)]
     values: dict[str, Any] = {}
@@ -215,7 +215,7 @@ def _unknown_message(key: str, name: str, known: Sequence[str], owner: str) -> s
 # -- finding a format -----------------------------------------------------------------------------
 def formats_for(schema: RecordSchema | None) -> list[str]:
     """Names of the registered formats that produce ``schema`` (every format for None)."""
-    from medsight.registry import DATASETS
+    from medsight.core.registry import DATASETS
 
     return [name for name in DATASETS.names()
             if schema is None or getattr(DATASETS.get(name).schema, "name", None) == schema.name]
@@ -223,7 +223,7 @@ def formats_for(schema: RecordSchema | None) -> list[str]:
 
 def detect_format(root: Path, schema: RecordSchema | None = None) -> str:
     """The registered format that recognises ``root`` most surely (among those producing ``schema``)."""
-    from medsight.registry import DATASETS
+    from medsight.core.registry import DATASETS
 
     root = Path(root)
     if not root.exists():
@@ -316,7 +316,7 @@ class DataSource:
 
 def open_dataset(root: Path | str, data_config: Any, schema: RecordSchema | None) -> DataSource:
     """The DataSource a task reads: ``data.format`` (or the detected format) with options from ``data.*``."""
-    from medsight.registry import DATASETS
+    from medsight.core.registry import DATASETS
 
     root = Path(root)
     if schema is None:

@@ -9,7 +9,7 @@ from pathlib import Path
 from matplotlib.figure import Figure
 
 from medsight.io.writers import atomic_path, write_text
-from medsight.runlog import read
+from medsight.training.runlog import read
 
 MAX_PICTURES = 12
 
@@ -51,8 +51,8 @@ def _table(metrics: dict) -> str:
 
 def _origin(run_dir: Path) -> str:
     """What the run learnt from and started from (synthetic data and published sources said plainly)."""
-    from medsight import checkpoint
-    from medsight.importers import describe_provenance
+    from medsight.core import checkpoint
+    from medsight.sources.importers import describe_provenance
 
     last = run_dir / "checkpoints" / "last.pt"
     if not last.is_file():

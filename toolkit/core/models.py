@@ -8,7 +8,7 @@
 ``config`` is the task's ``model`` config section; ``in_channels``/``out_channels`` come from the data
 (modalities, label set). A family may also have *providers*: a whole library of names accepted by a
 test (every timm model for 2D classifiers). A separate package adds a model through the entry-point
-group ``medsight.models``, named ``FAMILY.NAME``:
+group ``medsight.core.models``, named ``FAMILY.NAME``:
 
     [project.entry-points."medsight.models"]
     "classification.mynet" = "mypackage.models:build_mynet"
@@ -92,7 +92,7 @@ _loaded_entry_points = False
 
 
 def models(family: str) -> ModelRegistry:
-    """The registry of ``family`` (made on first use), with the entry points of ``medsight.models`` loaded."""
+    """The registry of ``family`` (made on first use), with the entry points of ``medsight.core.models`` loaded."""
     global _loaded_entry_points
     registry = _FAMILIES.setdefault(family, ModelRegistry(family))
     if not _loaded_entry_points:

@@ -3,7 +3,7 @@
 ``fit()`` reads top to bottom: set up, then per epoch ``train_epoch`` -> ``validate`` ->
 ``end_epoch`` (checkpoints, early stopping). Device, precision and DDP come from ``Runtime``;
 the task supplies data, model, loss and metrics. The checkpoint is a plain dict (see
-``medsight.checkpoint``); resuming from it continues exactly: batch order and augmentations
+``medsight.core.checkpoint``); resuming from it continues exactly: batch order and augmentations
 are a function of (seed, epoch, rank), and RNG states are restored mid-epoch.
 
 The device is not waited on at every step: losses are summed on the device, and their finiteness
@@ -24,22 +24,22 @@ from typing import Any
 import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from medsight import checkpoint
-from medsight.checkpoint import Progress
-from medsight.config import TaskConfig, to_yaml
-from medsight.data import SKIPPED, epoch_seed, make_dataset, make_loader, partition
-from medsight.provenance import pretrained_parameters, trained_on
-from medsight.pruning import build_model, inherit_structure
+from medsight.core import checkpoint
+from medsight.core.checkpoint import Progress
+from medsight.core.config import TaskConfig, to_yaml
+from medsight.data.loading import SKIPPED, epoch_seed, make_dataset, make_loader, partition
+from medsight.training.provenance import pretrained_parameters, trained_on
+from medsight.compression.pruning import build_model, inherit_structure
 from medsight.errors import DataError, TrainingError
 from medsight.io.writers import atomic_path, write_text
-from medsight.optim import build_optimizer, build_scheduler
-from medsight.progress import progress as progress_display
-from medsight.runlog import RunLog, epoch_line
-from medsight.runtime import DeviceSums, Runtime, set_threads
-from medsight.seeding import configure_determinism, seed_everything
-from medsight.signals import Interrupted, stop_requests
+from medsight.training.optim import build_optimizer, build_scheduler
+from medsight.core.progress import progress as progress_display
+from medsight.training.runlog import RunLog, epoch_line
+from medsight.core.runtime import DeviceSums, Runtime, set_threads
+from medsight.core.seeding import configure_determinism, seed_everything
+from medsight.core.signals import Interrupted, stop_requests
 from medsight.task import Task
-from medsight.validation import run_validation
+from medsight.inference.validation import run_validation
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +115,7 @@ class Trainer:
             inherit_structure(task, self.cfg.init_weights)  # a pruned starting network stays pruned
         self.raw_model = build_model(task)
         if resume is None and self.cfg.init_weights:
-            from medsight.weights import load_initial_weights
+            from medsight.training.weights import load_initial_weights
 
             report = load_initial_weights(self.raw_model, self.cfg.init_weights, adapt=task.adapt_starting_weights)
             self.started_from = report.to_dict()

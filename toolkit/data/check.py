@@ -18,9 +18,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from medsight.dataset_format import DataSource, Problem
+from medsight.data.formats import DataSource, Problem
 from medsight.errors import MedsightError
-from medsight.progress import track
+from medsight.core.progress import track
 
 #: message fragments -> the kind of problem the summary counts
 KINDS = (("NaN or infinite", "non-finite values"), ("blank image", "constant image"), ("singular", "bad affine"),
@@ -62,7 +62,7 @@ def _files(record: dict) -> tuple[list[str], list[str]]:
 def _read_record(record: dict, kind: str) -> tuple[list[Problem], int]:
     """Decode one record's files in full through medsight's readers and guards."""
     from medsight.io.readers import load
-    from medsight.transforms import ImageGuardd
+    from medsight.data.transforms import ImageGuardd
 
     images, labels = _files(record)
     problems: list[Problem] = []

@@ -12,7 +12,7 @@ from pathlib import Path
 from medsight.errors import CheckpointError, ConfigError, MedsightError
 from medsight.io.writers import exclusive, output_file, output_folder
 
-#: medsight.engines.ENGINES, spelled here so that the command line starts without importing torch
+#: medsight.inference.engines.ENGINES, spelled here so that the command line starts without importing torch
 ENGINE_CHOICES = ("auto", "torch", "onnxruntime", "openvino")
 
 log = logging.getLogger(__name__)
@@ -67,11 +67,12 @@ def _inherited_settings(path: Path, task_class) -> dict | None:
 
 
 def cmd_train(args) -> int:
-    from medsight import checkpoint, plans
-    from medsight.config import resolve
-    from medsight.registry import TASKS
-    from medsight.runtime import Runtime
-    from medsight.trainer import Trainer
+    from medsight.core import checkpoint
+    from medsight.planning import plans
+    from medsight.core.config import resolve
+    from medsight.core.registry import TASKS
+    from medsight.core.runtime import Runtime
+    from medsight.training.trainer import Trainer
 
     task_class = TASKS.get(args.task)
     resume_state = None
@@ -125,7 +126,7 @@ def cmd_train(args) -> int:
                                       "or choose another --out", run_dir)
         with exclusive(run_dir, "train") if runtime.is_main else contextlib.nullcontext():
             if planned is not None and runtime.is_main:
-                from medsight.config import to_dict
+                from medsight.core.config import to_dict
 
                 run_dir.mkdir(parents=True, exist_ok=True)
                 plans.record_in_run(run_dir, planned, Path(args.plans).resolve(), to_dict(config))
@@ -136,7 +137,7 @@ def cmd_train(args) -> int:
                 for key in trainer.task.chosen_on_validation:
                     if trainer.task.state.get(key) is not None:
                         plans.add_to_run_plans(run_dir, key, trainer.task.state[key])
-            from medsight.report import write_report
+            from medsight.reporting.report import write_report
 
             report = write_report(run_dir)
             best = summary["best_value"]
@@ -150,8 +151,8 @@ def cmd_train(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from medsight.inference import evaluate
-    from medsight.registry import TASKS
+    from medsight.inference.predict import evaluate
+    from medsight.core.registry import TASKS
 
     task_words, overrides = _split_overrides(([args.task] if args.task else []) + list(args.overrides))
     args.task = task_words[0] if task_words else None
@@ -201,7 +202,7 @@ def cmd_predict(args) -> int:
 
 
 def _predict(args, overrides: list[str], images: dict) -> int:
-    from medsight.inference import predict
+    from medsight.inference.predict import predict
 
     loaded = _load_with_task_options(args, "predict", overrides)
     trained_on = loaded.state.get("trained_on") or {}
@@ -227,7 +228,7 @@ def _predict(args, overrides: list[str], images: dict) -> int:
 def add_task_arguments(parser, command: str) -> None:
     """Every registered task's own options for ``command``, each task in its own help group. The owner
     of each option is remembered, so that an option of another task than the checkpoint's is refused."""
-    from medsight.registry import TASKS
+    from medsight.core.registry import TASKS
 
     owners: dict[str, str] = {}
     for name in TASKS.names():
@@ -244,9 +245,9 @@ def add_task_arguments(parser, command: str) -> None:
 def _load_with_task_options(args, command: str, overrides: list[str]):
     """The checkpoint loaded for inference, with the overrides its task makes of its own options; an
     option of another task than the checkpoint's is an error."""
-    from medsight import checkpoint
-    from medsight.inference import load_for_inference
-    from medsight.registry import TASKS
+    from medsight.core import checkpoint
+    from medsight.inference.predict import load_for_inference
+    from medsight.core.registry import TASKS
 
     state = checkpoint.load(args.checkpoint)
     task_name = state["task"]
@@ -260,8 +261,7 @@ def _load_with_task_options(args, command: str, overrides: list[str]):
     loaded = load_for_inference(args.checkpoint, list(overrides) + extra, state=state)
     engine = getattr(args, "engine", None)
     if engine:
-        from medsight import engines
-
+        from medsight.inference import engines
         engines.require(engine)
     if loaded.model is None:  # a compressed checkpoint runs on the engine it carries
         if engine not in (None, "auto", loaded.engine):
@@ -274,7 +274,7 @@ def _load_with_task_options(args, command: str, overrides: list[str]):
 
 
 def cmd_export(args) -> int:
-    from medsight.inference import export, load_for_inference
+    from medsight.inference.predict import export, load_for_inference
 
     out_path = output_file(args.out)
     loaded = load_for_inference(args.checkpoint)
@@ -284,7 +284,7 @@ def cmd_export(args) -> int:
 
 
 def cmd_compress(args) -> int:
-    from medsight.compress import compress
+    from medsight.compression.compress import compress
 
     out = output_file(args.out)
     if not args.data and not args.calibration:
@@ -312,7 +312,7 @@ def cmd_compress(args) -> int:
 
 
 def cmd_import(args) -> int:
-    from medsight.importers import describe_provenance, import_model
+    from medsight.sources.importers import describe_provenance, import_model
 
     labels = [name.strip() for name in args.labels.split(",")] if args.labels else None
     output_file(args.out)

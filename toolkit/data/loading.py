@@ -6,7 +6,7 @@
   file's size and modification time, and of the deterministic transforms' full state, so a
   changed transform parameter or a replaced file never reuses a stale entry.
 - ``cache: pictures`` (2D tasks): the pipeline's ``CachedPicturesd`` step reads pictures decoded, gray and
-  resized once into a memory-mapped uint8 store (``medsight.picture_cache``); the records are a plain
+  resized once into a memory-mapped uint8 store (``medsight.data.picture_cache``); the records are a plain
   ``Dataset`` on top, so every random step still runs each epoch.
 - Under DDP each rank gets its own partition of the training records (shuffled once by seed,
   tail dropped so no record is seen twice per epoch) and caches only that; validation records
@@ -31,7 +31,7 @@ import torch
 from monai.data import CacheDataset, DataLoader, Dataset, PersistentDataset, ThreadDataLoader, list_data_collate
 from monai.data import partition_dataset as monai_partition
 
-from medsight.config import LoaderConfig
+from medsight.core.config import LoaderConfig
 
 _ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
 
@@ -188,7 +188,7 @@ def make_dataset(records: list[dict], transform: Callable, cfg: LoaderConfig, ca
         return (_skipping(Dataset) if skip else Dataset)(records, transform)
     if cfg.cache == "pictures":
         from medsight.errors import ConfigError
-        from medsight.picture_cache import cached_loader
+        from medsight.data.picture_cache import cached_loader
 
         loader = cached_loader(transform)
         if loader is None:

@@ -42,9 +42,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from medsight import checkpoint
+from medsight.core import checkpoint
 from medsight.errors import ConfigError, DataError, MedsightError
-from medsight.inference import Loaded, evaluate, load_for_inference
+from medsight.inference.predict import Loaded, evaluate, load_for_inference
 from medsight.io.writers import write_json
 
 log = logging.getLogger(__name__)
@@ -127,8 +127,7 @@ def int8_engine(loaded: Loaded, samples: list[torch.Tensor]) -> dict:
     import nncf
     import openvino as ov
 
-    from medsight import engines
-
+    from medsight.inference import engines
     model = engines.openvino_model(loaded.task.export_module(loaded.model), loaded.task.network_input())
     # OpenVINO's CPU plugin has no int8 kernel for a convolution with one input channel (a gray picture's or a
     # single modality's first layer: "No suitable implementations" at compile time): those stay in float
@@ -161,10 +160,10 @@ def half_weights(state: dict, dtype: torch.dtype) -> dict:
 def prune_and_finetune(loaded: Loaded, data: Path, amount: float, epochs: int, work: Path) -> dict:
     """Prune, then fine-tune with the trainer (the source run's config, ``epochs`` epochs) from the pruned
     weights: returns the new checkpoint's ``model`` and ``task_state`` (which holds the structure)."""
-    from medsight.cli import main
-    from medsight.config import to_yaml
+    from medsight.cli.main import main
+    from medsight.core.config import to_yaml
     from medsight.errors import MedsightError
-    from medsight.pruning import STATE_KEY, prune
+    from medsight.compression.pruning import STATE_KEY, prune
 
     task = loaded.task
     task_state = {**task.state_dict(), STATE_KEY: prune(task, loaded.model, amount)}
@@ -188,7 +187,7 @@ def prune_and_finetune(loaded: Loaded, data: Path, amount: float, epochs: int, w
 
 
 def check_distillable(loaded: Loaded, student: str) -> None:
-    from medsight.models import models
+    from medsight.core.models import models
 
     if loaded.task.name != "classification":
         raise ConfigError(f"--method distill is for classification checkpoints, this one is {loaded.task.name}",
@@ -200,8 +199,8 @@ def distill(loaded: Loaded, teacher: Path, data: Path, student: str, epochs: int
     """Train ``student`` from scratch with the trainer on ``data``, learning the teacher's outputs too (the
     teacher's run config, ``epochs`` epochs): returns the student's checkpoint, to save as it is, and what
     was done."""
-    from medsight.cli import main
-    from medsight.config import to_yaml
+    from medsight.cli.main import main
+    from medsight.core.config import to_yaml
 
     work.mkdir(parents=True, exist_ok=True)
     (work / "config.yaml").write_text(to_yaml(loaded.task.config))

@@ -25,7 +25,7 @@ from typing import Any
 import yaml
 
 from medsight.errors import DataError
-from medsight.importers import load_tensors
+from medsight.sources.importers import load_tensors
 
 MODEL_INFO_URL = "https://raw.githubusercontent.com/Project-MONAI/model-zoo/dev/models/model_info.json"
 RELEASES_URL = "https://github.com/Project-MONAI/model-zoo/releases/download/hosting_storage_v1"

@@ -112,7 +112,7 @@ class PictureStore:
 
     def add(self, items, total: int | None = None, desc: str = "caching pictures", mode: str = "auto") -> int:
         """Append ``(key, uint8 array | error message)`` pairs to this process's shard; returns how many."""
-        from medsight.progress import progress
+        from medsight.core.progress import progress
 
         data, index_path = self.folder / f"{self.shard}.u8", self.folder / f"{self.shard}.json"
         added = 0
@@ -173,7 +173,7 @@ class CachedPicturesd(MapTransform):
 
     def settings(self) -> str:
         """The hash of what a stored row depends on besides its file: decode steps, size, quantisation."""
-        from medsight.data import transform_hash
+        from medsight.data.loading import transform_hash
 
         steps = getattr(self.prepare_steps, "transforms", [self.prepare_steps])
         return hashlib.sha256(transform_hash(steps) + f"{self.size}:uint8:v1".encode()).hexdigest()[:12]
@@ -201,7 +201,7 @@ class CachedPicturesd(MapTransform):
         self._keys.update(keys)
         if not missing:
             return 0
-        from medsight.data import Failed, map_in_workers
+        from medsight.data.loading import Failed, map_in_workers
 
         log.info(f"caching {len(missing)} of {len(keys)} pictures at {self.size} px in {store.folder}")
         decoded = map_in_workers(self.decode, missing, workers)

@@ -5,9 +5,8 @@ from __future__ import annotations
 import platform
 from importlib.metadata import PackageNotFoundError, version
 
-import medsight
+from medsight.core.version import __version__
 from medsight import _compat
-
 PACKAGES = ("torch", "torchvision", "monai", "SimpleITK", "nibabel", "pydicom", "pylibjpeg",
             "segmentation-models-pytorch", "timm", "omegaconf", "numpy", "tensorboard")
 
@@ -24,7 +23,7 @@ def describe() -> str:
 
     from medsight.io.readers import DICOM_SUFFIXES, ITK_SUFFIXES, NIFTI_SUFFIXES, PICTURE_SUFFIXES
 
-    lines = [f"medsight {medsight.__version__} (python {platform.python_version()}, {platform.platform()})"]
+    lines = [f"medsight {__version__} (python {platform.python_version()}, {platform.platform()})"]
     for name in PACKAGES:
         lines.append(f"  {name:28s} {_version(name)}")
     if _compat._LIBRARY is not None:
@@ -60,8 +59,8 @@ def describe() -> str:
 
 def describe_checkpoint(path) -> str:
     """``medsight info --checkpoint C``: what a checkpoint is, where it came from, what it was trained on."""
-    from medsight import checkpoint
-    from medsight.importers import describe_provenance
+    from medsight.core import checkpoint
+    from medsight.sources.importers import describe_provenance
 
     state = checkpoint.load(path)
     config = state.get("config", {})
@@ -91,7 +90,7 @@ def describe_checkpoint(path) -> str:
         lines.append(f"  started from: {started.get('path')} (sha256 {str(started.get('sha256', ''))[:16]}...)")
     engine, label = state.get("engine"), state.get("compression") or {}
     if engine:
-        from medsight.engines import engine_size
+        from medsight.inference.engines import engine_size
 
         size = engine_size(engine) / 1e6
         lines.append(f"  engine: {engine.get('kind')} {engine.get('precision')} ({size:.1f} MB)")

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import medsight
 from medsight.errors import MedsightError, unwrap
-from medsight.progress import setup_logging
+from medsight.core.progress import setup_logging
 
-log = logging.getLogger("medsight.cli")
+log = logging.getLogger("medsight.cli.main")
 
 
 def _parse_options(pairs: list[str]) -> dict[str, str]:
@@ -41,9 +41,9 @@ def _parse_options(pairs: list[str]) -> dict[str, str]:
 def cmd_tasks(args) -> int:
     """Every task with the dataset formats that produce its schema and the models of its family, then
     every dataset format."""
-    from medsight.dataset_format import formats_for
-    from medsight.models import models
-    from medsight.registry import DATASETS, TASKS
+    from medsight.data.formats import formats_for
+    from medsight.core.models import models
+    from medsight.core.registry import DATASETS, TASKS
 
     for name in TASKS.names():
         task = TASKS.get(name)
@@ -61,16 +61,16 @@ def cmd_tasks(args) -> int:
 
 
 def cmd_info(args) -> int:
-    from medsight.info import describe, describe_checkpoint
+    from medsight.reporting.info import describe, describe_checkpoint
 
     log.info(describe_checkpoint(args.checkpoint) if args.checkpoint else describe())
     return 0
 
 
 def cmd_data_synth(args, extra: list[str]) -> int:
-    from medsight.registry import DATASETS
+    from medsight.core.registry import DATASETS
 
-    from medsight.dataset_format import SYNTHETIC_MARKER
+    from medsight.data.formats import SYNTHETIC_MARKER
     from medsight.io.writers import write_json
 
     from medsight.io.writers import output_folder
@@ -90,9 +90,9 @@ def cmd_data_synth(args, extra: list[str]) -> int:
 
 def cmd_data_check(args) -> int:
     """The same reading ``train`` does (same format, same ``data.*`` overrides), then every voxel."""
-    from medsight.datacheck import check, write_report
-    from medsight.dataset_format import DataSource, dataclass_keys, detect_format, options_from_overrides
-    from medsight.registry import DATASETS, TASKS
+    from medsight.data.check import check, write_report
+    from medsight.data.formats import DataSource, dataclass_keys, detect_format, options_from_overrides
+    from medsight.core.registry import DATASETS, TASKS
 
     root = Path(args.path)
     if not root.exists():
@@ -122,11 +122,11 @@ def cmd_data_check(args) -> int:
 
 
 def cmd_data_fingerprint(args) -> int:
-    """Read every case once, measure it, and write a plans file (``medsight.plans``)."""
-    from medsight import plans
-    from medsight.config import resolve
-    from medsight.dataset_format import detect_format
-    from medsight.registry import DATASETS, TASKS
+    """Read every case once, measure it, and write a plans file (``medsight.planning.plans``)."""
+    from medsight.planning import plans
+    from medsight.core.config import resolve
+    from medsight.data.formats import detect_format
+    from medsight.core.registry import DATASETS, TASKS
 
     root = Path(args.path)
     if not root.exists():
@@ -180,7 +180,7 @@ def cmd_data_fingerprint(args) -> int:
 def _absorb_positionals(args, extra: list[str]) -> list[str]:
     """argparse stops filling a ``nargs="*"`` positional at the first option: put later
     ``key=value`` overrides and inputs where they belong."""
-    from medsight.commands import _OVERRIDE
+    from medsight.cli.commands import _OVERRIDE
 
     leftover = []
     for item in extra:
@@ -239,7 +239,7 @@ def build_parser(task_options: tuple[str, ...] = ()) -> argparse.ArgumentParser:
     fingerprint.add_argument("--workers", type=int, default=0, help="cases read at once in worker processes")
     fingerprint.set_defaults(func=cmd_data_fingerprint)
 
-    from medsight.commands import add_commands
+    from medsight.cli.commands import add_commands
 
     add_commands(sub, task_options=set(task_options))
     return parser
@@ -268,7 +268,7 @@ def main(argv: list[str] | None = None, nested: bool = False) -> int:
             raise
         if debug:
             traceback.print_exc()
-        from medsight.signals import Interrupted
+        from medsight.core.signals import Interrupted
 
         print(f"{'stopped' if isinstance(exc, Interrupted) else 'error'}: {exc}", file=sys.stderr)
         if not nested:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from torch import nn
 
-from medsight.dataset_format import SYNTHETIC_MARKER, DataSource
+from medsight.data.formats import SYNTHETIC_MARKER, DataSource
 
 
 def trained_on(source: DataSource, records: list[dict]) -> dict:

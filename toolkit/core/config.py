@@ -141,7 +141,7 @@ class LoaderConfig:
     num_workers: int = 0
     loader: str = "torch"  # torch (DataLoader) or thread (MONAI ThreadDataLoader)
     #: none, memory (CacheDataset), disk (PersistentDataset), pictures (2D: decoded, gray and resized once,
-    #: stored as uint8 and memory-mapped: medsight.picture_cache)
+    #: stored as uint8 and memory-mapped: medsight.data.picture_cache)
     cache: str = "memory"
     cache_rate: float = 1.0
     cache_dir: Optional[str] = None  # default: <run dir>/cache

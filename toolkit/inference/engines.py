@@ -203,7 +203,7 @@ def faster(module: nn.Module, spec: NetworkInput, probe: torch.Tensor, precision
     import copy
     import json
 
-    from medsight.runtime import Runtime
+    from medsight.core.runtime import Runtime
 
     folder = cache_folder()
     measured = f"{cache_key('openvino', module, spec)}|{tuple(probe.shape)}|{precision}|{channels_last}|{_threads()}"

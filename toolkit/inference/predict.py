@@ -13,17 +13,17 @@ from pathlib import Path
 import torch
 from monai.data import Dataset, decollate_batch
 
-from medsight import checkpoint
-from medsight.config import resolve
-from medsight.data import make_loader
+from medsight.core import checkpoint
+from medsight.core.config import resolve
+from medsight.data.loading import make_loader
 from medsight.errors import CheckpointError, ConfigError, DataError, MedsightError, unwrap
 from medsight.io.writers import atomic_path, write_json
-from medsight.progress import progress
-from medsight.pruning import build_model
-from medsight.registry import TASKS
-from medsight.runtime import Runtime, set_threads
+from medsight.core.progress import progress
+from medsight.compression.pruning import build_model
+from medsight.core.registry import TASKS
+from medsight.core.runtime import Runtime, set_threads
 from medsight.task import Task
-from medsight.validation import run_validation
+from medsight.inference.validation import run_validation
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ class Loaded:
     model: torch.nn.Module | None  # None: the checkpoint carries an engine file instead of torch weights
     state: dict
     path: Path
-    engine: str = "torch"  # torch, onnxruntime, openvino or auto (medsight.engines)
+    engine: str = "torch"  # torch, onnxruntime, openvino or auto (medsight.inference.engines)
 
     @property
     def run_dir(self) -> Path:
@@ -88,11 +88,10 @@ def inference_runtime(task: Task, device: str | None, precision: str | None, sta
 def auto_engine(loaded: Loaded, runtime: Runtime) -> str:
     """What ``--engine auto`` runs: on a CPU, whichever of PyTorch (the run's precision and layout) and
     OpenVINO runs this network faster on this machine, timed once on the task's typical input and remembered
-    in the engine cache (``medsight.engines.faster``). A compressed checkpoint's own engine. PyTorch on GPUs,
+    in the engine cache (``medsight.inference.engines.faster``). A compressed checkpoint's own engine. PyTorch on GPUs,
     where OpenVINO is not installed or the engine cache is off, and where the task's options need
     PyTorch's gradients (Grad-CAM)."""
-    from medsight import engines
-
+    from medsight.inference import engines
     task = loaded.task
     if loaded.model is None:  # a compressed checkpoint runs on the engine it carries
         return loaded.state["engine"]["kind"]
@@ -105,9 +104,8 @@ def auto_engine(loaded: Loaded, runtime: Runtime) -> str:
 
 def network(loaded: Loaded, runtime: Runtime) -> torch.nn.Module:
     """The model predict and evaluate run: the torch model set up by ``runtime``, or the task's model with
-    its network run by an inference engine (``loaded.engine``; see medsight.engines)."""
-    from medsight import engines
-
+    its network run by an inference engine (``loaded.engine``; see medsight.inference.engines)."""
+    from medsight.inference import engines
     task, kind = loaded.task, loaded.engine
     if kind == "auto":
         kind = auto_engine(loaded, runtime)
@@ -136,7 +134,7 @@ def network(loaded: Loaded, runtime: Runtime) -> torch.nn.Module:
 def evaluate(loaded: Loaded, data: Path, split: str, out: Path, device: str | None = None,
              precision: str | None = None) -> dict[str, float]:
     """Metrics of the checkpoint's model on a split of a dataset, written to ``out``."""
-    from medsight.data import make_dataset
+    from medsight.data.loading import make_dataset
 
     task = loaded.task
     records = task.records(task.open_data(data), split)

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-import medsight
+from medsight.core.version import __version__
 from medsight.errors import CheckpointError
 from medsight.io.writers import atomic_path
 
@@ -44,7 +44,7 @@ class Progress:
 def save(state: dict[str, Any], path: str | Path) -> Path:
     """Write to a temporary file beside ``path``, fsync, rename: a kill at any moment leaves the
     previous checkpoint intact."""
-    state = {"format": FORMAT, "medsight_version": medsight.__version__, **state}
+    state = {"format": FORMAT, "medsight_version": __version__, **state}
     buffer = io.BytesIO()  # serialised in memory: a full disk is then a Python OSError, never a native abort
     torch.save(state, buffer)
     with atomic_path(path) as tmp:
@@ -159,7 +159,7 @@ def _tuples(value):
 
 def run_state(trainer) -> dict[str, Any]:
     """Everything a training run's checkpoint holds (see the module docstring)."""
-    from medsight.config import to_dict  # config imports this module
+    from medsight.core.config import to_dict  # config imports this module
 
     self = trainer
     return {

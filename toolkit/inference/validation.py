@@ -7,10 +7,10 @@ from collections import defaultdict
 
 import torch
 
-from medsight.config import TaskConfig
-from medsight.data import SKIPPED, make_loader
-from medsight.progress import progress as progress_display
-from medsight.runtime import Runtime
+from medsight.core.config import TaskConfig
+from medsight.data.loading import SKIPPED, make_loader
+from medsight.core.progress import progress as progress_display
+from medsight.core.runtime import Runtime
 from medsight.task import Task
 
 

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from medsight import checkpoint
+from medsight.core import checkpoint
 from medsight.errors import CheckpointError
 
 
@@ -85,7 +85,7 @@ def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError("weights file not found", path)
-    from medsight.checkpoint import refuse_unless_torch_file
+    from medsight.core.checkpoint import refuse_unless_torch_file
 
     refuse_unless_torch_file(path, "weights file")
     try:

@@ -10,7 +10,7 @@ from except that record: ``predict``, ``evaluate``, ``export`` and ``train --ini
 checkpoint like any other.
 
 Importers are registered like tasks (``@register_importer`` or the entry-point group
-``medsight.importers``). Files are read with ``torch.load(weights_only=True)`` only: a whole pickled
+``medsight.sources.importers``). Files are read with ``torch.load(weights_only=True)`` only: a whole pickled
 model is refused, never unpickled.
 """
 
@@ -28,7 +28,7 @@ from typing import Any, ClassVar
 import torch
 
 from medsight.errors import CheckpointError, ConfigError, DataError
-from medsight.registry import Registry
+from medsight.core.registry import Registry
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ def load_tensors(path, what: str, where: Path | None = None) -> Any:
     if isinstance(path, Path):
         if not path.is_file():
             raise DataError("file not found", path)
-        from medsight.checkpoint import refuse_unless_torch_file
+        from medsight.core.checkpoint import refuse_unless_torch_file
 
         refuse_unless_torch_file(path, what)
     try:
@@ -112,12 +112,12 @@ def choose_importer(source: Path, requested: str | None) -> type[ModelImporter]:
 
 def import_model(source: str, out: Path, requested: str | None = None, labels: list[str] | None = None) -> dict:
     """Read ``source`` (a path, or ``monai:NAME`` to download a MONAI bundle) and write a checkpoint to ``out``."""
-    from medsight import checkpoint
-    from medsight.config import resolve, to_dict
-    from medsight.registry import TASKS
+    from medsight.core import checkpoint
+    from medsight.core.config import resolve, to_dict
+    from medsight.core.registry import TASKS
 
     if source.startswith("monai:"):
-        from medsight.bundles import download_bundle
+        from medsight.sources.bundles import download_bundle
 
         path = download_bundle(source.removeprefix("monai:"), out.parent)
     else:

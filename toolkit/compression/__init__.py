@@ -1,0 +1,1 @@
+"""Compression: int8, half-precision weights, pruning, distillation, measured before and after."""

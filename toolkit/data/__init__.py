@@ -1,0 +1,1 @@
+"""Data: dataset formats, loading, transforms, caches and the data check."""

@@ -1,0 +1,1 @@
+"""Inference: loading a checkpoint as a model, predicting, evaluating, engines and export."""

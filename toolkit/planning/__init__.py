@@ -1,0 +1,1 @@
+"""Planning: settings derived from a data fingerprint (nnU-Net's fingerprint -> plans)."""

@@ -1,0 +1,1 @@
+"""Reporting: run reports and descriptions of checkpoints and of this machine."""

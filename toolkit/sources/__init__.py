@@ -1,0 +1,1 @@
+"""Model sources: importers of published models (MONAI bundles, CheXNet, torchvision, torchxrayvision)."""

@@ -1,0 +1,1 @@
+"""Training: the one trainer, its optimizer, run log and starting weights."""
