@@ -13,9 +13,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
+import psutil
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -39,44 +42,53 @@ def pick_device(requested: str = "auto") -> torch.device:
     return device
 
 
-def _cpu_times() -> tuple[float, float, float, float] | None:
-    """(idle, total) CPU seconds of all CPUs since boot (Linux ``/proc/stat``), this process's own CPU
-    seconds (every thread) and the monotonic clock; None elsewhere."""
-    import time
+@dataclass(frozen=True)
+class _CpuSample:
+    """CPU seconds of all CPUs since boot (idle, total), this process's own (every thread), and the clock."""
 
+    idle_s: float
+    total_s: float
+    own_s: float
+    clock_s: float
+
+
+def _cpu_sample() -> _CpuSample | None:
+    """The machine's and this process's CPU times now (psutil); None where psutil cannot read them."""
     try:
-        with open("/proc/stat") as handle:
-            values = [int(v) for v in handle.readline().split()[1:9]]
-    except (OSError, ValueError):
+        machine = psutil.cpu_times()._asdict()
+        own = psutil.Process().cpu_times()
+    except (psutil.Error, OSError, NotImplementedError):
         return None
-    tick = os.sysconf("SC_CLK_TCK")
-    own = os.times()
-    return (values[3] + values[4]) / tick, sum(values) / tick, own.user + own.system, time.monotonic()
+    # Linux counts a guest's time in user and nice as well: summing it again would count it twice
+    total = sum(seconds for field, seconds in machine.items() if field not in ("guest", "guest_nice"))
+    idle = machine["idle"] + machine.get("iowait", 0.0)
+    return _CpuSample(idle, total, own.user + own.system, time.monotonic())
 
 
-#: the previous /proc/stat sample: busy_cores measures from it (the first is taken at import), so a command
-#: learns what else runs from the time it spent starting up instead of sleeping for it
-_LAST_SAMPLE = _cpu_times()
+#: the previous sample: busy_cores measures from it (the first is taken at import), so a command learns what
+#: else runs from the time it spent starting up instead of sleeping for it
+_LAST_SAMPLE = _cpu_sample()
 
 
 def busy_cores(interval: float = 0.1, stale: float = 15.0) -> float | None:
     """How many of the machine's cores other processes kept busy (None: unknown). Measured over the time
     since the previous call (or import), less this process's own CPU time; when that is under ``interval``
     or over ``stale`` seconds ago, over a fresh ``interval``."""
-    import time
-
     global _LAST_SAMPLE
-    first, second = _LAST_SAMPLE, _cpu_times()
+    first, second = _LAST_SAMPLE, _cpu_sample()
     if second is None:
         return None
-    if first is None or not interval <= second[3] - first[3] <= stale:
+    if first is None or not interval <= second.clock_s - first.clock_s <= stale:
         time.sleep(interval)
-        first, second = second, _cpu_times()
+        first, second = second, _cpu_sample()
+        if second is None:
+            return None
     _LAST_SAMPLE = second
-    total = second[1] - first[1]
+    total = second.total_s - first.total_s
     if total <= 0:
         return None
-    busy = (total - (second[0] - first[0])) - (second[2] - first[2])  # CPU seconds of every process but this
+    # CPU seconds of every process but this one
+    busy = (total - (second.idle_s - first.idle_s)) - (second.own_s - first.own_s)
     return min(max(busy / total, 0.0), 1.0) * (os.cpu_count() or 1)
 
 
