@@ -134,3 +134,63 @@ def test_a_mark_is_circled_where_it_is_on_the_slice(tmp_path):
     assert abs(x - 30) < 1.5 and abs(y - 10) < 1.5
     radius = (cols.max() - cols.min()) / 2 / (right - left) * 40
     assert abs(radius - 4) < 1.0
+
+
+# -- one command per output folder -------------------------------------------------------------------------
+_HOLDER = """
+import sys
+from medsight.io.writers import exclusive
+with exclusive(sys.argv[1], "train"):
+    print("held", flush=True)
+    sys.stdin.readline()
+"""
+
+
+def _hold_in_another_process(folder):
+    import subprocess
+    import sys
+
+    holder = subprocess.Popen([sys.executable, "-c", _HOLDER, str(folder)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline() == "held\n"
+    return holder
+
+
+def test_a_second_command_on_a_held_folder_is_refused_at_once(tmp_path):
+    from medsight.errors import DataError
+    from medsight.io.writers import exclusive
+
+    with exclusive(tmp_path / "out", "predict") as folder:
+        assert folder == tmp_path / "out" and (folder / ".medsight.lock").is_file()
+        with pytest.raises(DataError) as refused:
+            with exclusive(tmp_path / "out", "predict"):
+                pass
+        assert str(refused.value) == (f"{tmp_path / 'out'}: another medsight predict is writing to this folder now; "
+                                      "wait for it to finish or choose another --out")
+    with exclusive(tmp_path / "out", "predict"):  # released: the next command takes it
+        pass
+
+
+@pytest.mark.parametrize("ending", ["finishes", "is killed"])
+def test_the_folder_is_held_while_another_process_runs_and_free_when_it_ends(tmp_path, ending):
+    import fcntl
+
+    from medsight.errors import DataError
+    from medsight.io.writers import exclusive
+
+    holder = _hold_in_another_process(tmp_path)
+    try:
+        with pytest.raises(DataError, match="another medsight train is writing to this folder now"):
+            with exclusive(tmp_path, "train"):
+                pass
+        with open(tmp_path / ".medsight.lock", "a+") as handle:  # the same lock as a plain flock sees it
+            with pytest.raises(BlockingIOError):
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    finally:
+        if ending == "finishes":
+            holder.communicate("\n", timeout=30)
+        else:
+            holder.kill()
+            holder.wait(timeout=30)
+    with exclusive(tmp_path, "train"):
+        pass

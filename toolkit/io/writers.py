@@ -15,9 +15,13 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+from filelock import FileLock, Timeout
 
 from medsight.errors import DataError
 
+
+#: the file ``exclusive`` locks in a folder written by one command at a time
+LOCK_NAME = ".medsight.lock"
 
 _WRITE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO, errno.EFBIG}
 
@@ -86,20 +90,20 @@ def output_file(path: str | Path, what: str = "--out") -> Path:
 @contextlib.contextmanager
 def exclusive(folder: str | Path, what: str):
     """Hold ``folder`` for one command at a time (``what``: the command): a second one refuses at once
-    instead of interleaving its files with the first's (an advisory lock, released when the process ends)."""
-    import fcntl
-
+    instead of interleaving its files with the first's. The lock is ``filelock``'s: ``flock`` on
+    ``.medsight.lock`` on Linux and macOS (released by the kernel when the process ends, however it ends),
+    ``msvcrt`` locking on Windows."""
     folder = output_folder(folder)
-    handle = open(folder / ".medsight.lock", "a+")
+    lock = FileLock(folder / LOCK_NAME, thread_local=False)
     try:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            raise DataError(f"another medsight {what} is writing to this folder now; wait for it to finish or "
-                            "choose another --out", folder) from None
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise DataError(f"another medsight {what} is writing to this folder now; wait for it to finish or "
+                        "choose another --out", folder) from None
+    try:
         yield folder
     finally:
-        handle.close()
+        lock.release()
 
 
 def write_bytes(data: bytes, path: str | Path) -> Path:
