@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from medsight.core import checkpoint
+from medsight.io import checkpoint
 from medsight.cli.main import main
 from medsight.datasets.chestxray14 import FINDINGS
 from medsight.core.registry import DATASETS
@@ -120,7 +120,7 @@ def test_compressed_checkpoints_carry_their_measured_cost_and_run(trained_segmen
         assert all(t.dtype == torch.bfloat16 for t in state["model"].values() if torch.is_floating_point(t))
         assert label["size_ratio"] < 0.6
     else:
-        pruned = state["task_state"]["pruned"]
+        pruned = state["structure"]
         assert pruned["shapes"], "some tensors are thinner"
         count = sum(t.numel() for t in state["model"].values())
         assert count < 0.8 * sum(t.numel() for t in original["model"].values())
@@ -203,31 +203,102 @@ def test_a_damaged_engine_cache_entry_is_converted_again(tmp_path, monkeypatch):
     torch.testing.assert_close(engines.build("openvino", network, spec, "fp32")(x), first)
 
 
-def test_auto_times_the_engines_once_and_remembers_the_faster(tmp_path, monkeypatch):
-    """``--engine auto`` on a CPU: PyTorch and OpenVINO are timed on the task's typical input; the faster is
-    remembered in the engine cache (a second run measures nothing); with the cache off, PyTorch."""
-    import json
-
-    from monai.networks.nets import SegResNet
+def test_seconds_per_call_is_the_mean_of_three_calls_after_two_warm_ups_at_our_thread_count():
+    import time
 
     from medsight.inference import engines
+    calls, threads = [], []
+
+    def run(x):  # 200 ms the first two calls (kernels being built), 20 ms after
+        calls.append(x)
+        threads.append(torch.get_num_threads())
+        time.sleep(0.2 if len(calls) <= 2 else 0.02)
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        seconds = engines.seconds_per_call(run, torch.zeros(1))
+    finally:
+        torch.set_num_threads(before)
+    assert len(calls) == 5 and threads == [2] * 5
+    assert 0.02 <= seconds < 0.06, "the warm-up calls (0.2 s) are not timed"
+
+
+def _fake_engines(monkeypatch, tmp_path, openvino_seconds: float, torch_seconds: float = 1.0) -> list[str]:
+    """``faster`` with OpenVINO's conversion skipped and fixed timings; returns the engines timed, in order."""
+    from medsight.inference import engines
     monkeypatch.setenv("MEDSIGHT_ENGINE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(engines, "build", lambda kind, module, spec, precision: engines.EngineNetwork(
+        lambda array: [array], kind, precision))
+    timed = []
+
+    def seconds_per_call(run, probe):
+        kind = run.kind if isinstance(run, engines.EngineNetwork) else "torch"
+        timed.append(kind)
+        return {"torch": torch_seconds, "openvino": openvino_seconds}[kind]
+
+    monkeypatch.setattr(engines, "seconds_per_call", seconds_per_call)
+    return timed
+
+
+def _small_network():
+    from medsight.inference import engines
     torch.manual_seed(0)
-    network = SegResNet(spatial_dims=3, init_filters=8, in_channels=2, out_channels=3).eval()
-    spec, probe = engines.NetworkInput(torch.randn(1, 2, 16, 16, 16)), torch.randn(2, 2, 32, 32, 32)
-    choice = engines.faster(network, spec, probe, "fp32", channels_last=False)
+    network = torch.nn.Conv3d(2, 3, 3, padding=1).eval()
+    return network, engines.NetworkInput(torch.randn(1, 2, 8, 8, 8)), torch.randn(2, 2, 16, 16, 16)
+
+
+@pytest.mark.parametrize("openvino_seconds, expected", [(0.85, "openvino"), (0.95, "torch"), (1.2, "torch")])
+def test_auto_takes_openvino_only_when_a_call_is_at_least_10_percent_faster(tmp_path, monkeypatch,
+                                                                          openvino_seconds, expected):
+    from medsight.inference import engines
+    timed = _fake_engines(monkeypatch, tmp_path, openvino_seconds)
+    network, spec, probe = _small_network()
+    assert engines.faster(network, spec, probe, "fp32", channels_last=False) == expected
+    assert timed == ["torch", "openvino"]
     notes = list((tmp_path / "cache").glob("choice-*.json"))
     assert len(notes) == 1
-    note = json.loads(notes[0].read_text())
-    seconds = note["seconds"]
-    assert choice == note["engine"] == ("openvino" if seconds["openvino"] < engines.OPENVINO_MARGIN * seconds["torch"]
-                                        else "torch")
-    assert note["input"] == [2, 2, 32, 32, 32] and set(note["seconds"]) == {"torch", "openvino"}
+    assert json.loads(notes[0].read_text()) == {
+        "engine": expected, "seconds": {"torch": 1.0, "openvino": openvino_seconds}, "input": [2, 2, 16, 16, 16],
+        "precision": "fp32", "channels_last": False, "threads": torch.get_num_threads()}
 
-    def no_conversion(*args, **kwargs):
-        raise AssertionError("measured again")
 
-    monkeypatch.setattr(engines, "build", no_conversion)
-    assert engines.faster(network, spec, probe, "fp32", channels_last=False) == choice
-    with pytest.raises(AssertionError):  # another precision is another measurement
-        engines.faster(network, spec, probe, "bf16", channels_last=True)
+def test_auto_remembers_its_choice_per_precision_and_measures_a_damaged_note_again(tmp_path, monkeypatch):
+    from medsight.inference import engines
+    timed = _fake_engines(monkeypatch, tmp_path, openvino_seconds=0.5)
+    network, spec, probe = _small_network()
+    assert engines.faster(network, spec, probe, "fp32", channels_last=False) == "openvino"
+    assert engines.faster(network, spec, probe, "fp32", channels_last=False) == "openvino"
+    assert timed == ["torch", "openvino"], "the second run reads the note and measures nothing"
+    assert engines.faster(network, spec, probe, "bf16", channels_last=True) == "openvino"
+    assert len(timed) == 4, "another precision and layout is another measurement"
+    for note in (tmp_path / "cache").glob("choice-*.json"):
+        note.write_text('{"engi')
+    _fake_engines(monkeypatch, tmp_path, openvino_seconds=2.0)  # measured again: now PyTorch is faster
+    assert engines.faster(network, spec, probe, "fp32", channels_last=False) == "torch"
+
+
+def test_auto_runs_pytorch_when_the_engine_cache_is_off(work, tmp_path, monkeypatch):
+    """``--engine auto`` on a CPU with MEDSIGHT_ENGINE_CACHE=off: PyTorch, nothing timed, nothing converted (each
+    run would pay the conversion). With the cache on, the same command goes to the timing."""
+    from medsight.inference import engines
+
+    class Timed(Exception):
+        pass
+
+    def timed(*args, **kwargs):
+        raise Timed
+
+    data = DATASETS.get("chestxray14")().synth(work / "cxr_auto", cases=2, seed=1, size=32)
+    picture = str(next(data.rglob("*.png")))
+    model = random_checkpoint("classification", work / "cls_auto.pt", "model.name=simple_cnn", "data.image_size=32",
+                              state={"labels": list(FINDINGS), "multi_label": True, "thresholds": [0.5] * 14})
+    monkeypatch.setattr(engines, "faster", timed)
+    monkeypatch.setattr(engines, "build", timed)
+    command = ["predict", "--checkpoint", str(model), picture, "--device", "cpu", "--engine", "auto"]
+    monkeypatch.setenv("MEDSIGHT_ENGINE_CACHE", "off")
+    assert main([*command, "--out", str(tmp_path / "off")]) == 0
+    assert len(_rows(tmp_path / "off" / "predictions.csv")) == 1
+    monkeypatch.setenv("MEDSIGHT_ENGINE_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(Timed):
+        main([*command, "--out", str(tmp_path / "on")])

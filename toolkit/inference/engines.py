@@ -191,14 +191,25 @@ def build(kind: str, module: nn.Module, spec: NetworkInput, precision: str) -> E
     return engine
 
 
+def seconds_per_call(run: Callable[[torch.Tensor], object], probe: torch.Tensor, calls: int = 3) -> float:
+    """Mean seconds of ``run(probe)`` over ``calls`` calls after two warm-up calls (oneDNN and OpenVINO build
+    their kernels on the first ones), without gradients, at this process's thread count: PyTorch's own
+    ``torch.utils.benchmark.Timer`` (its default of one thread would time another configuration)."""
+    from torch.utils.benchmark import Timer
+
+    timer = Timer("run(probe)", globals={"run": run, "probe": probe}, num_threads=_threads())
+    with torch.no_grad():
+        return timer.timeit(calls).mean
+
+
 #: --engine auto takes OpenVINO when a call takes under this fraction of PyTorch's time
 OPENVINO_MARGIN = 0.9
 
 
 def faster(module: nn.Module, spec: NetworkInput, probe: torch.Tensor, precision: str, channels_last: bool) -> str:
     """"torch" or "openvino": which runs ``module`` faster on ``probe`` here (OpenVINO by a margin): PyTorch at
-    ``precision`` (autocast) and ``channels_last``, or OpenVINO at ``precision``. Each is timed (two warm-up
-    calls, best of three) once per network, probe, precision and thread count; the answer is remembered in
+    ``precision`` (autocast) and ``channels_last``, or OpenVINO at ``precision``. Each is timed
+    (``seconds_per_call``) once per network, probe, precision and thread count; the answer is remembered in
     the engine cache."""
     import copy
     import json
@@ -221,17 +232,8 @@ def faster(module: nn.Module, spec: NetworkInput, probe: torch.Tensor, precision
         with runtime.autocast():
             return model(runtime.to_device(x))
 
-    seconds = {}
-    for name, run in (("torch", torch_run), ("openvino", build("openvino", module, spec, precision))):
-        with torch.no_grad():
-            for _ in range(2):  # oneDNN and OpenVINO build their kernels on the first calls
-                run(probe)
-            best = float("inf")
-            for _ in range(3):
-                started = time.perf_counter()
-                run(probe)
-                best = min(best, time.perf_counter() - started)
-        seconds[name] = best
+    seconds = {"torch": seconds_per_call(torch_run, probe),
+               "openvino": seconds_per_call(build("openvino", module, spec, precision), probe)}
     # OpenVINO only when clearly faster per call: each process also reads and compiles its engine (0.1-0.3 s)
     # and copies every input and output, which a near tie per call does not repay (measured on a BraTS case)
     choice = "openvino" if seconds["openvino"] < OPENVINO_MARGIN * seconds["torch"] else "torch"
