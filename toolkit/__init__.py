@@ -12,7 +12,14 @@ from medsight.errors import CheckpointError, ConfigError, DataError, MedsightErr
 make_torchvision_importable_on_first_import()
 
 #: public name -> the module that defines it (imported when the name is first used)
-_API = {}
+_API = {
+    "train": "medsight.training.run", "Run": "medsight.training.run",
+    "load": "medsight.inference.model", "Model": "medsight.inference.model", "export": "medsight.inference.model",
+    "Predictions": "medsight.inference.model", "Evaluation": "medsight.inference.model",
+    "PredictionReport": "medsight.inference.predict", "Result": "medsight.task",
+    "import_model": "medsight.sources.importers", "compress": "medsight.compression.compress",
+    "check_data": "medsight.data.check", "fingerprint": "medsight.planning.plans", "synthesize": "medsight.data",
+}
 
 
 def __getattr__(name: str):

@@ -1,6 +1,6 @@
 """``medsight demo``: for every registered task, synthetic data in the official layout -> train on the
-CPU -> evaluate on data the run never saw -> predict -> report, by running the same commands a user
-would type. The top page ``report.html`` shows each task's key figure and picture."""
+CPU -> evaluate on data the run never saw -> predict -> report, through the Python API; each step prints the
+command a user would type for it. The top page ``report.html`` shows each task's key figure and picture."""
 
 from __future__ import annotations
 
@@ -12,11 +12,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from medsight.io.writers import write_text
 from medsight.core.registry import TASKS
+from medsight.errors import MedsightError
+from medsight.io import checkpoint
+from medsight.io.writers import write_text
 
 log = logging.getLogger(__name__)
-CHECKPOINT = "<checkpoint>"
 
 
 @dataclass
@@ -36,61 +37,64 @@ def _option(value) -> str:
     return ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
 
 
-def _checkpoint(run: Path) -> Path:
-    best = run / "checkpoints" / "best.pt"
-    return best if best.exists() else run / "checkpoints" / "last.pt"
-
-
-def _run(argv: list[str]) -> int:
-    from medsight.cli.main import main
-
+def _say(argv: list[str]) -> None:
+    """The command a user would type for this step (the demo calls the Python API, the same code)."""
     log.info(f"\n$ medsight {shlex.join(argv)}")
-    return main(argv, nested=True)
 
 
-def _synth_step(dataset: str, folder: Path, synth: dict, seed: int) -> list[str]:
+def _synthesize(dataset: str, folder: Path, synth: dict, seed: int) -> None:
+    from medsight.data import synthesize
+
     synth = dict(synth)
     cases = synth.pop("cases", None)
-    return (["data", "synth", dataset, str(folder), "--seed", str(seed)] + (["--cases", str(cases)] if cases else [])
-            + [f"--{k}={_option(v)}" for k, v in synth.items()])
+    _say(["data", "synth", dataset, str(folder), "--seed", str(seed)] + (["--cases", str(cases)] if cases else [])
+         + [f"--{k}={_option(v)}" for k, v in synth.items()])
+    synthesize(dataset, folder, cases=cases, seed=seed, **{k: _option(v) for k, v in synth.items()})
 
 
-def _steps(name: str, task, out: Path, run: Path, quick: bool) -> tuple[list, str]:
-    """The commands of one task's demo, and a description of the data its evaluation uses."""
+def _run_task(name: str, task, out: Path, run: Path, quick: bool) -> str:
+    """One task's demo: synthetic data, training, evaluation on data the run never saw, prediction. Returns a
+    description of the data its evaluation used."""
+    from medsight.inference.model import load
+    from medsight.training.run import train
+
     spec = task.demo
     data = out / "data" / spec.dataset
     synth = dict(spec.synth, **(spec.quick_synth if quick else {}))
-    steps: list = []
     if data.exists():
         log.info(f"(synthetic {spec.dataset} data already in {data})")
     else:
-        steps.append(_synth_step(spec.dataset, data, synth, seed=0))
-    if (run / "checkpoints" / "last.pt").exists():
+        _synthesize(spec.dataset, data, synth, seed=0)
+    overrides = [*spec.overrides, *(spec.quick_overrides if quick else ())]
+    if checkpoint.in_run(run).exists():
         log.info(f"{run} holds a model from an earlier demo: training skipped (delete {run} to train again)")
     else:
-        steps.append(["train", name, "--data", str(data), "--profile", spec.profile, "--out", str(run),
-                      *spec.overrides, *(spec.quick_overrides if quick else ())])
-    predict_data = data
+        _say(["train", name, "--data", str(data), "--profile", spec.profile, "--out", str(run), *overrides])
+        train(name, data, profile=spec.profile, out=run, overrides=overrides)
+    model = load(checkpoint.best_or_last(run))
+    predict_data, split = data, spec.evaluate_split or task.evaluate_split
     if spec.held_out_cases:
-        held_out = predict_data = out / "data" / f"{spec.dataset}-held-out"
+        predict_data, split = out / "data" / f"{spec.dataset}-held-out", "all"
         cases = min(spec.held_out_cases, 2) if quick else spec.held_out_cases
-        if not held_out.exists():
-            steps.append(_synth_step(spec.dataset, held_out, dict(synth, cases=cases), seed=1))
-        steps.append(["evaluate", "--checkpoint", CHECKPOINT, "--data", str(held_out), "--split", "all",
-                      "--out", str(run / "evaluation" / "held-out")])
-        evaluated_on = f"{cases} held-out cases synthesised with another seed"
+        if not predict_data.exists():
+            _synthesize(spec.dataset, predict_data, dict(synth, cases=cases), seed=1)
+        evaluated_on, folder = f"{cases} held-out cases synthesised with another seed", "held-out"
     else:
-        split = spec.evaluate_split or task.evaluate_split
-        steps.append(["evaluate", "--checkpoint", CHECKPOINT, "--data", str(data), "--split", split,
-                      "--out", str(run / "evaluation" / split)])
-        evaluated_on = f"the {split} split, which training never reads"
-    # the inputs are picked once the data exist (the steps before it may synthesise them)
-    steps.append(lambda: ["predict", "--checkpoint", CHECKPOINT, *task.demo_inputs(predict_data), "--out",
-                          str(run / "predictions"), *spec.predict_args])
-    return steps, evaluated_on
+        evaluated_on, folder = f"the {split} split, which training never reads", split
+    _say(["evaluate", "--checkpoint", str(model.path), "--data", str(predict_data), "--split", split,
+          "--out", str(run / "evaluation" / folder)])
+    model.evaluate(predict_data, split, out=run / "evaluation" / folder)
+    inputs = task.demo_inputs(predict_data)  # picked once the data exist
+    _say(["predict", "--checkpoint", str(model.path), *inputs, "--out", str(run / "predictions"),
+          *(f"infer.{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in spec.predict_options.items())])
+    report = model.predict_files(inputs, run / "predictions", **spec.predict_options)
+    if report.failures:
+        raise MedsightError(f"predict failed on {len(report.failures)} input(s): {report.failures[0]}", run)
+    return evaluated_on
 
 
 def run_demo(out: Path, tasks: list[str] | None = None, quick: bool = False) -> int:
+    """Every registered task's demo, then the top page; 0 when all worked, else 1 (each failure printed)."""
     names = tasks or TASKS.names()
     if not names:
         log.info("medsight demo: no tasks are registered yet, so there is nothing to train; "
@@ -108,14 +112,12 @@ def run_demo(out: Path, tasks: list[str] | None = None, quick: bool = False) -> 
         if task.demo.note:
             log.info(task.demo.note)
         run = out / name
-        steps, evaluated_on = _steps(name, task, out, run, quick)
-        status = 0
-        for step in steps:
-            argv = step() if callable(step) else step
-            status = _run([str(_checkpoint(run)) if a == CHECKPOINT else a for a in argv])
-            if status != 0:
-                failed.append(f"{name}: `medsight {shlex.join(argv)}` exited with {status}")
-                break
+        status, evaluated_on = 0, ""
+        try:
+            evaluated_on = _run_task(name, task, out, run, quick)
+        except MedsightError as exc:
+            status = exc.exit_status
+            failed.append(f"{name}: {exc}")
         from medsight.reporting.report import write_report
 
         report = write_report(run, title=f"medsight demo: {name}") if run.exists() else None

@@ -1,17 +1,25 @@
-"""The task protocol: what a task plugin owns, and what it never touches.
+"""The task protocol: what a task plugin owns, and what the trainer and the runtime own.
 
 A task owns its default config and profiles, the record schema it reads (every dataset format that
 produces it can feed the task), its transforms per stage, the model family it builds from, the
 training step (loss + values to log), validation outputs and metrics (and which metric picks the
-best checkpoint, in which direction), inference, post-processing and writing. It never moves tensors
-between devices, never calls ``backward()``, never builds optimizers, never loads starting weights
-and never touches AMP or DDP: the trainer and the runtime do.
+best checkpoint, in which direction), inference, post-processing into typed results, and writing them.
+
+The trainer and the runtime own devices, precision and distribution: a task never calls ``backward()``,
+never builds optimizers, never loads starting weights, never touches AMP, DDP or the device of the model or
+the batch (both arrive on the device, inside autocast). What a task may do with tensors is shape its own
+network calls: a task arranges the inputs of its inferer for the kernels that run them (segmentation hands
+each sliding window to a channels-last network in that layout; detection pairs a CPU scan with itself,
+because PyTorch's 3D convolutions of a batch of one take a slow path), and a task that holds a frozen
+helper network (classification's distillation teacher) gives it to the trainer through
+``frozen_networks``, which puts it on the device.
 
 Lifecycle. A task is made from its config; its ``state`` (what it learns from data that inference
-needs: label order, thresholds, label convention) is then set exactly once, either by
-``learn_state(data)`` when a training run starts, or by ``load_state_dict`` from a checkpoint
-(evaluate, predict, export, resume). Everything else reads the state and never sets it, except
-``validation_metrics`` while ``learning`` (thresholds chosen on validation).
+needs: label order, thresholds, label convention) is then set once, either by ``learn_state(data)``
+when a training run starts, or by ``load_state_dict`` from a checkpoint (evaluate, predict, export,
+resume). Afterwards only ``validation_metrics`` updates it, while ``learning`` (thresholds and
+post-processing chosen on validation). The network's structure (a pruned network's thinner layers) is the
+model's, not the task's: it travels in the checkpoint beside the weights (``medsight.core.models``).
 
     @register_task("segmentation")
     class BrainTumourSegmentation(Task):
@@ -25,9 +33,11 @@ needs: label order, thresholds, label convention) is then set exactly once, eith
         def training_step(self, model, batch) -> StepOutput: ...
         def validation_step(self, model, batch) -> dict[str, list]: ...
         def validation_metrics(self, outputs) -> dict[str, float]: ...
-        def input_records(self, path, images) -> list[dict]: ...
+        def input_records(self, path, images) -> list[dict]: ...   # command-line inputs (files, folders)
+        def input_record(self, image, case_id) -> dict: ...        # one case from reader names
         def predict(self, model, batch) -> list: ...
-        def prediction_writer(self, out) -> PredictionWriter: ...   # one per predict call
+        def to_result(self, prediction, item) -> Result: ...       # on the input's own grid
+        def prediction_writer(self, out) -> PredictionWriter: ...   # writes results; one per predict call
 """
 
 from __future__ import annotations
@@ -82,7 +92,8 @@ class DemoSpec:
     #: smaller data and shorter training for ``demo --quick`` (tests)
     quick_synth: dict = field(default_factory=dict)
     quick_overrides: tuple[str, ...] = ()
-    predict_args: tuple[str, ...] = ()
+    #: task options of the demo's predict (``Model.predict_files`` keywords: keys of the task's infer section)
+    predict_options: dict = field(default_factory=dict)
     #: the split ``medsight demo`` evaluates; None = the task's evaluate_split. It must be data the run
     #: never saw: with ``held_out_cases`` the demo synthesises that many more cases (another seed) and
     #: evaluates all of them instead
@@ -101,6 +112,31 @@ class OutputOptions:
     keep_identifiers: bool = False
 
 
+@dataclass
+class Result:
+    """One case's prediction, made by ``Task.to_result`` on the input's own grid. Tasks derive their own
+    (findings of an X-ray, nodule marks of a CT, a label map of an MRI case); ``save(folder)`` writes exactly
+    the files ``medsight predict`` writes for it."""
+
+    #: the case's name in outputs (a file name, a case folder's name, or the name given for an in-memory image)
+    id: str
+    #: the task that made it: its writer saves it
+    task: Any = field(default=None, repr=False, compare=False, kw_only=True)
+
+    def save(self, folder: str | Path, *, dicom: bool = False, keep_identifiers: bool = False) -> list[Path]:
+        return save_results([self], folder, OutputOptions(dicom=dicom, keep_identifiers=keep_identifiers))
+
+
+def save_results(results, folder: str | Path, options: OutputOptions | None = None) -> list[Path]:
+    """Every result written into ``folder`` by its task's writer, with the files that sum them up."""
+    results = list(results)
+    if not results:
+        return []
+    writer = results[0].task.prediction_writer(Path(folder), options)
+    written = [path for result in results for path in writer.write(result)]
+    return written + writer.finish()
+
+
 class PredictionWriter:
     """Writes one ``predict`` call's outputs; made fresh for each call by ``Task.prediction_writer``, so
     rows gathered for a summary file (a CSV of every image) belong to that call alone."""
@@ -109,13 +145,22 @@ class PredictionWriter:
         self.out = Path(out)
         self.options = options or OutputOptions()
 
-    def write(self, prediction: Any, data: dict) -> list[Path]:
-        """Post-process one item (``data``: its de-collated CPU inputs with metadata) and write it."""
+    def write(self, result: Result) -> list[Path]:
+        """Write one case's result; returns the files written."""
         raise NotImplementedError
 
     def finish(self) -> list[Path]:
         """Files that sum up the whole call (e.g. one CSV for all images). Default: none."""
         return []
+
+
+@dataclass(frozen=True)
+class Distillation:
+    """How a task trains a student from a teacher (``Task.distillation``): the config overrides of the student's
+    run, and the settings to record on the compressed checkpoint's label."""
+
+    overrides: tuple[str, ...]
+    settings: dict = field(default_factory=dict)
 
 
 class Task:
@@ -140,11 +185,20 @@ class Task:
     #: state keys chosen on validation while training (thresholds, post-processing): a run trained with
     #: ``--plans`` records them in its plans.json next to what was planned
     chosen_on_validation: ClassVar[tuple[str, ...]] = ()
+    #: ``medsight compress --method distill``: the student trained when none is named; None = no distillation
+    default_student: ClassVar[str | None] = None
+    #: what reads this task's inputs: ``volume`` (3D medical formats, DICOM series) or ``picture`` (2D X-rays)
+    input_kind: ClassVar[str] = "volume"
     #: ``medsight data fingerprint`` / ``train --plans``: a module with ``fingerprint_case(task, record)``,
     #: ``summarise(task, cases)`` and ``plan(task, fingerprint, budget_bytes, precision)``; None = no planning
     planner: ClassVar[Any] = None
 
     def __init__(self, config: TaskConfig):
+        name = getattr(getattr(config, "model", None), "name", None)
+        if self.model_family and isinstance(name, str):  # the family's registry is filled by the task's module
+            from medsight.core.models import models
+
+            models(self.model_family).check(name)
         self.config = config
         #: values learnt from data that inference needs (label names, thresholds...): saved in checkpoints
         self.state: dict[str, Any] = {}
@@ -205,10 +259,25 @@ class Task:
         """Files for ``medsight evaluate`` (per-case tables, curves). Default: none."""
         return []
 
+    def case_rows(self, outputs: dict[str, list]) -> list[dict]:
+        """One row per evaluated case from the validation outputs. Default: every output that is one number or
+        string per case."""
+        import numbers
+
+        count = max((len(v) for v in outputs.values()), default=0)
+        columns = [k for k, v in outputs.items() if len(v) == count and not k.startswith("pp:")
+                   and all(isinstance(x, (numbers.Number, str)) for x in v)]
+        return [{k: outputs[k][i] for k in columns} for i in range(count)]
+
     # -- inference --------------------------------------------------------------------------------
     def input_records(self, path: str | None, images: dict[str, str] | None = None) -> list[dict]:
         """Records for one command-line input (a file, or a folder of files or of one case), or for
         explicit ``role=file`` images. Raise ``DataError`` naming the file for a bad input."""
+        raise NotImplementedError
+
+    def input_record(self, image: str | dict[str, str], case_id: str) -> dict:
+        """One case's record from names the readers take as they are (files already checked, or in-memory
+        images: ``medsight.io.memory``): one name, or ``{role: name}`` for a multi-modal case."""
         raise NotImplementedError
 
     def predict_batch_size(self, device: torch.device) -> int:
@@ -219,9 +288,19 @@ class Task:
         """One prediction per item of ``batch`` (already on the device, inside autocast)."""
         raise NotImplementedError
 
+    def to_result(self, prediction: Any, item: dict) -> Result:
+        """One item's prediction (from ``predict``) post-processed into a result on the input's own grid;
+        ``item``: the item's de-collated CPU inputs with their metadata."""
+        raise NotImplementedError
+
     def prediction_writer(self, out: Path, options: OutputOptions | None = None) -> PredictionWriter:
         """A writer for one ``predict`` call into ``out``."""
         raise NotImplementedError
+
+    def frozen_networks(self) -> list[nn.Module]:
+        """Networks the task uses in its training step besides the model (a distillation teacher), frozen; the
+        trainer puts them on its device once, before the first step. Default: none."""
+        return []
 
     def example_input(self) -> torch.Tensor:
         """A batch-of-one input for export (TorchScript/ONNX)."""
@@ -258,6 +337,21 @@ class Task:
         """Inputs ``medsight demo`` predicts on, from the synthetic dataset at ``data``."""
         return []
 
+    # -- compression ------------------------------------------------------------------------------
+    def check_student(self, student: str | None, where: str | Path = "command line") -> None:
+        """ConfigError unless this task distils and ``student`` is a model of its family (``where``: the
+        checkpoint to distil, named in the error)."""
+        if self.default_student is None:
+            raise TaskError(f"--method distill: the {self.name} task offers no distillation", where)
+        from medsight.core.models import models
+
+        models(self.model_family).check(student, key="--student")
+
+    def distillation(self, teacher: Path, student: str) -> Distillation:
+        """The settings that train ``student`` (a model name of this task's family) to imitate the checkpoint
+        ``teacher`` as well as learn the labels."""
+        raise TaskError(f"--method distill: the {self.name} task offers no distillation", "command line")
+
     # -- command line -----------------------------------------------------------------------------
     @classmethod
     def add_arguments(cls, parser: argparse._ArgumentGroup, command: str) -> None:
@@ -269,8 +363,9 @@ class Task:
         return []
 
     @classmethod
-    def score_predictions(cls, predictions: Path, args: argparse.Namespace, out: Path) -> dict[str, float]:
-        """``medsight evaluate TASK --predictions FILE``: score a predictions file without a model."""
+    def score_predictions(cls, predictions: Path, out: Path, **options) -> dict[str, float]:
+        """``medsight evaluate TASK --predictions FILE``: score a predictions file without a model (``options``:
+        the task's own evaluate options, e.g. detection's ``annotations``), writing its files to ``out``."""
         raise TaskError(f"task {cls.name} cannot score a predictions file", "command line")
 
     # -- settings planned from the data (medsight data fingerprint; train --plans) -----------------

@@ -12,7 +12,6 @@ from medsight.data.formats import check_format_name
 from medsight.datasets.schemas import LABELLED_PICTURES
 from medsight.datasets.splits import check_group_pattern
 from medsight.errors import ConfigError
-from medsight.core.models import models as registry
 
 
 @dataclass
@@ -93,9 +92,6 @@ class ClassificationModel:
     init_weights: Optional[str] = None
 
     def __post_init__(self):
-        from medsight.tasks.classification import models  # noqa: F401  (registers the family's models)
-
-        registry("classification").check(self.name)
         if not 0 <= self.dropout < 1:
             raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout}")
 

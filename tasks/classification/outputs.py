@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,7 @@ from sklearn.metrics import roc_curve
 
 from medsight.io.pictures import heatmap_png
 from medsight.io.writers import atomic_path, write_csv
-from medsight.task import PredictionWriter
+from medsight.task import PredictionWriter, Result
 from medsight.tasks.classification.labels import LabelSet
 from medsight.tasks.classification.metrics import has_both_classes, per_label_table, single_label_confusion
 
@@ -65,40 +66,83 @@ def write_cams(picture: np.ndarray, cams: np.ndarray, label_indices: Sequence[in
     return written
 
 
+@dataclass
+class Findings(Result):
+    """One picture: ``probabilities`` (one per label, in ``labels`` order), ``positive`` (multi-label: the labels
+    at or above their threshold chosen on validation; single-label: the most probable class), and, when asked
+    for (``cam=True``), ``cams``: label -> Grad-CAM heatmap (H, W) in 0..1 over ``picture`` (H, W), the
+    picture as the network saw it. ``source``: the file (or the name given for an in-memory picture)."""
+
+    source: str = ""
+    labels: tuple[str, ...] = ()
+    probabilities: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)
+    positive: list[str] = field(default_factory=list)
+    decision: str = ""
+    thresholds: tuple[float, ...] | None = None
+    cams: dict[str, np.ndarray] | None = field(default=None, repr=False)
+    picture: np.ndarray | None = field(default=None, repr=False)
+
+    def probability(self, label: str) -> float:
+        return float(self.probabilities[list(self.labels).index(label)])
+
+
+def findings(prediction: dict, source: str, identifier: str, labels: LabelSet, thresholds: Sequence[float] | None,
+             picture: np.ndarray | None, task=None) -> Findings:
+    probabilities = np.asarray(prediction["probabilities"], dtype=np.float32)
+    decision = called_labels(probabilities, labels, thresholds)
+    positive = [] if decision == labels.negative and labels.multi_label else decision.split("|")
+    cams = None
+    if "cams" in prediction:
+        cams = {labels.names[int(index)]: np.asarray(cam, dtype=np.float32)
+                for cam, index in zip(prediction["cams"], prediction["cam_labels"])}
+    return Findings(id=identifier, source=source, labels=tuple(labels.names), probabilities=probabilities,
+                    positive=positive, decision=decision, task=task,
+                    thresholds=tuple(thresholds) if thresholds is not None else None, cams=cams,
+                    picture=picture if cams is not None else None)
+
+
 class PicturePredictions(PredictionWriter):
     """One predict call: a row per picture for ``predictions.csv`` (written by ``finish``), Grad-CAM PNGs
     as each picture comes."""
 
-    def __init__(self, out: Path, labels: LabelSet, thresholds: Sequence[float] | None, options=None):
+    def __init__(self, out: Path, labels: LabelSet, options=None):
         super().__init__(out, options)
         self.labels = labels
-        self.thresholds = thresholds
         self.rows: list[dict] = []
 
-    def write(self, prediction: dict, data: dict) -> list[Path]:
-        probabilities = prediction["probabilities"]
-        self.rows.append(prediction_row(str(data["path"]), probabilities, self.labels, self.thresholds))
-        if "cams" not in prediction:
+    def write(self, result: Findings) -> list[Path]:
+        row = {"image": result.source}
+        row.update({name: f"{float(p):.6f}" for name, p in zip(self.labels.names, result.probabilities)})
+        row[decision_column(self.labels)] = result.decision
+        self.rows.append(row)
+        if not result.cams:
             return []
-        picture = np.asarray(data["image"], dtype=np.float32)[0]
-        return write_cams(picture, prediction["cams"], prediction["cam_labels"], probabilities, self.labels,
-                          str(data["id"]), self.out)
+        indices = [list(self.labels.names).index(name) for name in result.cams]
+        return write_cams(result.picture, np.stack(list(result.cams.values())), indices, result.probabilities,
+                          self.labels, result.id, self.out)
 
     def finish(self) -> list[Path]:
         return [write_predictions(self.rows, self.labels, self.out)] if self.rows else []
 
 
 # -- evaluation files ------------------------------------------------------------------------------
+def image_rows(ids: Sequence[str], probabilities: np.ndarray, truth: np.ndarray, labels: LabelSet,
+               thresholds: Sequence[float] | None) -> list[dict]:
+    """One row per evaluated picture: its truth, one probability per label, and the decision."""
+    rows = []
+    for identifier, p, y in zip(ids, probabilities, truth):
+        row = {"image": identifier, "truth": "|".join(n for n, v in zip(labels.names, y) if v) or labels.negative}
+        row.update(prediction_row(identifier, p, labels, thresholds))
+        rows.append(row)
+    return rows
+
+
 def write_evaluation_files(ids: Sequence[str], probabilities: np.ndarray, truth: np.ndarray, labels: LabelSet,
                            thresholds: Sequence[float] | None, out: Path) -> list[Path]:
     """per_image.csv, per_label.csv, roc.png and (single-label) confusion_matrix.csv under ``out``."""
     names = list(labels.names)
-    image_rows = []
-    for identifier, p, y in zip(ids, probabilities, truth):
-        row = {"image": identifier, "truth": "|".join(n for n, v in zip(names, y) if v) or labels.negative}
-        row.update(prediction_row(identifier, p, labels, thresholds))
-        image_rows.append(row)
-    written = [write_csv(image_rows, out / "per_image.csv", ["image", "truth", *names, decision_column(labels)])]
+    rows = image_rows(ids, probabilities, truth, labels, thresholds)
+    written = [write_csv(rows, out / "per_image.csv", ["image", "truth", *names, decision_column(labels)])]
     table = per_label_table(probabilities, truth, names, thresholds, labels.multi_label)
     written.append(write_csv(table, out / "per_label.csv", list(table[0])))
     written.append(roc_png(probabilities, truth, names, out / "roc.png"))

@@ -20,11 +20,11 @@ from torch import nn
 from medsight.data import transforms as T
 from medsight.data.formats import DataSource
 from medsight.datasets.schemas import LABELLED_PICTURES
-from medsight.errors import DataError
+from medsight.errors import DataError, TaskError
 from medsight.core.models import create_model
 from medsight.data.picture_cache import CachedPicturesd
 from medsight.core.registry import register_task
-from medsight.task import DemoSpec, Monitor, PredictionWriter, StepOutput, Task
+from medsight.task import DemoSpec, Distillation, Monitor, PredictionWriter, StepOutput, Task
 from medsight.tasks.classification import outputs
 from medsight.tasks.classification.cam import GradCamMaps
 from medsight.tasks.classification.config import ClassificationConfig
@@ -72,6 +72,8 @@ CPU_MAX_BATCH = 64
 
 @register_task("classification")
 class XrayClassification(Task):
+    input_kind = "picture"
+    default_student = "resnet18"
     summary = "findings on chest X-rays (ChestX-ray14, multi-label) and class-per-folder/CSV image sets"
     config_class = ClassificationConfig
     schema = LABELLED_PICTURES
@@ -88,7 +90,7 @@ class XrayClassification(Task):
         overrides=("trainer.max_epochs=6",),
         quick_synth={"cases": 48, "size": 64},
         quick_overrides=("data.image_size=64", "data.batch_size=8", "trainer.max_steps_per_epoch=3"),
-        predict_args=("--cam", "infer.cam_top_k=2"),
+        predict_options={"cam": True, "cam_top_k": 2},
     )
     #: evaluate's default split
     evaluate_split = "test"
@@ -239,16 +241,30 @@ class XrayClassification(Task):
         return StepOutput(loss=(1 - weight) * loss + weight * distill, batch_size=len(logits),
                           logs={"label_loss": loss.detach(), "distill_loss": distill.detach()})
 
-    def _teacher_logits(self, images: torch.Tensor) -> torch.Tensor:
-        """The teacher's logits (B, K) for the student's batch. Each process (DDP rank) loads its own frozen
-        copy, unwrapped, on the batch's device; a resumed run reloads it from the config."""
+    def distillation(self, teacher: Path, student: str) -> Distillation:
+        """The student (``model.name``) learns the teacher's softened outputs too (``loss.distill_from``, weighted
+        by ``loss.distill_weight`` at ``loss.distill_temperature``), from scratch."""
+        loss = self.config.loss
+        return Distillation(overrides=(f"model.name={student}", "model.init_weights=null", "trainer.init_weights=null",
+                                       f"loss.distill_from={teacher}"),
+                            settings={"weight": loss.distill_weight, "temperature": loss.distill_temperature})
+
+    def frozen_networks(self) -> list[nn.Module]:
+        """The distillation teacher (``loss.distill_from``), loaded frozen once per process (each DDP rank has
+        its own unwrapped copy); the trainer puts it on the device. A resumed run reloads it from the config."""
         from medsight.tasks.classification.teacher import load_teacher
 
         settings = self.config.loss
-        if self._teacher is None:
-            self._teacher = load_teacher(settings.distill_from, self.config, self.labels).to(images.device)
+        if settings.distill_from and self._teacher is None:
+            self._teacher = load_teacher(settings.distill_from, self.config, self.labels)
             log.info(f"distilling from {settings.distill_from} (weight {settings.distill_weight}, "
                      f"temperature {settings.distill_temperature})")
+        return [self._teacher] if self._teacher is not None else []
+
+    def _teacher_logits(self, images: torch.Tensor) -> torch.Tensor:
+        """The teacher's logits (B, K) for the student's batch."""
+        if self._teacher is None:
+            raise TaskError("loss.distill_from is set but the teacher was not loaded (frozen_networks)", "training")
         with torch.no_grad():
             return self._teacher(images)
 
@@ -265,6 +281,13 @@ class XrayClassification(Task):
                                                          fallback=self.thresholds)
         return summarise(probabilities, truth, labels.names, self.thresholds, labels.multi_label)
 
+    def case_rows(self, results: dict[str, list]) -> list[dict]:
+        """Per picture: its truth, one probability per label, and the decision."""
+        if not results.get("id"):
+            return []
+        return outputs.image_rows(results["id"], np.stack(results["probabilities"]), np.stack(results["label"]),
+                                  self.labels, self.thresholds)
+
     def write_evaluation(self, results: dict[str, list], metrics: dict[str, float], out: Path) -> list[Path]:
         """per_image.csv, per_label.csv, roc.png (and confusion_matrix.csv for single-label data)."""
         return outputs.write_evaluation_files(results["id"], np.stack(results["probabilities"]),
@@ -275,22 +298,27 @@ class XrayClassification(Task):
         from medsight.datasets.folders import IMAGE_SUFFIXES, images_in
 
         if images:
-            return [self._input_record(Path(p), Path(p).name) for p in images.values()]
+            return [self.input_record(str(p), Path(p).name) for p in images.values()]
         path = Path(path)
         if path.is_dir():
             found = images_in(path)
             if not found:
                 raise DataError(f"no pictures ({', '.join(IMAGE_SUFFIXES)}) in this folder", path)
-            return [self._input_record(p, p.relative_to(path).as_posix()) for p in found]
+            return [self.input_record(str(p), p.relative_to(path).as_posix()) for p in found]
         if not path.exists():
             raise DataError("file not found", path)
         if path.suffix.lower() not in IMAGE_SUFFIXES:
             raise DataError(f"not a picture this task reads ({', '.join(IMAGE_SUFFIXES)})", path)
-        return [self._input_record(path, path.name)]
+        return [self.input_record(str(path), path.name)]
 
-    @staticmethod
-    def _input_record(path: Path, identifier: str) -> dict:
-        return {"image": str(path), "path": str(path), "id": identifier}
+    def input_record(self, image: str | dict[str, str], case_id: str) -> dict:
+        if isinstance(image, dict):
+            if len(image) != 1:
+                raise DataError(f"an X-ray is one picture; got {len(image)} images ({', '.join(image)})", case_id)
+            image = next(iter(image.values()))
+        from medsight.io.readers import is_memory_name
+
+        return {"image": str(image), "path": case_id if is_memory_name(image) else str(image), "id": case_id}
 
     def predict_batch_size(self, device: torch.device) -> int:
         if self.config.infer.batch_size:
@@ -319,8 +347,13 @@ class XrayClassification(Task):
             self._cam, self._cam_model = GradCamMaps(model, layer), model
         return self._cam
 
+    def to_result(self, prediction: dict, item: dict) -> outputs.Findings:
+        picture = np.asarray(item["image"], dtype=np.float32)[0] if "cams" in prediction else None
+        return outputs.findings(prediction, str(item["path"]), str(item["id"]), self.labels, self.thresholds,
+                                picture, task=self)
+
     def prediction_writer(self, out: Path, options=None) -> PredictionWriter:
-        return outputs.PicturePredictions(out, self.labels, self.thresholds, options)
+        return outputs.PicturePredictions(out, self.labels, options)
 
     def engine_unsupported(self) -> str | None:
         return "Grad-CAM (--cam) needs PyTorch's gradients" if self.config.infer.cam else None

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from torch import nn
 
-from medsight.core import checkpoint
+from medsight.io import checkpoint
 from medsight.errors import ConfigError
 from medsight.tasks.classification.config import ClassificationConfig
 from medsight.tasks.classification.labels import LabelSet
@@ -20,15 +20,15 @@ INPUT_SETTINGS = ("image_size", "channels", "normalize", "intensity_percentiles"
 def load_teacher(path: str | Path, config: ClassificationConfig, labels: LabelSet) -> nn.Module:
     """The teacher's network (its EMA weights when its run kept them) in eval mode with no gradients, on the
     CPU in float32; ConfigError when it cannot stand in for this run's model on this run's pictures."""
-    from medsight.inference.predict import load_for_inference
+    from medsight.inference.model import Model
 
     where = f"loss.distill_from={path}"
     if not Path(path).is_file():
         raise ConfigError("no such teacher checkpoint", where)
-    loaded = load_for_inference(path, state=checkpoint.load(path, task="classification"))
-    if loaded.model is None:
-        raise ConfigError(f"the teacher holds a compressed {loaded.engine} model: distil from the checkpoint it "
-                          "came from", where)
+    loaded = Model(checkpoint.load(path, task="classification"), Path(path), engine="torch")
+    if loaded.torch_model is None:
+        raise ConfigError(f"the teacher holds a compressed {loaded.carried['kind']} model: distil from the "
+                          "checkpoint it came from", where)
     theirs, ours = loaded.task.config.data, config.data
     for key in INPUT_SETTINGS:
         if getattr(theirs, key) != getattr(ours, key):
@@ -39,4 +39,4 @@ def load_teacher(path: str | Path, config: ClassificationConfig, labels: LabelSe
     if list(taught.names) != list(labels.names) or taught.multi_label != labels.multi_label:
         raise ConfigError(f"the teacher's labels ({', '.join(taught.names)}) are not this run's "
                           f"({', '.join(labels.names)})", where)
-    return loaded.model.float().eval().requires_grad_(False)
+    return loaded.torch_model.float().eval().requires_grad_(False)

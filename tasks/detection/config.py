@@ -14,7 +14,6 @@ from medsight.core.config import LoaderConfig, OptimConfig, TaskConfig, TrainerC
 from medsight.data.formats import check_format_name
 from medsight.datasets.schemas import NODULE_SCANS
 from medsight.errors import ConfigError
-from medsight.core.models import models as registry
 
 #: ResNet depth -> (block type, blocks per stage), as in MONAI's and torchvision's ResNets
 RESNET_DEPTHS = {
@@ -104,9 +103,6 @@ class DetectionModel:
     init_weights: Optional[str] = None
 
     def __post_init__(self):
-        from medsight.tasks.detection import model  # noqa: F401  (registers the family's networks)
-
-        registry("detection").check(self.name)
         if self.depth not in RESNET_DEPTHS:
             raise ConfigError(f"model.depth={self.depth} is not one of {', '.join(map(str, RESNET_DEPTHS))}")
         if len(self.widths) != 4 or any(w <= 0 for w in self.widths):

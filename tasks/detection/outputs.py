@@ -4,6 +4,7 @@ table, curve, plot and summary of an evaluation."""
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,7 @@ import numpy as np
 from medsight.core.geometry import voxel_size_mm, voxel_to_world, world_to_voxel
 from medsight.io.pictures import marks_png
 from medsight.io.writers import atomic_path, write_csv, write_json
-from medsight.task import PredictionWriter
+from medsight.task import PredictionWriter, Result
 
 from .boxes import boxes_to_nodules
 from .froc import FP_RATES, FrocResult
@@ -34,7 +35,7 @@ def submission_rows(seriesuid: str, marks: np.ndarray) -> list[dict]:
             for m in np.asarray(marks).reshape(-1, 5)]
 
 
-def dicom_marks(marks: np.ndarray, image, seriesuid: str, out: Path, keep_identifiers: bool, min_probability: float,
+def dicom_marks(marks: np.ndarray, source: str, seriesuid: str, out: Path, keep_identifiers: bool, min_probability: float,
                 max_marks: int) -> list[Path]:
     """A DICOM SEG referencing the scan's own DICOM series: one sphere segment per mark at or above
     ``min_probability`` (the ``max_marks`` most probable), labelled with its probability and diameter. A SEG,
@@ -43,7 +44,6 @@ def dicom_marks(marks: np.ndarray, image, seriesuid: str, out: Path, keep_identi
     from medsight.io.dicom_out import write_segmentation
     from medsight.io.readers import load
 
-    source = str((image.meta or {}).get("filename_or_obj", ""))
     if not (Path(source).is_dir() or source.lower().endswith((".dcm", ".ima"))):
         raise DataError("--dicom writes a DICOM SEG referencing the input series: this scan is not DICOM (its "
                         "submission rows were written)", source)
@@ -67,59 +67,79 @@ def write_submission(rows: Iterable[dict], path: Path) -> Path:
     return write_csv(rows, path, SUBMISSION_HEADER)
 
 
+@dataclass
+class OverlaySlice:
+    """An axial slice through a mark's centre, shown the radiological way (patient's right on the left,
+    anterior at the top), with the mark's circle in pixels of that slice."""
+
+    pixels: np.ndarray = field(repr=False)
+    spacing_mm: tuple[float, float]
+    circle: tuple[float, float, float, str]
+    title: str
+
+
+@dataclass
+class NoduleMarks(Result):
+    """One CT: ``marks`` (N, 5) ``x, y, z, probability, diameter_mm``, the centres in world mm (LPS, as LUNA16's
+    annotations.csv), highest probability first; ``seriesuid``: the scan's (a file name for a file without one);
+    ``source``: the file or DICOM folder read (or the name given for an in-memory image); ``overlays``: the
+    slices through the top marks, for the overlay pictures."""
+
+    seriesuid: str = ""
+    source: str = ""
+    marks: np.ndarray = field(default_factory=lambda: np.zeros((0, 5)), repr=False)
+    overlays: list[OverlaySlice] = field(default_factory=list, repr=False)
+
+    def rows(self) -> list[dict]:
+        """The submission rows of this scan (``seriesuid,coordX,coordY,coordZ,probability,diameter_mm``)."""
+        return submission_rows(self.seriesuid, self.marks)
+
+
 class NoduleSubmission(PredictionWriter):
     """One predict call: the marks of every scan, gathered for one ``submission.csv`` (written by
     ``finish``), and overlay PNGs of each scan's top marks as the scan comes."""
 
-    def __init__(self, out: Path, overlays_per_scan: int, voxel_centre: float = 0.5, options=None,
-                 dicom_min_probability: float = 0.5, dicom_max_marks: int = 10):
+    def __init__(self, out: Path, options=None, dicom_min_probability: float = 0.5, dicom_max_marks: int = 10):
         super().__init__(out, options)
         self.dicom_min_probability, self.dicom_max_marks = dicom_min_probability, dicom_max_marks
-        self.overlays_per_scan = overlays_per_scan
-        self.voxel_centre = voxel_centre
         self.rows: list[dict] = []
 
-    def write(self, prediction: dict, data: dict) -> list[Path]:
-        image = data["image"]
-        affine = np.asarray(image.affine.cpu().numpy(), dtype=np.float64)
-        seriesuid = str(image.meta.get("series_uid") or data.get("seriesuid") or data.get("id"))
-        marks = marks_from_boxes(prediction["boxes"], prediction["scores"], affine, self.voxel_centre)
-        self.rows.extend(submission_rows(seriesuid, marks))
+    def write(self, result: NoduleMarks) -> list[Path]:
+        self.rows.extend(result.rows())
         written = []
         if self.options.dicom:
-            written += dicom_marks(marks, image, seriesuid, self.out, self.options.keep_identifiers,
-                                   self.dicom_min_probability, self.dicom_max_marks)
-        if self.overlays_per_scan == 0 or len(marks) == 0:
-            return written
-        return written + overlay_pngs(image[0].cpu().numpy(), affine, marks, seriesuid, self.out / "overlays",
-                                      self.overlays_per_scan)
+            written += dicom_marks(result.marks, result.source, result.seriesuid, self.out,
+                                   self.options.keep_identifiers, self.dicom_min_probability, self.dicom_max_marks)
+        for rank, view in enumerate(result.overlays, start=1):
+            written.append(marks_png(view.pixels, view.spacing_mm, [view.circle],
+                                     self.out / "overlays" / f"{result.seriesuid}_mark{rank}.png", title=view.title,
+                                     window=(0.0, 1.0)))
+        return written
 
     def finish(self) -> list[Path]:
         return [write_submission(self.rows, self.out / "submission.csv")]
 
 
-def overlay_pngs(image: np.ndarray, affine_ras: np.ndarray, marks: np.ndarray, seriesuid: str, folder: Path,
-                 count: int, window: tuple[float, float] = (0.0, 1.0)) -> list[Path]:
-    """For each of the ``count`` top marks, the axial slice through its centre with a circle of its
-    diameter, shown the radiological way (patient's right on the left, anterior at the top).
+def overlay_slices(image: np.ndarray, affine_ras: np.ndarray, marks: np.ndarray, seriesuid: str,
+                   count: int) -> list[OverlaySlice]:
+    """For each of the ``count`` top marks, the axial slice through its centre with a circle of its diameter.
 
     image: (X, Y, Z) on the grid ``affine_ras`` (oriented RAS by the pipeline); marks: (N, 5) world LPS.
     """
-    paths = []
+    views = []
     spacing = voxel_size_mm(affine_ras)
     for rank, mark in enumerate(np.asarray(marks).reshape(-1, 5)[:count], start=1):
         i, j, k = world_to_voxel(mark[:3], affine_ras, space="LPS")[0]
         slice_index = int(np.clip(round(k), 0, image.shape[2] - 1))
         # RAS array -> LPS array: [x, y].T shows rows from anterior, columns from the patient's right.
-        axial = image[::-1, ::-1, slice_index]
+        axial = np.ascontiguousarray(image[::-1, ::-1, slice_index])
         x, y = image.shape[0] - 1 - i, image.shape[1] - 1 - j
         radius = max(mark[4] / 2.0 / spacing[0], 2.0)
         title = (f"...{seriesuid[-12:]} mark {rank}: p={mark[3]:.2f}, {mark[4]:.1f} mm at "
                  f"({mark[0]:.1f}, {mark[1]:.1f}, {mark[2]:.1f}) mm LPS")
-        path = folder / f"{seriesuid}_mark{rank}.png"
-        paths.append(marks_png(axial, spacing[:2], [(x, y, radius, f"{mark[3]:.2f}")], path, title=title,
-                               window=window))
-    return paths
+        views.append(OverlaySlice(axial, (float(spacing[0]), float(spacing[1])), (x, y, radius, f"{mark[3]:.2f}"),
+                                  title))
+    return views
 
 
 def write_froc(result: FrocResult, out: Path, title: str = "FROC") -> list[Path]:

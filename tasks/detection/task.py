@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from medsight.datasets.schemas import NODULE_SCANS
-from medsight.errors import DataError
+from medsight.errors import ConfigError, DataError
 from medsight.core.registry import register_task
 from medsight.task import DemoSpec, Monitor, PredictionWriter, StepOutput, Task
 
@@ -164,6 +164,12 @@ class LungNoduleDetection(Task):
     def validation_metrics(self, outputs_: dict[str, list]) -> dict[str, float]:
         return self._score(outputs_).metrics()
 
+    def case_rows(self, outputs_: dict[str, list]) -> list[dict]:
+        """Per scan: its nodules, its marks and the most probable mark's probability."""
+        return [{"seriesuid": uid, "nodules": len(nodules), "marks": len(marks),
+                 "top_probability": float(np.asarray(marks)[:, 3].max()) if len(marks) else 0.0}
+                for uid, nodules, marks in zip(outputs_["seriesuid"], outputs_["nodules"], outputs_["marks"])]
+
     def write_evaluation(self, outputs_: dict[str, list], metrics: dict[str, float], out: Path) -> list[Path]:
         rows = [row for uid, marks in zip(outputs_["seriesuid"], outputs_["marks"])
                 for row in outputs.submission_rows(uid, marks)]
@@ -185,25 +191,43 @@ class LungNoduleDetection(Task):
         if source.is_file():
             if not source.name.lower().endswith(INPUT_SUFFIXES):
                 raise DataError(f"not a CT volume ({', '.join(INPUT_SUFFIXES)} or a DICOM series folder)", source)
-            return [_scan_record(source)]
+            return [self.input_record(str(source), _scan_id(source))]
         from medsight.datasets.ct_nodules import dicom_series_uids, volume_stem
 
         volumes = sorted(p for p in source.rglob("*") if p.is_file() and volume_stem(p))
         if volumes:
-            return [_scan_record(p) for p in volumes]
+            return [self.input_record(str(p), _scan_id(p)) for p in volumes]
         uids = dicom_series_uids(source)
         if uids:
             # several series: the reader takes the one with most slices and reports its uid in the metadata
             return [{"image": str(source), "id": source.name, "seriesuid": uids[0] if len(uids) == 1 else source.name}]
         raise DataError("no CT scans here (NIfTI, MHD, NRRD files or DICOM series)", source)
 
+    def input_record(self, image: str | dict[str, str], case_id: str) -> dict:
+        if isinstance(image, dict):
+            if len(image) != 1:
+                raise DataError(f"detection reads one CT per case; got {len(image)} images ({', '.join(image)})",
+                                case_id)
+            image = next(iter(image.values()))
+        return {"image": str(image), "id": case_id, "seriesuid": case_id}
+
     def predict(self, model: nn.Module, batch: dict) -> list[dict[str, np.ndarray]]:
         return self._detect(model, batch["image"])
 
+    def to_result(self, prediction: dict, item: dict) -> outputs.NoduleMarks:
+        image = item["image"]
+        affine = np.asarray(image.affine.cpu().numpy(), dtype=np.float64)
+        seriesuid = str(image.meta.get("series_uid") or item.get("seriesuid") or item.get("id"))
+        marks = outputs.marks_from_boxes(prediction["boxes"], prediction["scores"], affine,
+                                         self.config.model.box_voxel_centre)
+        count = self.config.infer.overlays_per_scan
+        views = outputs.overlay_slices(image[0].cpu().numpy(), affine, marks, seriesuid, count) if count else []
+        return outputs.NoduleMarks(id=str(item["id"]), seriesuid=seriesuid, marks=marks, overlays=views, task=self,
+                                   source=str((image.meta or {}).get("filename_or_obj", "")))
+
     def prediction_writer(self, out: Path, options=None) -> PredictionWriter:
         infer = self.config.infer
-        return outputs.NoduleSubmission(out, infer.overlays_per_scan, self.config.model.box_voxel_centre, options,
-                                        infer.dicom_min_probability, infer.dicom_max_marks)
+        return outputs.NoduleSubmission(out, options, infer.dicom_min_probability, infer.dicom_max_marks)
 
     def example_input(self) -> torch.Tensor:
         size = [2 * d for d in size_divisible(self.config.model)]
@@ -234,14 +258,16 @@ class LungNoduleDetection(Task):
                                 help="with --predictions: bootstrap resamples for confidence intervals")
 
     @classmethod
-    def score_predictions(cls, predictions: Path, args, out: Path) -> dict[str, float]:
+    def score_predictions(cls, predictions: Path, out: Path, annotations=None, excluded=None, seriesuids=None,
+                          bootstrap: int = 0) -> dict[str, float]:
         """Score any system's LUNA16 submission CSV by the official rules; writes froc.csv, froc.png,
-        froc_curve.csv and summary.json to ``out``. Without ``--seriesuids``, the scans scored are those
+        froc_curve.csv and summary.json to ``out``. Without ``seriesuids``, the scans scored are those
         named in the annotations or the predictions (scans with neither would be missed: pass the list)."""
         from medsight.datasets.luna16 import read_annotations
 
-        annotations, excluded = getattr(args, "annotations", None), getattr(args, "excluded", None)
-        seriesuids, bootstrap = getattr(args, "seriesuids", None), getattr(args, "bootstrap", 0) or 0
+        bootstrap = bootstrap or 0
+        if bootstrap < 0:
+            raise ConfigError(f"--bootstrap must be 0 or more, got {bootstrap}", "command line")
         if not annotations:
             raise DataError("scoring needs --annotations (annotations.csv of the scans)", "command line")
         marks = froc.read_submission(Path(predictions))
@@ -258,8 +284,7 @@ class LungNoduleDetection(Task):
         return result.metrics()
 
 
-def _scan_record(path: Path) -> dict:
+def _scan_id(path: Path) -> str:
     from medsight.datasets.ct_nodules import volume_stem
 
-    uid = volume_stem(path) or path.stem
-    return {"image": str(path), "id": uid, "seriesuid": uid}
+    return volume_stem(path) or path.stem

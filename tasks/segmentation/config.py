@@ -10,7 +10,6 @@ from medsight.data.formats import check_format_name
 from medsight.datasets.brats import CONVENTIONS, ROLES
 from medsight.datasets.schemas import MRI_CASES
 from medsight.errors import ConfigError
-from medsight.core.models import models as registry
 
 
 @dataclass
@@ -68,9 +67,6 @@ class SegmentationModel:
     init_weights: Optional[str] = None
 
     def __post_init__(self):
-        from medsight.tasks.segmentation import models  # noqa: F401  (registers the family's networks)
-
-        registry("segmentation").check(self.name)
         positive("model.init_filters", self.init_filters)
         if self.name == "segresnet" and self.init_filters % 8:
             raise ConfigError(f"model.init_filters={self.init_filters}: SegResNet's group norm needs a multiple of 8")

@@ -20,10 +20,8 @@ from medsight.datasets import brats
 from medsight.datasets.schemas import MRI_CASES
 from medsight.errors import DataError
 from medsight.core.geometry import voxel_size_mm
-from medsight.io.pictures import volume_overlay_png
 from medsight.io.readers import check_volume_path
-from medsight.io.readers import load as load_image
-from medsight.io.writers import write_csv, write_nifti
+from medsight.io.writers import write_csv
 from medsight.core.registry import register_task
 from medsight.core.runtime import channels_last_format
 from medsight.task import DemoSpec, Monitor, PredictionWriter, StepOutput, Task
@@ -32,6 +30,7 @@ from . import plans
 from .config import PROFILES, SegmentationConfig
 from .metrics import METRIC_NAMES, mask_scores, region_scores, summarise, summary_table
 from .models import SliceWise, build_network
+from .outputs import LabelMaps, TumourSegmentation
 from .postprocess import apply_plan, candidate_key, candidate_scores, choose_plan, describe, plan_metrics
 from .transforms import pipeline
 
@@ -218,7 +217,7 @@ class BrainTumourSegmentation(Task):
         return [per_case, summary]
 
     def input_records(self, path: str | None, images: dict[str, str] | None = None) -> list[dict]:
-        convention = self.state.get("convention", "brats2021")
+        """A case folder (or a folder of cases) in any BraTS naming, or one case from explicit ``role=file``s."""
         if images:
             missing = [role for role in self.modalities if role not in images]
             if missing:
@@ -227,14 +226,13 @@ class BrainTumourSegmentation(Task):
             for image in images.values():
                 check_volume_path(image)
             first = Path(images[self.modalities[0]])
-            case_id = first.name.split(".")[0] if first.is_file() else first.name
-            paths = [str(images[role]) for role in self.modalities]
-            return [{"image": paths, "id": case_id, "convention": convention, "sources": "\n".join(paths)}]
+            return [self.input_record(images, first.name.split(".")[0] if first.is_file() else first.name)]
         folder = Path(path)
         if not folder.is_dir():
             raise DataError("a case is a folder holding one file per modality (or use --image ROLE=PATH)", folder)
         cfg = self.config.data
         naming = brats.detect_naming(folder) if cfg.naming == "auto" else cfg.naming
+        convention = self.state.get("convention", "brats2021")
         records = []
         for case in brats.find_cases(folder, naming, cfg.patterns):
             record = case.record(self.modalities, brats.DEFAULT_CONVENTION.get(naming, convention))
@@ -244,11 +242,45 @@ class BrainTumourSegmentation(Task):
             records.append(record)
         return records
 
+    def input_record(self, image: str | dict[str, str], case_id: str) -> dict:
+        """``{role: name}`` with every modality the model reads, or one name holding them all as channels (a
+        4D file or array, in the model's modality order)."""
+        if isinstance(image, dict):
+            missing = [role for role in self.modalities if role not in image]
+            if missing:
+                raise DataError(f"the model needs {', '.join(self.modalities)}; missing {', '.join(missing)}",
+                                case_id)
+            names = [str(image[role]) for role in self.modalities]
+        else:
+            names = [str(image)]
+        return {"image": names if len(names) > 1 else names[0], "id": case_id, "sources": "\n".join(names),
+                "convention": self.state.get("convention", "brats2021")}
+
     def predict(self, model: nn.Module, batch: dict) -> list[torch.Tensor]:
         return list(self.probabilities(model, batch["image"]).cpu())
 
+    def to_result(self, prediction: torch.Tensor, item: dict) -> TumourSegmentation:
+        """Invert the preprocessing (crop, spacing, orientation) onto the input's grid, threshold, post-process,
+        regions -> the convention's label values."""
+        image = item["image"]
+        inverted = Invertd(keys="pred", transform=self.transforms("infer"), orig_keys="image", nearest_interp=False)(
+            {"image": image, "pred": MetaTensor(prediction, meta=dict(image.meta))})["pred"]
+        probs = inverted.as_tensor().numpy()
+        affine = np.asarray(image.meta["original_affine"], dtype=np.float64)
+        convention = brats.CONVENTIONS[item.get("convention") or self.state.get("convention", "brats2021")]
+        regions = probs > self.config.infer.threshold
+        if self.postprocessing:
+            regions = apply_plan(regions, self.postprocessing, voxel_size_mm(affine))
+        labels = convention.from_regions(regions)
+        sources = item.get("sources")
+        return TumourSegmentation(
+            id=str(item["id"]), labels=labels, affine=affine, regions=np.asarray(convention.to_regions(labels)),
+            convention=convention.name, modalities=self.modalities, task=self,
+            sources=sources.split("\n") if sources else [str(image.meta.get("filename_or_obj", ""))],
+            probabilities=probs.astype(np.float32) if self.config.infer.probabilities else None)
+
     def prediction_writer(self, out: Path, options=None) -> PredictionWriter:
-        return LabelMaps(out, self, options)
+        return LabelMaps(out, self.config.infer.overlay, options)
 
     @classmethod
     def add_arguments(cls, parser, command: str) -> None:
@@ -280,76 +312,3 @@ class BrainTumourSegmentation(Task):
         cases = sorted(p for p in Path(data).iterdir() if p.is_dir())
         return [str(cases[-1])]
 
-
-class LabelMaps(PredictionWriter):
-    """One predict call: per case, the label map on the input's grid (+ probabilities, overlay picture)."""
-
-    def __init__(self, out: Path, task: BrainTumourSegmentation, options=None):
-        super().__init__(out, options)
-        self.task = task
-
-    def write(self, prediction: torch.Tensor, data: dict) -> list[Path]:
-        """Invert the preprocessing (crop, spacing, orientation) onto the input's grid, threshold,
-        regions -> the convention's label values, write ``<id>_seg.nii.gz`` (+ picture, probabilities)."""
-        item = {"image": data["image"], "pred": MetaTensor(prediction, meta=dict(data["image"].meta))}
-        inverted = Invertd(keys="pred", transform=self.task.transforms("infer"), orig_keys="image",
-                           nearest_interp=False)(item)["pred"]
-        probs = inverted.as_tensor().numpy()
-        affine = np.asarray(data["image"].meta["original_affine"], dtype=np.float64)
-        convention = brats.CONVENTIONS[data.get("convention") or self.task.state.get("convention", "brats2021")]
-        regions = probs > self.task.config.infer.threshold
-        if self.task.postprocessing:
-            regions = apply_plan(regions, self.task.postprocessing, voxel_size_mm(affine))
-        labels = convention.from_regions(regions)
-        reference = _first_file(data)
-        case_id = str(data["id"])
-        written = [write_nifti(labels, affine, self.out / f"{case_id}_seg.nii.gz", reference=reference, dtype=np.uint8)]
-        if self.task.config.infer.probabilities:
-            written.append(write_nifti(np.moveaxis(probs, 0, -1).astype(np.float32), affine,
-                                       self.out / f"{case_id}_prob.nii.gz"))
-        if self.options.dicom:
-            written.append(self._dicom_seg(labels, affine, data, convention, case_id))
-        if self.task.config.infer.overlay:
-            picture_source = _picture_source(data, self.task.modalities)
-            image = load_image(picture_source)[0].numpy()
-            nested = convention.to_regions(labels)
-            written.append(volume_overlay_png(image, affine, self.out / f"{case_id}_overlay.png",
-                                              {name: nested[i] for i, name in enumerate(brats.REGIONS)},
-                                              title=f"{case_id}: ET red, TC yellow, WT green"))
-        return written
-
-
-    def _dicom_seg(self, labels: np.ndarray, affine: np.ndarray, data: dict, convention, case_id: str) -> Path:
-        """A DICOM SEG of ET, TC and WT referencing the case's DICOM series (FLAIR's when it is one)."""
-        from medsight.io.dicom_out import write_segmentation
-
-        files = _files(data)
-        dicom = [f for f in files if Path(f).is_dir() or f.lower().endswith((".dcm", ".ima"))]
-        if not dicom:
-            raise DataError("--dicom writes a DICOM SEG referencing the input series: this case has no DICOM input "
-                            "(its NIfTI label map was written)", files[0])
-        roles = list(self.task.modalities)
-        source = files[roles.index("flair")] if "flair" in roles and files[roles.index("flair")] in dicom else dicom[0]
-        regions = convention.to_regions(labels)
-        masks = {"ET enhancing tumour": regions[0], "TC tumour core": regions[1], "WT whole tumour": regions[2]}
-        return write_segmentation(masks, affine, source, self.out / f"{case_id}_seg.dcm",
-                                  description="medsight brain tumour regions",
-                                  keep_identifiers=self.options.keep_identifiers)
-
-
-def _files(data: dict) -> list[str]:
-    """The input files of a case, in modality order (one 4D file for MSD)."""
-    sources = data.get("sources")
-    return sources.split("\n") if sources else [str(data["image"].meta.get("filename_or_obj", ""))]
-
-
-def _first_file(data: dict) -> str | None:
-    first = _files(data)[0]
-    return first if first.endswith((".nii", ".nii.gz")) else None
-
-
-def _picture_source(data: dict, modalities: tuple[str, ...]) -> str:
-    files = _files(data)
-    if "flair" in modalities and len(files) == len(modalities):
-        return files[modalities.index("flair")]
-    return files[0]

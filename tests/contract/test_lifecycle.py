@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from medsight.core import checkpoint
+from medsight.io import checkpoint
 from medsight.cli.main import main
 from medsight.core.registry import DATASETS, TASKS
 
@@ -52,7 +52,7 @@ def test_a_fine_tuned_checkpoint_predicts_evaluates_exports_and_resumes_after_it
     tuned = run / "checkpoints" / "last.pt"
     spec = TASKS.get(name).demo
     assert main(["predict", "--checkpoint", str(tuned), *TASKS.get(name).demo_inputs(data), "--out",
-                 str(tmp_path / "predictions"), *spec.predict_args]) == 0
+                 str(tmp_path / "predictions"), *(f"infer.{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in spec.predict_options.items())]) == 0
     assert main(["evaluate", "--checkpoint", str(tuned), "--data", str(data), "--out", str(tmp_path / "eval")]) == 0
     assert main(["export", "--checkpoint", str(tuned), "--format", "torchscript", "--out",
                  str(tmp_path / "model.ts")]) == 0

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from medsight.core import checkpoint
+from medsight.io import checkpoint
 from medsight.cli.main import main
 from medsight.core.registry import TASKS
 
@@ -77,7 +77,7 @@ def test_task_trains_resumes_evaluates_predicts_and_exports(name, variant, datas
     out = tmp_path / "predictions"
     capsys.readouterr()
     assert main(["predict", "--checkpoint", str(used), *task.demo_inputs(data), "--out", str(out),
-                 *spec.predict_args]) == 0
+                 *(f"infer.{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in spec.predict_options.items())]) == 0
     printed = capsys.readouterr().out
     assert "failed" not in printed
     assert any(out.iterdir()), "predict wrote nothing"

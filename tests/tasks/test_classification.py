@@ -13,14 +13,14 @@ import pytest
 import torch
 from PIL import Image
 
-from medsight.core import checkpoint
+from medsight.io import checkpoint
 from medsight.cli.main import main
 from medsight.core.config import resolve
 from medsight.datasets.chestxray14 import FINDINGS
 from medsight.datasets.synth.chestxray14 import FINDING_REGIONS
 from medsight.datasets.synth.dicom import write_xray
 from medsight.errors import ConfigError, DataError
-from medsight.inference.predict import load_for_inference
+from medsight.inference.model import load
 from medsight.core.registry import DATASETS, TASKS
 from medsight.tasks.classification import XrayClassification
 from medsight.tasks.classification.config import ClassificationConfig
@@ -303,8 +303,8 @@ def test_thresholds_chosen_on_validation_are_stored_and_used_by_predict(trained,
 def test_grad_cam_peak_lies_inside_the_synthetic_finding_region(trained, tmp_path):
     """On new pictures with a mass only, the Mass heatmap peaks inside FINDING_REGIONS['Mass']."""
     fresh = DATASETS.get("chestxray14")().synth(tmp_path / "fresh", cases=24, seed=99, size=SIZE_PX, findings="Mass")
-    loaded = load_for_inference(trained["checkpoint"], ["infer.cam=true", "infer.cam_top_k=2"])
-    task, model = loaded.task, loaded.model
+    loaded = load(trained["checkpoint"], engine="torch")
+    task, model = loaded.configured({"cam": True, "cam_top_k": 2}), loaded.torch_model
     transform = task.transforms("infer")
     mass, threshold = LABELS.index("Mass"), task.thresholds[LABELS.index("Mass")]
     cx, cy, radius = FINDING_REGIONS["Mass"]

@@ -337,7 +337,7 @@ def test_predict_inputs_name_bad_files_and_read_series_uids(tmp_path):
 @pytest.fixture(scope="module")
 def random_checkpoint(tmp_path_factory):
     """A checkpoint of an untrained cpu-small detector (predict needs no training to be tested)."""
-    from medsight.core import checkpoint
+    from medsight.io import checkpoint
     from medsight.core.config import to_dict
 
     task_class = TASKS.get("detection")
@@ -402,12 +402,12 @@ def test_each_predict_call_writes_only_its_own_scans_with_one_loaded_model(rando
                                                                            tmp_path):
     """A prediction run's rows belong to a writer made for that call, not to the loaded task."""
     from medsight.datasets.luna16 import find_scans
-    from medsight.inference.predict import load_for_inference, predict
+    from medsight.inference.model import load
 
     first, second = sorted(path for path, _ in find_scans(synth_luna16).values())[:2]
-    loaded = load_for_inference(random_checkpoint, ["infer.score_threshold=0.0", "infer.overlays_per_scan=0"])
+    loaded = load(random_checkpoint)
     for scan, out in ((first, tmp_path / "a"), (second, tmp_path / "b")):
-        report = predict(loaded, [str(scan)], out)
+        report = loaded.predict_files([str(scan)], out, score_threshold=0.0, overlays_per_scan=0)
         assert report.cases == 1 and not report.failures
         uids = {row["seriesuid"] for row in csv.DictReader(open(out / "submission.csv"))}
         assert uids == {scan.stem}

@@ -156,7 +156,7 @@ def oracle_write(task, record: dict, label_path: str, out: Path) -> Path:
     val = task.transforms("val")({**record, "label": label_path})
     assert infer["image"].shape == val["image"].shape  # same preprocessing grid
     item = decollate_batch(list_data_collate([infer]))[0]
-    written = task.prediction_writer(out).write(val["label"].as_tensor().float(), item)
+    written = task.prediction_writer(out).write(task.to_result(val["label"].as_tensor().float(), item))
     return [p for p in written if p.name.endswith("_seg.nii.gz")][0]
 
 

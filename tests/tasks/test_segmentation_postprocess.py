@@ -229,7 +229,7 @@ def test_predicted_label_maps_lose_the_blob_on_the_inputs_own_grid(tmp_path):
         truth[2, :3, :3, :3] = 1.0  # a false-positive corner blob on the network's grid
         item = decollate_batch(list_data_collate([infer]))[0]
         out = tmp_path / ("with" if plan else "without")
-        written = task.prediction_writer(out).write(truth, item)
+        written = task.prediction_writer(out).write(task.to_result(truth, item))
         seg = np.asarray(nib.load(str(next(p for p in written if p.name.endswith("_seg.nii.gz")))).dataobj)
         return ndimage.label(seg > 0, structure=np.ones((3, 3, 3)))[1]
 

@@ -155,7 +155,7 @@ def test_a_bad_case_stops_training_naming_it_or_is_skipped_and_counted(tmp_path,
 
 
 def test_a_4d_scan_among_good_ones_fails_alone(tmp_path, capsys):
-    from medsight.core import checkpoint
+    from medsight.io import checkpoint
     from medsight.core.config import resolve, to_dict
     from medsight.core.registry import TASKS
 

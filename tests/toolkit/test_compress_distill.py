@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from medsight.core import checkpoint
+from medsight.io import checkpoint
 from medsight.cli.main import main
 from medsight.core.config import resolve
 from medsight.core.registry import DATASETS
@@ -85,6 +85,7 @@ def test_training_step_mixes_the_label_loss_and_the_distillation_term_by_the_wei
         task = XrayClassification(resolve(ClassificationConfig, overrides=["model.name=simple_cnn",
                                                                            f"data.image_size={SIZE_PX}", *overrides]))
         task.load_state_dict(dict(CLASSES))
+        task.frozen_networks()  # the trainer loads the teacher (if any) before the first step
         torch.manual_seed(3)
         return task.training_step(task.build_model(), batch)
 
@@ -145,8 +146,8 @@ def test_compress_distill_refuses_other_tasks_and_unknown_students_in_one_line(t
     segmenter = random_checkpoint("segmentation", work / "seg.pt", "model.init_filters=8")
     assert main(["compress", "--checkpoint", str(segmenter), "--method", "distill", "--out", str(work / "x.pt"),
                  "--data", str(data)]) == 2
-    assert capsys.readouterr().err.strip() == (f"error: {segmenter}: --method distill is for classification "
-                                               "checkpoints, this one is segmentation")
+    assert capsys.readouterr().err.strip() == (f"error: {segmenter}: --method distill: the segmentation task "
+                                               "offers no distillation")
     assert main(["compress", "--checkpoint", str(teacher), "--method", "distill", "--student", "resnet_18",
                  "--out", str(work / "x.pt"), "--data", str(data)]) == 2
     error = capsys.readouterr().err.strip().splitlines()

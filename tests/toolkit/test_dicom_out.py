@@ -13,7 +13,7 @@ import numpy as np
 import pydicom
 import torch
 
-from medsight.core import checkpoint
+from medsight.io import checkpoint
 from medsight.cli.main import main
 from medsight.core.config import resolve, to_dict
 from medsight.datasets.synth.dicom import write_series, write_xray

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from medsight.core import checkpoint
+from medsight.io import checkpoint
 from medsight.core.config import TaskConfig, resolve
 from medsight.data.loading import partition
 from medsight.errors import CheckpointError, ConfigError, TaskError
@@ -141,7 +141,7 @@ def test_planted_malicious_checkpoint_is_refused_without_running_code(tmp_path):
     torch.save({"format": checkpoint.FORMAT, "model": Payload()}, path)
     with pytest.raises(CheckpointError) as error:
         checkpoint.load(path)
-    assert "refused: loading this file would need arbitrary unpickling" in str(error.value)
+    assert "refused: loading this checkpoint would need arbitrary unpickling" in str(error.value)
     assert not marker.exists()
     plain = tmp_path / "plain.pkl"
     plain.write_bytes(pickle.dumps(Payload()))
@@ -162,7 +162,7 @@ def test_truncated_checkpoint_is_a_clear_error(tmp_path):
 
 SAVER = textwrap.dedent("""
     import sys, torch
-    from medsight.core import checkpoint
+    from medsight.io import checkpoint
     path, n = sys.argv[1], 0
     while True:
         n += 1

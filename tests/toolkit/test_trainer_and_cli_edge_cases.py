@@ -13,7 +13,7 @@ from medsight.cli.main import main
 from medsight.core.config import LoaderConfig, resolve
 from medsight.data.loading import make_loader
 from medsight.errors import DataError, unwrap
-from medsight.inference.predict import _SafeDataset
+from medsight.data.guard import FAILED, GuardedCompose
 from medsight.core.runtime import Runtime
 from medsight.training.trainer import Trainer
 from tests.toy_task import ToyConfig, ToyRegression, make_toy_data
@@ -72,8 +72,8 @@ def test_a_data_error_inside_monai_compose_is_found_behind_its_runtime_error(tmp
 
 
 def test_batch_predict_reports_the_wrapped_data_error_not_monai_s_wrapper(tmp_path):
-    dataset = _SafeDataset([{"image": "a", "id": "a.png"}], failing_compose(tmp_path / "a.png"))
-    assert dataset[0]["__error__"] == f"{tmp_path / 'a.png'}: cannot read picture (truncated)"
+    dataset = Dataset([{"image": "a", "id": "a.png"}], GuardedCompose.around(failing_compose(tmp_path / "a.png"), "all"))
+    assert dataset[0][FAILED] == f"{tmp_path / 'a.png'}: cannot read picture (truncated)"
 
 
 def test_cli_prints_a_wrapped_data_error_as_one_line_with_status_2(tmp_path, monkeypatch, capsys):

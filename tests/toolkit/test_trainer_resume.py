@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from medsight.core import checkpoint
+from medsight.io import checkpoint
 from tests.toy_task import make_toy_data
 
 TOY = Path(__file__).resolve().parents[1] / "toy_train.py"

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from medsight.core import checkpoint
+from medsight.io import checkpoint
 from medsight.errors import CheckpointError
 from medsight.tasks.classification.models import build_classifier
 from medsight.training.weights import align_names, load_initial_weights
@@ -69,7 +69,7 @@ def test_weights_that_fit_nothing_or_need_unpickling_are_refused_naming_the_file
         load_initial_weights(build_classifier("simple_cnn", 2), tmp_path / "other.pt")
     assert str(error.value).startswith(f"{tmp_path / 'other.pt'}: no tensor fits the model")
     torch.save(nn.Linear(2, 2), tmp_path / "whole.pt")  # a whole pickled module
-    with pytest.raises(CheckpointError, match="refused: loading this file would need arbitrary unpickling"):
+    with pytest.raises(CheckpointError, match="refused: loading this weights file would need arbitrary unpickling"):
         load_initial_weights(nn.Linear(2, 2), tmp_path / "whole.pt")
     with pytest.raises(CheckpointError, match="weights file not found"):
         load_initial_weights(nn.Linear(2, 2), tmp_path / "gone.pt")

@@ -48,12 +48,18 @@ def _names(filename) -> tuple[str, ...]:
     return tuple(str(f) for f in ensure_tuple(filename))
 
 
-def _stack(arrays: list[np.ndarray], metas: list[dict], names: Sequence[str]) -> tuple[np.ndarray, dict]:
-    """Several files are channels of one image (MONAI's convention): stack on a new first axis."""
+def stack_channels(arrays: list[np.ndarray], metas: list[dict], names: Sequence[str]) -> tuple[np.ndarray, dict]:
+    """Several files are channels of one image (MONAI's convention): stack on a new first axis. Each must hold
+    one image: a 4D file among them is named (it would hold several channels of its own)."""
     meta = metas[0]
     if len(arrays) == 1:
         meta["original_channel_dim"] = float("nan")
         return arrays[0], meta
+    for array, other, name in zip(arrays, metas, names):
+        spatial = len(np.asarray(other["spatial_shape"]).reshape(-1))
+        if array.ndim > spatial or (array.ndim == 4 and spatial >= 4):
+            raise DataError(f"holds {array.shape[-1]} volumes (a 4D image) where one file per channel is read: give "
+                            "one 3D volume per file", name)
     for other, name in zip(metas, names):  # each file's own geometry first, so the faulty one is named
         matrix = np.asarray(other["affine"], dtype=np.float64)[:3, :3]
         if not np.all(np.isfinite(matrix)) or abs(np.linalg.det(matrix)) < 1e-12:
@@ -140,7 +146,7 @@ class SimpleITKReader(ImageReader):
                 meta["series_uid"] = series_uid
             arrays.append(array)
             metas.append(meta)
-        return _stack(arrays, metas, [name for _, name, _ in img])
+        return stack_channels(arrays, metas, [name for _, name, _ in img])
 
 
 def _mean_components(image: sitk.Image) -> sitk.Image:
@@ -180,7 +186,7 @@ class NiftiReader(NibabelReader):
             names.append(name)
         if len(arrays) == 1:
             return arrays[0], metas[0]  # keep MONAI's channel handling of a single (4D) file
-        return _stack(arrays, metas, names)
+        return stack_channels(arrays, metas, names)
 
 
 def _to_gray(image: Image.Image) -> Image.Image:
@@ -236,7 +242,7 @@ class PictureReader(PILReader):
             }
             arrays.append(array)
             metas.append(meta)
-        return _stack(arrays, metas, [str(getattr(i, "filename", "")) for i in ensure_tuple(img)])
+        return stack_channels(arrays, metas, [str(getattr(i, "filename", "")) for i in ensure_tuple(img)])
 
 
 class XrayDicomReader(ImageReader):
@@ -267,7 +273,7 @@ class XrayDicomReader(ImageReader):
             array, meta = xray_presentation(ds, name)
             arrays.append(array)
             metas.append(meta)
-        return _stack(arrays, metas, [name for _, name in img])
+        return stack_channels(arrays, metas, [name for _, name in img])
 
 
 def xray_presentation(ds: pydicom.Dataset, name: str = "") -> tuple[np.ndarray, dict]:
@@ -323,15 +329,47 @@ def _value_range(ds: pydicom.Dataset, lut: bool) -> tuple[float, float]:
     return min(low, high), max(low, high)
 
 
+#: images handed over in memory (``medsight.io.memory.register``): name -> (array, meta) as a reader gives them
+MEMORY_IMAGES: dict[str, tuple[np.ndarray, dict]] = {}
+MEMORY_PREFIX = "<memory:"
+
+
+def is_memory_name(name: Any) -> bool:
+    return isinstance(name, str) and name.startswith(MEMORY_PREFIX)
+
+
+class MemoryReader(ImageReader):
+    """Reads the names ``medsight.io.memory.register`` gave (several names are channels of one image, as
+    several files are)."""
+
+    def verify_suffix(self, filename) -> bool:
+        return all(is_memory_name(str(name)) for name in ensure_tuple(filename))
+
+    def read(self, data, **kwargs):
+        found = []
+        for name in ensure_tuple(data):
+            entry = MEMORY_IMAGES.get(str(name))
+            if entry is None:
+                raise DataError("this in-memory image was released (its result is gone)", str(name))
+            found.append((str(name), entry))
+        return found
+
+    def get_data(self, img) -> tuple[np.ndarray, dict]:
+        arrays = [array.copy() for _, (array, _) in img]
+        metas = [{**meta, "affine": meta["affine"].copy(), "original_affine": meta["original_affine"].copy()}
+                 for _, (_, meta) in img]
+        return stack_channels(arrays, metas, [name for name, _ in img])
+
+
 def readers(kind: str = "volume", series_uid: str | None = None) -> list[ImageReader]:
     """The readers for a kind of input, lowest priority first (MONAI tries the last one first).
 
     kind: ``volume`` (3D medical formats, DICOM series) or ``picture`` (2D X-rays: PNG/JPEG/DICOM).
     """
     if kind == "volume":
-        return [NiftiReader(), SimpleITKReader(series_uid=series_uid)]
+        return [NiftiReader(), SimpleITKReader(series_uid=series_uid), MemoryReader()]
     if kind == "picture":
-        return [PictureReader(), XrayDicomReader()]
+        return [PictureReader(), XrayDicomReader(), MemoryReader()]
     raise ValueError(f"unknown reader kind {kind!r} (expected 'volume' or 'picture')")
 
 

@@ -59,8 +59,7 @@ def describe() -> str:
 
 def describe_checkpoint(path) -> str:
     """``medsight info --checkpoint C``: what a checkpoint is, where it came from, what it was trained on."""
-    from medsight.core import checkpoint
-    from medsight.sources.importers import describe_provenance
+    from medsight.io import checkpoint
 
     state = checkpoint.load(path)
     config = state.get("config", {})
@@ -94,8 +93,8 @@ def describe_checkpoint(path) -> str:
 
         size = engine_size(engine) / 1e6
         lines.append(f"  engine: {engine.get('kind')} {engine.get('precision')} ({size:.1f} MB)")
-    if (task_state.get("pruned") or {}).get("shapes"):
-        lines.append(f"  pruned: {len(task_state['pruned']['shapes'])} tensors thinner than the config's network")
+    if (state.get("structure") or {}).get("shapes"):
+        lines.append(f"  pruned: {len(state['structure']['shapes'])} tensors thinner than the config's network")
     if label.get("after"):
         before, after = label["before"], label["after"]
         lines.append(f"  compressed ({label['method']}) from {label['source']}, measured on {label['data']} "
@@ -110,3 +109,21 @@ def describe_checkpoint(path) -> str:
         lines.append("  provenance:")
         lines += [f"    {line}" for line in describe_provenance(provenance)]
     return "\n".join(lines)
+
+
+def describe_provenance(provenance: dict | None) -> list[str]:
+    """Lines for people: where a checkpoint came from."""
+    if not provenance:
+        return []
+    keys = (("source", "source"), ("version", "version"), ("licence", "licence"),
+            ("published_metrics", "published"), ("applies_to", "applies to"), ("imported_from", "imported from"),
+            ("sha256", "sha256"), ("imported_at", "imported"))
+    lines = []
+    for key, label in keys:
+        value = provenance.get(key)
+        if value in (None, "", {}):
+            continue
+        if isinstance(value, dict):
+            value = ", ".join(f"{k} {v}" for k, v in value.items())
+        lines.append(f"{label}: {value}")
+    return lines

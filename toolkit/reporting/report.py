@@ -9,9 +9,15 @@ from pathlib import Path
 from matplotlib.figure import Figure
 
 from medsight.io.writers import atomic_path, write_text
-from medsight.training.runlog import read
 
 MAX_PICTURES = 12
+
+
+def read(path: Path) -> list[dict]:
+    """The records of a run's ``metrics.jsonl`` (written by ``medsight.training.runlog``), in order."""
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def _curves(run_dir: Path) -> Path | None:
@@ -51,10 +57,10 @@ def _table(metrics: dict) -> str:
 
 def _origin(run_dir: Path) -> str:
     """What the run learnt from and started from (synthetic data and published sources said plainly)."""
-    from medsight.core import checkpoint
-    from medsight.sources.importers import describe_provenance
+    from medsight.io import checkpoint
+    from medsight.reporting.info import describe_provenance
 
-    last = run_dir / "checkpoints" / "last.pt"
+    last = checkpoint.in_run(run_dir)
     if not last.is_file():
         return ""
     try:

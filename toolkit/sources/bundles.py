@@ -25,7 +25,7 @@ from typing import Any
 import yaml
 
 from medsight.errors import DataError
-from medsight.sources.importers import load_tensors
+from medsight.io.checkpoint import read_torch_file
 
 MODEL_INFO_URL = "https://raw.githubusercontent.com/Project-MONAI/model-zoo/dev/models/model_info.json"
 RELEASES_URL = "https://github.com/Project-MONAI/model-zoo/releases/download/hosting_storage_v1"
@@ -113,7 +113,7 @@ def read_bundle(path: Path) -> Bundle:
 def _load_weights(buffer: io.BytesIO, where: Path) -> dict:
     import torch
 
-    state = load_tensors(buffer, "bundle model.pt", where=where)
+    state = read_torch_file(buffer, "bundle model.pt", where=where)
     if isinstance(state, dict) and isinstance(state.get("model"), dict):
         state = state["model"]  # saved by MONAI's CheckpointSaver with a {"model": ...} dict
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):

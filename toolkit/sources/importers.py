@@ -19,8 +19,6 @@ from __future__ import annotations
 import datetime
 import hashlib
 import logging
-import pickle
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -65,26 +63,15 @@ class ModelImporter:
 
 
 def load_tensors(path, what: str, where: Path | None = None) -> Any:
-    """``torch.load(weights_only=True)`` with one-line errors; a whole pickled model is refused. ``path``: a
-    file or a file-like object (``where`` then names it in errors)."""
-    where = where if where is not None else path
-    if isinstance(path, Path):
-        if not path.is_file():
-            raise DataError("file not found", path)
-        from medsight.core.checkpoint import refuse_unless_torch_file
+    """A published model's weights file, read by the one guarded reader (``checkpoint.read_torch_file``); a whole
+    pickled model is refused, pointing at the source's trusted loader. ``path``: a file or a file-like object
+    (``where`` then names it in errors)."""
+    from medsight.io.checkpoint import read_torch_file
 
-        refuse_unless_torch_file(path, what)
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        reason = str(exc).splitlines()[0][:140] if str(exc) else ""
-        raise CheckpointError(
-            f"refused: this {what} is a whole pickled model (torch.save(model)), which can only be loaded by running "
-            f"code from the file ({reason}). medsight reads state dicts only: re-save it in the source's own "
-            "environment with torch.save(model.state_dict(), PATH), or use the source's trusted loader "
-            "(--format txrv for torchxrayvision)", where) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
-        raise CheckpointError(f"not a readable {what} ({str(exc).splitlines()[0][:160]})", where) from None
+    if isinstance(path, Path) and not path.exists():
+        raise DataError("file not found", path)
+    return read_torch_file(path, what, hint=" (or use the source's trusted loader: --format txrv for "
+                           "torchxrayvision)", where=where)
 
 
 def sha256_of(path: Path) -> str:
@@ -112,7 +99,7 @@ def choose_importer(source: Path, requested: str | None) -> type[ModelImporter]:
 
 def import_model(source: str, out: Path, requested: str | None = None, labels: list[str] | None = None) -> dict:
     """Read ``source`` (a path, or ``monai:NAME`` to download a MONAI bundle) and write a checkpoint to ``out``."""
-    from medsight.core import checkpoint
+    from medsight.io import checkpoint
     from medsight.core.config import resolve, to_dict
     from medsight.core.registry import TASKS
 
@@ -145,24 +132,6 @@ def import_model(source: str, out: Path, requested: str | None = None, labels: l
                             "synthetic": False}}
     checkpoint.save(state, out)
     return {"checkpoint": out, "provenance": provenance, "notes": imported.notes, "task": imported.task}
-
-
-def describe_provenance(provenance: dict | None) -> list[str]:
-    """Lines for people: where a checkpoint came from."""
-    if not provenance:
-        return []
-    keys = (("source", "source"), ("version", "version"), ("licence", "licence"),
-            ("published_metrics", "published"), ("applies_to", "applies to"), ("imported_from", "imported from"),
-            ("sha256", "sha256"), ("imported_at", "imported"))
-    lines = []
-    for key, label in keys:
-        value = provenance.get(key)
-        if value in (None, "", {}):
-            continue
-        if isinstance(value, dict):
-            value = ", ".join(f"{k} {v}" for k, v in value.items())
-        lines.append(f"{label}: {value}")
-    return lines
 
 
 def require(condition: bool, message: str, where) -> None:

@@ -72,12 +72,6 @@ def _number(value: Any) -> Any:
     return value
 
 
-def read(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
 def epoch_line(p, max_epochs: int, monitored: str, logs: dict, metrics: dict | None, improved: bool) -> str:
     """The line printed after each epoch: loss, rate, time, and the validation metrics that matter."""
     line = (f"epoch {p.epoch}/{max_epochs}  loss {logs.get('loss', float('nan')):.4f}  "

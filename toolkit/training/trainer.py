@@ -3,7 +3,7 @@
 ``fit()`` reads top to bottom: set up, then per epoch ``train_epoch`` -> ``validate`` ->
 ``end_epoch`` (checkpoints, early stopping). Device, precision and DDP come from ``Runtime``;
 the task supplies data, model, loss and metrics. The checkpoint is a plain dict (see
-``medsight.core.checkpoint``); resuming from it continues exactly: batch order and augmentations
+``medsight.io.checkpoint``); resuming from it continues exactly: batch order and augmentations
 are a function of (seed, epoch, rank), and RNG states are restored mid-epoch.
 
 The device is not waited on at every step: losses are summed on the device, and their finiteness
@@ -24,12 +24,13 @@ from typing import Any
 import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from medsight.core import checkpoint
-from medsight.core.checkpoint import Progress
+from medsight.io import checkpoint
+from medsight.io.checkpoint import Progress
 from medsight.core.config import TaskConfig, to_yaml
 from medsight.data.loading import SKIPPED, epoch_seed, make_dataset, make_loader, partition
 from medsight.training.provenance import pretrained_parameters, trained_on
-from medsight.compression.pruning import build_model, inherit_structure
+from medsight.core.config import to_dict
+from medsight.core.structure import build_model
 from medsight.errors import DataError, TrainingError
 from medsight.io.writers import atomic_path, write_text
 from medsight.training.optim import build_optimizer, build_scheduler
@@ -45,7 +46,10 @@ log = logging.getLogger(__name__)
 
 
 class Trainer:
-    def __init__(self, task: Task, data: Path, run_dir: Path, runtime: Runtime | None = None):
+    """``starting``: the starting weights of a fresh run (``medsight.training.weights.read_weights``), read once
+    by whoever starts the run; None for a run from scratch and for a resumed one."""
+
+    def __init__(self, task: Task, data: Path, run_dir: Path, runtime: Runtime | None = None, starting=None):
         self.task = task
         self.config: TaskConfig = task.config
         self.cfg = task.config.trainer
@@ -57,13 +61,16 @@ class Trainer:
         self._stop_signal: int | None = None
         self._resume_rng: dict | None = None
         self.started_from: dict | None = None
+        self.starting = starting
+        #: the network's structure where it differs from what the config builds (a pruned starting network's)
+        self.structure: dict | None = None
         self.data_format: str | None = None
         self._healthy_step = 0  # the optimizer step at the last check that found every loss finite
         self.log = RunLog(self.run_dir, enabled=self.runtime.is_main, tensorboard=self.cfg.tensorboard)
 
     @property
     def checkpoint_dir(self) -> Path:
-        return self.run_dir / "checkpoints"
+        return checkpoint.in_run(self.run_dir).parent
 
     # ---------------------------------------------------------------------------------------------
     def fit(self, resume: dict | None = None) -> dict[str, Any]:
@@ -96,9 +103,13 @@ class Trainer:
         self.data_format = getattr(source.fmt, "name", None)
         if resume is not None:
             task.load_state_dict(resume.get("task_state", {}))
-            self.started_from = resume.get("started_from")
+            self.started_from, self.structure = resume.get("started_from"), resume.get("structure")
         else:
             task.learn_state(source)
+            self.structure = self.starting.facts.get("structure") if self.starting is not None else None
+            if self.structure:  # a pruned starting network stays pruned
+                self._say(f"the starting weights are a pruned network: "
+                          f"{len(self.structure.get('shapes', {}))} tensors thinner")
         train_records, val_records = task.records(source, "train"), task.records(source, "val")
         if not train_records:
             held = f" ({len(val_records)} records fell in validation)" if val_records else ""
@@ -111,19 +122,19 @@ class Trainer:
         self.train_records = partition(train_records, rt.rank, rt.world_size, self.cfg.seed, train=True)
         self.val_records = partition(val_records, rt.rank, rt.world_size, self.cfg.seed, train=False)
         self._make_datasets()
-        if resume is None and self.cfg.init_weights:
-            inherit_structure(task, self.cfg.init_weights)  # a pruned starting network stays pruned
-        self.raw_model = build_model(task)
-        if resume is None and self.cfg.init_weights:
+        self.raw_model = build_model(task, self.structure)
+        if resume is None and self.starting is not None:
             from medsight.training.weights import load_initial_weights
 
-            report = load_initial_weights(self.raw_model, self.cfg.init_weights, adapt=task.adapt_starting_weights)
+            report = load_initial_weights(self.raw_model, self.starting, adapt=task.adapt_starting_weights)
             self.started_from = report.to_dict()
             for line in report.lines():
                 self._say(line)
         self.pretrained = self._pretrained_parameters()
         self.trained_on = trained_on(source, train_records + val_records)
         self.model = rt.setup_model(self.raw_model, train=True, find_unused_parameters=task.find_unused_parameters)
+        for network in task.frozen_networks():  # a distillation teacher: on the device, frozen, never trained
+            network.to(rt.device).eval().requires_grad_(False)
         self.optimizer = build_optimizer(self.raw_model, self.config.optim, self.pretrained)
         batch_size = self.config.data.batch_size
         batches = math.ceil(len(self.train_records) / batch_size)
@@ -378,13 +389,28 @@ class Trainer:
         return patience is not None and self.progress.bad_validations >= patience
 
     # -- checkpoints ------------------------------------------------------------------------------
-    def state(self) -> dict[str, Any]:
-        return checkpoint.run_state(self)
+    def state_dict(self) -> dict[str, Any]:
+        """Everything the run's checkpoint holds (see ``medsight.io.checkpoint``)."""
+        monitor = self.task.monitor
+        return {
+            "task": self.task.name, "config": to_dict(self.config), "data": str(self.data),
+            "data_format": self.data_format, "trained_on": self.trained_on, "started_from": self.started_from,
+            "task_state": self.task.state_dict(), "structure": self.structure,
+            "model": self.raw_model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.runtime.scaler.state_dict() if self.runtime.scaler is not None else None,
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "progress": self.progress.__dict__.copy(), "epoch": self.progress.epoch,
+            "step_in_epoch": self.progress.step_in_epoch, "global_step": self.progress.global_step,
+            "best": {"metric": monitor.metric, "mode": monitor.mode, "value": self.progress.best_value,
+                     "epoch": self.progress.best_epoch},
+            "rng": checkpoint.rng_state(),
+        }
 
     def save(self, name: str) -> Path | None:
         if not self.runtime.is_main:
             return None
-        return checkpoint.save(self.state(), self.checkpoint_dir / name)
+        return checkpoint.save(self.state_dict(), self.checkpoint_dir / name)
 
     def _interrupt(self) -> None:
         signum = self._stop_signal or signal.SIGTERM

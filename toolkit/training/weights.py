@@ -16,8 +16,6 @@ weights whole. The loader reads any local state dict safely (``torch.load(weight
 from __future__ import annotations
 
 import hashlib
-import pickle
-import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +23,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from medsight.core import checkpoint
+from medsight.io import checkpoint
 from medsight.errors import CheckpointError
 
 
@@ -66,40 +64,42 @@ class WeightsReport:
                 "pretrained": self.loaded + [entry.split(" ", 1)[0] for entry in self.adapted]}
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+@dataclass
+class StartingWeights:
+    """A local weights file, read once (``read_weights``): its tensors keyed as the model that saved them named
+    them, its SHA-256, and what a medsight checkpoint carries besides (``task``, ``task_state``, ``config``,
+    ``provenance``, ``structure``; empty for another file)."""
+
+    path: Path
+    tensors: dict[str, torch.Tensor]
+    sha256: str
+    facts: dict = field(default_factory=dict)
+
+    def inherited_settings(self, task_class) -> dict | None:
+        """The architecture and input settings of a medsight checkpoint of this task
+        (``Task.inherited_from_starting_weights``): a run started from it builds the same network."""
+        if self.facts.get("task") != task_class.name:
+            return None
+        config, picked = self.facts.get("config") or {}, {}
+        for key in task_class.inherited_from_starting_weights:
+            section, _, name = key.partition(".")
+            if section in config and (not name or name in config[section]):
+                picked.setdefault(section, {}).update(config[section] if not name else {name: config[section][name]})
+        picked.get("model", {}).pop("init_weights", None)
+        return picked
 
 
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """The tensors of a local weights file, keyed as the model that saved them named them."""
-    return read_weights(path)[0]
-
-
-def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
-    """(tensors, source facts): the facts a medsight checkpoint carries (``task``, ``task_state``,
-    ``provenance``), empty for another file."""
+def read_weights(path: str | Path) -> StartingWeights:
+    """Read a local weights file once, safely: a medsight checkpoint (its EMA weights when the run kept them), a
+    plain state dict, or a ``{"state_dict": ...}`` / ``{"model": ...}`` wrapper."""
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError("weights file not found", path)
-    from medsight.core.checkpoint import refuse_unless_torch_file
-
-    refuse_unless_torch_file(path, "weights file")
-    try:
-        raw = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        raise CheckpointError(f"refused: loading this file would need arbitrary unpickling "
-                              f"({str(exc).splitlines()[0][:120]}); give a state dict", path) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
-        raise CheckpointError(f"damaged or unreadable weights ({str(exc).splitlines()[0][:160]})", path) from None
+    digest = hashlib.sha256()
+    raw = checkpoint.read_torch_file(path, "weights file", digest=digest)
     facts: dict = {}
-    if isinstance(raw, Mapping) and str(raw.get("format", "")).startswith("medsight-checkpoint"):
-        facts = {key: raw.get(key) for key in ("task", "task_state", "provenance")}
-        if isinstance(raw.get("ema"), Mapping):
-            raw = checkpoint.ema_weights(dict(raw)) or raw
+    if checkpoint.is_checkpoint(raw):
+        raw = checkpoint.upgrade(dict(raw))
+        facts = {key: raw.get(key) for key in ("task", "task_state", "config", "provenance", "structure")}
+        raw = checkpoint.model_weights(raw)
     for key in ("model", "state_dict"):
         if isinstance(raw, Mapping) and isinstance(raw.get(key), Mapping):
             raw = raw[key]
@@ -112,7 +112,7 @@ def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
             for prefix in ("module.", "_orig_mod."):
                 key = key.removeprefix(prefix)
             tensors[key] = value
-    return tensors, facts
+    return StartingWeights(path, tensors, digest.hexdigest(), facts)
 
 
 def align_names(source: dict[str, torch.Tensor], own: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -143,19 +143,21 @@ def adapt_input_channels(source: torch.Tensor, target_shape: torch.Size) -> torc
     return None
 
 
-def load_initial_weights(model: nn.Module, path: str | Path, adapt=None) -> WeightsReport:
-    """Load what fits of a local weights file into ``model``; raise when nothing fits.
+def load_initial_weights(model: nn.Module, weights: StartingWeights | str | Path, adapt=None) -> WeightsReport:
+    """Load what fits of starting weights (read by ``read_weights``, or a path read now) into ``model``; raise
+    when nothing fits.
 
     ``adapt(tensors, facts, own) -> (tensors, notes)``: the task's own adaptation (input channels by
     modality role, head rows by label name), applied before the generic matching."""
-    path = Path(path)
+    if not isinstance(weights, StartingWeights):
+        weights = read_weights(weights)
+    path, facts = weights.path, weights.facts
     own = model.state_dict()
-    tensors, facts = read_weights(path)
-    source = align_names(tensors, own)
+    source = align_names(weights.tensors, own)
     notes: list[str] = []
     if adapt is not None:
         source, notes = adapt(source, facts, own)
-    report = WeightsReport(str(path), sha256=_sha256(path), notes=list(notes), provenance=facts.get("provenance"))
+    report = WeightsReport(str(path), sha256=weights.sha256, notes=list(notes), provenance=facts.get("provenance"))
     chosen: dict[str, torch.Tensor] = {}
     for key, value in source.items():
         if key not in own:

@@ -1,0 +1,229 @@
+"""A checkpoint loaded for inference: ``medsight.load(checkpoint)`` -> ``Model``, then ``.predict(...)``,
+``.predict_files(...)``, ``.evaluate(...)`` and ``.export(...)``.
+
+The checkpoint carries the task name, the resolved config and the task's learnt state (label order,
+thresholds, label convention...), so nothing else is needed. Task options (``cam=True``, ``tta=True``,
+``probabilities=True``, any key of the task's ``infer`` section) are keyword arguments of each call; they never
+change the loaded model, and engines are built once per model and precision.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import weakref
+from collections.abc import Mapping, Sequence
+from dataclasses import fields, is_dataclass
+from pathlib import Path
+from typing import Any
+
+from medsight.core.config import resolve
+from medsight.core.registry import TASKS
+from medsight.core.structure import build_model
+from medsight.errors import CheckpointError, ConfigError, DataError
+from medsight.inference import inputs as inputs_
+from medsight.inference.evaluate import Evaluation, evaluate
+from medsight.inference.execution import Execution, inference_runtime, prepare
+from medsight.inference.predict import Failure, PredictionReport, predict_records, write_results
+from medsight.io import checkpoint
+from medsight.task import OutputOptions, Result, Task, save_results
+
+log = logging.getLogger(__name__)
+
+
+class Predictions(list):
+    """Results of several inputs, in input order; ``failures``: one line per input that could not be predicted.
+    ``save(folder)`` writes what ``medsight predict`` writes for these inputs, summary files included."""
+
+    def __init__(self, results=(), failures=()):
+        super().__init__(results)
+        self.failures: list[str] = list(failures)
+
+    def save(self, folder: str | Path, *, dicom: bool = False, keep_identifiers: bool = False) -> list[Path]:
+        return save_results(self, folder, OutputOptions(dicom=dicom, keep_identifiers=keep_identifiers))
+
+
+class Model:
+    """A checkpoint ready for inference. ``engine``: auto (on a CPU the faster of PyTorch and OpenVINO for this
+    network, timed once and remembered), torch, onnxruntime or openvino; ``precision``: fp32, bf16, fp16 or auto
+    (default: the task's ``infer.precision`` for predict, training's for evaluate); ``device``: auto, cpu, cuda..."""
+
+    def __init__(self, state: dict, path: Path, *, device: str | None = None, engine: str = "auto",
+                 precision: str | None = None):
+        self.state, self.path = state, Path(path)
+        self.device, self.engine, self.precision = device, engine, precision
+        self.task_class = TASKS.get(state["task"])
+        self.task = self.configured()
+        self.carried = state.get("engine")  # a compressed checkpoint: the engine files are the network
+        self.torch_model = None if self.carried else self._weights(self.task)
+        self._executions: dict[tuple, Execution] = {}
+
+    # -- what it is -------------------------------------------------------------------------------------
+    @property
+    def task_name(self) -> str:
+        return self.task.name
+
+    @property
+    def run_dir(self) -> Path:
+        return checkpoint.run_folder(self.path)
+
+    @property
+    def trained_on(self) -> dict:
+        return self.state.get("trained_on") or {}
+
+    def configured(self, options: Mapping[str, Any] | None = None, overrides=None) -> Task:
+        """A task of this checkpoint with its learnt state, its config changed by ``overrides`` (``key=value``
+        strings or a dict of dotted keys) and task ``options`` (keys of the ``infer`` section)."""
+        extra = _infer_overrides(self.task_class, options or {})
+        if isinstance(overrides, Mapping):
+            overrides = [f"{k}={_yaml(v)}" for k, v in overrides.items()]
+        config = resolve(self.task_class.config_class, base=self.state["config"],
+                         overrides=list(overrides or []) + extra)
+        task = self.task_class(config)
+        task.load_state_dict(self.state.get("task_state", {}))
+        task.learning = False
+        return task
+
+    def _weights(self, task: Task):
+        model = build_model(task, self.state.get("structure"))
+        try:
+            model.load_state_dict(checkpoint.model_weights(self.state))
+        except RuntimeError as exc:
+            raise CheckpointError(f"weights do not fit the model the config describes "
+                                  f"({str(exc).splitlines()[0]})", self.path) from None
+        return model.eval()
+
+    def execution(self, task: Task, stage: str, precision: str | None = None, engine: str | None = None) -> Execution:
+        """How ``task`` runs this model for ``stage`` (predict, evaluate): built once per choice, then kept."""
+        runtime = inference_runtime(task, self.device, precision or self.precision, stage)
+        engine = engine or self.engine
+        if stage == "evaluate" and engine == "auto" and not self.carried:
+            engine = "torch"  # evaluate runs as validation ran, unless an engine is asked for
+        key = (engine, str(runtime.device), runtime.precision, runtime.channels_last, task.engine_unsupported())
+        if key not in self._executions:
+            self._executions[key] = prepare(task, self.torch_model, lambda: build_model(task), self.carried, engine,
+                                            runtime, self.path)
+        return self._executions[key]
+
+    # -- predict ----------------------------------------------------------------------------------------
+    def predict(self, inputs: Any, *, ids: Sequence[str] | str | None = None, affine=None, spacing_mm=None,
+                batch_size: int | None = None, overrides=None, **options) -> Result | Predictions:
+        """Predict one input (a result) or a list of inputs, or a folder (``Predictions``, in order).
+
+        An input is a path, an image in memory (a NumPy array with ``affine``/``spacing_mm``, a ``MetaTensor``, a
+        nibabel or SimpleITK image, pydicom datasets), or a dict ``{role: image}`` (multi-modal). ``ids`` name
+        in-memory inputs in outputs. One input given alone raises its error; in a list, a bad input is listed in
+        ``failures`` and the others go on."""
+        items, single = inputs_.as_list(inputs)
+        single = single and not (inputs_.is_path(inputs) and Path(inputs).is_dir())
+        names = [ids] if isinstance(ids, str) else ids
+        task = self.configured(options, overrides)
+        self._note_synthetic()
+        prepared = inputs_.prepare(task, items, names, geometry={"affine": affine, "spacing_mm": spacing_mm},
+                                   strict=single)
+        results, failures = [], list(prepared.failures)
+        try:
+            for result in predict_records(task, self.execution(task, "predict"), prepared.records, batch_size,
+                                          show_progress=len(prepared.records) > 1):
+                (failures if isinstance(result, Failure) else results).append(result)
+        finally:
+            kept = {r.id for r in results}
+            prepared.release(keep=kept)
+            for result in results:  # in-memory inputs stay readable (overlay pictures) while their result lives
+                weakref.finalize(result, _release, prepared.names.get(result.id, []))
+        if single:
+            if failures:
+                raise DataError(str(failures[0]))  # the message names the case or file already
+            return results[0]
+        return Predictions(results, [str(f) for f in failures])
+
+    def predict_files(self, inputs: Sequence[Any], out: str | Path, *, images: Mapping[str, Any] | None = None,
+                      ids: Sequence[str] | None = None, batch_size: int | None = None, dicom: bool = False,
+                      keep_identifiers: bool = False, overrides=None, debug: bool = False,
+                      **options) -> PredictionReport:
+        """Predict every input and write each case's files into ``out`` as it comes (what ``medsight predict``
+        does): memory holds one batch at a time. A bad input is listed in the report, the others go on."""
+        task = self.configured(options, overrides)
+        out = Path(out)
+        report = PredictionReport()
+        self._note_synthetic()
+        prepared = inputs_.prepare(task, list(inputs), ids, images=images)
+        report.failures.extend(prepared.failures)
+        execution = self.execution(task, "predict")
+        out.mkdir(parents=True, exist_ok=True)
+        started = time.perf_counter()
+        writer = task.prediction_writer(out, OutputOptions(dicom=dicom, keep_identifiers=keep_identifiers))
+        try:
+            write_results(predict_records(task, execution, prepared.records, batch_size), writer, report, debug)
+        finally:
+            prepared.release()
+        report.written.extend(writer.finish())
+        report.seconds = time.perf_counter() - started
+        return report
+
+    def _note_synthetic(self) -> None:
+        if self.trained_on.get("synthetic"):
+            log.info(f"note: this model was trained on synthetic data only ({self.trained_on.get('root')}): its "
+                     "outputs on real images mean nothing; use a published model (medsight import) or train on "
+                     "real data")
+
+    # -- evaluate and export ----------------------------------------------------------------------------
+    def evaluate(self, data: str | Path, split: str | None = None, *, out: str | Path | None = None,
+                 precision: str | None = None, overrides=None, **options) -> Evaluation:
+        """Metrics on a split of a dataset (default: the task's), run as validation ran (torch, training's
+        precision) unless ``precision`` or this model's engine says otherwise; ``out``: also write the task's
+        evaluation files (per-case tables, curves) and ``metrics.json`` there."""
+        task = self.configured(options, overrides)
+        split = split or task.evaluate_split
+        return evaluate(task, self.execution(task, "evaluate", precision), Path(data), split,
+                        Path(out) if out is not None else None, self.path)
+
+    def export(self, fmt: str, out: str | Path) -> Path:
+        """The network as TorchScript or ONNX, checked against PyTorch on the task's example input."""
+        from medsight.inference.export import export_network
+
+        if self.torch_model is None:
+            raise CheckpointError(f"holds a compressed {self.carried['kind']} model (medsight compress), not torch "
+                                  "weights: export the checkpoint it was made from", self.path)
+        return export_network(self.task, self.torch_model, fmt, Path(out))
+
+    def __repr__(self) -> str:
+        return f"Model({self.task_name}, {self.path}, engine={self.engine})"
+
+
+def _release(names: list[str]) -> None:
+    from medsight.io import memory
+
+    memory.release(names)
+
+
+def _yaml(value: Any) -> str:
+    import json
+
+    return json.dumps(value) if isinstance(value, (list, tuple, dict, bool)) or value is None else str(value)
+
+
+def _infer_overrides(task_class, options: Mapping[str, Any]) -> list[str]:
+    """Task options (``cam=True``) as ``infer.cam=true``; an unknown one is a ConfigError naming the known."""
+    if not options:
+        return []
+    section = next((f for f in fields(task_class.config_class) if f.name == "infer"), None)
+    known = ({f.name for f in fields(section.default_factory())}  # type: ignore[misc]
+             if section is not None and is_dataclass(section.default_factory()) else set())  # type: ignore[misc]
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise ConfigError(f"{task_class.name} has no option {unknown[0]!r} (its options are the infer.* keys: "
+                          f"{', '.join(sorted(known)) or 'none'})", "predict")
+    return [f"infer.{k}={_yaml(v)}" for k, v in options.items()]
+
+
+def load(checkpoint_path: str | Path, *, device: str | None = None, engine: str = "auto",
+         precision: str | None = None) -> Model:
+    """A checkpoint (a file, or a run folder: its last checkpoint) ready for inference."""
+    path = checkpoint.resolve_path(checkpoint_path)
+    return Model(checkpoint.load(path), path, device=device, engine=engine, precision=precision)
+
+
+def export(checkpoint_path: str | Path, fmt: str, out: str | Path) -> Path:
+    """A checkpoint's network as TorchScript or ONNX (``medsight export``), checked numerically against PyTorch."""
+    return load(checkpoint_path, engine="torch").export(fmt, out)
