@@ -65,6 +65,16 @@ def add_task_arguments(parser, command: str) -> None:
 def add_commands(sub, task_options: set[str] = frozenset()) -> None:
     """Register the model commands on the ``medsight`` sub-parser; ``task_options``: the commands that get
     the registered tasks' own options (importing every task costs a second: only where needed)."""
+    _train_command(sub)
+    _evaluate_command(sub, task_options)
+    _predict_command(sub, task_options)
+    _export_command(sub)
+    _compressing_command(sub)
+    _importing_command(sub)
+    _demo_command(sub)
+
+
+def _train_command(sub) -> None:
     train = sub.add_parser("train", help="train a task on a dataset folder")
     train.add_argument("task")
     train.add_argument("--data", help="dataset folder (stored in checkpoints, so --resume needs none)")
@@ -81,6 +91,8 @@ def add_commands(sub, task_options: set[str] = frozenset()) -> None:
     train.add_argument("overrides", nargs="*", metavar="key=value", help=KEY_VALUE_HELP)
     train.set_defaults(func=cmd_train)
 
+
+def _evaluate_command(sub, task_options: set[str]) -> None:
     evaluate = sub.add_parser("evaluate", help="metrics of a checkpoint on a dataset, or score a predictions file")
     evaluate.add_argument("task", nargs="?", help="needed with --predictions (e.g. detection)")
     evaluate.add_argument("--checkpoint")
@@ -98,6 +110,8 @@ def add_commands(sub, task_options: set[str] = frozenset()) -> None:
     if "evaluate" in task_options:
         add_task_arguments(evaluate, "evaluate")
 
+
+def _predict_command(sub, task_options: set[str]) -> None:
     predict = sub.add_parser("predict", help="predict files or folders; a bad case is reported, the rest go on")
     predict.add_argument("--checkpoint", required=True)
     predict.add_argument("inputs", nargs="*", metavar="INPUT",
@@ -124,12 +138,16 @@ def add_commands(sub, task_options: set[str] = frozenset()) -> None:
     if "predict" in task_options:
         add_task_arguments(predict, "predict")
 
+
+def _export_command(sub) -> None:
     export = sub.add_parser("export", help="export a checkpoint's model as TorchScript or ONNX")
     export.add_argument("--checkpoint", required=True)
     export.add_argument("--format", choices=["torchscript", "onnx"], required=True)
     export.add_argument("--out", required=True)
     export.set_defaults(func=cmd_export)
 
+
+def _compressing_command(sub) -> None:
     compressing = sub.add_parser("compress", help="int8, half-precision weights, pruning or distillation into "
                                                   "another network, measured before and after on a split")
     compressing.add_argument("--checkpoint", required=True)
@@ -150,6 +168,8 @@ def add_commands(sub, task_options: set[str] = frozenset()) -> None:
     compressing.add_argument("--split", default="val", help="split measured before and after (default val)")
     compressing.set_defaults(func=cmd_compress)
 
+
+def _importing_command(sub) -> None:
     importing = sub.add_parser("import", help="a published model (MONAI bundle, CheXNet, torchvision) as a checkpoint")
     importing.add_argument("source", help="a file or folder, or monai:NAME to download a MONAI Model Zoo bundle")
     importing.add_argument("--out", required=True, help="the medsight checkpoint to write")
@@ -158,6 +178,8 @@ def add_commands(sub, task_options: set[str] = frozenset()) -> None:
     importing.add_argument("--labels", help="output names in order, for a source that does not name them")
     importing.set_defaults(func=cmd_import)
 
+
+def _demo_command(sub) -> None:
     demo = sub.add_parser("demo", help="synthetic data -> train -> evaluate -> predict -> report, every task")
     demo.add_argument("--out", default="runs/demo")
     demo.add_argument("--tasks", nargs="*", help="only these tasks")

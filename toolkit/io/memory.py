@@ -54,7 +54,8 @@ def _convert(image: Any, kind: str, affine, spacing_mm, label: str) -> tuple[np.
     import torch
     from monai.data import MetaTensor
 
-    from medsight.io.readers import SimpleITKReader, xray_presentation
+    from medsight.io.readers import SimpleITKReader
+    from medsight.io.xray import xray_presentation
 
     if isinstance(image, (str, Path)):
         raise DataError("a path is read as a file, not registered as an in-memory image", str(image))
