@@ -12,12 +12,12 @@ from __future__ import annotations
 import difflib
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, fields, is_dataclass
+from dataclasses import dataclass, field, is_dataclass
 from pathlib import Path
 from typing import Any, Optional
 
 import yaml
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
 from medsight.errors import ConfigError
@@ -25,11 +25,11 @@ from medsight.errors import ConfigError
 __all__ = [
     "TrainerConfig",
     "OptimConfig",
+    "SplitOptions",
     "LoaderConfig",
     "TaskConfig",
     "choice",
     "resolve",
-    "from_dict",
     "to_dict",
     "to_yaml",
     "parse_override",
@@ -133,8 +133,43 @@ class OptimConfig:
 
 
 @dataclass
-class LoaderConfig:
-    """How records become batches. Tasks extend this with their data settings."""
+class SplitOptions:
+    """How a dataset's records are split, where the dataset does not name its splits itself: the settings every
+    dataset format reads (``medsight.data.formats``) and every task's ``data`` section holds (``LoaderConfig``).
+
+    Groups (patients, scans, cases) are assigned by their own hash (``medsight.datasets.splits``), so adding data
+    never moves an existing group.
+    """
+
+    #: share of training groups (patients, scans, cases) held out for validation, by their own hash
+    val_fraction: float = 0.2
+    #: seed of validation hold-outs and folds, for every task (independent of trainer.seed)
+    split_seed: int = 0
+    #: the fold held out, where a format splits by folds (LUNA16: the test subset; BraTS: validation)
+    fold: int = 0
+    folds: int = 5
+    #: dataset: the dataset's own validation split when it has one; train: always take validation
+    #: out of the training split by group (when the dataset's validation shares patients with training)
+    val_source: str = "dataset"
+    #: validation named outright: these groups (patient IDs, seriesuids, case ids) instead of hashing
+    val_groups: list[str] = field(default_factory=list)
+    #: a file that is missing, unreadable or degenerate (NaN, blank, 4D...): raise stops the run naming it;
+    #: skip leaves the record out and counts it in the run log (metrics.jsonl skipped_records)
+    on_error: str = "raise"
+
+    def __post_init__(self):
+        choice("data.on_error", self.on_error, ("raise", "skip"))
+        choice("data.val_source", self.val_source, ("dataset", "train"))
+        if not 0 <= self.val_fraction < 1:
+            raise ConfigError(f"data.val_fraction must be in [0, 1), got {self.val_fraction}")
+        if self.folds < 1 or not 0 <= self.fold < self.folds:
+            raise ConfigError(f"data.fold={self.fold} is not in 0..{self.folds - 1} (data.folds={self.folds})")
+
+
+@dataclass
+class LoaderConfig(SplitOptions):
+    """How records become batches, and how they are split (``SplitOptions``). Tasks extend this with their data
+    settings."""
 
     batch_size: int = 2
     val_batch_size: int = 1
@@ -149,27 +184,10 @@ class LoaderConfig:
     format: str = "auto"
     #: settings of a plug-in format that this task's config does not name (validated by the format)
     format_options: dict[str, Any] = field(default_factory=dict)
-    #: share of training groups (patients, scans, cases) held out for validation, by their own hash
-    val_fraction: float = 0.2
-    #: seed of validation hold-outs and folds, for every task (independent of trainer.seed)
-    split_seed: int = 0
-    fold: int = 0
-    folds: int = 5
-    #: dataset: the dataset's own validation split when it has one; train: always take validation
-    #: out of the training split by group (when the dataset's validation shares patients with training)
-    val_source: str = "dataset"
-    #: validation named outright: these groups (patient IDs, seriesuids, case ids) instead of hashing
-    val_groups: list[str] = field(default_factory=list)
-    #: a file that is missing, unreadable or degenerate (NaN, blank, 4D...): raise stops the run naming it;
-    #: skip leaves the record out and counts it in the run log (metrics.jsonl skipped_records)
-    on_error: str = "raise"
 
     def __post_init__(self):
-        choice("data.on_error", self.on_error, ("raise", "skip"))
+        super().__post_init__()
         choice("data.loader", self.loader, ("torch", "thread"))
-        choice("data.val_source", self.val_source, ("dataset", "train"))
-        if not 0 <= self.val_fraction < 1:
-            raise ConfigError(f"data.val_fraction must be in [0, 1), got {self.val_fraction}")
         choice("data.cache", self.cache, ("none", "memory", "disk", "pictures"))
         positive("data.batch_size", self.batch_size)
         if not 0 <= self.cache_rate <= 1:
@@ -210,25 +228,47 @@ def _merge(base, update, source: str):
 
 
 def parse_override(text: str) -> tuple[str, Any]:
-    """``a.b=value`` -> ("a.b", value parsed as YAML: numbers, booleans, lists; else the string)."""
+    """``a.b=value`` -> ("a.b", value typed as YAML by OmegaConf: numbers, booleans, lists, null; else the string;
+    ``a.b=`` gives "")."""
+    key, value = _split_override(text)
+    if value == "":
+        return key, ""
+    try:
+        parsed: Any = OmegaConf.to_container(OmegaConf.from_dotlist([f"{key}={value}"]))
+    except OmegaConfBaseException as exc:
+        raise ConfigError(f"override {text!r}: {str(exc).splitlines()[0]}", "command line") from None
+    try:
+        for part in key.split("."):
+            parsed = parsed[part]
+    except (KeyError, TypeError):
+        raise ConfigError(f"override {text!r}: {key!r} is not a dotted key such as trainer.max_epochs",
+                          "command line") from None
+    return key, parsed
+
+
+def _split_override(text: str) -> tuple[str, str]:
     if "=" not in text:
         raise ConfigError(f"override {text!r} is not key=value", "command line")
     key, value = text.split("=", 1)
-    try:
-        parsed = yaml.safe_load(value) if value != "" else ""
-    except yaml.YAMLError:
-        parsed = value
-    return key.strip(), parsed
+    if not key.strip():
+        raise ConfigError(f"override {text!r} has no key", "command line")
+    return key.strip(), value
 
 
-def _parse_override(text: str) -> dict:
-    key, parsed = parse_override(text)
-    node: dict = {}
-    cursor = node
-    parts = key.split(".")
-    for part in parts[:-1]:
-        cursor = cursor.setdefault(part, {})
-    cursor[parts[-1]] = parsed
+def overrides_config(overrides: Sequence[str] | Mapping[str, Any]) -> DictConfig:
+    """Overrides as one nested config: ``["a.b=1", ...]`` (values typed as YAML) or ``{"a.b": 1, ...}``."""
+    if isinstance(overrides, Mapping):
+        items = list(overrides.items())
+    elif isinstance(overrides, str):
+        raise TypeError("overrides: a list of 'key=value' strings or a dict of dotted keys, not one string")
+    else:
+        items = [parse_override(text) for text in overrides]
+    node = OmegaConf.create()
+    for key, value in items:
+        try:
+            OmegaConf.update(node, str(key), value, merge=True)
+        except OmegaConfBaseException as exc:
+            raise ConfigError(f"override {key!r}: {str(exc).splitlines()[0]}", "command line") from None
     return node
 
 
@@ -245,12 +285,13 @@ def resolve(
     config_class: type[TaskConfig],
     profile: Mapping | None = None,
     files: Sequence[str | Path] = (),
-    overrides: Sequence[str] = (),
+    overrides: Sequence[str] | Mapping[str, Any] = (),
     base: Mapping | None = None,
     inherited: Mapping | None = None,
 ) -> TaskConfig:
     """Defaults <- ``base`` (e.g. a checkpoint's config) <- profile <- ``inherited`` (the model and input
-    settings of starting weights) <- YAML files <- overrides, validated."""
+    settings of starting weights) <- YAML files <- overrides, validated. ``overrides``: ``key=value`` strings
+    (the command line's) or a dict of dotted keys to values (``{"trainer.max_epochs": 5}``)."""
     cfg = OmegaConf.structured(config_class)
     if base:
         cfg = _merge(cfg, OmegaConf.create(dict(base)), "checkpoint config")
@@ -269,8 +310,8 @@ def resolve(
         if not isinstance(loaded, dict):
             raise ConfigError("a config file must hold a mapping of sections", path)
         cfg = _merge(cfg, OmegaConf.create(loaded), str(path))
-    for text in overrides:
-        cfg = _merge(cfg, OmegaConf.create(_parse_override(text)), "config")
+    if overrides:
+        cfg = _merge(cfg, overrides_config(overrides), "config")
     try:
         return OmegaConf.to_object(cfg)
     except OmegaConfBaseException as exc:
@@ -284,13 +325,6 @@ def to_dict(config) -> dict:
     return OmegaConf.to_container(OmegaConf.structured(config), resolve=True)
 
 
-def from_dict(config_class: type[TaskConfig], data: Mapping) -> TaskConfig:
-    return resolve(config_class, base=data)
-
-
 def to_yaml(config) -> str:
     return yaml.safe_dump(to_dict(config), sort_keys=False)
 
-
-def field_names(config_class) -> list[str]:
-    return [f.name for f in fields(config_class)]
