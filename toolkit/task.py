@@ -113,6 +113,15 @@ class OutputOptions:
 
 
 @dataclass
+class NetworkInput:
+    """What a task's export module (the network an engine runs) takes: an example batch, and whether its spatial
+    axes vary at run time (a detector running on whole scans) or only the batch does (a window, a picture)."""
+
+    example: torch.Tensor
+    dynamic_spatial: bool = False
+
+
+@dataclass
 class Result:
     """One case's prediction, made by ``Task.to_result`` on the input's own grid. Tasks derive their own
     (findings of an X-ray, nodule marks of a CT, a label map of an MRI case); ``save(folder)`` writes exactly
@@ -312,10 +321,8 @@ class Task:
         return model
 
     def network_input(self):
-        """What the export module takes (``medsight.inference.engines.NetworkInput``): an example batch, and whether
+        """What the export module takes (``NetworkInput``): an example batch, and whether
         its spatial size varies at run time. Default: ``example_input()``, batch axis dynamic only."""
-        from medsight.inference.engines import NetworkInput
-
         return NetworkInput(self.example_input())
 
     def with_engine(self, model: nn.Module, engine: nn.Module) -> nn.Module:

@@ -111,7 +111,7 @@ class LungNoduleDetection(Task):
         return ExportedNetwork(model.network)
 
     def network_input(self):
-        from medsight.inference.engines import NetworkInput
+        from medsight.task import NetworkInput
 
         return NetworkInput(self.example_input(), dynamic_spatial=True)  # whole scans when they fit the window
 

@@ -292,7 +292,7 @@ class BrainTumourSegmentation(Task):
         return ["infer.tta=true"] if command == "predict" and getattr(args, "tta", False) else []
 
     def network_input(self):
-        from medsight.inference.engines import NetworkInput
+        from medsight.task import NetworkInput
 
         return NetworkInput(self.example_input(), dynamic_spatial=True)  # a window, or a whole small volume
 

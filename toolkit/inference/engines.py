@@ -40,7 +40,6 @@ import tempfile
 import time
 import zlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +47,7 @@ import torch
 from torch import nn
 
 from medsight.errors import ConfigError, MedsightError
+from medsight.task import NetworkInput
 
 log = logging.getLogger(__name__)
 
@@ -66,15 +66,6 @@ def require(kind: str) -> None:
     if kind != "auto" and not installed(kind):
         raise ConfigError(f"--engine {kind} needs the {_PACKAGES[kind]} package: pip install {_PACKAGES[kind]} "
                           "(installed with medsight's own install)", "command line")
-
-
-@dataclass
-class NetworkInput:
-    """What the engine's network takes: an example batch, and whether its spatial axes vary at run time
-    (a detector running on whole scans) or only the batch does (a sliding window, a picture size)."""
-
-    example: torch.Tensor
-    dynamic_spatial: bool = False
 
 
 class EngineNetwork(nn.Module):

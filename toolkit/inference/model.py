@@ -55,8 +55,11 @@ class Model:
         self.task_class = TASKS.get(state["task"])
         self.task = self.configured()
         self.carried = state.get("engine")  # a compressed checkpoint: the engine files are the network
-        self.torch_model = None if self.carried else self._weights(self.task)
+        #: the torch model per config: a task builds some settings into its model (a detector's score threshold,
+        #: its sliding window), so options that change the config get a model built with them
+        self._models: dict[str, object] = {}
         self._executions: dict[tuple, Execution] = {}
+        self.torch_model = self.model_for(self.task)
 
     # -- what it is -------------------------------------------------------------------------------------
     @property
@@ -84,6 +87,16 @@ class Model:
         task.learning = False
         return task
 
+    def model_for(self, task: Task):
+        """The torch model with this checkpoint's weights, built from ``task``'s config (None for a compressed
+        checkpoint); one per distinct config, kept."""
+        if self.carried:
+            return None
+        key = _config_key(task)
+        if key not in self._models:
+            self._models[key] = self._weights(task)
+        return self._models[key]
+
     def _weights(self, task: Task):
         model = build_model(task, self.state.get("structure"))
         try:
@@ -99,10 +112,10 @@ class Model:
         engine = engine or self.engine
         if stage == "evaluate" and engine == "auto" and not self.carried:
             engine = "torch"  # evaluate runs as validation ran, unless an engine is asked for
-        key = (engine, str(runtime.device), runtime.precision, runtime.channels_last, task.engine_unsupported())
+        key = (_config_key(task), engine, str(runtime.device), runtime.precision, runtime.channels_last)
         if key not in self._executions:
-            self._executions[key] = prepare(task, self.torch_model, lambda: build_model(task), self.carried, engine,
-                                            runtime, self.path)
+            self._executions[key] = prepare(task, self.model_for(task), lambda: build_model(task), self.carried,
+                                            engine, runtime, self.path)
         return self._executions[key]
 
     # -- predict ----------------------------------------------------------------------------------------
@@ -189,6 +202,14 @@ class Model:
 
     def __repr__(self) -> str:
         return f"Model({self.task_name}, {self.path}, engine={self.engine})"
+
+
+def _config_key(task: Task) -> str:
+    import json
+
+    from medsight.core.config import to_dict
+
+    return json.dumps(to_dict(task.config), sort_keys=True, default=str)
 
 
 def _release(names: list[str]) -> None:
