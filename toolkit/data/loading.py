@@ -5,6 +5,11 @@
 - ``cache: disk``: MONAI ``PersistentDataset``; its key is a hash of the record, of each source
   file's size and modification time, and of the deterministic transforms' full state, so a
   changed transform parameter or a replaced file never reuses a stale entry.
+- ``data.on_error: skip``: the task's Compose is wrapped in ``GuardedCompose`` (``medsight.data.guard``), whose
+  public ``__call__`` turns a record failing with a medsight error into a marker ``{SKIPPED: message, "id": ...}``;
+  the datasets are MONAI's own, unchanged, and ``skipping_collate`` drops the markers from batches. On disk a
+  marker is cached like any item, under a key of its own (``transform_hash(..., guarded=True)``): a run that
+  raises on bad files never meets a skipping run's markers, and a replaced file gets a new key.
 - ``cache: pictures`` (2D tasks): the pipeline's ``CachedPicturesd`` step reads pictures decoded, gray and
   resized once into a memory-mapped uint8 store (``medsight.data.picture_cache``); the records are a plain
   ``Dataset`` on top, so every random step still runs each epoch.
@@ -17,6 +22,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -30,8 +36,11 @@ import numpy as np
 import torch
 from monai.data import CacheDataset, DataLoader, Dataset, PersistentDataset, ThreadDataLoader, list_data_collate
 from monai.data import partition_dataset as monai_partition
+from monai.transforms import Compose
 
 from medsight.core.config import LoaderConfig
+from medsight.data.guard import FAILED, GuardedCompose, split_failed
+from medsight.errors import unwrap
 
 _ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
 
@@ -99,46 +108,16 @@ def _state_fingerprint(obj: Any, depth: int = 0) -> Any:
     return _ADDRESS.sub("", repr(obj))
 
 
-def transform_hash(transforms: Sequence[Any]) -> bytes:
-    """Hash of the deterministic transforms' classes and full parameter state (MONAI passes the prefix)."""
-    payload = json.dumps(_state_fingerprint(list(transforms)), sort_keys=True, default=str)
+def transform_hash(transforms: Sequence[Any], guarded: bool = False) -> bytes:
+    """Hash of the deterministic transforms' classes and full parameter state (MONAI passes the prefix);
+    ``guarded``: the items may be failure markers (``data.on_error=skip``), so they get keys of their own."""
+    state = _state_fingerprint(list(transforms) if not isinstance(transforms, str) else transforms)
+    payload = json.dumps({"transforms": state, "guarded": True} if guarded else state, sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest().encode()
 
 
-#: the key of the marker a skipped record becomes (``data.on_error=skip``)
-SKIPPED = "__skipped__"
-
-
-def _skipping(dataset_class):
-    """``dataset_class`` whose records fail with a medsight error (unreadable, NaN, blank, off-grid...) become a
-    marker ``{SKIPPED: message}`` instead of stopping the run; ``skipping_collate`` drops them from batches."""
-
-    class Skipping(dataset_class):
-        def _marker(self, exc: Exception) -> dict:
-            from medsight.errors import unwrap
-
-            known = unwrap(exc)
-            if known is None:
-                raise exc
-            return {SKIPPED: str(known)}
-
-        def _load_cache_item(self, idx: int):  # CacheDataset fills its cache through this
-            try:
-                return super()._load_cache_item(idx)
-            except Exception as exc:
-                return self._marker(exc)
-
-        def _transform(self, index: int):
-            cache = getattr(self, "_cache", None)
-            if cache and index < len(cache) and isinstance(cache[index], dict) and SKIPPED in cache[index]:
-                return cache[index]
-            try:
-                return super()._transform(index)
-            except Exception as exc:
-                return self._marker(exc)
-
-    Skipping.__name__ = f"Skipping{dataset_class.__name__}"
-    return Skipping
+#: the key of the marker a skipped record becomes (``data.on_error=skip``): ``medsight.data.guard.FAILED``
+SKIPPED = FAILED
 
 
 @dataclass(frozen=True)
@@ -152,16 +131,19 @@ class Failed:
         return f"{self.where}: {self.message}" if self.where else self.message
 
 
-class _Mapped(Dataset):
+class _Mapped(torch.utils.data.Dataset):
+    """``function(item)`` per item; a medsight error becomes a ``Failed``."""
+
     def __init__(self, function: Callable, items: Sequence):
-        super().__init__(list(items))
         self.function = function
+        self.items = list(items)
 
-    def _transform(self, index: int):
-        from medsight.errors import unwrap
+    def __len__(self) -> int:
+        return len(self.items)
 
+    def __getitem__(self, index: int):
         try:
-            return self.function(self.data[index])
+            return self.function(self.items[index])
         except Exception as exc:
             known = unwrap(exc)
             if known is None:
@@ -183,9 +165,14 @@ def map_in_workers(function: Callable, items: Sequence, workers: int = 0):
 
 def make_dataset(records: list[dict], transform: Callable, cfg: LoaderConfig, cache_dir: Path | None,
                  cache: bool = True) -> Dataset:
+    """MONAI's Dataset, CacheDataset or PersistentDataset over ``records`` (``cfg.cache``); with
+    ``data.on_error=skip`` the transform is guarded, so a bad record becomes a ``SKIPPED`` marker."""
     skip = getattr(cfg, "on_error", "raise") == "skip"
+    if skip:
+        transform = GuardedCompose.around(transform if isinstance(transform, Compose) else Compose(transform),
+                                          catch="medsight")
     if not cache or cfg.cache == "none":
-        return (_skipping(Dataset) if skip else Dataset)(records, transform)
+        return Dataset(records, transform)
     if cfg.cache == "pictures":
         from medsight.errors import ConfigError
         from medsight.data.picture_cache import cached_loader
@@ -197,29 +184,24 @@ def make_dataset(records: list[dict], transform: Callable, cfg: LoaderConfig, ca
             raise ValueError("a picture cache needs a folder")
         loader.attach(cache_dir)
         loader.build([r[k] for r in records for k in loader.keys if k in r], workers=cfg.num_workers)
-        return (_skipping(Dataset) if skip else Dataset)(records, transform)
+        return Dataset(records, transform)
     if cfg.cache == "memory":
         workers = cfg.num_workers if cfg.num_workers > 0 else None
-        return (_skipping(CacheDataset) if skip else CacheDataset)(records, transform, cache_rate=cfg.cache_rate,
-                                                                    num_workers=workers, progress=False)
+        return CacheDataset(records, transform, cache_rate=cfg.cache_rate, num_workers=workers, progress=False)
     if cache_dir is None:
         raise ValueError("a disk cache needs a folder")
     cache_dir.mkdir(parents=True, exist_ok=True)
-    return (_skipping(PersistentDataset) if skip else PersistentDataset)(
-        records, transform, cache_dir=cache_dir, hash_func=record_hash, hash_transform=transform_hash)
+    return PersistentDataset(records, transform, cache_dir=cache_dir, hash_func=record_hash,
+                             hash_transform=functools.partial(transform_hash, guarded=skip))
 
 
 def skipping_collate(collate: Callable) -> Callable:
-    """A collate that drops skipped records; the batch (a dict) carries their messages under ``SKIPPED``, and is
-    ``{SKIPPED: [...]}`` alone when every record of it was skipped."""
+    """A collate that drops skipped records; the batch (a dict) carries their messages (strings) under
+    ``SKIPPED``, and is ``{SKIPPED: [...]}`` alone when every record of it was skipped."""
 
     def collate_fn(items):
-        flat = [i for item in items for i in (item if isinstance(item, list) else [item])]
-        kept = [i for i in items if not (isinstance(i, dict) and SKIPPED in i)]
-        skipped = [i[SKIPPED] for i in flat if isinstance(i, dict) and SKIPPED in i]
-        kept = [i if not isinstance(i, list) else [j for j in i if not (isinstance(j, dict) and SKIPPED in j)]
-                for i in kept]
-        kept = [i for i in kept if not (isinstance(i, list) and not i)]
+        kept, failed = split_failed(items)
+        skipped = [marker[FAILED] for marker in failed]
         if not kept:
             return {SKIPPED: skipped}
         batch = collate(kept)
