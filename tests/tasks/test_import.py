@@ -178,8 +178,10 @@ def test_an_imported_bundle_fine_tunes_on_two_modalities_chosen_by_role(tmp_path
     # frozen for the one epoch: the pretrained kernels are those of FLAIR and T1c, unchanged
     first = start["model"]["convInit.conv.weight"]
     torch.testing.assert_close(tuned["model"]["convInit.conv.weight"], first[:, [3, 0]])
-    assert not torch.equal(tuned["model"]["conv_final.2.conv.bias"], start["model"]["conv_final.2.conv.bias"]) or \
-        tuned["started_from"]["loaded"] > 0
+    pretrained = set(tuned["started_from"]["pretrained"])  # every tensor of the bundle that fits: all of them
+    assert {"conv_final.2.conv.bias", "convInit.conv.weight"} <= pretrained and tuned["started_from"]["missing"] == 0
+    for name in pretrained - {"convInit.conv.weight"}:
+        torch.testing.assert_close(tuned["model"][name], start["model"][name], rtol=0, atol=0, msg=name)
 
 
 # -- CheXNet and torchvision DenseNet121 -------------------------------------------------------------------
