@@ -13,13 +13,18 @@ distilled student) or other hardware.
 - ``network_alone``: each engine's seconds on exactly those inputs, best of ``repeats``;
 - ``engine_calls``: the engines medsight offers for a task's network (torch fp32, torch bf16 autocast +
   channels-last, OpenVINO bf16 / fp32, a compressed checkpoint's engine);
-- ``report``: the table and the ceiling.
+- ``report``: the table and the ceiling;
+- ``timed_predict``: one medsight row, ``Model.predict_files`` timed as a user's predict runs it (the engine
+  read from the engine cache, or converted in the run under ``cold_engine_cache``).
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -74,7 +79,7 @@ def torch_call(module: nn.Module, bf16: bool, channels_last: bool) -> Callable[[
 
 def engine_calls(task, model: nn.Module, compressed=None, native_bf16: bool = True) -> dict[str, Callable]:
     """name -> a call of the task's network (``task.export_module``) on one input, per engine medsight offers.
-    ``compressed``: a Loaded compressed checkpoint, whose engine is added as "int8 (compressed)"."""
+    ``compressed``: a compressed checkpoint's ``medsight.Model``, whose engine is added as "int8 (compressed)"."""
     from medsight.inference import engines
     module = task.export_module(model).float().eval()
     calls = {"torch fp32": torch_call(module, False, False),
@@ -87,8 +92,8 @@ def engine_calls(task, model: nn.Module, compressed=None, native_bf16: bool = Tr
         for precision in ("fp32", "bf16") if native_bf16 else ("fp32",):
             engine = engines.build("openvino", module, spec, precision)
             calls[f"openvino {precision}"] = engine
-    if compressed is not None and compressed.model is None:
-        calls["int8 (compressed, openvino)"] = engines.from_files(compressed.state["engine"], "auto", compressed.path)
+    if compressed is not None and compressed.carried is not None:
+        calls["int8 (compressed, openvino)"] = engines.from_files(compressed.carried, "auto", compressed.path)
     return calls
 
 
@@ -139,13 +144,49 @@ def report(best_name: str, best_seconds: float, best_network_seconds: float, alo
             "fastest_engine": fastest, "ceiling": ceiling, "ceiling_with_reference_pipeline": lean}
 
 
-def default_engine(loaded, precision: str | None = None, engine: str = "auto") -> str:
-    """The ``engine_calls`` row that ``medsight predict [--precision P] [--engine E]`` runs for ``loaded`` on this
-    CPU (default: engine auto, the task's precision and layout)."""
-    from medsight.inference.predict import auto_engine, inference_runtime
+def default_engine(model, precision: str | None = None, engine: str = "auto") -> str:
+    """The ``engine_calls`` row that ``medsight predict [--precision P] [--engine E]`` runs for ``model`` (a
+    ``medsight.Model`` of torch weights) on this CPU (default: engine auto, the task's precision and layout)."""
+    from medsight.inference.execution import auto_engine, inference_runtime
 
-    runtime = inference_runtime(loaded.task, "cpu", precision, "predict")
-    if (auto_engine(loaded, runtime) if engine == "auto" else engine) != "torch":
+    runtime = inference_runtime(model.task, "cpu", precision, "predict")
+    chosen = auto_engine(model.task, model.torch_model, model.carried, runtime) if engine == "auto" else engine
+    if chosen != "torch":
         return f"openvino {runtime.precision}"
     name = "torch fp32" if runtime.precision == "fp32" else f"torch {runtime.precision} autocast"
     return name + (" + channels-last" if runtime.channels_last else "")
+
+
+# -- medsight rows --------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def cold_engine_cache(folder: Path, cold: bool = True):
+    """With ``cold``, medsight's engine cache is an empty folder under ``folder`` inside the context: a predict
+    there converts its engine (ONNX export, OpenVINO conversion) as a model's very first predict does."""
+    cache = os.environ.get("MEDSIGHT_ENGINE_CACHE")
+    if cold:
+        os.environ["MEDSIGHT_ENGINE_CACHE"] = str(Path(folder) / f"empty-engine-cache-{time.perf_counter()}")
+    try:
+        yield
+    finally:
+        if cache is None:
+            os.environ.pop("MEDSIGHT_ENGINE_CACHE", None)
+        else:
+            os.environ["MEDSIGHT_ENGINE_CACHE"] = cache
+
+
+def timed_predict(checkpoint: Path, inputs: list, out: Path, engine: str = "auto", precision: str | None = None,
+                  overrides=(), cold: bool = False):
+    """(report, seconds) of one ``medsight predict`` as a user's process runs it: the checkpoint loaded (not
+    timed), then ``Model.predict_files``, timed, which builds the engine (from the engine cache, or converted
+    when ``cold``) and reads, predicts and writes every input. ``engine`` auto for a compressed checkpoint:
+    its own."""
+    import medsight
+
+    model = medsight.load(checkpoint, device="cpu", engine=engine, precision=precision)
+    with cold_engine_cache(out, cold):
+        started = time.perf_counter()
+        report = model.predict_files(inputs, out, overrides=list(overrides))
+        seconds = time.perf_counter() - started
+    if report.failures:
+        raise RuntimeError("medsight predict failed:\n" + "\n".join(report.failures))
+    return report, seconds

@@ -11,17 +11,15 @@ split's per-finding AUROC, the training wall time and the process CPU time.
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-import medsight  # noqa: F401
-from medsight.cli.main import main as medsight_main
+import medsight
+from medsight.core.progress import setup_logging
 from medsight.core.registry import DATASETS
-from medsight.training.runlog import read
 
 TARGET_AUROC = 0.95
 BUDGET_S = 600.0
@@ -31,23 +29,14 @@ def run(args, work: Path) -> int:
     started = time.perf_counter()
     data = DATASETS.get("chestxray14")().synth(work / "data", cases=args.cases, seed=args.seed, size=args.size)
     synth_s = time.perf_counter() - started
-    run_dir = work / "run"
     overrides = [f"trainer.max_epochs={args.epochs}", f"data.image_size={args.image_size}", "trainer.progress=never",
                  "trainer.tensorboard=false", *args.overrides]
     cpu0, wall0 = time.process_time(), time.perf_counter()
-    status = medsight_main(["train", "classification", "--data", str(data), "--profile", "cpu-small",
-                            "--out", str(run_dir), *overrides])
+    trained = medsight.train("classification", data, profile="cpu-small", out=work / "run", overrides=overrides)
     train_s, train_cpu_s = time.perf_counter() - wall0, time.process_time() - cpu0
-    if status != 0:
-        return status
-    best = run_dir / "checkpoints" / "best.pt"
-    evaluation = work / "test"
-    status = medsight_main(["evaluate", "--checkpoint", str(best), "--data", str(data), "--out", str(evaluation)])
-    if status != 0:
-        return status
-    results = json.loads((evaluation / "metrics.json").read_text())
-    val = [e for e in read(run_dir / "metrics.jsonl") if e["phase"] == "val"]
-    train = [e for e in read(run_dir / "metrics.jsonl") if e["phase"] == "train"]
+    evaluation = trained.load().evaluate(data, out=work / "test")  # the best checkpoint, on the test split
+    val = [e for e in trained.history if e["phase"] == "val"]
+    train = [e for e in trained.history if e["phase"] == "train"]
 
     print("\n== classification learnability (synthetic ChestX-ray14, DenseNet121, cpu-small profile)")
     print(f"data: {args.cases} pictures at {args.size} px (synthesised in {synth_s:.0f} s), model input "
@@ -57,8 +46,8 @@ def run(args, work: Path) -> int:
     for t, v in zip(train, val):
         elapsed += t["epoch_seconds"]
         print(f"{v['epoch']:5d}  {t['loss']:10.4f}  {v['mean_auroc']:14.4f}  {elapsed:18.0f} s")
-    metrics = results["metrics"]
-    print(f"\ntest split: {results['cases']} pictures, best checkpoint (epoch by validation mean AUROC)")
+    metrics = evaluation.metrics
+    print(f"\ntest split: {len(evaluation.cases)} pictures, best checkpoint (epoch by validation mean AUROC)")
     for key, value in metrics.items():
         if key.startswith("auroc_"):
             print(f"  {key[6:]:20s} {value:.4f}")
@@ -81,6 +70,7 @@ def main() -> int:
     parser.add_argument("--work", help="keep data and run here (default: a temporary folder)")
     parser.add_argument("overrides", nargs="*", help="extra config overrides, e.g. data.batch_size=32")
     args = parser.parse_args()
+    setup_logging()  # the trainer's epoch lines, as the command line shows them
     if args.work:
         Path(args.work).mkdir(parents=True, exist_ok=True)
         return run(args, Path(args.work))

@@ -30,14 +30,13 @@ Skips cleanly (exit 0) when the data folder is absent. The real images are never
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import medsight  # noqa: F401
-from medsight.cli.main import main as medsight_main
+import medsight
+from medsight.core.progress import setup_logging
 from medsight.datasets.chestxray14 import FINDINGS
 
 BINARY_TARGET = 0.70
@@ -48,15 +47,12 @@ def train_and_test(name: str, data: Path, work: Path, epochs: int, args, extra: 
     overrides = [f"trainer.max_epochs={epochs}", f"data.image_size={args.image_size}", f"model.name={args.model}",
                  "trainer.progress=never", "trainer.tensorboard=false", *extra, *args.overrides]
     started = time.perf_counter()
-    if medsight_main(["train", "classification", "--data", str(data), "--profile", "cpu-small", "--out", str(run),
-                      *overrides]) != 0:
-        raise SystemExit(f"training {name} failed")
+    trained = medsight.train("classification", data, profile="cpu-small", out=run, overrides=overrides)
     train_seconds = time.perf_counter() - started
     best = run / "checkpoints" / "best.pt"
-    if medsight_main(["evaluate", "--checkpoint", str(best), "--data", str(data), "--out", str(run / "test")]) != 0:
-        raise SystemExit(f"evaluating {name} failed")
-    results = json.loads((run / "test" / "metrics.json").read_text())
-    return {**results, "run": run, "checkpoint": best, "train_seconds": train_seconds, "overrides": overrides}
+    evaluation = medsight.load(best).evaluate(data, out=run / "test")
+    return {"metrics": evaluation.metrics, "cases": len(evaluation.cases), "run": trained.dir, "checkpoint": best,
+            "train_seconds": train_seconds, "overrides": overrides}
 
 
 def per_label_lines(run: Path) -> list[str]:
@@ -91,10 +87,9 @@ def unseen_patient_auroc(run: Path, table: Path, positive: str) -> tuple[int, fl
 def predict_samples(name: str, checkpoint: Path, samples: Path, work: Path) -> Path:
     inputs = sorted(str(p) for p in samples.iterdir() if p.suffix.lower() in (".png", ".dcm"))
     out = work / f"predict-{name}"
-    status = medsight_main(["predict", "--checkpoint", str(checkpoint), *inputs, "--out", str(out), "--cam",
-                            "infer.cam_top_k=2"])
-    if status != 0:
-        raise SystemExit(f"predict with the {name} model failed")
+    report = medsight.load(checkpoint).predict_files(inputs, out, cam=True, cam_top_k=2)
+    if report.failures:
+        raise SystemExit(f"predict with the {name} model failed: {report.failures[0]}")
     return out
 
 
@@ -142,6 +137,7 @@ def main() -> int:
     parser.add_argument("--findings-epochs", type=int, default=30)
     parser.add_argument("overrides", nargs="*", help="extra config overrides for both trainings")
     args = parser.parse_args()
+    setup_logging()  # the trainer's epoch lines, as the command line shows them
     root = Path(args.data)
     needed = [root / "nih1000_64px" / "NIH1000", root / "nih1000_64px" / "labels_from_Data_Entry_2017_v2020.csv",
               root / "samples"]

@@ -39,23 +39,24 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-import medsight  # noqa: F401
-from medsight.core import checkpoint
+import medsight
+from medsight.io import checkpoint
 from medsight.core.config import resolve, to_dict
-from medsight.inference.predict import load_for_inference, predict
 from medsight.core.registry import DATASETS
 from medsight.core.runtime import cpu_has_native_bf16
 from medsight.tasks.classification import XrayClassification
 from medsight.tasks.classification.config import ClassificationConfig
 from medsight.tasks.classification.labels import LabelSet
 
-from _network_alone import NetworkTimer, default_engine, engine_calls, network_alone, report  # bench/, beside this script
+from _network_alone import (NetworkTimer, default_engine, engine_calls, network_alone,  # bench/, beside this script
+                            report, timed_predict)
 
 TARGET_RATIO = 1.5
 SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -118,15 +119,15 @@ class XrayPNGs(torch.utils.data.Dataset):
         return x.expand(self.channels, -1, -1).contiguous()
 
 
-def reference_model(loaded) -> torch.nn.Module:
+def reference_model(loaded: medsight.Model) -> torch.nn.Module:
     """The checkpoint's weights in a freshly built MONAI DenseNet121 (what the user's script holds)."""
     from monai.networks.nets import DenseNet121
 
     cfg = loaded.task.config
     if cfg.model.name != "densenet121":
-        return loaded.model.eval()  # another architecture: the checkpoint's module itself
+        return loaded.torch_model.eval()  # another architecture: the checkpoint's module itself
     model = DenseNet121(spatial_dims=2, in_channels=cfg.data.channels, out_channels=len(loaded.task.labels.names))
-    model.load_state_dict(loaded.model.state_dict())
+    model.load_state_dict(loaded.torch_model.state_dict())
     return model.eval()
 
 
@@ -153,24 +154,12 @@ def reference_pass(model: torch.nn.Module, dataset: XrayPNGs, batch: int, worker
 
 # -- medsight --------------------------------------------------------------------------------------
 def medsight_pass(checkpoint_path: Path, folder: Path, out: Path, engine: str, precision: str | None,
-                  overrides: list[str], names: list[str], cold: bool = False) -> tuple[float, float, np.ndarray]:
+                  overrides: list[str], names: list[str], labels: list[str],
+                  cold: bool = False) -> tuple[float, float, np.ndarray]:
     """(images/s, seconds before the first picture (engine build), probabilities (N, K) in ``names`` order)."""
-    loaded = load_for_inference(checkpoint_path, overrides)
-    if loaded.model is not None:  # a compressed checkpoint's engine is its own
-        loaded.engine = engine
-    cache = os.environ["MEDSIGHT_ENGINE_CACHE"]
-    if cold:  # an empty engine cache: the conversion is timed too
-        os.environ["MEDSIGHT_ENGINE_CACHE"] = str(out / f"empty-engine-cache-{time.perf_counter()}")
-    try:
-        started = time.perf_counter()
-        report = predict(loaded, [str(folder)], out, device="cpu", precision=precision)
-        elapsed = time.perf_counter() - started
-    finally:
-        os.environ["MEDSIGHT_ENGINE_CACHE"] = cache
-    assert not report.failures, report.failures
+    report, elapsed = timed_predict(checkpoint_path, [folder], out, engine, precision, overrides, cold)
     with open(out / "predictions.csv", newline="") as handle:
         rows = {Path(r["image"]).name: r for r in csv.DictReader(handle)}
-    labels = loaded.task.labels.names
     return (report.cases / elapsed, elapsed - report.seconds,
             np.asarray([[float(rows[name][label]) for label in labels] for name in names]))
 
@@ -204,7 +193,49 @@ def pictures(args, work: Path) -> Path:
     return folder
 
 
-def main() -> int:
+REFERENCE_ROWS = {  # name: (bf16 autocast, channels-last)
+    "reference fp32": (False, False),
+    "reference fp32 + ch.-last": (False, True),
+    "reference bf16 autocast": (True, False),
+    "reference bf16 autocast + ch.-last": (True, True),
+}
+
+
+def medsight_rows(bf16: str, int8: Path | None) -> dict[str, tuple]:
+    """name: (engine, precision, overrides); ``bf16``: bf16 where the CPU has it natively, else fp32."""
+    rows = {
+        "medsight default (engine auto)": ("auto", None, []),
+        "  same, 1 loader worker": ("auto", None, ["data.num_workers=1"]),
+        "  same, engine converted in the run": ("auto", None, []),
+        "medsight torch fp32": ("torch", "fp32", []),
+        f"medsight torch {bf16}": ("torch", bf16, []),
+        "medsight onnxruntime fp32": ("onnxruntime", "fp32", []),
+        "medsight openvino fp32": ("openvino", "fp32", []),
+        "medsight openvino bf16": ("openvino", "bf16", []),
+    }
+    if int8 is not None:
+        rows["medsight int8 (compressed, openvino)"] = ("auto", None, [])  # its own engine
+    return rows
+
+
+@dataclass
+class Bench:
+    """What every row runs on: the pictures, the checkpoint (and its int8), the reference's model and loader."""
+
+    folder: Path
+    names: list[str]
+    checkpoint: Path
+    int8: Path | None
+    loaded: medsight.Model
+    model: torch.nn.Module
+    dataset: XrayPNGs
+    batch: int
+    ref_batch: int
+    multi_label: bool
+    work: Path
+
+
+def parse_args():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=96)
     parser.add_argument("--size", type=int, default=1024, help="synthetic picture size, pixels")
@@ -219,101 +250,79 @@ def main() -> int:
     parser.add_argument("--workers", default="0,1,2", help="reference loader worker counts to try")
     parser.add_argument("--ref-batch", type=int, help="reference batch (default: medsight's predict batch)")
     parser.add_argument("--repeats", type=int, default=3)
-    args = parser.parse_args()
-    if args.data and not Path(args.data).is_dir():
-        print(f"skipped: {args.data} not found")
-        return 0
-    wall = time.perf_counter()
-    native_bf16 = cpu_has_native_bf16()
-    scratch = tempfile.TemporaryDirectory(prefix="medsight-cls-speed-")  # removed at the end
-    work = Path(scratch.name)
-    # converted engines are cached (as predict does by default), in this run's folder: the warm-up fills it
-    os.environ["MEDSIGHT_ENGINE_CACHE"] = str(work / "engine-cache")
-    folder = pictures(args, work)
-    paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in SUFFIXES)
-    if not paths:
-        print(f"skipped: no pictures in {args.data}")
-        return 0
-    names = [p.name for p in paths]
+    return parser.parse_args()
+
+
+def int8_row(args, source: Path, work: Path) -> Path | None:
+    if args.no_int8:
+        return None
+    if args.int8_checkpoint:
+        return Path(args.int8_checkpoint)
+    calibration = Path(args.calibration) if args.calibration else \
+        DATASETS.get("chestxray14")().synth(work / "calibration", cases=64, seed=1, size=args.size)
+    int8, label = int8_checkpoint(source, calibration, work / "int8.pt", args.calibration_samples)
+    print(f"int8 checkpoint: built in {label['build_seconds']:.0f} s from {args.calibration_samples} "
+          f"calibration pictures ({'given' if args.calibration else 'synthetic'}); size ratio "
+          f"{label['size_ratio']}", flush=True)
+    return int8
+
+
+def bench_setting(args, folder: Path, paths: list[Path], work: Path) -> Bench:
     ckpt = Path(args.checkpoint) if args.checkpoint else random_weights_checkpoint(work / "random.pt",
                                                                                    args.image_size)
-    loaded = load_for_inference(ckpt)
+    loaded = medsight.load(ckpt, device="cpu")
     cfg, task = loaded.task.config, loaded.task
-    image_size = cfg.data.image_size
     batch = task.predict_batch_size(torch.device("cpu"))
-    ref_batch = args.ref_batch or batch
-    multi = task.labels.multi_label
     if task.state.get("operating_points"):
         print("note: this checkpoint rescales probabilities by operating points; the reference does not")
-    dataset = XrayPNGs(paths, image_size, cfg.data.channels, cfg.data.normalize, cfg.data.intensity_percentiles)
-    model = reference_model(loaded)
+    dataset = XrayPNGs(paths, cfg.data.image_size, cfg.data.channels, cfg.data.normalize,
+                       cfg.data.intensity_percentiles)
+    return Bench(folder, [p.name for p in paths], ckpt, int8_row(args, ckpt, work), loaded, reference_model(loaded),
+                 dataset, batch, args.ref_batch or batch, task.labels.multi_label, work)
 
-    int8 = None
-    if not args.no_int8:
-        if args.int8_checkpoint:
-            int8 = Path(args.int8_checkpoint)
-        else:
-            calibration = Path(args.calibration) if args.calibration else \
-                DATASETS.get("chestxray14")().synth(work / "calibration", cases=64, seed=1, size=args.size)
-            int8, label = int8_checkpoint(ckpt, calibration, work / "int8.pt", args.calibration_samples)
-            print(f"int8 checkpoint: built in {label['build_seconds']:.0f} s from {args.calibration_samples} "
-                  f"calibration pictures ({'given' if args.calibration else 'synthetic'}); size ratio "
-                  f"{label['size_ratio']}", flush=True)
 
-    bf16 = "bf16" if native_bf16 else "fp32"
-    workers = [int(w) for w in args.workers.split(",")]
-    reference_rows = {  # name: (bf16 autocast, channels-last)
-        "reference fp32": (False, False),
-        "reference fp32 + ch.-last": (False, True),
-        "reference bf16 autocast": (True, False),
-        "reference bf16 autocast + ch.-last": (True, True),
-    }
-    medsight_rows = {  # name: (engine, precision, overrides)
-        "medsight default (engine auto)": ("auto", None, []),
-        "  same, 1 loader worker": ("auto", None, ["data.num_workers=1"]),
-        "  same, engine converted in the run": ("auto", None, []),
-        "medsight torch fp32": ("torch", "fp32", []),
-        f"medsight torch {bf16}": ("torch", bf16, []),
-        "medsight onnxruntime fp32": ("onnxruntime", "fp32", []),
-        "medsight openvino fp32": ("openvino", "fp32", []),
-        "medsight openvino bf16": ("openvino", "bf16", []),
-    }
-    if int8 is not None:
-        medsight_rows["medsight int8 (compressed, openvino)"] = ("openvino", None, [])
+def measure(bench: Bench, rows: dict, workers: list[int], repeats: int, wall: float):
+    """(outputs by row from the warm-up pass, images/s by (row, workers), medsight's setup seconds by row)."""
+    labels = bench.loaded.task.labels.names
+
+    def medsight_row(name: str, out: Path):
+        engine, precision, overrides = rows[name]
+        source = bench.int8 if "int8" in name else bench.checkpoint
+        return medsight_pass(source, bench.folder, out, engine, precision, overrides, bench.names, labels,
+                             cold="converted" in name)
+
+    def reference_row(name: str, w: int):
+        use_bf16, cl = REFERENCE_ROWS[name]
+        return reference_pass(bench.model, bench.dataset, bench.ref_batch, w, use_bf16, cl, bench.multi_label)
 
     # warm-up pass of every row (oneDNN builds kernels on first use), keeping the outputs
-    outputs: dict[str, np.ndarray] = {}
-    for name, (use_bf16, cl) in reference_rows.items():
-        _, outputs[name] = reference_pass(model, dataset, ref_batch, 0, use_bf16, cl, multi)
-    for name, (engine, precision, overrides) in medsight_rows.items():
-        source = int8 if "int8" in name else ckpt
-        _, _, outputs[name] = medsight_pass(source, folder, work / "warm", engine, precision, overrides, names,
-                                            cold="converted" in name)
+    outputs: dict[str, np.ndarray] = {name: reference_row(name, 0)[1] for name in REFERENCE_ROWS}
+    outputs.update({name: medsight_row(name, bench.work / "warm")[2] for name in rows})
     print(f"warm-up done at {time.perf_counter() - wall:.0f} s", flush=True)
-
-    speeds = {(name, w): [] for name in reference_rows for w in workers}
-    speeds.update({(name, None): [] for name in medsight_rows})
-    setup = {name: [] for name in medsight_rows}
-    for _ in range(args.repeats):  # interleaved: drift in machine load hits every row alike
-        for name, (use_bf16, cl) in reference_rows.items():
+    speeds = {(name, w): [] for name in REFERENCE_ROWS for w in workers}
+    speeds.update({(name, None): [] for name in rows})
+    setup = {name: [] for name in rows}
+    for _ in range(repeats):  # interleaved: drift in machine load hits every row alike
+        for name in REFERENCE_ROWS:
             for w in workers:
-                speeds[name, w].append(reference_pass(model, dataset, ref_batch, w, use_bf16, cl, multi)[0])
-        for name, (engine, precision, overrides) in medsight_rows.items():
-            source = int8 if "int8" in name else ckpt
-            speed, seconds, _ = medsight_pass(source, folder, work / "out", engine, precision, overrides, names,
-                                              cold="converted" in name)
+                speeds[name, w].append(reference_row(name, w)[0])
+        for name in rows:
+            speed, seconds, _ = medsight_row(name, bench.work / "out")
             speeds[name, None].append(speed)
             setup[name].append(seconds)
+    return outputs, speeds, setup
 
-    # the OpenVINO precision medsight's default gets on this CPU
-    try:
+
+def print_table(args, bench: Bench, rows: dict, workers: list[int], outputs, speeds, setup) -> tuple[str, dict]:
+    """The table and the target; returns (the best reference row, (workers, images/s, ...) of each)."""
+    try:  # the OpenVINO precision medsight's default gets on this CPU
         import openvino as ov
 
         ov_default = ov.Core().get_property("CPU", "INFERENCE_PRECISION_HINT")
     except Exception as exc:  # noqa: BLE001
         ov_default = f"? ({exc})"
     reference_best = {}
-    for name in reference_rows:
+    for name in REFERENCE_ROWS:
         medians = {w: statistics.median(speeds[name, w]) for w in workers}
         w = max(medians, key=medians.get)
         reference_best[name] = (w, medians[w], speeds[name, w], medians)
@@ -321,18 +330,19 @@ def main() -> int:
     base = reference_best[best_name][1]
     truth = outputs["reference fp32"]
     source = "given: " + str(args.data) if args.data else f"synthetic {args.size} px PNG"
-    print(f"\n== predict throughput: {len(paths)} pictures ({source}), DenseNet121 at {image_size} px, "
+    print(f"\n== predict throughput: {len(bench.names)} pictures ({source}), DenseNet121 at "
+          f"{bench.loaded.task.config.data.image_size} px, "
           f"{'checkpoint ' + str(args.checkpoint) if args.checkpoint else 'seeded random weights'}, "
           f"{torch.get_num_threads()} CPU threads, median of {args.repeats}")
-    print(f"batch: medsight {batch}, reference {ref_batch}; reference worker counts tried: {workers}; "
-          f"OpenVINO CPU default precision here: {ov_default}; native bf16: {native_bf16}")
+    print(f"batch: medsight {bench.batch}, reference {bench.ref_batch}; reference worker counts tried: {workers}; "
+          f"OpenVINO CPU default precision here: {ov_default}; native bf16: {cpu_has_native_bf16()}")
     print(f"{'pipeline':40s} {'images/s':>9s} {'ratio':>6s} {'max|dp|':>8s} {'setup s':>8s}   runs (images/s)")
     for name, (w, speed, runs, medians) in reference_best.items():
         others = ", ".join(f"{k}w {v:.1f}" for k, v in medians.items())
         print(f"{name + f' ({w}w)':40s} {speed:9.2f} {speed / base:6.2f} "
               f"{float(np.abs(outputs[name] - truth).max()):8.4f} {'':>8s}   "
               f"{', '.join(f'{v:.2f}' for v in runs)}  [medians {others}]")
-    for name in medsight_rows:
+    for name in rows:
         runs = speeds[name, None]
         speed = statistics.median(runs)
         print(f"{name:40s} {speed:9.2f} {speed / base:6.2f} {float(np.abs(outputs[name] - truth).max()):8.4f} "
@@ -343,22 +353,55 @@ def main() -> int:
           f"{'met' if default / base >= TARGET_RATIO else 'NOT met'})")
     print("setup s: seconds inside predict before the first picture (engine export/conversion/compilation), "
           "counted in images/s")
-    # the network alone, on the batches the best reference row fed its network: how far any pipeline could go
-    use_bf16, cl = reference_rows[best_name]
-    with NetworkTimer(model, keep=True) as recorder:
-        speed = reference_pass(model, dataset, ref_batch, reference_best[best_name][0], use_bf16, cl, multi)[0]
-    compressed = load_for_inference(int8) if int8 is not None else None
-    alone = network_alone(engine_calls(task, model, compressed, native_bf16), recorder.inputs, args.repeats)
-    count = len(paths)
+    return best_name, reference_best
+
+
+def network_section(bench: Bench, best_name: str, reference_best: dict, speeds: dict, bf16: str,
+                    repeats: int) -> None:
+    """The network alone, on the batches the best reference row fed its network: how far any pipeline could go."""
+    base = reference_best[best_name][1]
+    use_bf16, cl = REFERENCE_ROWS[best_name]
+    with NetworkTimer(bench.model, keep=True) as recorder:
+        speed = reference_pass(bench.model, bench.dataset, bench.ref_batch, reference_best[best_name][0], use_bf16,
+                               cl, bench.multi_label)[0]
+    compressed = medsight.load(bench.int8, device="cpu") if bench.int8 is not None else None
+    alone = network_alone(engine_calls(bench.loaded.task, bench.model, compressed, cpu_has_native_bf16()),
+                          recorder.inputs, repeats)
+    count = len(bench.names)
     per_picture = {name: seconds / count for name, seconds in alone.items()}
-    engine_of = {"medsight default (engine auto)": default_engine(loaded),
-                 f"medsight torch {bf16}": default_engine(loaded, bf16, "torch"),
+    engine_of = {"medsight default (engine auto)": default_engine(bench.loaded),
+                 f"medsight torch {bf16}": default_engine(bench.loaded, bf16, "torch"),
                  "medsight torch fp32": "torch fp32", "medsight openvino fp32": "openvino fp32",
-                 "medsight openvino bf16": "openvino bf16", "medsight int8 (compressed, openvino)": "int8 (compressed, openvino)"}
+                 "medsight openvino bf16": "openvino bf16",
+                 "medsight int8 (compressed, openvino)": "int8 (compressed, openvino)"}
     report(f"{best_name} (this pass: {speed:.1f} images/s)", 1 / base, recorder.seconds / count * (speed * (1 / base)),
            per_picture, recorder.inputs, TARGET_RATIO, per=" per picture",
            rows={name: (1 / statistics.median(speeds[name, None]), engine) for name, engine in engine_of.items()
                  if (name, None) in speeds})
+
+
+def main() -> int:
+    args = parse_args()
+    if args.data and not Path(args.data).is_dir():
+        print(f"skipped: {args.data} not found")
+        return 0
+    wall = time.perf_counter()
+    scratch = tempfile.TemporaryDirectory(prefix="medsight-cls-speed-")  # removed at the end
+    work = Path(scratch.name)
+    # converted engines are cached (as predict does by default), in this run's folder: the warm-up fills it
+    os.environ["MEDSIGHT_ENGINE_CACHE"] = str(work / "engine-cache")
+    folder = pictures(args, work)
+    paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in SUFFIXES)
+    if not paths:
+        print(f"skipped: no pictures in {args.data}")
+        return 0
+    bench = bench_setting(args, folder, paths, work)
+    bf16 = "bf16" if cpu_has_native_bf16() else "fp32"
+    rows = medsight_rows(bf16, bench.int8)
+    workers = [int(w) for w in args.workers.split(",")]
+    outputs, speeds, setup = measure(bench, rows, workers, args.repeats, wall)
+    best_name, reference_best = print_table(args, bench, rows, workers, outputs, speeds, setup)
+    network_section(bench, best_name, reference_best, speeds, bf16, args.repeats)
     scratch.cleanup()
     print(f"wall time {time.perf_counter() - wall:.0f} s")
     return 0

@@ -32,13 +32,18 @@ import tempfile
 import time
 from pathlib import Path
 
+import medsight  # noqa: F401
+from medsight.core.registry import DATASETS
+
 COMPETITOR = ("import torch\n"
               "a = torch.randn(768, 768)\n"
               "while True:\n"
               "    a = torch.tanh(a @ a / 768)\n")
 
 
-def medsight(args: list[str], env: dict) -> float:
+def medsight_process(args: list[str], env: dict) -> float:
+    """Seconds of ``medsight ARGS`` in its own process: the thread settings live in its environment, read when
+    torch is first imported there."""
     started = time.perf_counter()
     subprocess.run([sys.executable, "-m", "medsight", *args], env=env, check=True, capture_output=True, text=True)
     return time.perf_counter() - started
@@ -61,8 +66,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="medsight-contention-"))
     base_env = {k: v for k, v in os.environ.items()
                 if k not in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS", "GOMP_SPINCOUNT", "MEDSIGHT_THREADS")}
-    subprocess.run([sys.executable, "-m", "medsight", "data", "synth", "chestxray14", str(work / "data"), "--cases",
-                    str(args.cases), "--size", "64"], check=True, capture_output=True, env=base_env)
+    DATASETS.get("chestxray14")().synth(work / "data", cases=args.cases, size=64)
     pictures = sorted(str(p) for p in (work / "data").rglob("*.png"))[:64]
     train = ["train", "classification", "--data", str(work / "data"), "--profile", "cpu-small",
              f"trainer.max_epochs={args.epochs}", "trainer.progress=never", "trainer.tensorboard=false",
@@ -91,10 +95,11 @@ def main() -> None:
                 time.sleep(2)
             try:
                 run = work / f"{setting}-{contended}"
-                medsight([*train, "--out", str(run), *extra], env)
+                medsight_process([*train, "--out", str(run), *extra], env)
                 reference_checkpoint = reference_checkpoint or run / "checkpoints" / "last.pt"
-                predict = medsight(["predict", "--checkpoint", str(reference_checkpoint), *pictures, "--out",
-                                    str(work / f"pred-{setting}-{contended}"), "--engine", "torch", *extra], env)
+                predict = medsight_process(["predict", "--checkpoint", str(reference_checkpoint), *pictures,
+                                            "--out", str(work / f"pred-{setting}-{contended}"), "--engine", "torch",
+                                            *extra], env)
                 results[contended] = (epoch_seconds(run), predict)
             finally:
                 if competitor is not None:

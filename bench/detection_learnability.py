@@ -19,8 +19,8 @@ import sys
 import time
 from pathlib import Path
 
-import medsight  # noqa: F401
-from medsight.cli.main import main as medsight_main
+import medsight
+from medsight.core.progress import setup_logging
 from medsight.core.registry import DATASETS
 
 TARGET_CPM = 0.80
@@ -32,10 +32,11 @@ def cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def timed(argv: list[str]) -> tuple[int, float, float]:
+def timed(step, *args, **kwargs):
+    """(what ``step(*args, **kwargs)`` returns, wall seconds, CPU seconds of this process and its threads)."""
     wall, cpu = time.perf_counter(), cpu_seconds()
-    status = medsight_main(argv)
-    return status, time.perf_counter() - wall, cpu_seconds() - cpu
+    result = step(*args, **kwargs)
+    return result, time.perf_counter() - wall, cpu_seconds() - cpu
 
 
 def main() -> int:
@@ -47,6 +48,7 @@ def main() -> int:
     parser.add_argument("--shape", default="160,160,48")
     parser.add_argument("overrides", nargs="*", help="config overrides for training, e.g. trainer.max_epochs=60")
     args = parser.parse_args()
+    setup_logging()  # the trainer's epoch lines, as the command line shows them
     out = Path(args.out)
     data, run = out / "data", out / "run"
     if not (data / "annotations.csv").is_file():
@@ -54,19 +56,13 @@ def main() -> int:
                                        shape=args.shape)
     if run.exists():
         shutil.rmtree(run)
-    status, train_wall, train_cpu = timed(["train", "detection", "--data", str(data), "--profile", "cpu-small",
-                                           "--out", str(run), "trainer.progress=never", "trainer.tensorboard=false",
-                                           *args.overrides])
-    if status != 0:
-        return status
-    best = run / "checkpoints" / "best.pt"
-    checkpoint = best if best.is_file() else run / "checkpoints" / "last.pt"
+    trained, train_wall, train_cpu = timed(
+        medsight.train, "detection", data, profile="cpu-small", out=run,
+        overrides=["trainer.progress=never", "trainer.tensorboard=false", *args.overrides])
+    checkpoint = trained.best or trained.last  # what trained.load() reads
     evaluation = out / "evaluation"
-    status, eval_wall, eval_cpu = timed(["evaluate", "--checkpoint", str(checkpoint), "--data", str(data),
-                                         "--out", str(evaluation)])
-    if status != 0:
-        return status
-    metrics = json.loads((evaluation / "metrics.json").read_text())["metrics"]
+    scores, eval_wall, eval_cpu = timed(lambda: trained.load().evaluate(data, out=evaluation))
+    metrics = scores.metrics
     summary = json.loads((evaluation / "summary.json").read_text())
     print("\n== detection learnability (cpu-small, synthetic LUNA16)")
     print(f"data: {args.cases} scans in {args.subsets} subsets (seed {args.seed}); held-out subset0: "

@@ -42,30 +42,33 @@ from pathlib import Path
 import numpy as np
 import torch
 
-import medsight  # noqa: F401
-from medsight.core.config import resolve
-from medsight.inference.predict import Loaded, load_for_inference, predict
+import medsight
+from medsight.core.config import resolve, to_dict
 from medsight.core.registry import DATASETS, TASKS
 from medsight.core.runtime import cpu_has_native_bf16
+from medsight.io import checkpoint
 
-from _network_alone import NetworkTimer, default_engine, engine_calls, network_alone, report  # bench/, beside this script
+from _network_alone import (NetworkTimer, default_engine, engine_calls, network_alone,  # bench/, beside this script
+                            report, timed_predict)
 
 
-def loaded_detector(checkpoint: str | None, overrides: list[str]) -> Loaded:
-    if checkpoint:
-        return load_for_inference(checkpoint, overrides)
+def random_detector(path: Path, overrides: list[str]) -> Path:
+    """A checkpoint of a seeded random-init cpu-small detector."""
     task_class = TASKS.get("detection")
     config = resolve(task_class.config_class, profile=task_class.profiles["cpu-small"], overrides=overrides)
+    config.task = "detection"
     task = task_class(config)
-    task.learning = False
     torch.manual_seed(0)
     model = task.build_model().eval()
-    return Loaded(task=task, model=model, state={}, path=Path("random-init"))
+    return checkpoint.save({"task": "detection", "config": to_dict(config), "task_state": task.state,
+                            "model": model.state_dict(), "epoch": 0}, path)
 
 
-def monai_tutorial_way(loaded: Loaded, inputs: list[str], out_csv: Path, bf16: bool = False) -> dict[str, np.ndarray]:
+def monai_tutorial_way(network: torch.nn.Module, cfg, inputs: list[str], out_csv: Path,
+                       bf16: bool = False) -> dict[str, np.ndarray]:
     """The tutorial's inference: its transforms and post-transforms, the detector's own sliding window with
-    medsight's windows per call; ``bf16``: the detector under ``torch.autocast("cpu", dtype=torch.bfloat16)``."""
+    medsight's windows per call; ``network``: medsight's detection module (its RetinaNet and anchors), ``cfg``: its
+    config; ``bf16``: the detector under ``torch.autocast("cpu", dtype=torch.bfloat16)``."""
     from monai.apps.detection.networks.retinanet_detector import RetinaNetDetector
     from monai.apps.detection.transforms.dictionary import (
         AffineBoxToWorldCoordinated,
@@ -87,9 +90,8 @@ def monai_tutorial_way(loaded: Loaded, inputs: list[str], out_csv: Path, bf16: b
         Spacingd,
     )
 
-    cfg = loaded.task.config
-    network = loaded.model.network  # same weights
-    detector = RetinaNetDetector(network=network, anchor_generator=loaded.model.anchor_generator, debug=False)
+    detector = RetinaNetDetector(network=network.network, anchor_generator=network.anchor_generator,  # same weights
+                                 debug=False)
     detector.set_target_keys(box_key="box", label_key="label")
     detector.set_box_selector_parameters(score_thresh=cfg.infer.score_threshold,
                                          topk_candidates_per_level=cfg.infer.topk_per_level,
@@ -183,28 +185,21 @@ ROWS = {  # name: ("ref", bf16) or ("ms", engine, precision)
     "medsight onnxruntime fp32": ("ms", "onnxruntime", "fp32"),
     "medsight openvino fp32": ("ms", "openvino", "fp32"),
     "medsight openvino bf16": ("ms", "openvino", "bf16"),
-    "medsight int8 (compress, openvino)": ("ms", None, None),
+    "medsight int8 (compress, openvino)": ("ms", "auto", None),  # its own engine
 }
 
 
-def int8_checkpoint(loaded: Loaded, args, work: Path) -> Path:
-    """``medsight compress --method int8`` of the bench's checkpoint (saved first when random-init)."""
-    from medsight.core import checkpoint
-    from medsight.compression.compress import compress
-    from medsight.core.config import to_dict
-
-    source = Path(args.checkpoint) if args.checkpoint else checkpoint.save(
-        {"task": "detection", "config": to_dict(loaded.task.config), "task_state": loaded.task.state,
-         "model": loaded.model.state_dict(), "epoch": 0}, work / "random.pt")
+def int8_checkpoint(source: Path, args, work: Path) -> Path:
+    """``medsight compress --method int8`` of the bench's checkpoint."""
     data = DATASETS.get("luna16")().synth(work / "calibration", cases=4, seed=3, shape="160,160,64")
     started = time.perf_counter()
-    label = compress(source, "int8", work / "int8.pt", data, samples=args.calibration_samples, split="all")
+    label = medsight.compress(source, "int8", work / "int8.pt", data, samples=args.calibration_samples, split="all")
     print(f"int8: compressed in {time.perf_counter() - started:.0f} s (calibration: 4 synthetic LUNA16 scans); "
           f"size {label['size_ratio']}x of fp32", flush=True)
     return work / "int8.pt"
 
 
-def main() -> int:
+def parse_args():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", help="a detection checkpoint (default: a seeded cpu-small detector)")
     parser.add_argument("--input", nargs="*", default=[], help="scan files (default: synthetic LUNA16 scans)")
@@ -216,59 +211,46 @@ def main() -> int:
     parser.add_argument("--int8-checkpoint", help="an int8 checkpoint of --checkpoint (default: made here)")
     parser.add_argument("--calibration-samples", type=int, default=16)
     parser.add_argument("overrides", nargs="*")
-    args = parser.parse_args()
-    missing = [i for i in args.input if not Path(i).exists()]
-    if missing:
-        print(f"skipped: {', '.join(missing)} not found")
-        return 0
-    wall = time.perf_counter()
-    work = Path(tempfile.mkdtemp(prefix="medsight-det-speed-"))
-    # converted engines are cached (as predict does by default), in this run's folder: the warm-up fills it
-    os.environ["MEDSIGHT_ENGINE_CACHE"] = str(work / "engine-cache")
-    inputs = list(args.input)
-    if not inputs:
-        data = DATASETS.get("luna16")().synth(work / "data", cases=args.scans, seed=7, shape=args.shape)
-        inputs = sorted(str(p) for p in data.glob("subset*/*.mhd"))
-    overrides = ["infer.overlays_per_scan=0", *args.overrides]
-    loaded = loaded_detector(args.checkpoint, overrides)
+    return parser.parse_args()
+
+
+def chosen_rows(args) -> dict:
     rows = dict(ROWS)
     if args.rows:
         keep = {int(i) - 1 for i in args.rows.split(",")} | {0}
         rows = {k: v for i, (k, v) in enumerate(ROWS.items()) if i in keep}
-    int8 = None
     if args.no_int8:
         rows.pop("medsight int8 (compress, openvino)", None)
-    elif "medsight int8 (compress, openvino)" in rows:
-        int8 = load_for_inference(args.int8_checkpoint or int8_checkpoint(loaded, args, work), overrides)
+    return rows
 
-    def run(name: str, out: Path) -> dict[str, np.ndarray]:
+
+def measure(rows: dict, source: Path, int8: Path | None, model: medsight.Model, cfg, inputs: list[str],
+            overrides: list[str], repeats: int, work: Path) -> tuple[dict, dict]:
+    """(seconds per scan of each row's runs, each row's marks from its warm-up run)."""
+
+    def run(name: str, out: Path) -> tuple[dict[str, np.ndarray], float]:
         kind = rows[name]
         if kind[0] == "ref":
-            return monai_tutorial_way(loaded, inputs, out.with_suffix(".csv"), bf16=kind[1])
-        target = int8 if kind[1] is None else loaded
-        if kind[1] is not None:
-            target.engine = kind[1]
-        cache = os.environ["MEDSIGHT_ENGINE_CACHE"]
-        if "converted in the run" in name:  # an empty engine cache: the conversion is timed too
-            os.environ["MEDSIGHT_ENGINE_CACHE"] = str(out / f"empty-engine-cache-{time.perf_counter()}")
-        try:
-            report = predict(target, inputs, out, device="cpu", precision=kind[2])
-        finally:
-            os.environ["MEDSIGHT_ENGINE_CACHE"] = cache
-        if report.failures:
-            raise RuntimeError("\n".join(report.failures))
-        return read_marks(out / "submission.csv")
+            started = time.perf_counter()
+            found = monai_tutorial_way(model.torch_model, cfg, inputs, out.with_suffix(".csv"), bf16=kind[1])
+            return found, time.perf_counter() - started
+        checkpoint_path = int8 if "int8" in name else source
+        _, seconds = timed_predict(checkpoint_path, inputs, out, kind[1], kind[2], overrides,
+                                   cold="converted in the run" in name)  # an empty engine cache: conversion timed
+        return read_marks(out / "submission.csv"), seconds
 
     times: dict[str, list[float]] = {name: [] for name in rows}
     marks: dict[str, dict] = {}
     for name in rows:  # warm-up (kernels built on first use), keeping the marks
-        marks[name] = run(name, work / f"warm-{len(marks)}")
-    for repeat in range(args.repeats):  # interleaved: drift in machine load hits every row alike
+        marks[name] = run(name, work / f"warm-{len(marks)}")[0]
+    for repeat in range(repeats):  # interleaved: drift in machine load hits every row alike
         for index, name in enumerate(rows):
-            started = time.perf_counter()
-            run(name, work / f"run-{repeat}-{index}")
-            times[name].append((time.perf_counter() - started) / len(inputs))
-    cfg = loaded.task.config
+            times[name].append(run(name, work / f"run-{repeat}-{index}")[1] / len(inputs))
+    return times, marks
+
+
+def print_table(rows: dict, times: dict, marks: dict, cfg, inputs: list[str], args) -> str:
+    """The table and the target; returns the fastest reference row."""
     spacing = np.asarray(cfg.data.spacing_mm)
     # MONAI's world point is medsight's plus half a voxel along each RAS array axis (axis-aligned scans);
     # in LPS, x and y change sign: medsight = MONAI + (sx, sy, -sz) / 2.
@@ -305,21 +287,56 @@ def main() -> int:
         met = default["ratio"] >= 1.5 and default["identical"] >= 0.98
         print(f"target: default >= 1.5x the best reference with >= 98 % identical marks: {default['ratio']:.2f}x, "
               f"{100 * default['identical']:.1f}% -> {'MET' if met else 'NOT MET'}")
-    # the network alone, on the windows/scans the best reference row fed its network: how far any pipeline could go
-    with NetworkTimer(loaded.model.network, keep=True) as recorder:
+    return best_ref
+
+
+def network_section(rows: dict, times: dict, best_ref: str, model: medsight.Model, cfg, int8: Path | None,
+                    inputs: list[str], repeats: int, work: Path) -> None:
+    """The network alone, on the windows/scans the best reference row fed its network: how far any pipeline
+    could go."""
+    medians = {name: statistics.median(t) for name, t in times.items()}
+    with NetworkTimer(model.torch_model.network, keep=True) as recorder:
         started = time.perf_counter()
-        monai_tutorial_way(loaded, inputs, work / "recorded.csv", bf16=rows[best_ref][1])
+        monai_tutorial_way(model.torch_model, cfg, inputs, work / "recorded.csv", bf16=rows[best_ref][1])
         recorded_seconds = time.perf_counter() - started
     native = cpu_has_native_bf16()
-    alone = network_alone(engine_calls(loaded.task, loaded.model, int8, native), recorder.inputs, args.repeats)
+    compressed = medsight.load(int8, device="cpu") if int8 is not None else None
+    alone = network_alone(engine_calls(model.task, model.torch_model, compressed, native), recorder.inputs, repeats)
     per_scan = {name: seconds / len(inputs) for name, seconds in alone.items()}
-    engine_of = {"medsight default (engine auto)": default_engine(loaded), "medsight torch fp32": "torch fp32",
-                 "medsight torch bf16": default_engine(loaded, "bf16" if native else "fp32", "torch"),
+    engine_of = {"medsight default (engine auto)": default_engine(model), "medsight torch fp32": "torch fp32",
+                 "medsight torch bf16": default_engine(model, "bf16" if native else "fp32", "torch"),
                  "medsight openvino fp32": "openvino fp32", "medsight openvino bf16": "openvino bf16",
                  "medsight int8 (compress, openvino)": "int8 (compressed, openvino)"}
     report(best_ref, medians[best_ref], recorder.seconds / recorded_seconds * medians[best_ref], per_scan,
            recorder.inputs, 1.5, per=" per scan",
            rows={name: (medians[name], engine) for name, engine in engine_of.items() if name in medians})
+
+
+def main() -> int:
+    args = parse_args()
+    missing = [i for i in args.input if not Path(i).exists()]
+    if missing:
+        print(f"skipped: {', '.join(missing)} not found")
+        return 0
+    wall = time.perf_counter()
+    work = Path(tempfile.mkdtemp(prefix="medsight-det-speed-"))
+    # converted engines are cached (as predict does by default), in this run's folder: the warm-up fills it
+    os.environ["MEDSIGHT_ENGINE_CACHE"] = str(work / "engine-cache")
+    inputs = list(args.input)
+    if not inputs:
+        data = DATASETS.get("luna16")().synth(work / "data", cases=args.scans, seed=7, shape=args.shape)
+        inputs = sorted(str(p) for p in data.glob("subset*/*.mhd"))
+    overrides = ["infer.overlays_per_scan=0", *args.overrides]
+    source = Path(args.checkpoint) if args.checkpoint else random_detector(work / "random.pt", overrides)
+    model = medsight.load(source, device="cpu")
+    cfg = model.configured(overrides=overrides).config  # what predict runs with, for the reference too
+    rows = chosen_rows(args)
+    int8 = None
+    if "medsight int8 (compress, openvino)" in rows:
+        int8 = Path(args.int8_checkpoint) if args.int8_checkpoint else int8_checkpoint(source, args, work)
+    times, marks = measure(rows, source, int8, model, cfg, inputs, overrides, args.repeats, work)
+    best_ref = print_table(rows, times, marks, cfg, inputs, args)
+    network_section(rows, times, best_ref, model, cfg, int8, inputs, args.repeats, work)
     print(f"wall time {time.perf_counter() - wall:.0f} s; outputs in {work}")
     return 0
 

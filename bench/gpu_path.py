@@ -29,7 +29,8 @@ there, so the segmentation runs may be loader-bound: where one call's time is li
 call (``--tasks``, same ``--work`` to keep the data).
 
     python bench/gpu_path.py [--steps 300] [--tasks classification,segmentation] [--work DIR] [--out DIR]
-    flock /tmp/medsight-heavy.lock .venv/bin/python bench/gpu_path.py --smoke   # CPU, tiny sizes, 2 min
+    flock /tmp/medsight-heavy.lock .venv/bin/python bench/gpu_path.py --smoke   # CPU, tiny sizes, ~10 min
+                                                          # on 2 cores (bf16 emulated without AVX-512)
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ from pathlib import Path
 
 import medsight  # noqa: F401
 import torch
-from medsight.core import checkpoint
+from medsight.io import checkpoint
 from medsight.core.config import resolve
 from medsight.core.registry import TASKS
 
@@ -189,7 +190,6 @@ def loader_alone(name: str, profile: str, overrides: list[str], data: Path, work
                                 "trainer.channels_last=false"])
     config.task = name
     trainer = Trainer(task_class(config), data, work / f"{name}-loader")
-    trainer._say = lambda text: None
     trainer.setup(None)
     samples, started = 0, time.perf_counter()
     for epoch in range(2):
@@ -224,6 +224,99 @@ def plan_check(name: str, spec: dict, data: Path, work: Path, common: list[str],
     return out
 
 
+def check_task(name: str, args, size: str, steps: int, work: Path, cuda: bool) -> tuple[dict, bool]:
+    """One task's training runs (bf16, and fp16 on CUDA), its loader alone, exact resume and (segmentation)
+    its plan: (the figures, whether every check passed)."""
+    spec, data = SETTINGS[name][size], work / f"data-{name}"
+    per_epoch = spec["per_epoch"]
+    common = [*spec["overrides"], *QUIET, f"trainer.max_steps_per_epoch={per_epoch}",
+              f"data.cache_dir={work / f'cache-{name}'}"]
+    task_class = TASKS.get(name)
+    config = resolve(task_class.config_class, profile=task_class.profiles[spec["profile"]], overrides=common)
+    voxels = math.prod(config.data.patch_size) if name == "segmentation" else None
+    epochs = math.ceil(steps / per_epoch)
+    main_args = [name, "--data", str(data), "--profile", spec["profile"], *common, f"trainer.max_epochs={epochs}",
+                 f"trainer.val_every_n_epochs={epochs}", f"trainer.log_every_n_steps={max(1, steps // 50)}"]
+    batch = f"batch {config.data.batch_size}" + (f" x {config.data.patches_per_case} patches" if voxels else "")
+    task, ok = {"batch": batch, "patch_voxels": voxels, "runs": {}}, True
+    for precision in ("bf16", "fp16") if cuda and name in args.fp16.split(",") else ("bf16",):
+        run, log = work / f"{name}-{precision}", work / "logs" / f"{name}-{precision}.log"
+        shutil.rmtree(run, ignore_errors=True)
+        sampler = GpuSampler() if cuda and shutil.which("nvidia-smi") else None
+        code = train([*main_args, f"trainer.precision={precision}", "--out", str(run)], run, log, sampler=sampler)
+        if code != 0:
+            raise failed(code, log)
+        summary = task["runs"][precision] = run_summary(run, log, sampler)
+        summary["voxels_per_s"] = summary["samples_per_s"] * voxels if voxels else None
+        ok &= summary["loss_falls"]
+        print(f"{name} {precision}: done", flush=True)
+    task["loader_samples_per_s"] = loader_alone(name, spec["profile"], common, data, work)
+    resume_epochs = max(2, math.ceil(max(2 * per_epoch, steps // 10) / per_epoch))
+    base = [name, "--data", str(data), "--profile", spec["profile"], *common, "trainer.precision=bf16",
+            f"trainer.max_epochs={resume_epochs}", f"trainer.val_every_n_epochs={resume_epochs}"]
+    resume = resume_check(name, base, work)
+    resume["exact"] = resume["max_abs_diff"] <= args.resume_tol
+    task["resume"] = resume
+    ok &= resume["exact"]
+    print(f"{name} resume: done", flush=True)
+    if name == "segmentation":
+        task["plan"] = plan_check(name, spec, data, work, common, cuda)
+        ok &= task["plan"]["fits"]
+        print(f"{name} plan: done", flush=True)
+    return task, ok
+
+
+def print_task(name: str, task: dict) -> None:
+    unit = "images/s" if name == "classification" else "patches/s"
+    for precision, r in task["runs"].items():
+        setting = f"{(r['runtime'] or '?').split(', ', 1)[-1].replace('precision ', '')}, {task['batch']}"
+        first, last = r["loss_first_quarter"], r["loss_last_quarter"]
+        shown = "too few logged steps" if first is None else f"{first:.4f} -> {last:.4f} (first -> last quarter)"
+        print(f"{name:15s} {'loss falls':13s} {setting:40s} {shown}, {r['steps']} steps: "
+              f"{'ok' if r['loss_falls'] else 'FAILED'}")
+        rate = f"{r['samples_per_s']:.1f} {unit}"
+        if r["voxels_per_s"]:
+            rate += f", {r['voxels_per_s'] / 1e6:.1f} Mvoxels/s"
+        print(f"{'':15s} {'throughput':13s} {precision:40s} {rate} (epochs {r['steady_epochs']})")
+        wait = f"waiting for data {100 * r['data_wait_fraction']:.0f} % of epoch time"
+        if r["peak_memory_gb"] is not None:
+            wait += f"; peak memory {r['peak_memory_gb']:.1f} GB"
+        print(f"{'':15s} {'loader':13s} {precision:40s} {wait}")
+        if "gpu_util" in r:
+            util = r["gpu_util"]
+            print(f"{'':15s} {'GPU busy':13s} {precision:40s} " + (f"utilisation mean {util['mean']:.0f} %, median "
+                  f"{util['median']:.0f} % ({util['samples']} samples)" if util else "no nvidia-smi samples"))
+    best = max(r["samples_per_s"] for r in task["runs"].values())
+    loader = task["loader_samples_per_s"]
+    print(f"{'':15s} {'loader alone':13s} {'same loader, no model, 2 epochs':40s} {loader:.1f} {unit} = "
+          f"{loader / best:.2f} x training")
+    r = task["resume"]
+    setting = f"bf16, deterministic, stopped at {r['stopped_at']}/{r['steps']}"
+    shown = f"max |diff| {r['max_abs_diff']:.3g} over {r['tensors']} tensors"
+    print(f"{'':15s} {'exact resume':13s} {setting:40s} {shown}: {'ok' if r['exact'] else 'FAILED'}")
+    if "plan" in task:
+        p = task["plan"]
+        planned = p["config"]["data"]
+        setting = f"patch {'x'.join(map(str, planned['patch_size']))}, batch {planned['batch_size']}"
+        shown = (f"estimate {p['estimate_gb']:.1f} GB of {p['budget_gb']:.0f} GB; measured peak "
+                 + (f"{p['peak_gb']:.1f} GB: {'ok' if p['fits'] else 'FAILED (above the estimate)'}"
+                    if p["peak_gb"] is not None else "n/a on a CPU"))
+        print(f"{'':15s} {'plan memory':13s} {setting:40s} {shown}")
+
+
+def synthesise(names: list[str], size: str, work: Path) -> None:
+    """Every task's dataset made at once, in separate ``medsight data synth`` processes."""
+    synth = {}
+    for name in names:
+        data = work / f"data-{name}"
+        if not data.exists():
+            dataset, *options = SETTINGS[name][size]["synth"]
+            synth[name] = subprocess.Popen([sys.executable, "-m", "medsight", "data", "synth", dataset, str(data),
+                                            *options], stdout=subprocess.DEVNULL)
+    if any(proc.wait() for proc in synth.values()):
+        raise SystemExit("medsight data synth failed")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="tiny sizes and few steps: checks the script on a CPU")
@@ -244,94 +337,17 @@ def main() -> int:
     scratch = tempfile.TemporaryDirectory(prefix="medsight-gpu-path-")
     work = Path(args.work or scratch.name)
     names = [t for t in args.tasks.split(",") if t]
-    synth = {}
-    for name in names:  # both datasets made at once (separate processes)
-        data = work / f"data-{name}"
-        if not data.exists():
-            dataset, *options = SETTINGS[name][size]["synth"]
-            synth[name] = subprocess.Popen([sys.executable, "-m", "medsight", "data", "synth", dataset, str(data),
-                                            *options], stdout=subprocess.DEVNULL)
-    if any(proc.wait() for proc in synth.values()):
-        raise SystemExit("medsight data synth failed")
+    synthesise(names, size, work)
     results, ok = {}, True
     for name in names:
-        spec, data = SETTINGS[name][size], work / f"data-{name}"
-        per_epoch = spec["per_epoch"]
-        common = [*spec["overrides"], *QUIET, f"trainer.max_steps_per_epoch={per_epoch}",
-                  f"data.cache_dir={work / f'cache-{name}'}"]
-        task_class = TASKS.get(name)
-        config = resolve(task_class.config_class, profile=task_class.profiles[spec["profile"]], overrides=common)
-        voxels = math.prod(config.data.patch_size) if name == "segmentation" else None
-        epochs = math.ceil(steps / per_epoch)
-        main_args = [name, "--data", str(data), "--profile", spec["profile"], *common, f"trainer.max_epochs={epochs}",
-                     f"trainer.val_every_n_epochs={epochs}", f"trainer.log_every_n_steps={max(1, steps // 50)}"]
-        batch = f"batch {config.data.batch_size}" + (f" x {config.data.patches_per_case} patches" if voxels else "")
-        task = results[name] = {"batch": batch, "patch_voxels": voxels, "runs": {}}
-        for precision in ("bf16", "fp16") if cuda and name in args.fp16.split(",") else ("bf16",):
-            run, log = work / f"{name}-{precision}", work / "logs" / f"{name}-{precision}.log"
-            shutil.rmtree(run, ignore_errors=True)
-            sampler = GpuSampler() if cuda and shutil.which("nvidia-smi") else None
-            code = train([*main_args, f"trainer.precision={precision}", "--out", str(run)], run, log, sampler=sampler)
-            if code != 0:
-                raise failed(code, log)
-            summary = task["runs"][precision] = run_summary(run, log, sampler)
-            summary["voxels_per_s"] = summary["samples_per_s"] * voxels if voxels else None
-            ok &= summary["loss_falls"]
-            print(f"{name} {precision}: done", flush=True)
-        task["loader_samples_per_s"] = loader_alone(name, spec["profile"], common, data, work)
-        resume_epochs = max(2, math.ceil(max(2 * per_epoch, steps // 10) / per_epoch))
-        base = [name, "--data", str(data), "--profile", spec["profile"], *common, "trainer.precision=bf16",
-                f"trainer.max_epochs={resume_epochs}", f"trainer.val_every_n_epochs={resume_epochs}"]
-        resume = resume_check(name, base, work)
-        resume["exact"] = resume["max_abs_diff"] <= args.resume_tol
-        task["resume"] = resume
-        ok &= resume["exact"]
-        print(f"{name} resume: done", flush=True)
-        if name == "segmentation":
-            task["plan"] = plan_check(name, spec, data, work, common, cuda)
-            ok &= task["plan"]["fits"]
-            print(f"{name} plan: done", flush=True)
-
+        results[name], passed = check_task(name, args, size, steps, work, cuda)
+        ok &= passed
     device = torch.cuda.get_device_name(0) if cuda else "CPU"
     print(f"\n== GPU training path{' (--smoke)' if args.smoke else ''}: {device}, torch {torch.__version__}, "
           f"--steps {steps}, {time.perf_counter() - started:.0f} s in all")
     print(f"{'task':15s} {'check':13s} {'setting':40s} result")
     for name, task in results.items():
-        unit = "images/s" if name == "classification" else "patches/s"
-        for precision, r in task["runs"].items():
-            setting = f"{(r['runtime'] or '?').split(', ', 1)[-1].replace('precision ', '')}, {task['batch']}"
-            first, last = r["loss_first_quarter"], r["loss_last_quarter"]
-            shown = "too few logged steps" if first is None else f"{first:.4f} -> {last:.4f} (first -> last quarter)"
-            print(f"{name:15s} {'loss falls':13s} {setting:40s} {shown}, {r['steps']} steps: "
-                  f"{'ok' if r['loss_falls'] else 'FAILED'}")
-            rate = f"{r['samples_per_s']:.1f} {unit}"
-            if r["voxels_per_s"]:
-                rate += f", {r['voxels_per_s'] / 1e6:.1f} Mvoxels/s"
-            print(f"{'':15s} {'throughput':13s} {precision:40s} {rate} (epochs {r['steady_epochs']})")
-            wait = f"waiting for data {100 * r['data_wait_fraction']:.0f} % of epoch time"
-            if r["peak_memory_gb"] is not None:
-                wait += f"; peak memory {r['peak_memory_gb']:.1f} GB"
-            print(f"{'':15s} {'loader':13s} {precision:40s} {wait}")
-            if "gpu_util" in r:
-                util = r["gpu_util"]
-                print(f"{'':15s} {'GPU busy':13s} {precision:40s} " + (f"utilisation mean {util['mean']:.0f} %, median "
-                      f"{util['median']:.0f} % ({util['samples']} samples)" if util else "no nvidia-smi samples"))
-        best = max(r["samples_per_s"] for r in task["runs"].values())
-        loader = task["loader_samples_per_s"]
-        print(f"{'':15s} {'loader alone':13s} {'same loader, no model, 2 epochs':40s} {loader:.1f} {unit} = "
-              f"{loader / best:.2f} x training")
-        r = task["resume"]
-        setting = f"bf16, deterministic, stopped at {r['stopped_at']}/{r['steps']}"
-        shown = f"max |diff| {r['max_abs_diff']:.3g} over {r['tensors']} tensors"
-        print(f"{'':15s} {'exact resume':13s} {setting:40s} {shown}: {'ok' if r['exact'] else 'FAILED'}")
-        if "plan" in task:
-            p = task["plan"]
-            planned = p["config"]["data"]
-            setting = f"patch {'x'.join(map(str, planned['patch_size']))}, batch {planned['batch_size']}"
-            shown = (f"estimate {p['estimate_gb']:.1f} GB of {p['budget_gb']:.0f} GB; measured peak "
-                     + (f"{p['peak_gb']:.1f} GB: {'ok' if p['fits'] else 'FAILED (above the estimate)'}"
-                        if p["peak_gb"] is not None else "n/a on a CPU"))
-            print(f"{'':15s} {'plan memory':13s} {setting:40s} {shown}")
+        print_task(name, task)
     (out / "gpu_path.json").write_text(json.dumps({"device": device, "torch": torch.__version__, "smoke": args.smoke,
                                                    "steps": steps, "wall_s": time.perf_counter() - started, "ok": ok,
                                                    "tasks": results}, indent=2))

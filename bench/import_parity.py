@@ -26,8 +26,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from medsight.cli.main import main as medsight  # noqa: E402
+import medsight  # noqa: E402
 from tests.tasks import test_import as fixtures  # noqa: E402
+
+
+def predict_fp32(checkpoint: Path, inputs: list[Path], out: Path, **options) -> None:
+    """``medsight predict --precision fp32 --engine torch``: the sources' own engine and precision."""
+    model = medsight.load(checkpoint, engine="torch", precision="fp32")
+    report = model.predict_files(inputs, out, **options)
+    assert not report.failures, report.failures
 
 
 def brats(work: Path) -> str:
@@ -36,12 +43,9 @@ def brats(work: Path) -> str:
     root = fixtures.make_brats_bundle(work / "bundle")
     case = fixtures.brats_case(work / "case")
     probabilities, labels = fixtures.run_bundle(root, case, work / "bundle-out")
-    assert medsight(["import", str(root), "--out", str(work / "brats.pt")]) == 0
-    images = [f"--image={role}={path}" for role, path in case.items()]
-    roi = ",".join(map(str, fixtures.ROI))
-    assert medsight(["predict", "--checkpoint", str(work / "brats.pt"), *images, "--out", str(work / "out"),
-                     "--precision", "fp32", "--engine", "torch", "infer.probabilities=true", "infer.overlay=false",
-                     f"infer.roi_size=[{roi}]"]) == 0
+    medsight.import_model(str(root), work / "brats.pt")
+    predict_fp32(work / "brats.pt", [], work / "out", images=case, probabilities=True, overlay=False,
+                 roi_size=list(fixtures.ROI))
     ours = np.asarray(nib.load(str(work / "out" / "case_t1c_seg.nii.gz")).dataobj)
     prob = np.moveaxis(np.asarray(nib.load(str(work / "out" / "case_t1c_prob.nii.gz")).dataobj), -1, 0)
     delta = np.abs(prob - probabilities[[2, 0, 1]]).max()
@@ -64,13 +68,12 @@ def chexnet(work: Path) -> tuple[str, torch.nn.Module, Path]:
     torch.manual_seed(1)
     net = fixtures.chexnet_network()
     source = fixtures.save_chexnet_checkpoint(net, work / "model.pth.tar")
-    assert medsight(["import", str(source), "--out", str(work / "chexnet.pt")]) == 0
+    medsight.import_model(str(source), work / "chexnet.pt")
     from medsight.core.registry import DATASETS
 
     data = DATASETS.get("chestxray14")().synth(work / "cxr", cases=8, seed=2, size=224)
     pictures = sorted(data.glob("images_*/images/*.png"))
-    assert medsight(["predict", "--checkpoint", str(work / "chexnet.pt"), *map(str, pictures), "--out",
-                     str(work / "out"), "--precision", "fp32", "--engine", "torch"]) == 0
+    predict_fp32(work / "chexnet.pt", pictures, work / "out")
     ours = fixtures.predicted(work / "out")
     delta = max(np.abs(ours[p.name] - fixtures.chexnet_reference(net, p)).max() for p in pictures)
     return f"| chexnet (model.pth.tar), 8 pictures at 224 px | {delta:.2e} | - |", net, work / "chexnet.pt"
@@ -89,13 +92,12 @@ def txrv(work: Path) -> str:
     name = Path(xrv.models.model_urls[weights]["weights_url"]).name
     torch.manual_seed(4)
     torch.save(xrv.models.DenseNet(weights=None), work / name)
-    assert medsight(["import", str(work / name), "--out", str(work / "xrv.pt"), "--format", "txrv"]) == 0
+    medsight.import_model(str(work / name), work / "xrv.pt", requested="txrv")
     from medsight.core.registry import DATASETS
 
     pictures = sorted(DATASETS.get("chestxray14")().synth(work / "cxr", cases=8, seed=2, size=224)
                       .glob("images_*/images/*.png"))
-    assert medsight(["predict", "--checkpoint", str(work / "xrv.pt"), *map(str, pictures), "--out",
-                     str(work / "out"), "--precision", "fp32", "--engine", "torch"]) == 0
+    predict_fp32(work / "xrv.pt", pictures, work / "out")
     reference_model = xrv.models.DenseNet(weights=weights, cache_dir=str(work))
     transform = torchvision.transforms.Compose([xrv.datasets.XRayCenterCrop(), xrv.datasets.XRayResizer(224)])
     with open(work / "out" / "predictions.csv", newline="") as handle:
@@ -113,8 +115,7 @@ def txrv(work: Path) -> str:
 
 def resize_effect(net, checkpoint: Path, pictures: Path, work: Path) -> str:
     files = sorted(p for p in pictures.iterdir() if p.suffix.lower() == ".png")[:40]
-    assert medsight(["predict", "--checkpoint", str(checkpoint), *map(str, files), "--out", str(work / "real"),
-                     "--precision", "fp32", "--engine", "torch"]) == 0
+    predict_fp32(checkpoint, files, work / "real")
     ours = fixtures.predicted(work / "real")
     deltas = np.array([np.abs(ours[p.name] - fixtures.chexnet_reference(net, p)).max() for p in files])
     return (f"| chexnet on {len(files)} real NIH pictures at 256 px (resized to 224: PIL bilinear vs MONAI area) | "

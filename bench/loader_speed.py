@@ -30,8 +30,6 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -59,11 +57,11 @@ def rate(function, items, warmup: int = 20) -> float:
 
 
 def synth(dataset: str, out: Path, cases: int, **options) -> float:
-    command = [sys.executable, "-m", "medsight", "data", "synth", dataset, str(out), "--cases", str(cases)]
-    for key, value in options.items():
-        command += [f"--{key}", str(value)]
+    """Seconds to synthesise ``cases`` of ``dataset`` into ``out`` (what ``medsight data synth`` does)."""
+    from medsight.core.registry import DATASETS
+
     started = time.perf_counter()
-    subprocess.run(command, check=True, capture_output=True)
+    DATASETS.get(dataset)().synth(out, cases=cases, **options)
     return time.perf_counter() - started
 
 
@@ -86,8 +84,6 @@ def tutorial_picture(size: int):
 
 
 def pictures(args) -> None:
-    from PIL import Image
-
     from medsight.tasks.classification import XrayClassification
     from medsight.tasks.classification.config import ClassificationConfig
 
@@ -137,10 +133,19 @@ def pictures(args) -> None:
     for name, value in rows + augmented:
         print(f"{name:64s} {value:10.0f} {value / base:12.1f}")
 
-    # store formats, read at random at the stored size
     loader, store, cached_val = built[args.store_size or args.image_size]
+    stored = store_formats(loader, store, sample, Path(args.work) / "formats")
+    outputs(loader, cached_val, plain_val, sample, records, stored)
+    ratio = rows[2][1] / base
+    print(f"\ncache / reference: {ratio:.1f}x (target >= {TARGET_PICTURES:g}x): "
+          f"{'met' if ratio >= TARGET_PICTURES else 'NOT met'}")
+
+
+def store_formats(loader, store, sample: list[str], formats: Path) -> list[np.ndarray]:
+    """The store formats the cache could use, read at random at the stored size; returns the stored rows."""
+    from PIL import Image
+
     keys = [loader._keys[p] for p in sample]
-    formats = Path(args.work) / "formats"
     shutil.rmtree(formats, ignore_errors=True)
     formats.mkdir(parents=True)
     stored = [np.array(store.read(k)) for k in keys]
@@ -161,17 +166,17 @@ def pictures(args) -> None:
     print(f"{'format':42s} {'pictures/s':>10s} {'bytes/picture':>14s}")
     for name, function, size in candidates:
         print(f"{name:42s} {rate(function, indices):10.0f} {size:14,d}")
+    return stored
 
-    # outputs
+
+def outputs(loader, cached_val, plain_val, sample: list[str], records: list[dict], stored: list[np.ndarray]) -> None:
+    """Stored rows against the same decode before rounding; the model input from the cache against decoding."""
     fresh = [loader.prepare_steps({"image": p})["image"][0].numpy() for p in sample[:100]]
     worst = max(float(np.abs(f - s.astype(np.float32)).max()) for f, s in zip(fresh, stored[:100]))
     diffs = [np.abs(cached_val(dict(r))["image"].numpy() - plain_val(dict(r))["image"].numpy()) for r in records[:100]]
     print(f"\noutputs (100 pictures): stored rows vs the same decode before rounding: max {worst:.3f} gray levels; "
           f"model input, cache vs decoding every epoch: mean |dz| {np.mean([d.mean() for d in diffs]):.4f}, "
           f"max {max(d.max() for d in diffs):.3f}")
-    ratio = rows[2][1] / base
-    print(f"\ncache / reference: {ratio:.1f}x (target >= {TARGET_PICTURES:g}x): "
-          f"{'met' if ratio >= TARGET_PICTURES else 'NOT met'}")
 
 
 # -- 3D -------------------------------------------------------------------------------------------

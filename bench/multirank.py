@@ -3,7 +3,7 @@ same seed, the same global batch (each rank takes half the single process's ``da
 
 For each task (its demo's synthetic data and settings, shortened by ``--epochs``): train once in one
 process (2 compute threads) and once on two ranks (1 thread each), then evaluate both final models the
-same way, in one process, on the task's evaluation split. Printed per task: the training records per
+same way, in this process (``Model.evaluate``), on the task's evaluation split. Printed per task: the training records per
 epoch (summed over ranks; a rank's shard drops the remainder, at most world_size - 1 records per epoch),
 the validation cases the last validation covered (every validation record once, gathered from both
 ranks, so AUROC / Dice / FROC see every prediction), epoch seconds, the monitored metric on validation
@@ -28,7 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import medsight  # noqa: F401
+import medsight
 from medsight.core.config import resolve
 from medsight.core.registry import DATASETS, TASKS
 
@@ -94,15 +94,14 @@ def main() -> int:
             seconds = run_medsight(["train", name, "--data", str(data), "--profile", spec.profile, "--out", str(run),
                                 *overrides, *extra], ranks, env if ranks == 1 else dict(env, OMP_NUM_THREADS="1"))
             split = spec.evaluate_split or task_class.evaluate_split
-            run_medsight(["evaluate", "--checkpoint", str(run / "checkpoints" / "last.pt"), "--data", str(data),
-                      "--split", split, "--out", str(run / "evaluation")], 1, env)
+            evaluation = medsight.load(run / "checkpoints" / "last.pt").evaluate(data, split,
+                                                                               out=run / "evaluation")
             train, val = rows(run, "train"), rows(run, "val")
-            evaluation = json.loads((run / "evaluation" / "metrics.json").read_text())
             results[ranks] = {"seconds": seconds, "epoch_s": train[-1].get("epoch_seconds"),
                               "samples": round(train[-1]["samples_per_s"] * train[-1]["epoch_seconds"]), "val_cases": val[-1].get("cases", val[-1].get("scans")),
                               "val": val[-1].get(task_class.monitor.metric),
-                              "eval": evaluation["metrics"].get(task_class.monitor.metric),
-                              "eval_cases": evaluation["cases"], "split": split}
+                              "eval": evaluation.metrics.get(task_class.monitor.metric),
+                              "eval_cases": len(evaluation.cases), "split": split}
         table.append((name, task_class.monitor.metric, batch, results))
         print(f"{name}: done", flush=True)
     print(f"\n== 1 process (2 threads) vs torchrun 2 ranks (gloo, 1 thread each), {args.epochs} epochs, "

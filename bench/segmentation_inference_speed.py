@@ -4,9 +4,9 @@ What is timed, for every row, is the job as a user runs it on one BraTS-size cas
 by default): read the NIfTI files, preprocess, sliding-window inference, invert the preprocessing onto the
 input grid, threshold, write the label map NIfTI. Loading the checkpoint is not timed (on either side);
 converting the network for an engine (ONNX export, OpenVINO conversion and compilation) happens inside
-``medsight.inference.predict.predict``: predict caches the converted network (the engine cache), so the timed runs
-read it back, as every predict after a model's first does; the row "engine converted in the run" empties
-the cache for each run and so times the conversion too.
+``Model.predict_files`` (what ``medsight predict`` runs): predict caches the converted network (the engine
+cache), so the timed runs read it back, as every predict after a model's first does; the row "engine
+converted in the run" empties the cache for each run and so times the conversion too.
 
 Reference rows: what a competent MONAI user writes for the same job with the SAME weights and the SAME
 settings: ``LoadImaged`` + ``EnsureChannelFirstd`` + the preprocessing the checkpoint's config makes medsight
@@ -25,8 +25,9 @@ predict writes by default is switched off (``infer.overlay=false``): the referen
 Each row: best of ``--repeats`` timed runs (default 2) after one warm-up run on a small synthetic case (the
 windows have the roi's shape whatever the case's size, so the warm-up primes the same kernels). Agreement
 with the reference fp32 row: Dice of the ET / TC / WT regions of the WRITTEN label maps (read back from
-NIfTI), and max |delta probability| on the preprocessed grid (medsight's probabilities are taken from its
-writer, before inversion).
+NIfTI), and max |delta probability| on the input grid (the region probabilities after inversion: medsight's
+from one more, untimed ``Model.predict(case, probabilities=True)`` per row, the reference's before its
+threshold).
 
 Default checkpoint: a seeded random-init SegResNet with the MONAI BraTS bundle's architecture (16 filters,
 blocks_down 1-2-2-4, blocks_up 1-1-1; 4 modalities) and the settings of the real fine-tuned run (roi
@@ -49,25 +50,26 @@ row fed its network, and the ceiling any pipeline running this network could rea
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import torch
 
-import medsight  # noqa: F401
-from medsight.core import checkpoint
+import medsight
+from medsight.io import checkpoint
 from medsight.core.config import resolve, to_dict
-from medsight.inference.predict import Loaded, load_for_inference, predict
 from medsight.core.registry import DATASETS, TASKS
 from medsight.core.runtime import cpu_has_native_bf16
 
-from _network_alone import NetworkTimer, default_engine, engine_calls, network_alone, report  # bench/, beside this script
+from _network_alone import (NetworkTimer, default_engine, engine_calls, network_alone,  # bench/, beside this script
+                            report, timed_predict)
+from _segmentation_reference import Reference, dice, regions
 
 HERE = Path(__file__).resolve().parents[1]
 REAL_CASE = HERE.parent / "shared" / "data" / "brats" / "brats2023_gli_00001_unlabelled" / "BraTS-GLI-00001-000"
@@ -92,9 +94,10 @@ LABELS = {
     "ms-int8": "medsight compress int8 checkpoint",
 }
 #: row -> (engine, precision) for medsight rows (None: the checkpoint's/medsight's default)
-MEDSIGHT = {"ms-default": ("auto", None), "ms-default-cold": ("auto", None), "ms-torch-bf16": ("torch", "bf16"), "ms-torch-fp32": ("torch", "fp32"),
-            "ms-ort-fp32": ("onnxruntime", "fp32"), "ms-ov-fp32": ("openvino", "fp32"),
-            "ms-ov-bf16": ("openvino", "bf16"), "ms-int8": (None, None)}
+MEDSIGHT = {"ms-default": ("auto", None), "ms-default-cold": ("auto", None), "ms-torch-bf16": ("torch", "bf16"),
+            "ms-torch-fp32": ("torch", "fp32"), "ms-ort-fp32": ("onnxruntime", "fp32"),
+            "ms-ov-fp32": ("openvino", "fp32"), "ms-ov-bf16": ("openvino", "bf16"),
+            "ms-int8": ("auto", None)}  # int8: its compressed checkpoint's own engine
 TARGET_DEFAULT, TARGET_INT8, TARGET_WT = 1.5, 2.0, 0.99
 
 
@@ -115,115 +118,43 @@ def random_checkpoint(path: Path, overrides: list[str]) -> Path:
                             "model": model.state_dict(), "epoch": 0}, path)
 
 
-def case_files(loaded: Loaded, case: Path) -> tuple[list[str], str]:
+def case_files(task, case: Path) -> tuple[list[str], str]:
     """The case's files in the model's modality order (as medsight finds them) and its label convention."""
-    record = loaded.task.input_records(str(case))[0]
+    record = task.input_records(str(case))[0]
     files = record["image"] if isinstance(record["image"], list) else [record["image"]]
     return [str(f) for f in files], record["convention"]
 
 
-# -- the reference ----------------------------------------------------------------------------------------
-class Reference:
-    """A competent MONAI user's predict for the same job: same weights, same preprocessing and window."""
-
-    def __init__(self, model: torch.nn.Module, config, convention: str, bf16: bool, channels_last: bool):
-        from monai.inferers import SlidingWindowInferer
-        from monai.transforms import (Compose, CropForegroundd, EnsureChannelFirstd, EnsureTyped, LoadImaged,
-                                      NormalizeIntensityd, Orientationd, Spacingd)
-
-        from medsight.datasets import brats
-        from medsight.data.transforms import BackgroundToZerod
-
-        data, infer = config.data, config.infer
-        steps = [LoadImaged("image", image_only=True), EnsureChannelFirstd("image"),
-                 EnsureTyped("image", dtype=torch.float32)]
-        if data.orient:
-            steps.append(Orientationd("image", axcodes=data.orient, labels=(("L", "R"), ("P", "A"), ("I", "S"))))
-        if data.resample:
-            steps.append(Spacingd("image", pixdim=tuple(data.spacing_mm), mode="bilinear"))
-        if data.background_to_zero:  # medsight's own step (a constant non-zero background -> 0), as configured
-            steps.append(BackgroundToZerod("image"))
-        steps.append(NormalizeIntensityd("image", nonzero=True, channel_wise=True))
-        if data.crop_foreground:
-            steps.append(CropForegroundd("image", source_key="image", select_fn=lambda x: x != 0, allow_smaller=True))
-        self.preprocessing = Compose(steps)
-        self.model = copy.deepcopy(model).float().eval()
-        self.channels_last = channels_last
-        if channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last_3d)
-        self.inferer = SlidingWindowInferer(roi_size=tuple(infer.roi_size), sw_batch_size=infer.sw_batch_size,
-                                            overlap=infer.overlap, mode=infer.blend)
-        self.bf16, self.threshold = bf16, infer.threshold
-        self.convention = brats.CONVENTIONS[convention]
-
-    def network(self, window: torch.Tensor) -> torch.Tensor:
-        if self.channels_last:
-            window = window.contiguous(memory_format=torch.channels_last_3d)
-        return self.model(window)
-
-    def __call__(self, files: list[str], out: Path) -> tuple[Path, torch.Tensor]:
-        from monai.data import MetaTensor
-        from monai.transforms import Invertd
-
-        data = self.preprocessing({"image": files})
-        image = data["image"]
-        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
-            logits = self.inferer(image.as_tensor()[None], self.network)
-        probs = torch.sigmoid(logits.float())[0]
-        data["pred"] = MetaTensor(probs, meta=dict(image.meta))
-        inverted = Invertd("pred", transform=self.preprocessing, orig_keys="image", nearest_interp=False)(data)["pred"]
-        labels = self.convention.from_regions(inverted.as_tensor().numpy() > self.threshold).astype(np.uint8)
-        out.mkdir(parents=True, exist_ok=True)
-        path = out / "reference_seg.nii.gz"
-        nib.save(nib.Nifti1Image(labels, np.asarray(image.meta["original_affine"], dtype=np.float64)), str(path))
-        return path, probs
-
-
 # -- medsight ---------------------------------------------------------------------------------------------
-def capture_probabilities(loaded: Loaded, sink: dict) -> None:
-    """Keep the probabilities predict hands its writer (preprocessed grid), for the agreement column."""
-    task = loaded.task
-    original = task.prediction_writer
-
-    def writer(out, options=None):
-        made = original(out, options)
-        write = made.write
-
-        def capturing(prediction, data):
-            sink["probs"] = prediction
-            return write(prediction, data)
-
-        made.write = capturing
-        return made
-
-    task.prediction_writer = writer
+def medsight_run(source: Path, engine: str, precision: str | None, overrides: list[str], case: Path, out: Path,
+                 cold: bool = False) -> tuple[float, Path]:
+    """(seconds, the label map written) of one ``medsight predict`` of ``case``: ``_network_alone.timed_predict``."""
+    report, seconds = timed_predict(source, [case], out, engine, precision, overrides, cold)
+    if report.cases != 1:
+        raise RuntimeError(f"medsight predict wrote {report.cases} cases, not 1")
+    return seconds, Path(next(p for p in report.written if str(p).endswith("_seg.nii.gz")))
 
 
-def medsight_run(loaded: Loaded, precision: str | None, case: Path, out: Path, sink: dict,
-                 cold: bool = False) -> tuple[Path, torch.Tensor]:
-    cache = os.environ["MEDSIGHT_ENGINE_CACHE"]
-    if cold:  # an empty engine cache: the conversion is timed too
-        os.environ["MEDSIGHT_ENGINE_CACHE"] = str(out / f"empty-engine-cache-{time.perf_counter()}")
-    try:
-        report = predict(loaded, [str(case)], out, precision=precision)
-    finally:
-        os.environ["MEDSIGHT_ENGINE_CACHE"] = cache
-    if report.failures or report.cases != 1:
-        raise RuntimeError(f"medsight predict failed: {report.failures}")
-    label_map = next(p for p in report.written if str(p).endswith("_seg.nii.gz"))
-    return Path(label_map), sink.pop("probs")
+def medsight_probabilities(source: Path, engine: str, precision: str | None, overrides: list[str],
+                           case: Path) -> np.ndarray:
+    """The region probabilities (3, X, Y, Z) on the input grid that the row's predict thresholds (untimed)."""
+    model = medsight.load(source, device="cpu", engine=engine, precision=precision)
+    result = model.predict(case, overrides=overrides, probabilities=True)  # a case folder: a list of one
+    if isinstance(result, list):
+        if not result:
+            raise RuntimeError(f"medsight predict failed: {result.failures}")
+        result = result[0]
+    return result.probabilities
 
 
 def make_int8(source: Path, calibration: Path | None, samples: int, work: Path) -> Path:
     """``medsight compress --method int8`` of ``source``, calibrated on ``calibration`` (default: a small
     synthetic 4-modality BraTS dataset; the random default checkpoint's val split is its first case)."""
-    from medsight.compression.compress import compress
-
     if calibration is None:
         calibration = DATASETS.get("brats")().synth(work / "calibration", cases=4, shape=(128, 128, 96))
     out = work / "int8.pt"
     started = time.perf_counter()
-    label = compress(source, "int8", out, calibration, samples=samples)
+    label = medsight.compress(source, "int8", out, calibration, samples=samples)
     print(f"int8: compressed in {time.perf_counter() - started:.0f} s, calibrated on {calibration} "
           f"({samples} windows asked); evaluate on its val split before {label['before']['metrics']} "
           f"after {label['after']['metrics']}")
@@ -231,32 +162,35 @@ def make_int8(source: Path, calibration: Path | None, samples: int, work: Path) 
 
 
 # -- measuring ------------------------------------------------------------------------------------------
-def regions(path: Path, convention: str) -> tuple[np.ndarray, np.ndarray]:
-    from medsight.datasets import brats
-
-    image = nib.load(str(path))
-    return brats.CONVENTIONS[convention].to_regions(np.asarray(image.dataobj).astype(np.int16)), image.affine
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    total = int(a.sum()) + int(b.sum())
-    return 1.0 if total == 0 else 2.0 * int(np.logical_and(a, b).sum()) / total
-
-
 def timed(run, warm, repeats: int):
-    """(seconds, result) of the fastest of ``repeats`` runs, after one warm-up."""
+    """(seconds, result) of the fastest of ``repeats`` runs, after one warm-up; ``run()`` returns its own
+    (seconds, result): what it times."""
     warm()
     best, result = float("inf"), None
     for _ in range(repeats):
-        started = time.perf_counter()
-        got = run()
-        seconds = time.perf_counter() - started
+        seconds, got = run()
         if seconds < best:
             best, result = seconds, got
     return best, result
 
 
-def main() -> int:
+@dataclass
+class Setting:
+    """What every row runs: the torch checkpoint, its predict overrides, the loaded model and its config, the
+    case (and the small warm-up case) with its files in modality order and its label convention."""
+
+    source: Path
+    overrides: list[str]
+    model: medsight.Model
+    cfg: object
+    case: Path
+    warm_case: Path
+    files: list[str]
+    warm_files: list[str]
+    convention: str
+
+
+def parse_args():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", help="a segmentation checkpoint (default: seeded random-init, see above)")
     parser.add_argument("--case", help="a case folder (default: the real BraTS 2023 case, else synthetic)")
@@ -269,46 +203,47 @@ def main() -> int:
     parser.add_argument("--work", help="folder for outputs (default: a temporary one)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. infer.overlap=0.5")
     args = parser.parse_args()
-    rows = [r.strip() for r in args.rows.split(",") if r.strip()]
-    unknown = [r for r in rows if r not in LABELS]
+    args.row_list = [r.strip() for r in args.rows.split(",") if r.strip()]
+    unknown = [r for r in args.row_list if r not in LABELS]
     if unknown:
         parser.error(f"unknown rows {unknown}")
-    if "ref-fp32" not in rows:
-        rows.insert(0, "ref-fp32")  # the agreement baseline
-    if args.checkpoint and not Path(args.checkpoint).is_file():
-        print(f"skip: no checkpoint at {args.checkpoint}")
-        return 0
-    if args.case and not Path(args.case).is_dir():
-        print(f"skip: no case folder at {args.case}")
-        return 0
-    if args.calibration and not Path(args.calibration).is_dir():
-        print(f"skip: no calibration data at {args.calibration}")
-        return 0
-    scratch = tempfile.TemporaryDirectory(prefix="medsight-segspeed-")
-    work = Path(args.work) if args.work else Path(scratch.name)
-    work.mkdir(parents=True, exist_ok=True)
-    started_all = time.perf_counter()
-    # converted engines are cached (as predict does by default), in this run's folder: the warm-up fills it
-    os.environ["MEDSIGHT_ENGINE_CACHE"] = str(work / "engine-cache")
+    if "ref-fp32" not in args.row_list:
+        args.row_list.insert(0, "ref-fp32")  # the agreement baseline
+    return args
 
+
+def missing_input(args) -> str | None:
+    for flag, path, kind in (("checkpoint", args.checkpoint, "checkpoint"), ("case", args.case, "case folder"),
+                             ("calibration", args.calibration, "calibration data")):
+        if path and not (Path(path).is_file() if flag == "checkpoint" else Path(path).is_dir()):
+            return f"skip: no {kind} at {path}"
+    return None
+
+
+def setting(args, work: Path) -> Setting:
     source = Path(args.checkpoint) if args.checkpoint else random_checkpoint(work / "random.pt", args.overrides)
     overrides = ["infer.overlay=false", "infer.probabilities=false", *args.overrides]
-    loaded = load_for_inference(source, overrides)
-    if loaded.model is None:
-        print("--checkpoint must hold torch weights (give a compressed one as --int8-checkpoint)")
-        return 2
-    cfg = loaded.task.config
+    model = medsight.load(source, device="cpu")
+    if model.torch_model is None:
+        raise SystemExit("--checkpoint must hold torch weights (give a compressed one as --int8-checkpoint)")
+    task = model.configured(overrides=overrides)  # what predict runs with, for the reference too
     case = Path(args.case) if args.case else REAL_CASE
     if not case.is_dir():
         case = DATASETS.get("brats")().synth(work / "synthetic", cases=1, shape=(240, 240, 155)) / "BraTS2021_00001"
         print(f"no real BraTS 2023 case at {REAL_CASE}: using a synthetic full-size case")
     warm_case = DATASETS.get("brats")().synth(work / "warm", cases=1, shape=(64, 64, 64)) / "BraTS2021_00001"
-    files, convention = case_files(loaded, case)
-    warm_files, _ = case_files(loaded, warm_case)
+    files, convention = case_files(task, case)
+    warm_files, _ = case_files(task, warm_case)
+    return Setting(source, overrides, model, task.config, case, warm_case, files, warm_files, convention)
+
+
+def describe(bench: Setting, args) -> None:
+    cfg, files = bench.cfg, bench.files
     shape = tuple(nib.load(files[0]).shape)
-    params = sum(p.numel() for p in loaded.model.parameters()) / 1e6
-    print(f"case {case.name}: {len(files)} x {' x '.join(map(str, shape))} ({', '.join(Path(f).name for f in files)})")
-    print(f"checkpoint {source if args.checkpoint else 'seeded random-init (x25 last conv)'}: "
+    params = sum(p.numel() for p in bench.model.torch_model.parameters()) / 1e6
+    print(f"case {bench.case.name}: {len(files)} x {' x '.join(map(str, shape))} "
+          f"({', '.join(Path(f).name for f in files)})")
+    print(f"checkpoint {bench.source if args.checkpoint else 'seeded random-init (x25 last conv)'}: "
           f"{cfg.model.name} {cfg.model.init_filters} filters, {params:.2f} M params, modalities {cfg.data.modalities}")
     print(f"window: roi {tuple(cfg.infer.roi_size)}, overlap {cfg.infer.overlap}, sw_batch_size "
           f"{cfg.infer.sw_batch_size}, blend {cfg.infer.blend}; preprocessing: orient {cfg.data.orient or 'as stored'}, "
@@ -323,57 +258,62 @@ def main() -> int:
     print(f"{torch.get_num_threads()} torch threads; native bf16 {cpu_has_native_bf16()}; OpenVINO default CPU "
           f"precision {ov_default}; repeats {args.repeats} (best), after 1 warm-up on a 64^3 synthetic case")
 
-    int8_loaded = None
-    if "ms-int8" in rows:
-        int8_path = Path(args.int8_checkpoint) if args.int8_checkpoint else None
-        if int8_path is None:
-            int8_path = make_int8(source, Path(args.calibration) if args.calibration else None, args.samples,
-                                  work / "compress")
-        int8_loaded = load_for_inference(int8_path, overrides)
-        if int8_loaded.model is not None:
-            print(f"--int8-checkpoint {int8_path} holds torch weights, not an engine: int8 row skipped")
-            int8_loaded = None
-            rows.remove("ms-int8")
-    print()
 
+def int8_model(args, bench: Setting, work: Path) -> medsight.Model | None:
+    """The int8 row's compressed checkpoint, loaded (None when the row is not run or the file holds weights)."""
+    if "ms-int8" not in args.row_list:
+        return None
+    path = Path(args.int8_checkpoint) if args.int8_checkpoint else make_int8(
+        bench.source, Path(args.calibration) if args.calibration else None, args.samples, work / "compress")
+    compressed = medsight.load(path, device="cpu")
+    if compressed.carried is None:
+        print(f"--int8-checkpoint {path} holds torch weights, not an engine: int8 row skipped")
+        args.row_list.remove("ms-int8")
+        return None
+    return compressed
+
+
+def measure(rows: list[str], bench: Setting, int8: medsight.Model | None, repeats: int, work: Path):
+    """Each row's {seconds, label_map, probs (, network_seconds)}, and the reference pipelines by row."""
     results: dict[str, dict] = {}
     references: dict[str, Reference] = {}
-    sink: dict = {}
-    capture_probabilities(loaded, sink)
-    if int8_loaded is not None:
-        capture_probabilities(int8_loaded, sink)
     for row in rows:
         out = work / row
         if row.startswith("ref-"):
-            reference = references[row] = Reference(loaded.model, cfg, convention, bf16="bf16" in row,
-                                                    channels_last=row.endswith("-cl"))
-            timer = NetworkTimer(reference.model)
+            reference = references[row] = Reference(bench.model.torch_model, bench.cfg, bench.convention,
+                                                    bf16="bf16" in row, channels_last=row.endswith("-cl"))
 
-            def run_reference(reference=reference, timer=timer, out=out):
-                with timer:
-                    return reference(files, out), timer.seconds
+            def run_reference(reference=reference, out=out):
+                with NetworkTimer(reference.model) as timer:
+                    started = time.perf_counter()
+                    made = reference(bench.files, out)
+                    return time.perf_counter() - started, (made, timer.seconds)
 
             seconds, ((label_map, probs), network_seconds) = timed(
-                run_reference, lambda: reference(warm_files, work / "warm-out" / row), args.repeats)
+                run_reference, lambda: reference(bench.warm_files, work / "warm-out" / row), repeats)
             results[row] = {"network_seconds": network_seconds}
         else:
             engine, precision = MEDSIGHT[row]
-            target = int8_loaded if row == "ms-int8" else loaded
-            if row != "ms-int8":
-                target.engine = engine
-            cold = row == "ms-default-cold"
-            seconds, (label_map, probs) = timed(lambda: medsight_run(target, precision, case, out, sink, cold),
-                                                lambda: medsight_run(target, precision, warm_case,
-                                                                     work / "warm-out" / row, sink), args.repeats)
+            source = int8.path if row == "ms-int8" else bench.source
+            seconds, label_map = timed(
+                lambda: medsight_run(source, engine, precision, bench.overrides, bench.case, out,
+                                     cold=row == "ms-default-cold"),
+                lambda: medsight_run(source, engine, precision, bench.overrides, bench.warm_case,
+                                     work / "warm-out" / row), repeats)
+            probs = medsight_probabilities(source, engine, precision, bench.overrides, bench.case)
         results.setdefault(row, {}).update(seconds=seconds, label_map=label_map, probs=probs)
         print(f"  {LABELS[row]:48s} {seconds:7.2f} s", flush=True)
+    return results, references
 
+
+def print_table(results: dict, convention: str) -> tuple[dict, str]:
+    """The table of seconds, ratios and agreement, and the targets; returns (summary by row, best reference)."""
     base = results["ref-fp32"]
     base_regions, base_affine = regions(base["label_map"], convention)
     best_ref = min((r for r in results if r.startswith("ref-")), key=lambda r: results[r]["seconds"])
     best = results[best_ref]["seconds"]
     print(f"\nratio = seconds of the fastest reference row ({LABELS[best_ref]}, {best:.2f} s) / seconds of the row; "
-          "agreement vs MONAI reference fp32 (written label maps)")
+          "agreement vs MONAI reference fp32 (written label maps; probabilities on the input grid)")
     header = f"{'row':50s} {'seconds':>8s} {'ratio':>7s} {'Dice WT':>8s} {'Dice TC':>8s} {'Dice ET':>8s} {'max|dp|':>8s}"
     print(header)
     print("-" * len(header))
@@ -386,7 +326,7 @@ def main() -> int:
         else:
             scores = [dice(got[i], base_regions[i]) for i in range(3)]  # to_regions: ET, TC, WT
         probs, reference_probs = result["probs"], base["probs"]
-        delta = float((probs.float() - reference_probs.float()).abs().max()) \
+        delta = float(np.abs(probs.astype(np.float32) - reference_probs.astype(np.float32)).max()) \
             if probs is not None and probs.shape == reference_probs.shape else float("nan")
         ratio = best / result["seconds"]
         print(f"{LABELS[row]:50s} {result['seconds']:8.2f} {ratio:6.2f}x {scores[2]:8.4f} {scores[1]:8.4f} "
@@ -404,14 +344,21 @@ def main() -> int:
         met = row["ratio_vs_best_reference"] >= TARGET_INT8
         print(f"target int8 >= {TARGET_INT8}x best reference: {row['ratio_vs_best_reference']:.2f}x "
               f"(WT Dice {row['dice_wt']:.4f}) -> {'MET' if met else 'NOT MET'}")
-    # the network alone, on the windows the best reference fed its network: how far any pipeline could go
+    return summary, best_ref
+
+
+def network_section(results: dict, references: dict, best_ref: str, bench: Setting, int8, repeats: int,
+                    work: Path) -> dict:
+    """The network alone, on the windows the best reference fed its network: how far any pipeline could go."""
+    best = results[best_ref]["seconds"]
     with NetworkTimer(references[best_ref].model, keep=True) as recorder:
-        references[best_ref](files, work / "recorded")
-    calls = engine_calls(loaded.task, loaded.model, int8_loaded, native_bf16=cpu_has_native_bf16())
-    alone = network_alone(calls, recorder.inputs, args.repeats)
+        references[best_ref](bench.files, work / "recorded")
     native = cpu_has_native_bf16()
-    engine_of = {"ms-default": default_engine(loaded),
-                 "ms-torch-bf16": default_engine(loaded, "bf16" if native else "fp32", "torch"),
+    model = bench.model
+    alone = network_alone(engine_calls(model.task, model.torch_model, int8, native_bf16=native), recorder.inputs,
+                          repeats)
+    engine_of = {"ms-default": default_engine(model),
+                 "ms-torch-bf16": default_engine(model, "bf16" if native else "fp32", "torch"),
                  "ms-torch-fp32": "torch fp32",
                  "ms-ov-fp32": "openvino fp32", "ms-ov-bf16": "openvino bf16", "ms-int8": "int8 (compressed, openvino)"}
     ceiling = report(LABELS[best_ref], best, results[best_ref]["network_seconds"], alone, recorder.inputs,
@@ -420,6 +367,28 @@ def main() -> int:
     if "int8 (compressed, openvino)" in alone:
         print(f"int8 ceiling: {best / alone['int8 (compressed, openvino)']:.2f}x the best reference "
               f"(target {TARGET_INT8}x)")
+    return ceiling
+
+
+def main() -> int:
+    args = parse_args()
+    skipped = missing_input(args)
+    if skipped:
+        print(skipped)
+        return 0
+    scratch = tempfile.TemporaryDirectory(prefix="medsight-segspeed-")
+    work = Path(args.work) if args.work else Path(scratch.name)
+    work.mkdir(parents=True, exist_ok=True)
+    started_all = time.perf_counter()
+    # converted engines are cached (as predict does by default), in this run's folder: the warm-up fills it
+    os.environ["MEDSIGHT_ENGINE_CACHE"] = str(work / "engine-cache")
+    bench = setting(args, work)
+    describe(bench, args)
+    int8 = int8_model(args, bench, work)
+    print()
+    results, references = measure(args.row_list, bench, int8, args.repeats, work)
+    summary, best_ref = print_table(results, bench.convention)
+    ceiling = network_section(results, references, best_ref, bench, int8, args.repeats, work)
     (work / "summary.json").write_text(json.dumps({"best_reference": best_ref, "rows": summary, "ceiling": ceiling},
                                                   indent=2))
     print(f"total bench time {time.perf_counter() - started_all:.0f} s; outputs in {work}"

@@ -8,19 +8,18 @@ Target: WT Dice >= 0.90 within 15 CPU-minutes.
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import time
 from pathlib import Path
 
-from medsight.cli.main import main as medsight
+import medsight
+from medsight.core.progress import setup_logging
+from medsight.core.registry import DATASETS
 
 
-def run(argv: list[str]) -> None:
-    print("$ medsight " + " ".join(argv), flush=True)
-    status = medsight(argv)
-    if status != 0:
-        raise SystemExit(f"medsight {argv[0]} failed with {status}")
+def synth(out: Path, cases: int, seed: int, shape: str) -> Path:
+    print(f"synthetic BraTS: {cases} cases, seed {seed}, shape {shape} -> {out}", flush=True)
+    return DATASETS.get("brats")().synth(out, cases=cases, seed=seed, shape=shape)
 
 
 def main() -> None:
@@ -34,22 +33,20 @@ def main() -> None:
     parser.add_argument("--shape", default="96,96,64")
     parser.add_argument("overrides", nargs="*", help="extra config overrides")
     args = parser.parse_args()
+    setup_logging()  # the trainer's epoch lines, as the command line shows them
     out = Path(args.out)
     shutil.rmtree(out, ignore_errors=True)
-    run(["data", "synth", "brats", str(out / "train"), "--cases", str(args.train_cases), "--seed", "0",
-         f"--shape={args.shape}"])
-    run(["data", "synth", "brats", str(out / "test"), "--cases", str(args.test_cases), "--seed", "1000",
-         f"--shape={args.shape}"])
+    train_data = synth(out / "train", args.train_cases, 0, args.shape)
+    test_data = synth(out / "test", args.test_cases, 1000, args.shape)
     started = time.perf_counter()
-    run(["train", "segmentation", "--data", str(out / "train"), "--profile", "cpu-small", "--out", str(out / "run"),
-         f"trainer.max_epochs={args.epochs}", f"trainer.max_minutes={args.minutes}", "trainer.progress=never",
-         "data.folds=6", *args.overrides])
+    run = medsight.train("segmentation", train_data, profile="cpu-small", out=out / "run", overrides=[
+        f"trainer.max_epochs={args.epochs}", f"trainer.max_minutes={args.minutes}", "trainer.progress=never",
+        "data.folds=6", *args.overrides])
     train_minutes = (time.perf_counter() - started) / 60
     started = time.perf_counter()
-    run(["evaluate", "--checkpoint", str(out / "run" / "checkpoints" / "best.pt"), "--data", str(out / "test"),
-         "--out", str(out / "evaluation")])
+    evaluation = run.load().evaluate(test_data, out=out / "evaluation")  # the best checkpoint
     eval_minutes = (time.perf_counter() - started) / 60
-    metrics = json.loads((out / "evaluation" / "metrics.json").read_text())["metrics"]
+    metrics = evaluation.metrics
     summary = (out / "evaluation" / "summary.csv").read_text().splitlines()
     print(f"\nsynthetic BraTS: {args.train_cases} training cases ({args.shape} voxels at 1 mm), "
           f"{args.test_cases} held-out test cases")

@@ -18,7 +18,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from medsight.inference.predict import evaluate, load_for_inference
+import medsight
+from medsight.inference.evaluate import evaluate
 
 SHOWN = ("dice_ET", "dice_TC", "dice_WT", "hd95_ET", "hd95_TC", "hd95_WT")
 
@@ -32,22 +33,26 @@ def main() -> None:
     if not Path(args.data).exists():
         print(f"skipped: {args.data} not found")
         return
-    loaded = load_for_inference(args.checkpoint, args.overrides)
-    task = loaded.task
+    model = medsight.load(args.checkpoint)
+    # one task throughout: the plan chosen on the training cases (its state) is the one applied on the held-out
+    # case; Model.evaluate would start each call from the checkpoint's own state
+    task = model.configured(overrides=args.overrides)
     source = task.open_data(args.data)
     train, held_out = task.records(source, "train"), task.records(source, "val")
     if not train or not held_out:
         sys.exit("the checkpoint's split leaves no training or no held-out case in this folder")
+    execution = model.execution(task, "evaluate")
     rows = {}
     with tempfile.TemporaryDirectory() as out:
         task.learning = True  # as validation while training: every candidate scored, the plan chosen
-        evaluate(loaded, Path(args.data), "train", Path(out) / "choose")
+        evaluate(task, execution, Path(args.data), "train", Path(out) / "choose", model.path)
         plan = task.state["postprocessing"]
         print(f"chosen on {len(train)} training case(s): {plan}")
         task.learning = False
         for applied in (False, True):
             task.config.infer.postprocess = applied
-            rows[applied] = evaluate(loaded, Path(args.data), "val", Path(out) / str(applied))
+            rows[applied] = evaluate(task, execution, Path(args.data), "val", Path(out) / str(applied),
+                                     model.path).metrics
     print(f"\nheld-out case(s): {', '.join(r['id'] for r in held_out)}")
     print(f"{'':22s}" + "".join(f"{name:>10s}" for name in SHOWN))
     for applied, label in ((False, "raw"), (True, "post-processed")):

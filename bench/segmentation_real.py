@@ -15,7 +15,6 @@ Skips cleanly when the data folder is absent. The held-out case is never used to
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import sys
 import time
@@ -24,17 +23,18 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from medsight.cli.main import main as medsight
+import medsight
+from medsight.core.progress import setup_logging
 from medsight.datasets.brats import find_cases
 
 HERE = Path(__file__).resolve().parents[1]
 
 
-def run(argv: list[str]) -> None:
-    print("$ medsight " + " ".join(argv), flush=True)
-    status = medsight(argv)
-    if status != 0:
-        raise SystemExit(f"medsight {argv[0]} failed with {status}")
+def predict(checkpoint: Path, inputs: list[Path], out: Path) -> None:
+    """What ``medsight predict --checkpoint CHECKPOINT INPUTS --out OUT`` writes."""
+    report = medsight.load(checkpoint).predict_files(inputs, out)
+    if report.failures:
+        raise SystemExit(f"predict with {checkpoint} failed: {report.failures[0]}")
 
 
 def brats2015(root: Path, out: Path, minutes: float, epochs: int, held_out: str) -> None:
@@ -45,16 +45,14 @@ def brats2015(root: Path, out: Path, minutes: float, epochs: int, held_out: str)
     print(f"\n== BRATS 2015: train on {sorted(set(cases) - {held_out})}, test on {held_out}")
     run_dir = out / "brats2015"
     started = time.perf_counter()
-    run(["train", "segmentation", "--data", str(root), "--profile", "cpu-small", "--out", str(run_dir),
-         "data.modalities=[flair,t1c]", f"data.val_groups=[{held_out}]", "data.patches_per_case=6",
-         f"trainer.max_epochs={epochs}", f"trainer.max_minutes={minutes}", "trainer.val_every_n_epochs=10000",
-         "trainer.progress=lines"])
+    medsight.train("segmentation", root, profile="cpu-small", out=run_dir, overrides=[
+        "data.modalities=[flair,t1c]", f"data.val_groups=[{held_out}]", "data.patches_per_case=6",
+        f"trainer.max_epochs={epochs}", f"trainer.max_minutes={minutes}", "trainer.val_every_n_epochs=10000",
+        "trainer.progress=lines"])
     minutes_used = (time.perf_counter() - started) / 60
     last = run_dir / "checkpoints" / "last.pt"
-    run(["evaluate", "--checkpoint", str(last), "--data", str(root), "--split", "val", "--out",
-         str(run_dir / "evaluation")])
-    run(["predict", "--checkpoint", str(last), str(root / held_out), "--out", str(run_dir / "predictions")])
-    metrics = json.loads((run_dir / "evaluation" / "metrics.json").read_text())["metrics"]
+    metrics = medsight.load(last).evaluate(root, "val", out=run_dir / "evaluation").metrics
+    predict(last, [root / held_out], run_dir / "predictions")
     print(f"\nBRATS 2015 held-out case {held_out}, trained {minutes_used:.1f} min on 3 cases:")
     print("  " + "  ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
     print(f"  WT Dice {metrics['dice_WT']:.3f} (target >= 0.80: {'met' if metrics['dice_WT'] >= 0.80 else 'NOT met'})")
@@ -65,9 +63,7 @@ def compress_int8(root: Path, checkpoint: Path, out: Path, samples: int) -> None
     """int8 of a model whose validation split is the held-out case: Dice and evaluate speed before/after."""
     print(f"\n== int8 (OpenVINO + NNCF) of {checkpoint}, calibrated on the training cases, held-out case measured")
     target = out / "int8.pt"
-    run(["compress", "--checkpoint", str(checkpoint), "--method", "int8", "--out", str(target), "--data", str(root),
-         "--samples", str(samples)])
-    label = json.loads(target.with_name(target.name + ".compression.json").read_text())
+    label = medsight.compress(checkpoint, "int8", target, root, samples=samples)
     before, after = label["before"], label["after"]
     print(f"{'':10s} {'engine':>10s} {'MB':>7s} {'cases/s':>8s}  " + "  ".join(f"{k:>8s}" for k in before["metrics"]))
     for side, row in (("before", before), ("after", after)):
@@ -82,7 +78,7 @@ def compress_int8(root: Path, checkpoint: Path, out: Path, samples: int) -> None
 def brats2023(root: Path, out: Path, checkpoint: Path) -> None:
     case = next(p for p in root.iterdir() if p.is_dir())
     print(f"\n== BraTS 2023 naming: predict {case.name} with {checkpoint}")
-    run(["predict", "--checkpoint", str(checkpoint), str(case), "--out", str(out / "brats2023")])
+    predict(checkpoint, [case], out / "brats2023")
     seg = nib.load(str(out / "brats2023" / f"{case.name}_seg.nii.gz"))
     ok = True
     for path in sorted(case.glob("*.nii.gz")):
@@ -109,6 +105,7 @@ def main() -> int:
     parser.add_argument("--compress-checkpoint", help="only: int8 of this model (validation split: --held-out)")
     parser.add_argument("--samples", type=int, default=100, help="int8: calibration windows")
     args = parser.parse_args()
+    setup_logging()  # medsight's own lines (training epochs, evaluation), as the command line shows them
     data = Path(args.data)
     if not data.is_dir():
         print(f"skip: {data} not found")

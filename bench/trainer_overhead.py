@@ -94,7 +94,6 @@ def with_trainer(epochs: int, batch_size: int) -> float:
                                              f"data.batch_size={batch_size}"])
     with tempfile.TemporaryDirectory() as run:
         trainer = Trainer(BenchTask(config), Path(run), Path(run) / "run", Runtime("cpu", "fp32"))
-        trainer._say = lambda text: None
         trainer.setup(None)
         started = time.perf_counter()
         for epoch in range(epochs):

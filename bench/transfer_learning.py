@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import csv
 import hashlib
-import json
 import sys
 from pathlib import Path
 
@@ -25,7 +24,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from medsight.cli.main import main as medsight  # noqa: E402
+import medsight  # noqa: E402
+from medsight.core.progress import setup_logging  # noqa: E402
 from tests.tasks import test_import as fixtures  # noqa: E402
 
 
@@ -46,25 +46,22 @@ def starter_csv(starter: Path, out: Path) -> Path:
     return out / "labels.csv"
 
 
-def run(table: Path, out: Path, epochs: int, extra: list[str]) -> Path:
-    common = ["train", "classification", "--data", str(table), "--out", str(out), "data.image_size=224",
-              "data.batch_size=16", "data.group_column=patient", f"trainer.max_epochs={epochs}", "optim.lr=3e-4",
-              "data.intensity_percentiles=[]", "trainer.precision=auto", "trainer.channels_last=true",
+def run(table: Path, out: Path, epochs: int, extra: list[str], init_weights: Path | None = None) -> Path:
+    common = ["data.image_size=224", "data.batch_size=16", "data.group_column=patient", f"trainer.max_epochs={epochs}",
+              "optim.lr=3e-4", "data.intensity_percentiles=[]", "trainer.precision=auto", "trainer.channels_last=true",
               "trainer.tensorboard=false", "trainer.progress=lines", "data.cache=memory",
               "loss.pos_weight=true"]  # 70 of the 479 pictures are normal: class weights against the imbalance
-    assert medsight(common + extra) == 0
+    medsight.train("classification", table, out=out, init_weights=init_weights, overrides=common + extra)
     return out / "checkpoints" / "best.pt"
 
 
 def evaluate(checkpoint: Path, test: Path, out: Path) -> dict:
-    assert medsight(["evaluate", "--checkpoint", str(checkpoint), "--data", str(test), "--split", "test",
-                     "--out", str(out), "--precision", "fp32"]) == 0
-    return json.loads((out / "metrics.json").read_text())["metrics"]
+    return medsight.load(checkpoint, precision="fp32").evaluate(test, "test", out=out).metrics
 
 
 def cams(checkpoint: Path, pictures: list[Path], out: Path) -> str:
-    assert medsight(["predict", "--checkpoint", str(checkpoint), *map(str, pictures), "--out", str(out), "--cam",
-                     "infer.cam_top_k=1", "--precision", "fp32"]) == 0
+    report = medsight.load(checkpoint, precision="fp32").predict_files(pictures, out, cam=True, cam_top_k=1)
+    assert not report.failures, report.failures
     from PIL import Image
 
     maps = sorted((out / "cam").glob("*.png"))
@@ -80,6 +77,7 @@ def main() -> int:
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--work", default="/tmp/medsight-bench/transfer")
     args = parser.parse_args()
+    setup_logging()  # the trainer's epoch lines, as the command line shows them
     shared, work = Path(args.shared), Path(args.work)
     import shutil
 
@@ -91,11 +89,10 @@ def main() -> int:
     table = starter_csv(starter, work / "starter")
     torch.manual_seed(1)
     source = fixtures.save_chexnet_checkpoint(fixtures.chexnet_network(), work / "model.pth.tar")
-    assert medsight(["import", str(source), "--out", str(work / "chexnet.pt")]) == 0
+    medsight.import_model(str(source), work / "chexnet.pt")
     results = {}
     tuned = run(table, work / "from-chexnet", args.epochs,
-                ["--init-weights", str(work / "chexnet.pt"), "trainer.freeze_pretrained_epochs=1",
-                 "optim.pretrained_lr_factor=0.3"])
+                ["trainer.freeze_pretrained_epochs=1", "optim.pretrained_lr_factor=0.3"], work / "chexnet.pt")
     results["from a CheXNet-layout file (random weights)"] = evaluate(tuned, test, work / "eval-chexnet")
     scratch = run(table, work / "scratch", args.epochs,
                   ["model.name=torchvision_densenet121", "data.channels=3", "data.normalize=imagenet"])

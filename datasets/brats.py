@@ -30,6 +30,7 @@ from medsight.data.formats import DatasetFormat, Problem, SplitOptions
 from medsight.datasets.conventions import CONVENTIONS, DEFAULT_CONVENTION, LabelConvention
 from medsight.datasets.schemas import MRI_CASES
 from medsight.datasets.splits import fold_of
+from medsight.datasets.vocabulary import MSD_CHANNEL_ROLES, SEPARATOR, SUFFIX_ROLES
 from medsight.errors import ConfigError, DataError
 from medsight.core.registry import register_dataset
 
@@ -37,12 +38,9 @@ ROLES = ("t1", "t1c", "t2", "flair")
 REGIONS = ("ET", "TC", "WT")
 NIFTI = re.compile(r"\.nii(\.gz)?$")
 
-SUFFIX_ROLES = {
-    "brats2021": {"t1": "t1", "t1ce": "t1c", "t2": "t2", "flair": "flair"},
-    "brats2023": {"t1n": "t1", "t1c": "t1c", "t2w": "t2", "t2f": "flair"},
-}
-SEPARATOR = {"brats2021": "_", "brats2023": "-"}
 NAMINGS = ("brats2021", "brats2023", "patterns", "msd")
+#: the smallest synthetic case, voxels per axis
+MIN_CASE_VOXELS = 8
 # BRATS 2013/2015 releases name files e.g. VSD.Brain.XX.O.MR_Flair.54512.mha or Flair_subtrMeanDivStd.nii.gz.
 DEFAULT_PATTERNS = {
     "flair": r"flair",
@@ -51,7 +49,6 @@ DEFAULT_PATTERNS = {
     "t2": r"(?<![a-z])t2(?!f|_?flair)",
     "seg": r"(?:^|[._])ot(?:multiclass)?[._]|(?:^|[._-])seg(?:mentation)?[._]|label",
 }
-MSD_CHANNEL_ROLES = ("flair", "t1", "t1c", "t2")  # dataset.json: FLAIR, T1w, t1gd, T2w
 
 
 @dataclass
@@ -291,6 +288,7 @@ class BraTS(DatasetFormat):
 
     def synth(self, out: Path, cases: int | None = None, seed: int = 0, naming: str = "2021",
               shape: str | tuple = (96, 96, 64), spacing: str | tuple = (1.0, 1.0, 1.0), **options) -> Path:
+        from medsight.datasets.synth import triple, whole
         from medsight.datasets.synth.brats import write_dataset
 
         if options:
@@ -298,11 +296,10 @@ class BraTS(DatasetFormat):
         layouts = {"2021": "brats2021", "2023": "brats2023", "2015": "brats2015", "msd": "msd"}
         if str(naming) not in layouts:
             raise DataError(f"naming must be 2021, 2023, 2015 or msd, not {naming!r}", "synth")
-        size = tuple(int(v) for v in (shape.split(",") if isinstance(shape, str) else shape))
-        voxel = tuple(float(v) for v in (spacing.split(",") if isinstance(spacing, str) else spacing))
-        if len(size) != 3 or len(voxel) != 3 or min(voxel) <= 0:
-            raise DataError("shape and spacing need three values (spacing > 0)", "synth")
-        return write_dataset(Path(out), 8 if cases is None else int(cases), seed, layouts[str(naming)], size, voxel)
+        size = triple("shape", shape, int, MIN_CASE_VOXELS)
+        voxel = triple("spacing", spacing, float, 0)
+        count = 8 if cases is None else whole("cases", cases)
+        return write_dataset(Path(out), count, seed, layouts[str(naming)], size, voxel)
 
     @classmethod
     def detect(cls, root: Path) -> float:

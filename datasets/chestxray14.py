@@ -26,27 +26,12 @@ from PIL import Image
 from medsight.data.formats import DatasetFormat, Problem, SplitOptions, missing_files
 from medsight.datasets.folders import unreadable_image
 from medsight.datasets.schemas import LABELLED_PICTURES
+from medsight.datasets.vocabulary import FINDINGS
 from medsight.datasets.splits import TEST_SEED, held_out, split_by_group, validation_split
 from medsight.errors import DataError
 from medsight.io.writers import write_text
 from medsight.core.registry import register_dataset
 
-FINDINGS: tuple[str, ...] = (
-    "Atelectasis",
-    "Cardiomegaly",
-    "Effusion",
-    "Infiltration",
-    "Mass",
-    "Nodule",
-    "Pneumonia",
-    "Pneumothorax",
-    "Consolidation",
-    "Edema",
-    "Emphysema",
-    "Fibrosis",
-    "Pleural_Thickening",
-    "Hernia",
-)
 NO_FINDING = "No Finding"
 NAMED_COLUMNS = (
     "Image Index",
@@ -215,14 +200,15 @@ class ChestXray14(DatasetFormat):
 
     def synth(self, out: Path, cases: int | None = None, seed: int = 0, size: int = 256, revision: str = "2017",
               findings: str | None = None, **options) -> Path:
-        from medsight.datasets.synth.chestxray14 import Anatomy, draw_findings, render
+        from medsight.datasets.synth import whole
+        from medsight.datasets.synth.chestxray14 import MIN_PICTURE_PIXELS, Anatomy, draw_findings, render
         from medsight.io.writers import atomic_path
 
         if options:
             raise DataError(f"unknown option(s) {', '.join(options)} for chestxray14", "synth")
         choices = FINDINGS if not findings else tuple(parse_findings(findings.replace(",", "|"), "synth --findings"))
-        count = 120 if cases is None else int(cases)
-        size = int(size)
+        count = 120 if cases is None else whole("cases", cases)
+        size = whole("size", size, MIN_PICTURE_PIXELS)
         rng = np.random.default_rng(seed)
         out = Path(out)
         per_folder = max(1, math.ceil(count / 2))  # two images_0NN folders, as in the official release

@@ -208,12 +208,13 @@ class CsvTable(DatasetFormat):
     def synth(self, out: Path, cases: int | None = None, seed: int = 0, size: int = 128, **options) -> Path:
         """Synthetic chest pictures with ChestX-ray14 findings, listed in ``labels.csv``."""
         from medsight.datasets.chestxray14 import NO_FINDING
-        from medsight.datasets.synth.chestxray14 import Anatomy, draw_findings, render
+        from medsight.datasets.synth import whole
+        from medsight.datasets.synth.chestxray14 import MIN_PICTURE_PIXELS, Anatomy, draw_findings, render
         from medsight.io.writers import atomic_path
 
         if options:
             raise DataError(f"unknown option(s) {', '.join(options)} for csv", "synth")
-        count, size = (60 if cases is None else int(cases)), int(size)
+        count, size = (60 if cases is None else whole("cases", cases)), whole("size", size, MIN_PICTURE_PIXELS)
         rng = np.random.default_rng(seed)
         out = Path(out)
         rows = []

@@ -183,21 +183,24 @@ class CtNodules(DatasetFormat):
     def synth(self, out: Path, cases: int | None = None, seed: int = 0, shape: str | tuple = (96, 96, 32),
               spacing: str | tuple = (1.0, 1.0, 2.5), **options) -> Path:
         """Synthetic chest CTs written in turn as NIfTI (stored RAS-flipped), NRRD and a DICOM series."""
-        from medsight.datasets.luna16 import _triple
+        from medsight.datasets.luna16 import MIN_SCAN_VOXELS
+        from medsight.datasets.synth import triple, whole
         from medsight.datasets.synth.dicom import write_series
         from medsight.datasets.synth.luna16 import make_scan
         from medsight.io.writers import write_nifti
 
         if options:
             raise DataError(f"unknown option(s) {', '.join(options)} for ct-nodules", "synth")
+        count = 3 if cases is None else whole("cases", cases)
+        shape, spacing = triple("shape", shape, int, MIN_SCAN_VOXELS), triple("spacing", spacing, float, 0)
         out = Path(out)
         rng = np.random.default_rng(seed)
         rows, excluded_rows = [], []
-        for index in range(3 if cases is None else int(cases)):
+        for index in range(count):
             kind = ("nifti", "nrrd", "dicom")[index % 3]
             # NIfTI files usually store x and y reversed from DICOM: exercise that direction matrix.
             direction = np.diag([-1.0, -1.0, 1.0]) if kind == "nifti" else np.eye(3)
-            scan = make_scan(index, rng, shape=_triple(shape, int), spacing=_triple(spacing, float), seed=seed,
+            scan = make_scan(index, rng, shape=shape, spacing=spacing, seed=seed,
                              direction_lps=direction)
             if kind == "nifti":
                 write_nifti(scan.volume, scan.affine, out / "scans" / f"{scan.uid}.nii.gz")

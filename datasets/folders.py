@@ -135,7 +135,8 @@ class ClassFolders(DatasetFormat):
     def synth(self, out: Path, cases: int | None = None, seed: int = 0, size: int = 128,
               classes: str | list[str] = "normal,pneumonia", **options) -> Path:
         """Synthetic chest pictures: the first class has no finding, the second the Pneumonia signature."""
-        from medsight.datasets.synth.chestxray14 import Anatomy, render
+        from medsight.datasets.synth import whole
+        from medsight.datasets.synth.chestxray14 import MIN_PICTURE_PIXELS, Anatomy, render
         from medsight.io.writers import atomic_path
 
         if options:
@@ -143,7 +144,7 @@ class ClassFolders(DatasetFormat):
         names = classes.split(",") if isinstance(classes, str) else list(classes)
         if len(names) != 2:
             raise DataError(f"classes={classes!r}: give two class names, normal first", "synth")
-        count, size = (60 if cases is None else int(cases)), int(size)
+        count, size = (60 if cases is None else whole("cases", cases)), whole("size", size, MIN_PICTURE_PIXELS)
         rng = np.random.default_rng(seed)
         out = Path(out)
         for index in range(count):

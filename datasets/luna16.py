@@ -25,6 +25,8 @@ from medsight.core.registry import register_dataset
 ANNOTATION_COLUMNS = ("seriesuid", "coordX", "coordY", "coordZ", "diameter_mm")
 CANDIDATE_COLUMNS = ("seriesuid", "coordX", "coordY", "coordZ", "class")
 SUBSET = re.compile(r"^subset(\d+)$")
+#: the smallest synthetic scan, voxels per axis
+MIN_SCAN_VOXELS = 8
 
 
 @dataclass(frozen=True)
@@ -155,14 +157,15 @@ class Luna16(DatasetFormat):
 
     def synth(self, out: Path, cases: int | None = None, seed: int = 0, subsets: int | None = None,
               shape: str | tuple = (160, 160, 48), spacing: str | tuple = (0.75, 0.75, 2.5), **options) -> Path:
+        from medsight.datasets.synth import triple, whole
         from medsight.datasets.synth.luna16 import make_scan, write_mhd
 
         if options:
             raise DataError(f"unknown option(s) {', '.join(options)} for luna16", "synth")
-        count = 10 if cases is None else int(cases)
-        folds = int(subsets) if subsets is not None else min(count, 10)
-        shape = _triple(shape, int)
-        spacing = _triple(spacing, float)
+        count = 10 if cases is None else whole("cases", cases)
+        folds = whole("subsets", subsets) if subsets is not None else min(count, 10)
+        shape = triple("shape", shape, int, MIN_SCAN_VOXELS)
+        spacing = triple("spacing", spacing, float, 0)
         out = Path(out)
         rng = np.random.default_rng(seed)
         annotations, excluded, candidates = [], [], []
@@ -257,8 +260,3 @@ def annotation_problems(path: Path, scans, geometry, missing: str = "has no scan
     return problems
 
 
-def _triple(value, kind) -> tuple:
-    parts = value.split(",") if isinstance(value, str) else list(value)
-    if len(parts) != 3:
-        raise DataError(f"expected three comma-separated numbers, got {value!r}", "synth")
-    return tuple(kind(p) for p in parts)

@@ -24,6 +24,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import medsight  # noqa: E402
 from medsight.core.registry import DATASETS  # noqa: E402
 
 
@@ -35,16 +36,11 @@ class Case:
     names: str = ""  # text the message must contain (usually the offending file)
 
 
-def medsight(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+def command_line(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    """`medsight ARGS` in its own process, as a user runs it."""
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     return subprocess.run([sys.executable, "-m", "medsight", *args], capture_output=True, text=True, env=env,
                           timeout=timeout)
-
-
-def must(*args: str) -> None:
-    result = medsight(*args)
-    if result.returncode != 0:
-        raise SystemExit(f"setup failed: medsight {' '.join(args)}\n{result.stderr[-2000:]}")
 
 
 def nifti(path: Path, array: np.ndarray, affine=None) -> Path:
@@ -55,22 +51,40 @@ def nifti(path: Path, array: np.ndarray, affine=None) -> Path:
     return path
 
 
-def build(work: Path) -> list[Case]:
-    import nibabel as nib
-    from PIL import Image
+@dataclass
+class Setting:
+    """The good data and the models every row starts from, and ``bad``: the folder the bad inputs are made in."""
 
+    work: Path
+    bad: Path
+    quick: list[str]
+    brats: Path
+    cxr: Path
+    luna: Path
+    seg: str
+    cls: str
+    det: str
+    case: Path
+    flair: Path
+    t1c: Path
+    scan: Path
+
+
+def setting(work: Path) -> Setting:
     quick = ["trainer.max_epochs=1", "trainer.progress=never", "trainer.tensorboard=false"]
     brats = DATASETS.get("brats")().synth(work / "brats", cases=3, seed=1, shape=(32, 32, 24))
-    must("train", "segmentation", "--data", str(brats), "--profile", "cpu-small", "--out", str(work / "seg"), *quick,
-         "data.patch_size=[32,32,24]", "infer.roi_size=[32,32,24]", "data.folds=1", "data.modalities=[flair,t1c]")
+    # the models the rows use, trained through the Python API (the rows themselves run the command line)
+    medsight.train("segmentation", brats, profile="cpu-small", out=work / "seg", overrides=[
+        *quick, "data.patch_size=[32,32,24]", "infer.roi_size=[32,32,24]", "data.folds=1", "data.modalities=[flair,t1c]"])
     seg = str(work / "seg" / "checkpoints" / "last.pt")
     cxr = DATASETS.get("chestxray14")().synth(work / "cxr", cases=20, seed=1, size=32)
-    must("train", "classification", "--data", str(cxr), "--out", str(work / "cls"), *quick, "model.name=simple_cnn",
-         "data.image_size=32")
+    medsight.train("classification", cxr, out=work / "cls", overrides=[*quick, "model.name=simple_cnn",
+                                                                      "data.image_size=32"])
     cls = str(work / "cls" / "checkpoints" / "last.pt")
     luna = DATASETS.get("luna16")().synth(work / "luna", cases=2, seed=1, shape=(48, 48, 16), spacing=(1.8, 1.8, 3.0))
-    must("train", "detection", "--data", str(luna), "--profile", "cpu-small", "--out", str(work / "det"), *quick,
-         "data.patch_size=[32,32,16]", "data.batch_size=1", "infer.roi_size=[64,64,32]", "data.patches_per_scan=1")
+    medsight.train("detection", luna, profile="cpu-small", out=work / "det", overrides=[
+        *quick, "data.patch_size=[32,32,16]", "data.batch_size=1", "infer.roi_size=[64,64,32]",
+        "data.patches_per_scan=1"])
     det = str(work / "det" / "checkpoints" / "last.pt")
     case = sorted(p for p in brats.iterdir() if p.is_dir())[0]
     flair = next(case.glob("*_flair.nii.gz"))
@@ -78,9 +92,13 @@ def build(work: Path) -> list[Case]:
     scan = sorted(luna.glob("subset*/*.mhd"))[0]
     bad = work / "bad"
     bad.mkdir()
-    cases: list[Case] = []
+    return Setting(work, bad, quick, brats, cxr, luna, seg, cls, det, case, flair, t1c, scan)
 
-    # -- output paths ---------------------------------------------------------------------------------
+
+def output_path_cases(setting: Setting) -> list[Case]:
+    """--out at an existing file and in a read-only folder, for every command that writes."""
+    bad, quick, cxr, cls = setting.bad, setting.quick, setting.cxr, setting.cls
+    cases: list[Case] = []
     (bad / "a-file").write_text("x")
     # /proc takes no new folders, even for root (a chmod'ed folder would not stop root)
     readonly = Path("/proc/medsight-read-only")
@@ -96,7 +114,16 @@ def build(work: Path) -> list[Case]:
                                       str(out / "m.ts") if "read-only" in label else str(out / "m.ts")], names=str(out)),
             Case(f"{label}: data synth", ["data", "synth", "csv", str(out), "--cases", "2"], names=str(out)),
         ]
-    # -- degenerate volumes and pictures ----------------------------------------------------------------
+    return cases
+
+
+def degenerate_cases(setting: Setting) -> list[Case]:
+    """Degenerate but readable volumes and pictures, and a negative count."""
+    import nibabel as nib
+    from PIL import Image
+
+    work, bad, seg, cls, t1c = setting.work, setting.bad, setting.seg, setting.cls, setting.t1c
+    cases: list[Case] = []
     reference = nib.load(str(t1c))
     nan = np.asarray(reference.dataobj, dtype=np.float32).copy()
     nan[5:9, 5:9, 5:9] = np.nan
@@ -113,7 +140,18 @@ def build(work: Path) -> list[Case]:
         cases.append(Case(f"picture {name}", ["predict", "--checkpoint", cls, str(bad / name), "--out", str(work / "o")],
                           status=1, names=name))
     cases.append(Case("negative --cases", ["data", "synth", "csv", str(bad / "neg"), "--cases", "-3"], names="cases"))
-    # -- files that name the wrong thing ---------------------------------------------------------------
+    return cases
+
+
+def wrong_file_cases(setting: Setting) -> list[Case]:
+    """Files that name the wrong thing: a missing or short .raw, a 4D NIfTI, a singular affine, a PNG as a modality, a truncated volume."""
+    import nibabel as nib
+    from PIL import Image
+
+    work, bad, seg, det, scan = setting.work, setting.bad, setting.seg, setting.det, setting.scan
+    case, flair, t1c = setting.case, setting.flair, setting.t1c
+    reference = nib.load(str(t1c))
+    cases: list[Case] = []
     mhd = bad / "noraw.mhd"
     mhd.write_text(scan.read_text())  # its ElementDataFile names a .raw not copied here
     cases.append(Case(".mhd whose .raw is missing", ["predict", "--checkpoint", det, str(mhd), "--out", str(work / "o")],
@@ -146,13 +184,28 @@ def build(work: Path) -> list[Case]:
     cut = truncated / case.name / flair.name
     cut.write_bytes(flair.read_bytes()[:3000])
     cases.append(Case("truncated FLAIR: data check", ["data", "check", "brats", str(truncated)], names=flair.name))
-    # -- checkpoints ------------------------------------------------------------------------------------
+    return cases
+
+
+def checkpoint_cases(setting: Setting) -> list[Case]:
+    """Files given as checkpoints that are none."""
+    work, bad, flair = setting.work, setting.bad, setting.flair
+    cases: list[Case] = []
     (bad / "notes.txt").write_text("not a checkpoint\n")
     (bad / "random.pt").write_bytes(os.urandom(4096))
     for name in ("notes.txt", "random.pt"):
         cases.append(Case(f"checkpoint: {name}", ["predict", "--checkpoint", str(bad / name), str(flair), "--out",
                                                   str(work / "o")], names=name))
-    # -- tables -------------------------------------------------------------------------------------------
+    return cases
+
+
+def table_cases(setting: Setting) -> list[Case]:
+    """Tables and datasets that point at the wrong things."""
+    import nibabel as nib
+
+    work, bad, quick, cls, scan = setting.work, setting.bad, setting.quick, setting.cls, setting.scan
+    brats, cxr, luna, seg, t1c = setting.brats, setting.cxr, setting.luna, setting.seg, setting.t1c
+    cases: list[Case] = []
     table = bad / "escape"
     table.mkdir()
     (table / "labels.csv").write_text("path,label\n../../../../../../etc/passwd,Mass\n")
@@ -198,11 +251,18 @@ def build(work: Path) -> list[Case]:
     return cases
 
 
+def build(work: Path) -> list[Case]:
+    """Every bad input, made in ``work`` next to the good data and models it is tried against."""
+    made = setting(work)
+    return [*output_path_cases(made), *degenerate_cases(made), *wrong_file_cases(made), *checkpoint_cases(made),
+            *table_cases(made)]
+
+
 def run(cases: list[Case]) -> int:
     broken = 0
     print("| kind | exit | message | contract |\n|---|---|---|---|")
     for case in cases:
-        result = medsight(*case.args)
+        result = command_line(*case.args)
         lines = [line for line in (result.stderr + result.stdout).splitlines()
                  if line.startswith(("error:", "failed:", "problem:", "warning:"))]
         message = lines[0] if lines else (result.stderr.strip().splitlines() or [""])[-1]

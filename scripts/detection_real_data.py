@@ -15,8 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-import medsight  # noqa: F401
-from medsight.cli.main import main as medsight_main
+import medsight
+from medsight.core.progress import setup_logging
+from medsight.core.registry import TASKS
 from medsight.datasets.ct_nodules import nodules_from_mask
 from medsight.core.geometry import world_to_voxel
 from medsight.io.readers import load
@@ -68,6 +69,7 @@ def main() -> int:
     parser.add_argument("--out", default="runs/real-data/detection")
     parser.add_argument("--rows", type=int, default=5, help="marks to print per scan")
     args = parser.parse_args()
+    setup_logging()  # the FROC table scoring prints
     data, out = Path(args.data), Path(args.out)
     lung1, series = data / LUNG1 / "lung1_image.nrrd", data / DICOM_SERIES
     if not lung1.is_file() or not series.is_dir():
@@ -87,11 +89,12 @@ def main() -> int:
                            f"lung1_image,{row[0]!r},{row[1]!r},{row[2]!r},{row[3]!r}\n")
 
     print("\n== medsight predict on the NRRD and the DICOM series")
-    status = medsight_main(["predict", "--checkpoint", args.checkpoint, str(lung1), str(series),
-                            "--out", str(out / "predictions")])
+    report = medsight.load(args.checkpoint).predict_files([lung1, series], out / "predictions")
+    for failure in report.failures:
+        print(f"failed: {failure}")
     submission = out / "predictions" / "submission.csv"
-    if status != 0 or not submission.is_file():
-        return status or 1
+    if report.failures or not submission.is_file():
+        return 1
     print_submission(submission, args.rows)
 
     print("\n== the lung1 marks scored against that annotation row (official rules, one scan)")
@@ -99,8 +102,9 @@ def main() -> int:
     with open(submission, newline="") as handle:
         lines = [line for i, line in enumerate(handle) if i == 0 or line.startswith("lung1_image,")]
     lung1_only.write_text("".join(lines))
-    medsight_main(["evaluate", "detection", "--predictions", str(lung1_only), "--annotations", str(annotations),
-                   "--out", str(out / "lung1_scores")])
+    scores = TASKS.get("detection").score_predictions(lung1_only, out / "lung1_scores", annotations=annotations)
+    for key, value in scores.items():
+        print(f"{key:20s}  {value:.4f}" if isinstance(value, float) else f"{key:20s}  {value}")
     return 0 if inside else 1
 
 

@@ -26,7 +26,7 @@ import highdicom as hd  # noqa: E402
 import nibabel as nib  # noqa: E402
 import pydicom  # noqa: E402
 
-from medsight.cli.main import main  # noqa: E402
+import medsight  # noqa: E402
 from medsight.datasets.conventions import CONVENTIONS  # noqa: E402
 from medsight.core.geometry import voxel_to_world  # noqa: E402
 from tests.toolkit.test_dicom_out import (  # noqa: E402
@@ -45,7 +45,8 @@ def check_segmentation(work: Path) -> None:
                               "infer.roi_size=[32,32,16]", "infer.threshold=0.4", "model.init_filters=8",
                               state={"convention": "brats2021", "modalities": ["flair", "t1c"]})
     out = work / "seg_out"
-    assert main(["predict", "--checkpoint", str(model), str(case), "--out", str(out), "--format", "dicom-seg"]) == 0
+    report = medsight.load(model).predict_files([case], out, dicom=True)  # --format dicom-seg
+    assert not report.failures, report.failures
     seg = pydicom.dcmread(out / "mri_seg.dcm")
     read = hd.seg.segread(out / "mri_seg.dcm")
     label_map = nib.load(str(out / "mri_seg.nii.gz"))
@@ -74,9 +75,10 @@ def check_detection(work: Path, series: Path, model: Path | None) -> None:
         return
     model = model or random_checkpoint("detection", work / "det.pt")
     out = work / "det_out"
-    status = main(["predict", "--checkpoint", str(model), str(series), "--out", str(out), "--format", "dicom-seg",
-                   "infer.dicom_min_probability=0.0", "infer.dicom_max_marks=5", "infer.score_threshold=0.0"])
-    print(f"## detection: real CT series {series} (predict exit {status})")
+    report = medsight.load(model).predict_files([series], out, dicom=True, dicom_min_probability=0.0,
+                                                 dicom_max_marks=5, score_threshold=0.0)
+    print(f"## detection: real CT series {series} (predict: {report.cases} case(s), "
+          f"{len(report.failures)} failure(s){': ' + report.failures[0] if report.failures else ''})")
     first = pydicom.dcmread(next(p for p in sorted(series.iterdir()) if p.is_file()), stop_before_pixels=True)
     print(f"input series: SeriesInstanceUID {first.get('SeriesInstanceUID', '')!r}, "
           f"{sum(1 for p in series.iterdir() if p.is_file())} files")

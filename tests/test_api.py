@@ -56,11 +56,12 @@ def test_segmentation_of_numpy_volumes_keeps_their_grid_and_saves_what_the_cli_w
     assert result.labels.dtype == np.uint8 and set(np.unique(result.labels)) <= {0, 1, 2, 4}
     assert result.regions.shape == (3, *arrays["flair"].shape)
 
-    # the same volumes as NIfTI files through the command line: the same label map on the same grid
+    # the same volumes as NIfTI files through the command line (which names a case after its first
+    # modality's file): the same label map on the same grid
     for role, array in arrays.items():
-        nib.save(nib.Nifti1Image(array, affine), tmp_path / f"numpy-case_{role}.nii.gz")
-    assert cli("predict", "--checkpoint", str(run.last), "--image", f"flair={tmp_path / 'numpy-case_flair.nii.gz'}",
-               "--image", f"t1c={tmp_path / 'numpy-case_t1c.nii.gz'}", "--out", str(tmp_path / "cli"),
+        nib.save(nib.Nifti1Image(array, affine), tmp_path / ("numpy-case.nii.gz" if role == "flair" else f"{role}.nii.gz"))
+    assert cli("predict", "--checkpoint", str(run.last), "--image", f"flair={tmp_path / 'numpy-case.nii.gz'}",
+               "--image", f"t1c={tmp_path / 't1c.nii.gz'}", "--out", str(tmp_path / "cli"),
                "infer.overlay=false") == 0
     saved = result.save(tmp_path / "api")
     assert [p.name for p in saved] == ["numpy-case_seg.nii.gz", "numpy-case_overlay.png"]

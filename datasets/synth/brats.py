@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
-from medsight.datasets.brats import CONVENTIONS, MSD_CHANNEL_ROLES, SEPARATOR, SUFFIX_ROLES
+from medsight.datasets.conventions import CONVENTIONS
+from medsight.datasets.vocabulary import MSD_CHANNEL_ROLES, SEPARATOR, SUFFIX_ROLES
 from medsight.io.writers import write_json, write_nifti
 
 # Mean intensity (arbitrary MR units) of each tissue per role.
@@ -73,7 +74,10 @@ def make_case(rng: np.random.Generator, shape=(96, 96, 64)) -> tuple[dict[str, n
     tissue[core & brain] = ET if enhancing else NECROSIS
     tissue[necrosis & brain] = NECROSIS
     smooth = gaussian_filter(rng.normal(0, 1, shape), 12)
-    bias = np.exp(0.08 * smooth / (smooth.std() + 1e-6))  # scanner bias field: a slow multiplicative drift
+    with np.errstate(over="ignore", invalid="ignore"):
+        bias = np.exp(0.08 * smooth / (smooth.std() + 1e-6))  # scanner bias field: a slow multiplicative drift
+    if not np.isfinite(bias).all():  # a volume a few voxels wide has no slow drift to speak of
+        bias = np.ones_like(smooth)
     images = {}
     for role, means in TISSUE.items():
         image = np.asarray(means, dtype=np.float32)[tissue]

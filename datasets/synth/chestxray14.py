@@ -14,10 +14,13 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.special import expit
 
-from medsight.datasets.chestxray14 import FINDINGS
+from medsight.datasets.vocabulary import FINDINGS
 
 # (x, y, radius) as fractions of the picture; x to the right of the picture, y downwards.
 # The patient's right lung is on the picture's left.
+#: the smallest synthetic picture, pixels per side
+MIN_PICTURE_PIXELS = 16
+
 FINDING_REGIONS: dict[str, tuple[float, float, float]] = {
     "Nodule": (0.28, 0.27, 0.05),
     "Pneumothorax": (0.74, 0.22, 0.08),

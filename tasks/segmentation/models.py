@@ -74,9 +74,3 @@ def smp_unet2d(cfg: SegmentationModel, in_channels: int, out_channels: int) -> n
 def build_network(cfg: SegmentationModel, in_channels: int, out_channels: int = 3) -> nn.Module:
     """The ``cfg.name`` network of the ``segmentation`` model family."""
     return create_model("segmentation", cfg.name, cfg, in_channels, out_channels)
-
-
-def parameter_count(model: nn.Module) -> str:
-    count = sum(p.numel() for p in model.parameters())
-    return f"{count / 1e6:.2f} M" if count >= 1e5 else f"{count / 1e3:.1f} k"
-

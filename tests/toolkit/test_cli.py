@@ -84,3 +84,70 @@ def test_data_check_agrees_with_train_on_the_same_folder_and_overrides(tmp_path)
     assert "ignored here: trainer.max_epochs=1 data.patch_size=[16,16,16]" in checked.stdout
     trained = run_cli("train", "segmentation", "--data", str(data), "--out", str(tmp_path / "b"), *quick, *both)
     assert trained.returncode == 0, trained.stderr[-2000:]
+
+
+def test_data_check_counts_the_splits_train_reads_with_the_same_task_profile_and_overrides(tmp_path, capsys):
+    """ChestX-ray14 read by classification (val_fraction 0.1 there, 0.2 in the formats' own defaults): the check
+    counts what the task's records hold with that profile, not what the bare format would."""
+    from medsight.cli.main import main
+    from medsight.core.config import resolve
+    from medsight.core.registry import DATASETS, TASKS
+    from medsight.data.formats import DataSource
+
+    data = DATASETS.get("chestxray14")().synth(tmp_path / "cxr", cases=40, seed=3, size=16)
+    task_class = TASKS.get("classification")
+    task = task_class(resolve(task_class.config_class, profile=task_class.profiles["cpu-small"],
+                              overrides={"data.split_seed": 2}))
+    source = task.open_data(data)
+    task.learn_state(source)
+    counts = ", ".join(f"{len(task.records(source, split))} {split}" for split in ("train", "val", "test"))
+    assert counts == "31 train, 3 val, 6 test"
+    fmt = DATASETS.get("chestxray14")
+    assert DataSource(fmt(fmt.options_class(split_seed=2)), data).describe() == "24 train, 10 val, 6 test records"
+
+    assert main(["data", "check", "chestxray14", str(data), "--task", "classification", "--profile", "cpu-small",
+                 "--quick", "data.split_seed=2", "trainer.max_epochs=1"]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert "(not about reading the data, ignored here: trainer.max_epochs=1)" in printed
+    assert printed[-1] == f"chestxray14: {data} is clean: {counts} records"
+
+
+def test_bad_numbers_and_names_on_the_data_commands_are_one_line(tmp_path, capsys):
+    from medsight.cli.main import main
+
+    data = tmp_path / "d"
+    data.mkdir()
+    cases = [(["data", "synth", "brats", str(tmp_path / "x"), "--cases", "0"],
+              "error: command line: --cases must be a whole number of at least 1, got '0'"),
+             (["data", "synth", "brats", str(tmp_path / "x"), "--seed", "-3"],
+              "error: command line: --seed must be a whole number of at least 0, got '-3'"),
+             (["data", "synth", "brats", str(tmp_path / "x"), "--shape", "24,x,16"],
+              "error: synth: shape needs three comma-separated whole numbers, each at least 8, got '24,x,16'"),
+             (["data", "check", "brats", str(data), "--workers", "-1"],
+              "error: command line: --workers must be a whole number of at least 1, got '-1'"),
+             (["data", "fingerprint", "brats", str(data), "--workers", "two"],
+              "error: command line: --workers must be a whole number of at least 0, got 'two'"),
+             (["data", "check", "chestxray14", str(data), "--task", "segmentation"],
+              "error: command line: the segmentation task does not read chestxray14 data (tasks that do: "
+              "classification)")]
+    for argv, message in cases:
+        assert main(argv, nested=True) == 2, argv
+        assert capsys.readouterr().err.splitlines() == [message]
+    assert not (tmp_path / "x").exists()  # refused before anything was written
+
+
+def test_the_data_functions_return_what_the_commands_print_and_print_nothing(tmp_path, capsys):
+    import json
+
+    import medsight.data
+    from medsight.data.check import check_data
+    from medsight.data.formats import SYNTHETIC_MARKER
+
+    out = medsight.data.synthesize("brats", tmp_path / "brats", cases=2, seed=1, shape="24,24,16")
+    assert json.loads((out / SYNTHETIC_MARKER).read_text())["options"] == {"shape": "24,24,16"}
+    report = check_data(out, overrides={"data.modalities": ["flair", "t1c"], "trainer.seed": 3},
+                        report=tmp_path / "problems.csv")
+    assert report.clean and report.format == "brats" and report.files == 6 and report.cases == 2
+    assert report.splits == "2 train, 0 val, 2 test records" and report.ignored == ["trainer.seed=3"]
+    assert report.report_path.read_text().splitlines() == ["path,kind,message"]
+    assert capsys.readouterr().out == ""

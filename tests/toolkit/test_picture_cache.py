@@ -148,3 +148,34 @@ def test_a_damaged_index_or_missing_rows_rebuild_instead_of_failing(tmp_path):
     third = task.transforms("val")
     dataset = make_dataset(_records(paths), third, task.config.data, tmp_path / "cache")
     assert dataset[2]["image"].shape == (1, 48, 48)
+
+
+def test_a_bad_record_is_a_marker_through_every_cache_and_a_raising_run_never_reads_a_cached_one(tmp_path):
+    """data.on_error=skip guards MONAI's own datasets through Compose.__call__; on disk the guarded pipeline has keys
+    of its own, so the same cache folder read with data.on_error=raise names the bad file instead of a marker."""
+    from monai.transforms import Compose, MapTransform, RandFlipd
+
+    from medsight.core.config import LoaderConfig
+    from medsight.data.loading import skipping_collate
+    from monai.data import list_data_collate
+
+    class Read(MapTransform):
+        def __call__(self, record):
+            if record["bad"]:
+                raise DataError("cannot read", record["id"])
+            return {**record, "image": np.ones((1, 4, 4), np.float32)}
+
+    records = [{"id": f"case{i}", "bad": i == 1, "image": f"case{i}"} for i in range(3)]
+    pipeline = lambda: Compose([Read("image"), RandFlipd("image", prob=0.5)])  # noqa: E731
+    for cache in ("none", "memory", "disk"):
+        dataset = make_dataset(records, pipeline(), LoaderConfig(cache=cache, on_error="skip"), tmp_path / "disk")
+        assert type(dataset).__module__.startswith("monai.data")  # MONAI's own class, not a subclass of ours
+        assert dataset[1] == {SKIPPED: "case1: cannot read", "id": "case1"}
+        batch = skipping_collate(list_data_collate)([dataset[0], dataset[1], dataset[2]])
+        assert batch[SKIPPED] == ["case1: cannot read"] and batch["image"].shape == (2, 1, 4, 4)
+        assert skipping_collate(list_data_collate)([dataset[1]]) == {SKIPPED: ["case1: cannot read"]}
+    raising = make_dataset(records, pipeline(), LoaderConfig(cache="disk"), tmp_path / "disk")
+    assert raising[0]["image"].shape == (1, 4, 4)
+    with pytest.raises(Exception) as caught:
+        raising[1]
+    assert str(unwrap(caught.value)) == "case1: cannot read"

@@ -96,7 +96,7 @@ def test_train_uses_the_plans_an_override_wins_and_the_run_records_both(two_brat
                  "--out", str(run), "data.batch_size=1", "trainer.max_epochs=1", "trainer.max_steps_per_epoch=1",
                  "model.init_filters=8", "trainer.progress=never", "trainer.tensorboard=false",
                  "trainer.val_every_n_epochs=1", "data.folds=2", "data.split_seed=1"]) == 0
-    from medsight.core import checkpoint
+    from medsight.io import checkpoint
     config = checkpoint.load(run / "checkpoints" / "last.pt", task="segmentation")["config"]
     assert config["data"]["patch_size"] == [32, 32, 32] and config["data"]["spacing_mm"] == [1.0, 1.0, 1.0]
     assert config["data"]["batch_size"] == 1  # the command line wins over the plan
@@ -122,7 +122,7 @@ def test_detection_plans_follow_the_scans_spacing_and_window_the_nodules(tmp_pat
     data = DATASETS.get("luna16")().synth(tmp_path / "luna", cases=3, seed=0, shape=(64, 64, 24), spacing=(0.8, 0.8, 2.5))
     task_class = TASKS.get("detection")
     task = task_class(resolve(task_class.config_class, profile=task_class.profiles.get("gpu")))
-    found = plans.fingerprint(task, task.open_data(data), mode="never")
+    found = plans.measure(task, task.open_data(data), mode="never")
     assert found["spacing_mm"]["median"] == [0.8, 0.8, 2.5] and found["nodules"] >= 1
     planned = task.plan(found, plans.parse_memory("24GB"), "bf16")
     data_plan = planned["config"]["data"]
@@ -140,3 +140,29 @@ def test_an_unreadable_case_is_listed_and_left_out_of_the_plan(tmp_path):
     found = document["fingerprint"]
     assert len(found["unreadable"]) == 1 and broken.name in found["unreadable"][0]
     assert found["cases"] == len(found["per_case"]) and document["config"]["data"]["spacing_mm"] == [1.0, 1.0, 1.0]
+
+
+def test_the_python_fingerprint_writes_and_returns_the_plans_the_command_writes(two_brats_sets, tmp_path,
+                                                                                 monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    document = plans.fingerprint(two_brats_sets[0], "brats", profile="cpu-small", memory=8 * 2**30,
+                                 overrides={"model.init_filters": 8})
+    assert json.loads((tmp_path / "plans.json").read_text()) == document  # default out: the current folder
+    assert document["profile"] == "cpu-small" and document["memory"]["budget_bytes"] == 8 * 2**30
+    assert document["fingerprint"]["task"] == "segmentation" and capsys.readouterr().out == ""
+    with pytest.raises(ConfigError, match="task segmentation has no profile 'huge'"):
+        plans.fingerprint(two_brats_sets[0], profile="huge", memory="8GB")
+    with pytest.raises(ConfigError, match="--memory 0"):
+        plans.fingerprint(two_brats_sets[0], memory=0)
+
+
+def test_a_plan_merges_over_the_profile_replacing_lists_and_keeping_the_rest():
+    profile = {"data": {"patch_size": [48, 48, 48], "batch_size": 1}, "model": {"init_filters": 8}}
+    planned = {"data": {"patch_size": [64, 64, 32], "spacing_mm": [1.0, 1.0, 2.0]}, "infer": {"roi_size": [64] * 3}}
+    assert plans.merge(profile, planned) == {
+        "data": {"patch_size": [64, 64, 32], "batch_size": 1, "spacing_mm": [1.0, 1.0, 2.0]},
+        "model": {"init_filters": 8}, "infer": {"roi_size": [64, 64, 64]}}
+    assert profile["data"]["patch_size"] == [48, 48, 48]  # not changed in place
+    assert plans.merge(None, planned) == planned
+    assert plans.flatten(planned) == {"data.patch_size": [64, 64, 32], "data.spacing_mm": [1.0, 1.0, 2.0],
+                                      "infer.roi_size": [64, 64, 64]}

@@ -126,7 +126,8 @@ def test_resolved_config_is_written_and_stored_in_checkpoints(toy_data, tmp_path
     assert "lr: 0.0042" in (run / "config.yaml").read_text()
     state = checkpoint.load(run / "checkpoints" / "best.pt")
     assert state["config"]["optim"]["lr"] == 0.0042 and state["task"] == "toy"
-    assert {"model", "optimizer", "scheduler", "rng", "sampler", "medsight_version", "progress"} <= set(state)
+    assert {"format", "model", "optimizer", "scheduler", "rng", "medsight_version", "progress"} <= set(state)
+    assert "sampler" not in state  # format 2: the entry nobody read is gone
 
 
 class Payload:

@@ -8,7 +8,7 @@ import torch
 from monai.data import Dataset
 from monai.transforms import Compose, Lambdad
 
-import medsight.cli.commands
+import medsight.cli.arguments
 from medsight.cli.main import main
 from medsight.core.config import LoaderConfig, resolve
 from medsight.data.loading import make_loader
@@ -83,7 +83,7 @@ def test_cli_prints_a_wrapped_data_error_as_one_line_with_status_2(tmp_path, mon
         except RuntimeError as exc:
             raise RuntimeError("while exporting") from exc
 
-    monkeypatch.setattr(medsight.cli.commands, "cmd_export", export)
+    monkeypatch.setattr(medsight.cli.arguments, "cmd_export", export)  # the parser binds it here
     status = main(["export", "--checkpoint", "x.pt", "--format", "onnx", "--out", str(tmp_path / "m.onnx")])
     assert status == 2
     assert capsys.readouterr().err == f"error: {tmp_path / 'a.png'}: cannot read picture (truncated)\n"

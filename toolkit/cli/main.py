@@ -67,120 +67,76 @@ def cmd_info(args) -> int:
     return 0
 
 
+def _whole(option: str, minimum: int):
+    """An argparse ``type`` for a count: a whole number >= ``minimum``, or one line ``error: command line: ...``
+    (a MedsightError passes through argparse, which reports its own exceptions as usage text)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < minimum:
+            raise MedsightError(f"{option} must be a whole number of at least {minimum}, got {text!r}", "command line")
+        return value
+
+    return parse
+
+
 def cmd_data_synth(args, extra: list[str]) -> int:
-    from medsight.core.registry import DATASETS
+    from medsight.data.synth import synthesize
 
-    from medsight.data.formats import SYNTHETIC_MARKER
-    from medsight.io.writers import write_json
-
-    from medsight.io.writers import output_folder
-
-    if args.cases is not None and args.cases < 1:
-        raise MedsightError(f"--cases must be at least 1, got {args.cases}", "command line")
-    fmt = DATASETS.get(args.dataset)()
-    options = _parse_options(extra)
-    out = fmt.synth(output_folder(args.out), cases=args.cases, seed=args.seed, **options)
-    folder = Path(out) if Path(out).is_dir() else Path(out).parent
-    write_json({"format": args.dataset, "cases": args.cases, "seed": args.seed, "options": options,
-                "note": "synthetic data made by medsight data synth: models trained on it know nothing of real images"},
-               folder / SYNTHETIC_MARKER)
+    out = synthesize(args.dataset, args.out, cases=args.cases, seed=args.seed, **_parse_options(extra))
     log.info(f"wrote synthetic {args.dataset} dataset to {out}")
     return 0
 
 
 def cmd_data_check(args) -> int:
-    """The same reading ``train`` does (same format, same ``data.*`` overrides), then every voxel."""
-    from medsight.data.check import check, write_report
-    from medsight.data.formats import DataSource, dataclass_keys, detect_format, options_from_overrides
-    from medsight.core.registry import DATASETS, TASKS
+    """The same reading ``train`` does (same format, task config, profile and ``data.*`` overrides), then every
+    voxel (``medsight.data.check.check_data``)."""
+    from medsight.data.check import check_data
 
-    root = Path(args.path)
-    if not root.exists():
-        raise MedsightError("no such folder", root)
-    name = detect_format(root) if args.dataset == "auto" else args.dataset
-    fmt_class = DATASETS.get(name)
-    consumers = [TASKS.get(t) for t in TASKS.names()]
-    known = set().union(*(dataclass_keys(t.config_class) for t in consumers
-                          if t.schema is not None and fmt_class.schema is not None
-                          and t.schema.name == fmt_class.schema.name))
-    options, ignored = options_from_overrides(fmt_class, args.overrides, known)
-    if ignored:
-        log.info(f"(not about reading the data, ignored here: {' '.join(ignored)})")
-    source = DataSource(fmt_class(options), root)
-    report = check(source, quick=args.quick, workers=args.workers)
+    report = check_data(args.path, args.dataset, task=args.task, profile=args.profile, overrides=args.overrides,
+                        quick=args.quick, workers=args.workers, report=args.report)
+    if report.ignored:
+        log.info(f"(not about reading the data, ignored here: {' '.join(report.ignored)})")
     for problem in report.problems:
         log.info(f"problem: {problem}")
     for line in report.summary():
         log.info(line)
-    if args.report:
-        log.info(f"problems written to {write_report(report, Path(args.report))}")
+    if report.report_path is not None:
+        log.info(f"problems written to {report.report_path}")
     if report.problems:
-        log.info(f"{name}: {len(report.problems)} problem(s) in {root}")
+        log.info(f"{report.format}: {len(report.problems)} problem(s) in {report.root}")
         return 2
-    log.info(f"{name}: {root} is clean: {source.describe()}")
+    log.info(f"{report.format}: {report.root} is clean: {report.splits}")
     return 0
 
 
 def cmd_data_fingerprint(args) -> int:
-    """Read every case once, measure it, and write a plans file (``medsight.planning.plans``)."""
+    """Read every case once, measure it, and write a plans file (``medsight.planning.plans.fingerprint``)."""
     from medsight.planning import plans
-    from medsight.core.config import resolve
-    from medsight.data.formats import detect_format
-    from medsight.core.registry import DATASETS, TASKS
 
-    root = Path(args.path)
-    if not root.exists():
-        raise MedsightError("no such folder", root)
-    name = detect_format(root) if args.dataset == "auto" else args.dataset
-    schema = DATASETS.get(name).schema
-    planners = [t for t in TASKS.names() if TASKS.get(t).schema is not None and schema is not None
-                and TASKS.get(t).schema.name == schema.name and TASKS.get(t).planner is not None]
-    if args.task:
-        if args.task not in planners:
-            raise MedsightError(f"the {args.task} task does not plan from {name} data (tasks that do: "
-                                f"{', '.join(planners) or 'none'})", "command line")
-        planners = [args.task]
-    if len(planners) != 1:
-        raise MedsightError(f"{name} data: " + ("no task plans its settings from it" if not planners else
-                            f"say which task with --task ({', '.join(planners)})"), "command line")
-    task_class = TASKS.get(planners[0])
-    profile = args.profile or ("gpu" if "gpu" in task_class.profiles else None)
-    if profile and profile not in task_class.profiles:
-        raise MedsightError(f"task {task_class.name} has no profile {profile!r}", "command line")
-    config = resolve(task_class.config_class, profile=task_class.profiles.get(profile), overrides=args.overrides)
-    config.task = task_class.name
-    if args.memory:
-        budget = plans.parse_memory(args.memory)
-    else:
-        budget = plans.device_memory()
-        if budget is None:
-            raise MedsightError("no GPU here to size the plan for: give the training GPU's memory, e.g. --memory 24GB",
-                                "command line")
-    from medsight.io.writers import output_file
-
-    out = output_file(Path(args.out or "plans.json"))  # before reading every case: a bad --out fails at once
-    task = task_class(config)
-    source = task.open_data(root)
-    found = plans.fingerprint(task, source, workers=args.workers, mode="auto")
-    planned = task.plan(found, budget, args.precision)
-    document = {"fingerprint": found, "profile": profile, **planned}
-    out = plans.write(document, out)
+    out = Path(args.out or "plans.json")
+    document = plans.fingerprint(args.path, args.dataset, task=args.task, profile=args.profile,
+                                 overrides=args.overrides, memory=args.memory, precision=args.precision, out=out,
+                                 workers=args.workers)
+    found, memory = document["fingerprint"], document["memory"]
     median = found["spacing_mm"]["median"]
     log.info(f"{found['cases']} cases ({len(found['unreadable'])} unreadable); median voxel "
              f"{' x '.join(f'{v:g}' for v in median)} mm, anisotropy {found['anisotropy']['median']:.1f}; median shape "
              f"{' x '.join(f'{v:g}' for v in found['shape']['median'])}")
-    memory = planned["memory"]
-    log.info(f"plan for {budget / 2**30:.0f} GiB ({args.precision}): " + ", ".join(
-        f"{k}={v}" for k, v in plans.flatten(planned["config"]).items())
+    log.info(f"plan for {memory['budget_bytes'] / 2**30:.0f} GiB ({args.precision}): " + ", ".join(
+        f"{k}={v}" for k, v in plans.flatten(document["config"]).items())
         + f"; estimated {memory['estimated_training_bytes'] / 2**30:.1f} GiB for training")
-    log.info(f"wrote {out}; train with: medsight train {task_class.name} --data {root} --plans {out}")
+    log.info(f"wrote {out}; train with: medsight train {found['task']} --data {args.path} --plans {out}")
     return 0
 
 
 def _absorb_positionals(args, extra: list[str]) -> list[str]:
     """argparse stops filling a ``nargs="*"`` positional at the first option: put later
     ``key=value`` overrides and inputs where they belong."""
-    from medsight.cli.commands import _OVERRIDE
+    from medsight.cli.commands import OVERRIDE as _OVERRIDE
 
     leftover = []
     for item in extra:
@@ -211,17 +167,20 @@ def build_parser(task_options: tuple[str, ...] = ()) -> argparse.ArgumentParser:
     synth.add_argument("dataset", help="a dataset format (medsight tasks lists them): chestxray14, luna16, brats, "
                                        "ct-nodules, folders, csv, and any a plug-in registers")
     synth.add_argument("out", help="output folder")
-    synth.add_argument("--cases", type=int, default=None, help="number of images/scans/cases")
-    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--cases", type=_whole("--cases", 1), default=None, help="number of images/scans/cases")
+    synth.add_argument("--seed", type=_whole("--seed", 0), default=0)
     synth.set_defaults(func=cmd_data_synth, takes_extra=True)
     check = data_sub.add_parser("check", help="validate a dataset folder, file by file, as train would read it")
     check.add_argument("dataset", help="a dataset format (medsight tasks lists them), or auto")
     check.add_argument("path")
     check.add_argument("overrides", nargs="*", metavar="key=value",
                        help="the data.* overrides train would take, e.g. data.modalities=[flair,t1c]")
+    check.add_argument("--task", help="the task whose config reads the data, when several read this format")
+    check.add_argument("--profile", help="the task profile train would run with (its data settings set the splits)")
     check.add_argument("--quick", action="store_true", help="headers and layout only; do not decode every image")
     check.add_argument("--report", metavar="FILE", help="write every problem to this CSV (path, kind, message)")
-    check.add_argument("--workers", type=int, help="images decoded at once (default: the CPU count, at most 8)")
+    check.add_argument("--workers", type=_whole("--workers", 1),
+                       help="images decoded at once (default: the CPU count, at most 8)")
     check.set_defaults(func=cmd_data_check)
 
     fingerprint = data_sub.add_parser("fingerprint", help="read every case once and plan spacing, patch and batch "
@@ -236,10 +195,11 @@ def build_parser(task_options: tuple[str, ...] = ()) -> argparse.ArgumentParser:
     fingerprint.add_argument("--task", help="the task to plan for, when several read this data")
     fingerprint.add_argument("--profile", help="the task profile the plan starts from (default: gpu)")
     fingerprint.add_argument("--out", help="plans file (default: plans.json in the current folder)")
-    fingerprint.add_argument("--workers", type=int, default=0, help="cases read at once in worker processes")
+    fingerprint.add_argument("--workers", type=_whole("--workers", 0), default=0,
+                             help="cases read at once in worker processes (0: in this one)")
     fingerprint.set_defaults(func=cmd_data_fingerprint)
 
-    from medsight.cli.commands import add_commands
+    from medsight.cli.arguments import add_commands
 
     add_commands(sub, task_options=set(task_options))
     return parser

@@ -8,6 +8,10 @@
    folders holding several series.
 
 A summary counts files, cases and problems by kind; ``--report FILE`` writes every problem to a CSV.
+
+``check_data`` is the Python API (``medsight data check`` parses its arguments, calls it and prints the
+report). The folder is read with the options ``train`` would use: the consuming task's config with its
+profile and the ``data.*`` overrides (``medsight.data.consumers``), so both count the same splits.
 """
 
 from __future__ import annotations
@@ -15,12 +19,14 @@ from __future__ import annotations
 import os
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from medsight.data.formats import DataSource, Problem
-from medsight.errors import MedsightError
 from medsight.core.progress import track
+from medsight.data.formats import DataSource, Problem
+from medsight.errors import ConfigError, DataError, MedsightError
 
 #: message fragments -> the kind of problem the summary counts
 KINDS = (("NaN or infinite", "non-finite values"), ("blank image", "constant image"), ("singular", "bad affine"),
@@ -40,9 +46,25 @@ def kind_of(problem: Problem) -> str:
 
 @dataclass
 class CheckReport:
+    """What ``check_data`` found: the problems (empty when clean), what was read, and how it was read."""
+
     problems: list[Problem] = field(default_factory=list)
+    #: image and label files decoded in full, and the cases they belong to (0 with ``quick``)
     files: int = 0
     cases: int = 0
+    #: the dataset format the folder was read as, and the folder
+    format: str | None = None
+    root: Path | None = None
+    #: records per split, e.g. ``30 train, 4 val, 8 test records``; None when a split could not be listed
+    splits: str | None = None
+    #: overrides that do not concern reading the files (``trainer.*``, ``data.patch_size``...)
+    ignored: list[str] = field(default_factory=list)
+    #: the CSV every problem was written to, when one was asked for
+    report_path: Path | None = None
+
+    @property
+    def clean(self) -> bool:
+        return not self.problems
 
     def summary(self) -> list[str]:
         counts = Counter(kind_of(p) for p in self.problems)
@@ -105,8 +127,43 @@ def _series_problems(folder: Path) -> list[Problem]:
         if len(uids) > 1 else []
 
 
-def check(source: DataSource, quick: bool = False, workers: int | None = None, progress: str = "auto") -> CheckReport:
-    report = CheckReport(problems=source.check())
+def check_data(path: str | Path, dataset: str = "auto", *, task: str | None = None, profile: str | None = None,
+               overrides: Sequence[str] | Mapping[str, Any] | None = None, quick: bool = False,
+               workers: int | None = None, report: str | Path | None = None) -> CheckReport:
+    """Check the dataset folder ``path`` as ``train`` would read it, then (unless ``quick``) decode every file.
+
+    ``dataset``: a registered format or ``auto``; ``task``: the task whose config sets the format's options
+    (needed only when several registered tasks read the format); ``profile``: that task's profile;
+    ``overrides``: ``key=value`` strings or ``{"data.val_fraction": 0.3}`` (keys that do not concern reading the
+    files are listed in ``CheckReport.ignored``); ``workers``: files decoded at once (default: the CPU count, at
+    most 8); ``report``: a CSV to write every problem to.
+    """
+    from medsight.core.registry import DATASETS
+    from medsight.data.consumers import format_options
+    from medsight.data.formats import detect_format
+
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
+        raise ConfigError(f"workers must be a whole number of at least 1, got {workers!r}", "data check")
+    root = Path(path)
+    if not root.exists():
+        raise DataError("no such folder", root)
+    name = detect_format(root) if dataset == "auto" else dataset
+    fmt_class = DATASETS.get(name)
+    options, ignored = format_options(fmt_class, task=task, profile=profile, overrides=overrides)
+    source = DataSource(fmt_class(options), root)
+    found = check_source(source, quick=quick, workers=workers)
+    found.format, found.root, found.ignored = name, root, ignored
+    if report is not None:
+        found.report_path = write_report(found, Path(report))
+    if found.clean:
+        found.splits = source.describe()  # every split was listed without error by source.check()
+    return found
+
+
+def check_source(source: DataSource, quick: bool = False, workers: int | None = None,
+                 progress: str = "auto") -> CheckReport:
+    """The checks of one DataSource (``check_data`` opens it)."""
+    report = CheckReport(problems=source.check(), format=source.format_name, root=source.root)
     if quick or source.fmt is None:
         return report
     try:

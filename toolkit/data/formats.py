@@ -17,6 +17,9 @@ through the entry-point group ``medsight.datasets``:
         def check(self, root) -> list[Problem]: ...
         def synth(self, out, cases=None, seed=0, **options) -> Path: ...
 
+``SplitOptions`` (the split settings every format reads) is declared in ``medsight.core.config``, where the
+tasks' ``data`` sections derive from it too, and importable from here, where formats find it.
+
 ``DataSource`` is one folder read through one format with one set of options. ``train``,
 ``evaluate`` and ``data check`` all go through it, so they agree: ``check`` reports the format's
 own findings plus every error that reading a split's records would raise.
@@ -27,10 +30,11 @@ from __future__ import annotations
 import difflib
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, fields, is_dataclass
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
+from medsight.core.config import SplitOptions  # declared once there (LoaderConfig derives from it); formats' options do
 from medsight.errors import ConfigError, DataError, MedsightError
 
 Split = Literal["train", "val", "test", "all"]
@@ -66,40 +70,6 @@ class RecordSchema:
             if missing:
                 raise DataError(f"format {fmt} gave a record without {', '.join(missing)} (schema {self.name} "
                                 f"needs {', '.join(self.keys)})", where)
-
-
-@dataclass
-class SplitOptions:
-    """Settings every format reads, used where the dataset does not name its splits itself.
-
-    Groups (patients, scans, cases) are assigned by their own hash (``medsight.datasets.splits``),
-    so adding data never moves an existing group.
-    """
-
-    #: share of the training groups held out for validation (in expectation)
-    val_fraction: float = 0.1
-    #: seed of the validation hold-out and of folds (independent of trainer.seed)
-    split_seed: int = 0
-    #: the fold held out, where a format splits by folds (LUNA16: the test subset; BraTS: validation)
-    fold: int = 0
-    folds: int = 5
-    #: dataset: the dataset's own validation split when it has one; train: always take validation out
-    #: of the training split by group (when the dataset's validation shares patients with training)
-    val_source: str = "dataset"
-    #: validation named outright: these groups (patient IDs, seriesuids, case ids) instead of hashing
-    val_groups: list[str] = field(default_factory=list)
-    #: a listed file that is missing or unreadable: raise (stop, naming it) or skip (go on, counted in the log)
-    on_error: str = "raise"
-
-    def __post_init__(self):
-        if self.on_error not in ("raise", "skip"):
-            raise ConfigError(f"data.on_error={self.on_error!r} is not one of raise, skip")
-        if not 0 <= self.val_fraction < 1:
-            raise ConfigError(f"data.val_fraction must be in [0, 1), got {self.val_fraction}")
-        if self.folds < 1 or not 0 <= self.fold < max(self.folds, 1):
-            raise ConfigError(f"data.fold={self.fold} is not in 0..{self.folds - 1} (data.folds={self.folds})")
-        if self.val_source not in ("dataset", "train"):
-            raise ConfigError(f"data.val_source={self.val_source!r} is not one of dataset, train")
 
 
 class DatasetFormat:
@@ -165,7 +135,7 @@ def options_for(fmt_class: type[DatasetFormat], data_config: Any) -> Any:
         extra = source.get("format_options") or {}
         unknown = [key for key in extra if key not in names]
         if unknown:
-            raise ConfigError(_unknown_message(f"data.format_options.{unknown[0]}", unknown[0], names,
+            raise ConfigError(unknown_message(f"data.format_options.{unknown[0]}", unknown[0], names,
                                                f"format {fmt_class.name}"))
         values.update(extra)
     return build_options(fmt_class, values)
@@ -178,35 +148,7 @@ def build_options(fmt_class: type[DatasetFormat], values: Mapping[str, Any]) -> 
     return resolve_structured(fmt_class.options_class, dict(values), source=f"data ({fmt_class.name} options)")
 
 
-def options_from_overrides(fmt_class: type[DatasetFormat], overrides: Sequence[str],
-                           consumer_keys: set[str]) -> tuple[Any, list[str]]:
-    """Options for ``medsight data check FORMAT PATH key=value ...``: the same ``data.*`` overrides
-    ``train`` takes. Returns (options, ignored overrides): keys outside ``data.``, and ``data.`` keys
-    that a task consuming this format knows but that do not concern reading the files, are ignored;
-    other keys are errors."""
-    from medsight.core.config import parse_override
-
-    names = [f.name for f in fields(fmt_class.options_class)]
-    values: dict[str, Any] = {}
-    ignored: list[str] = []
-    for text in overrides:
-        key, value = parse_override(text)
-        section, _, rest = key.partition(".")
-        if section != "data" or not rest:
-            ignored.append(text)
-            continue
-        if rest.startswith("format_options."):
-            rest = rest.removeprefix("format_options.")
-        if rest in names:
-            values[rest] = value
-        elif rest in consumer_keys:
-            ignored.append(text)
-        else:
-            raise ConfigError(_unknown_message(key, rest, names, f"format {fmt_class.name}"), "command line")
-    return build_options(fmt_class, values), ignored
-
-
-def _unknown_message(key: str, name: str, known: Sequence[str], owner: str) -> str:
+def unknown_message(key: str, name: str, known: Sequence[str], owner: str) -> str:
     close = difflib.get_close_matches(name, known, n=1)
     hint = f" (did you mean data.{close[0]}?)" if close else f" ({owner} reads: {', '.join(known)})"
     return f"unknown key {key}{hint}"
@@ -329,13 +271,3 @@ def open_dataset(root: Path | str, data_config: Any, schema: RecordSchema | None
     fmt_class = DATASETS.get(name)
     return DataSource(fmt_class(options_for(fmt_class, data_config)), root)
 
-
-def dataclass_keys(config_class: type) -> set[str]:
-    """Field names of a config class's ``data`` section (for telling ignored from unknown overrides)."""
-    data = {f.name: f for f in fields(config_class)}.get("data")
-    if data is None:
-        return set()
-    kind = data.type if isinstance(data.type, type) else None
-    if kind is None and data.default_factory is not None:  # type: ignore[misc]
-        kind = type(data.default_factory())  # type: ignore[misc]
-    return {f.name for f in fields(kind)} if kind is not None and is_dataclass(kind) else set()

@@ -24,15 +24,9 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import json
-import os
-import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 import torch
 from monai.data import CacheDataset, DataLoader, Dataset, PersistentDataset, ThreadDataLoader, list_data_collate
 from monai.data import partition_dataset as monai_partition
@@ -40,127 +34,10 @@ from monai.transforms import Compose
 
 from medsight.core.config import LoaderConfig
 from medsight.data.guard import FAILED, GuardedCompose, split_failed
-from medsight.errors import unwrap
-
-_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
-
-
-def _file_stats(value: Any) -> list:
-    """(path, size, mtime_ns) for every existing file named in a record value (folders: their files)."""
-    stats = []
-    if isinstance(value, (str, os.PathLike)) and len(str(value)) < 4096:
-        path = Path(value)
-        try:
-            if path.is_file():
-                st = path.stat()
-                stats.append((str(path), st.st_size, st.st_mtime_ns))
-            elif path.is_dir():
-                for child in sorted(p for p in path.rglob("*") if p.is_file()):
-                    st = child.stat()
-                    stats.append((str(child), st.st_size, st.st_mtime_ns))
-        except OSError:
-            pass
-    elif isinstance(value, (list, tuple)):
-        for item in value:
-            stats.extend(_file_stats(item))
-    elif isinstance(value, dict):
-        for item in value.values():
-            stats.extend(_file_stats(item))
-    return stats
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, np.ndarray):
-        return {"ndarray": value.tolist(), "dtype": str(value.dtype)}
-    if isinstance(value, torch.Tensor):
-        return {"tensor": value.tolist()}
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in sorted(value.items())}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, (str, int, float, bool)) or value is None:
-        return value
-    return repr(value)
-
-
-def record_hash(record: dict) -> bytes:
-    """Disk-cache key of a record: its content plus size and mtime of every file it names."""
-    payload = json.dumps({"record": _plain(record), "files": _file_stats(record)}, sort_keys=True)
-    return hashlib.sha256(payload.encode()).hexdigest().encode()
-
-
-def _state_fingerprint(obj: Any, depth: int = 0) -> Any:
-    if depth > 6:
-        return type(obj).__name__
-    if isinstance(obj, (str, int, float, bool)) or obj is None:
-        return obj
-    if isinstance(obj, (np.ndarray, torch.Tensor)):
-        return _plain(obj)
-    if isinstance(obj, (list, tuple)):
-        return [_state_fingerprint(v, depth + 1) for v in obj]
-    if isinstance(obj, dict):
-        return {str(k): _state_fingerprint(v, depth + 1) for k, v in sorted(obj.items(), key=lambda kv: str(kv[0]))}
-    if callable(obj) and hasattr(obj, "__qualname__"):
-        return f"{getattr(obj, '__module__', '')}.{obj.__qualname__}"
-    if hasattr(obj, "__dict__"):
-        return {"class": f"{type(obj).__module__}.{type(obj).__qualname__}",
-                "state": _state_fingerprint(vars(obj), depth + 1)}
-    return _ADDRESS.sub("", repr(obj))
-
-
-def transform_hash(transforms: Sequence[Any], guarded: bool = False) -> bytes:
-    """Hash of the deterministic transforms' classes and full parameter state (MONAI passes the prefix);
-    ``guarded``: the items may be failure markers (``data.on_error=skip``), so they get keys of their own."""
-    state = _state_fingerprint(list(transforms) if not isinstance(transforms, str) else transforms)
-    payload = json.dumps({"transforms": state, "guarded": True} if guarded else state, sort_keys=True, default=str)
-    return hashlib.sha256(payload.encode()).hexdigest().encode()
-
+from medsight.data.keys import record_hash, transform_hash
 
 #: the key of the marker a skipped record becomes (``data.on_error=skip``): ``medsight.data.guard.FAILED``
 SKIPPED = FAILED
-
-
-@dataclass(frozen=True)
-class Failed:
-    """What ``map_in_workers`` gives for an item whose function raised a medsight error."""
-
-    message: str  # what is wrong
-    where: str | None  # the file, when the error named one
-
-    def __str__(self) -> str:
-        return f"{self.where}: {self.message}" if self.where else self.message
-
-
-class _Mapped(torch.utils.data.Dataset):
-    """``function(item)`` per item; a medsight error becomes a ``Failed``."""
-
-    def __init__(self, function: Callable, items: Sequence):
-        self.function = function
-        self.items = list(items)
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, index: int):
-        try:
-            return self.function(self.items[index])
-        except Exception as exc:
-            known = unwrap(exc)
-            if known is None:
-                raise
-            return Failed(known.message, known.where)
-
-
-def _as_is(item):
-    return item
-
-
-def map_in_workers(function: Callable, items: Sequence, workers: int = 0):
-    """``function(item)`` for each item, in order, computed in ``workers`` loader processes (0: here); an item
-    whose function raises a medsight error (an unreadable file...) gives a ``Failed`` instead of stopping."""
-    loader = torch.utils.data.DataLoader(_Mapped(function, items), batch_size=None, num_workers=workers,
-                                         collate_fn=_as_is)
-    return iter(loader)
 
 
 def make_dataset(records: list[dict], transform: Callable, cfg: LoaderConfig, cache_dir: Path | None,

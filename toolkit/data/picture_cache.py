@@ -26,7 +26,6 @@ prediction see the same values.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import logging
@@ -36,9 +35,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from filelock import FileLock
 from monai.transforms import MapTransform
 
 from medsight.errors import DataError
+from medsight.io.writers import write_text
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +86,7 @@ class PictureStore:
         self.index, self._maps = {}, {}
         for path in sorted(self.folder.glob("*.json")):
             shard = path.stem
-            if not path.with_suffix(".u8").is_file():
+            if path.name.startswith(".") or not path.with_suffix(".u8").is_file():  # a write in flight
                 continue  # rows deleted by hand: their pictures are decoded again
             try:
                 entries = json.loads(path.read_text())
@@ -116,8 +117,7 @@ class PictureStore:
 
         data, index_path = self.folder / f"{self.shard}.u8", self.folder / f"{self.shard}.json"
         added = 0
-        with open(self.folder / f"{self.shard}.lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)  # one writer per shard, whatever else shares the folder
+        with FileLock(self.folder / f"{self.shard}.lock"):  # one writer per shard, whatever else shares the folder
             own = _read_index(index_path) if data.is_file() else {}
             display = progress(total, desc, mode, unit="picture")
             try:
@@ -137,9 +137,9 @@ class PictureStore:
                         display.update(1)
                         if added % SAVE_EVERY == 0:
                             out.flush()
-                            _write_json(index_path, own)
+                            write_text(json.dumps(own), index_path)  # readers see the old index or the new one
                     out.flush()
-                _write_json(index_path, own)
+                write_text(json.dumps(own), index_path)  # readers see the old index or the new one
             finally:
                 display.close()
         self.reload()
@@ -155,12 +155,6 @@ def _read_index(path: Path) -> dict:
     return value if isinstance(value, dict) else {}
 
 
-def _write_json(path: Path, value: dict) -> None:
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(value))
-    os.replace(tmp, path)  # readers see the old index or the new one, never half of one
-
-
 class CachedPicturesd(MapTransform):
     """``data[key]`` (a picture's path) -> its (1, S, S) uint8 picture: from the store once ``attach``-ed and
     built, else decoded by ``prepare`` and quantised the same way (prediction, evaluation)."""
@@ -173,7 +167,7 @@ class CachedPicturesd(MapTransform):
 
     def settings(self) -> str:
         """The hash of what a stored row depends on besides its file: decode steps, size, quantisation."""
-        from medsight.data.loading import transform_hash
+        from medsight.data.keys import transform_hash
 
         steps = getattr(self.prepare_steps, "transforms", [self.prepare_steps])
         return hashlib.sha256(transform_hash(steps) + f"{self.size}:uint8:v1".encode()).hexdigest()[:12]
@@ -201,7 +195,7 @@ class CachedPicturesd(MapTransform):
         self._keys.update(keys)
         if not missing:
             return 0
-        from medsight.data.loading import Failed, map_in_workers
+        from medsight.data.workers import Failed, map_in_workers
 
         log.info(f"caching {len(missing)} of {len(keys)} pictures at {self.size} px in {store.folder}")
         decoded = map_in_workers(self.decode, missing, workers)

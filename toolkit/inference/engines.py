@@ -46,7 +46,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from medsight.errors import ConfigError, MedsightError
+from medsight.errors import ConfigError, DataError, MedsightError
+from medsight.io.writers import atomic_path
 from medsight.task import NetworkInput
 
 log = logging.getLogger(__name__)
@@ -269,17 +270,16 @@ def cache_key(kind: str, module: nn.Module, spec: NetworkInput) -> str:
 
 
 def _store(folder: Path | None, key: str, write: Callable[[Path], None], suffixes: Sequence[str]) -> None:
-    """Write an engine into the cache under a temporary name, then rename (the main file last): a
-    concurrent reader sees a whole engine or none. A cache that cannot be written is skipped."""
+    """Write an engine into the cache atomically (``writers.atomic_path``; the last suffix is the file
+    readers look for, renamed last): a concurrent reader sees a whole engine or none. A cache that cannot
+    be written is skipped."""
     if folder is None:
         return
+    *siblings, main = suffixes
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / f"{key}-tmp{os.getpid()}"
-        write(tmp)
-        for suffix in suffixes:
-            os.replace(tmp.with_suffix(suffix), folder / f"{key}{suffix}")
-    except OSError as exc:
+        with atomic_path(folder / f"{key}{main}", siblings=siblings) as tmp:
+            write(tmp)
+    except (OSError, DataError) as exc:
         log.debug(f"engine cache {folder} not written: {exc}")
 
 

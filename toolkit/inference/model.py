@@ -225,7 +225,7 @@ def _yaml(value: Any) -> str:
 
 
 def _infer_overrides(task_class, options: Mapping[str, Any]) -> list[str]:
-    """Task options (``cam=True``) as ``infer.cam=true``; an unknown one is a ConfigError naming the known."""
+    """Task options (``name=True``) as ``infer.name=true``; an unknown one is a ConfigError naming the known."""
     if not options:
         return []
     section = next((f for f in fields(task_class.config_class) if f.name == "infer"), None)

@@ -17,6 +17,7 @@ one guard, one message per kind of bad file.
 from __future__ import annotations
 
 import io
+import math
 import pickle
 import random
 import zipfile
@@ -49,6 +50,14 @@ class Progress:
     bad_validations: int = 0
     skipped_batches: int = 0
     history: list = field(default_factory=list)
+
+    def validated(self, value: float | None, monitor) -> bool:
+        """Count a validation of the monitored metric (``monitor.better``); True when it is the best yet."""
+        if value is not None and math.isfinite(value) and monitor.better(value, self.best_value):
+            self.best_value, self.best_epoch, self.bad_validations = float(value), self.epoch, 0
+            return True
+        self.bad_validations += 1
+        return False
 
 
 def save(state: dict[str, Any], path: str | Path) -> Path:

@@ -41,25 +41,31 @@ def fsync_dir(folder: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
+def atomic_path(path: str | Path, siblings: Sequence[str] = ()) -> Iterator[Path]:
     """Yield a temporary path beside ``path`` (same name ending, so format detection by suffix works);
-    on success it is synced and renamed onto ``path``, on failure removed."""
+    on success it is synced and renamed onto ``path``, on failure removed. ``siblings``: the suffixes of
+    files the writer also makes beside it (an OpenVINO ``.bin`` beside its ``.xml``); they are renamed
+    first and ``path`` last, so a reader that finds ``path`` finds the whole set."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{uuid.uuid4().hex[:8]}.partial.{path.name}"
+    pairs = [(tmp.with_suffix(suffix), path.with_suffix(suffix)) for suffix in siblings] + [(tmp, path)]
     try:
         yield tmp
-        with open(tmp, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
+        for written, _ in pairs:
+            with open(written, "rb") as handle:
+                os.fsync(handle.fileno())
+        for written, target in pairs:
+            os.replace(written, target)
         fsync_dir(path.parent)
     except OSError as exc:  # a full disk, a read-only or lost mount: name the file; nothing half-written stays
         if exc.errno not in _WRITE_ERRORS:
             raise
         raise DataError(f"cannot write ({exc.strerror or exc}); nothing was left half-written", path) from None
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        for written, _ in pairs:
+            if written.exists():
+                written.unlink()
 
 
 def output_folder(path: str | Path, what: str = "--out") -> Path:

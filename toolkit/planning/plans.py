@@ -21,6 +21,10 @@
    scale to any patch; weights, gradients and AdamW's two moments add 16 bytes per parameter; a
    ``MARGIN`` covers the workspace and allocator slack that no count sees.
 
+``fingerprint(path, ...)`` is the Python API of ``medsight data fingerprint``: the consuming task's config (task
+defaults <- profile <- overrides, as ``train`` resolves it) reads the folder, ``measure`` reads every case, the
+task plans, and the document is written to a JSON file and returned.
+
 The plans file (JSON) holds the fingerprint summary, the per-case measurements, and ``config``: the
 overrides ``train --plans`` applies over the profile and under command-line overrides. The run folder
 keeps ``plans.json``: the file's plan, what the command line overrode, and what training chose on
@@ -29,19 +33,21 @@ validation afterwards (segmentation post-processing).
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import math
 import re
 from collections.abc import Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from omegaconf import OmegaConf
 from torch import nn
 
+from medsight.io.checkpoint import parameter_count
 from medsight.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -97,7 +103,7 @@ def network_memory(task, probe_shape: Sequence[int], precision: str) -> tuple[fl
 
 
 def parameter_bytes(network: nn.Module) -> int:
-    return sum(p.numel() for p in network.parameters()) * OPTIMIZER_BYTES_PER_PARAMETER
+    return parameter_count(network) * OPTIMIZER_BYTES_PER_PARAMETER
 
 
 def training_bytes(per_voxel: float, fixed: int, patch: Sequence[int], batch: int) -> int:
@@ -155,9 +161,9 @@ def summary(values: Sequence[float]) -> dict[str, float]:
             "mean": float(values.mean()), "p90": float(np.percentile(values, 90)), "max": float(values.max())}
 
 
-def fingerprint(task, source, workers: int = 0, mode: str = "auto") -> dict[str, Any]:
+def measure(task, source, workers: int = 0, mode: str = "auto") -> dict[str, Any]:
     """Every training and validation case measured once (``task.fingerprint_case``), with progress."""
-    from medsight.data.loading import Failed, map_in_workers
+    from medsight.data.workers import Failed, map_in_workers
     from medsight.core.progress import track
 
     records = task.records(source, "train") + task.records(source, "val")
@@ -186,6 +192,62 @@ def fingerprint(task, source, workers: int = 0, mode: str = "auto") -> dict[str,
             "per_case": cases}
 
 
+def fingerprint(path: str | Path, dataset: str = "auto", *, task: str | None = None, profile: str | None = None,
+                overrides: Sequence[str] | Mapping[str, Any] | None = None, memory: str | int | None = None,
+                precision: str = "bf16", out: str | Path | None = None, workers: int = 0) -> dict[str, Any]:
+    """Measure every training and validation case of the dataset at ``path`` and plan spacing, patch and batch for
+    a GPU of ``memory`` bytes (or ``"24GB"``; None: this machine's GPU). The plans document (fingerprint, profile,
+    config, memory) is written to ``out`` (default: plans.json in the current folder) and returned.
+
+    ``dataset``: a registered format or ``auto``; ``task``: the task to plan for, when several plan from this
+    format; ``profile``: the task profile the plan starts from (default: ``gpu`` where the task has one);
+    ``overrides``: ``key=value`` strings or a dict of dotted keys; ``workers``: cases read at once in worker
+    processes (0: in this one).
+    """
+    from medsight.core.config import resolve
+    from medsight.core.registry import DATASETS
+    from medsight.data.consumers import profile_of, reading_task
+    from medsight.data.formats import detect_format
+    from medsight.io.writers import output_file
+
+    if precision not in ("bf16", "fp16", "fp32"):
+        raise ConfigError(f"precision={precision!r} is not one of bf16, fp16, fp32", "plans")
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
+        raise ConfigError(f"workers must be a whole number of at least 0, got {workers!r}", "plans")
+    root = Path(path)
+    if not root.exists():
+        raise DataError("no such folder", root)
+    fmt_class = DATASETS.get(detect_format(root) if dataset == "auto" else dataset)
+    task_class = reading_task(fmt_class, task, planning=True)
+    if profile is None and "gpu" in task_class.profiles:
+        profile = "gpu"
+    config = resolve(task_class.config_class, profile=profile_of(task_class, profile), overrides=overrides or ())
+    config.task = task_class.name
+    budget = memory_budget(memory)
+    target = output_file(Path(out if out is not None else "plans.json"))  # a bad out fails before any case is read
+    planner = task_class(config)
+    found = measure(planner, planner.open_data(root), workers=workers, mode="auto")
+    document = {"fingerprint": found, "profile": profile, **planner.plan(found, budget, precision)}
+    write(document, target)
+    return document
+
+
+def memory_budget(memory: str | int | None) -> int:
+    """Bytes from ``"24GB"`` or a number of bytes; None: this machine's GPU, or one ConfigError without one."""
+    if memory is None:
+        found = device_memory()
+        if found is None:
+            raise ConfigError("no GPU here to size the plan for: give the training GPU's memory, e.g. --memory 24GB",
+                              "command line")
+        return found
+    if isinstance(memory, bool) or (isinstance(memory, (int, float)) and memory <= 0):
+        raise ConfigError(f"--memory {memory!r}: give a size such as 24GB or 80GiB", "command line")
+    budget = int(memory) if isinstance(memory, (int, float)) else parse_memory(memory)
+    if budget <= 0:
+        raise ConfigError(f"--memory {memory!r}: give a size such as 24GB or 80GiB", "command line")
+    return budget
+
+
 # -- the plans file --------------------------------------------------------------------------------
 def write(plans: dict, path: Path) -> Path:
     from medsight.io.writers import write_json
@@ -209,6 +271,8 @@ def read(path: Path | str, task: str) -> dict:
 
 
 def flatten(config: dict, prefix: str = "") -> dict[str, Any]:
+    """Nested sections -> ``{"data.patch_size": [...], ...}``: the dotted keys a plan sets (OmegaConf reads and
+    writes dotted keys, ``select``/``update``, but does not list them)."""
     flat = {}
     for key, value in config.items():
         if isinstance(value, dict):
@@ -219,24 +283,21 @@ def flatten(config: dict, prefix: str = "") -> dict[str, Any]:
 
 
 def merge(profile: dict | None, planned: dict) -> dict:
-    """The profile with the plan's values over it (both nested dicts)."""
-    merged = copy.deepcopy(profile or {})
-    for key, value in flatten(planned).items():
-        node = merged
-        *parents, leaf = key.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = value
-    return merged
+    """The profile with the plan's values over it (both nested dicts; a plan's list replaces the profile's)."""
+    return OmegaConf.to_container(OmegaConf.merge(OmegaConf.create(profile or {}), OmegaConf.create(planned)))
 
 
 def record_in_run(run_dir: Path, plans: dict, source: str, config: dict) -> Path:
     """``<run>/plans.json``: the plan, and for each planned key the value the run uses (an override won)."""
     from medsight.io.writers import write_json
 
-    used = flatten(config)
-    planned = flatten(plans["config"])
-    overridden = {k: {"planned": v, "used": used.get(k)} for k, v in planned.items() if used.get(k) != v}
+    used = OmegaConf.create(config)
+    overridden = {}
+    for key, value in flatten(plans["config"]).items():
+        chosen = OmegaConf.select(used, key)
+        chosen = OmegaConf.to_container(chosen) if OmegaConf.is_config(chosen) else chosen
+        if chosen != value:
+            overridden[key] = {"planned": value, "used": chosen}
     return write_json({"source": str(source), "config": plans["config"], "overridden": overridden,
                        "fingerprint": {k: v for k, v in plans.get("fingerprint", {}).items() if k != "per_case"},
                        "memory": plans.get("memory")}, Path(run_dir) / "plans.json")

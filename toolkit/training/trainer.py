@@ -27,12 +27,13 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from medsight.io import checkpoint
 from medsight.io.checkpoint import Progress
 from medsight.core.config import TaskConfig, to_yaml
-from medsight.data.loading import SKIPPED, epoch_seed, make_dataset, make_loader, partition
+from medsight.data.loading import SKIPPED, epoch_seed
 from medsight.training.provenance import pretrained_parameters, trained_on
 from medsight.core.config import to_dict
 from medsight.core.structure import build_model
-from medsight.errors import DataError, TrainingError
+from medsight.errors import TrainingError
 from medsight.io.writers import atomic_path, write_text
+from medsight.training.data import TrainingData, timed
 from medsight.training.optim import build_optimizer, build_scheduler
 from medsight.core.progress import progress as progress_display
 from medsight.training.runlog import RunLog, epoch_line
@@ -110,18 +111,15 @@ class Trainer:
             if self.structure:  # a pruned starting network stays pruned
                 self._say(f"the starting weights are a pruned network: "
                           f"{len(self.structure.get('shapes', {}))} tensors thinner")
-        train_records, val_records = task.records(source, "train"), task.records(source, "val")
-        if not train_records:
-            held = f" ({len(val_records)} records fell in validation)" if val_records else ""
-            raise DataError(f"no training records found{held}; splits are drawn by each patient's or case's own hash: "
-                            "with very few, set data.split_seed, data.fold/data.folds or data.val_fraction", self.data)
+        data_cfg = self.config.data
+        cache_dir = Path(data_cfg.cache_dir) if data_cfg.cache_dir else self.run_dir / "cache"
+        self.training_data = TrainingData.open(task, source, self.data, rt, self.cfg.seed, cache_dir)
+        train_records, val_records = self.training_data.records["train"], self.training_data.records["val"]
         if not val_records:
-            self._say(f"no validation records (data.val_fraction {getattr(self.config.data, 'val_fraction', '?')} "
+            self._say(f"no validation records (data.val_fraction {getattr(data_cfg, 'val_fraction', '?')} "
                       f"drew none): training without validation, best.pt is not written")
         self.has_validation = bool(val_records)
-        self.train_records = partition(train_records, rt.rank, rt.world_size, self.cfg.seed, train=True)
-        self.val_records = partition(val_records, rt.rank, rt.world_size, self.cfg.seed, train=False)
-        self._make_datasets()
+        self.val_set = self.training_data.val_set
         self.raw_model = build_model(task, self.structure)
         if resume is None and self.starting is not None:
             from medsight.training.weights import load_initial_weights
@@ -136,11 +134,7 @@ class Trainer:
         for network in task.frozen_networks():  # a distillation teacher: on the device, frozen, never trained
             network.to(rt.device).eval().requires_grad_(False)
         self.optimizer = build_optimizer(self.raw_model, self.config.optim, self.pretrained)
-        batch_size = self.config.data.batch_size
-        batches = math.ceil(len(self.train_records) / batch_size)
-        if self.cfg.max_steps_per_epoch:
-            batches = min(batches, self.cfg.max_steps_per_epoch)
-        self.batches_per_epoch = max(1, batches)
+        self.batches_per_epoch = self.training_data.batches_per_epoch(self.cfg.max_steps_per_epoch)
         steps = math.ceil(self.batches_per_epoch / self.cfg.accumulate_grad_batches)
         self.scheduler = build_scheduler(self.optimizer, self.config.optim, steps, self.cfg.max_epochs)
         self.ema = (AveragedModel(self.raw_model, multi_avg_fn=get_ema_multi_avg_fn(self.cfg.ema_decay),
@@ -165,14 +159,6 @@ class Trainer:
                          else ""))
         return params
 
-    def _make_datasets(self) -> None:
-        data_cfg = self.config.data
-        cache_dir = Path(data_cfg.cache_dir) if data_cfg.cache_dir else self.run_dir / "cache"
-        self.train_set = make_dataset(self.train_records, self.task.transforms("train"), data_cfg,
-                                      cache_dir / "train")
-        self.sample_weights = self.task.train_sample_weights(self.train_records)
-        self.val_set = make_dataset(self.val_records, self.task.transforms("val"), data_cfg, cache_dir / "val")
-
     def _restore(self, state: dict) -> None:
         self.raw_model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
@@ -190,24 +176,7 @@ class Trainer:
 
     # -- one epoch --------------------------------------------------------------------------------
     def train_loader(self, epoch: int):
-        data_cfg = self.config.data
-        return make_loader(self.train_set, data_cfg, data_cfg.batch_size, shuffle=True,
-                           seed=epoch_seed(self.cfg.seed, epoch, self.runtime.rank),
-                           collate_fn=self.task.collate_fn("train"), weights=self.sample_weights)
-
-    def _timed(self, loader):
-        """The loader's batches, the time spent waiting for each added to ``self._data_wait``: the share of an
-        epoch the device may sit idle for want of data (metrics.jsonl ``data_wait_fraction``)."""
-        batches = iter(loader)
-        while True:
-            started = time.perf_counter()
-            try:
-                batch = next(batches)
-            except StopIteration:
-                return
-            finally:
-                self._data_wait += time.perf_counter() - started
-            yield batch
+        return self.training_data.train_loader(epoch, self.cfg.seed, self.runtime.rank)
 
     def train_epoch(self, epoch: int) -> dict[str, float]:
         rt, cfg = self.runtime, self.cfg
@@ -223,10 +192,10 @@ class Trainer:
         self._bar = progress_display(self.batches_per_epoch, f"epoch {epoch + 1}/{cfg.max_epochs}", cfg.progress,
                                      unit="batch", initial=skip, enabled=rt.is_main)
         self.optimizer.zero_grad(set_to_none=True)
-        self._data_wait = 0.0
+        waited = [0.0]  # seconds spent waiting for batches: the share the device may sit idle for want of data
         if rt.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(rt.device)
-        for index, batch in enumerate(self._timed(loader)):
+        for index, batch in enumerate(timed(loader, waited)):
             if index >= self.batches_per_epoch:
                 break
             if index < skip:  # replay a resumed epoch's first batches so augmentations stay in step
@@ -251,7 +220,7 @@ class Trainer:
         totals = self._synchronise(self._epoch_sums)  # raises on a non-finite loss or a stop request
         logs = self._epoch_sums.means(totals[3:], totals[2])
         logs.update(lr=self._lr(), samples_per_s=totals[2] / max(elapsed, 1e-9), epoch_seconds=elapsed,
-                    data_wait_fraction=self._data_wait / max(elapsed, 1e-9))
+                    data_wait_fraction=waited[0] / max(elapsed, 1e-9))
         if rt.device.type == "cuda":
             logs["peak_memory_gb"] = torch.cuda.max_memory_allocated(rt.device) / 2**30
         if self._skipped:
@@ -360,16 +329,11 @@ class Trainer:
         progress = self.progress
         progress.epoch = epoch + 1
         self.log.log("train", progress.epoch, progress.global_step, train_logs)
-        improved = False
         monitor = self.task.monitor
+        improved = False
         if metrics:
             self.log.log("val", progress.epoch, progress.global_step, metrics)
-            value = metrics.get(monitor.metric)
-            if value is not None and math.isfinite(value) and monitor.better(value, progress.best_value):
-                progress.best_value, progress.best_epoch, improved = float(value), progress.epoch, True
-                progress.bad_validations = 0
-            else:
-                progress.bad_validations += 1
+            improved = progress.validated(metrics.get(monitor.metric), monitor)
         progress.history.append({"epoch": progress.epoch, "loss": train_logs.get("loss"),
                                  monitor.metric: (metrics or {}).get(monitor.metric)})
         self.save("last.pt")
