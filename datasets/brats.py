@@ -29,7 +29,7 @@ import numpy as np
 from medsight.data.formats import DatasetFormat, Problem, SplitOptions
 from medsight.datasets.conventions import CONVENTIONS, DEFAULT_CONVENTION, LabelConvention
 from medsight.datasets.schemas import MRI_CASES
-from medsight.datasets.splits import fold_of
+from medsight.datasets.splits import assign_folds as assign_group_folds, check_folds
 from medsight.datasets.vocabulary import MSD_CHANNEL_ROLES, SEPARATOR, SUFFIX_ROLES
 from medsight.errors import ConfigError, DataError
 from medsight.core.registry import register_dataset
@@ -205,9 +205,10 @@ def detect_convention(cases: list[Case], naming: str, configured: str = "auto") 
 
 
 def assign_folds(case_ids: list[str], folds: int, seed: int = 0) -> dict[str, int]:
-    """Each case's fold from its own hash (``medsight.datasets.splits.fold_of``): adding cases moves
-    no other case; folds are balanced in expectation, not exactly."""
-    return {case: fold_of(case, folds, seed) for case in case_ids}
+    """Each case's fold (``medsight.datasets.splits.assign_folds``): every fold holds floor(N/K) or
+    ceil(N/K) of the N cases, and adding cases moves few others. With fewer cases than folds, some
+    folds are empty (a fingerprint or a look at a small folder still works)."""
+    return assign_group_folds(case_ids, folds, seed, allow_empty=True)
 
 
 @dataclass
@@ -343,8 +344,8 @@ class BraTS(DatasetFormat):
 def records(root: Path, split: str, options: BratsOptions | None = None) -> list[dict]:
     """Records ``{"image": [one path per modality] | 4D path, "label", "id", "group", "convention"}`` of a split.
 
-    Each case's fold comes from its own hash: ``val`` is fold ``fold`` of ``folds`` (or the cases named in
-    ``val_groups``), ``train`` the others; ``test`` and ``all`` are every case (point ``--data`` at a held-out folder to test).
+    Cases are dealt into ``folds`` balanced folds (``assign_folds``): ``val`` is fold ``fold`` (or the cases
+    named in ``val_groups``), ``train`` the others; ``test`` and ``all`` are every case (point ``--data`` at a held-out folder to test).
     Only labelled cases are used for train/val.
     """
     options = options or BratsOptions()
@@ -358,6 +359,7 @@ def records(root: Path, split: str, options: BratsOptions | None = None) -> list
             named = set(options.val_groups)
             cases = [c for c in cases if (c.id in named) == (split == "val")]
         elif options.folds > 1:
+            check_folds(options.folds, options.fold)
             assigned = assign_folds([c.id for c in cases], options.folds, options.split_seed)
             cases = [c for c in cases if (assigned[c.id] == options.fold) == (split == "val")]
         elif split == "val":

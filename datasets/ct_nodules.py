@@ -3,7 +3,7 @@
     ROOT/
       nodules.csv      seriesuid,coordX,coordY,coordZ,diameter_mm   (world mm, LPS: LUNA16's convention)
       excluded.csv     optional, same columns: findings whose marks are neither hits nor false positives
-      folds.csv        optional, seriesuid,fold  (default: a stable hash of the seriesuid, folds 0..9)
+      folds.csv        optional, seriesuid,fold  (default: 10 balanced folds 0..9 by seriesuid, ``stable_folds``)
       any/folders/<seriesuid>.nii.gz | .nii | .mhd | .mha | .nrrd | .nhdr
       any/folders/<series folder>/   one DICOM series per folder; seriesuid = its SeriesInstanceUID
 
@@ -35,7 +35,7 @@ from medsight.datasets.luna16 import (
     read_annotations,
 )
 from medsight.datasets.schemas import NODULE_SCANS
-from medsight.datasets.splits import fold_of
+from medsight.datasets.splits import assign_folds
 from medsight.errors import DataError
 from medsight.core.geometry import affine_from_itk, voxel_to_world
 from medsight.io.writers import write_csv
@@ -86,9 +86,11 @@ def find_scans(root: Path) -> dict[str, Path]:
     return scans
 
 
-def stable_fold(seriesuid: str, folds: int = FOLDS) -> int:
-    """A fold that depends on the seriesuid only, so adding scans never moves the others."""
-    return fold_of(seriesuid, folds, seed=0)
+def stable_folds(seriesuids, folds: int = FOLDS) -> dict[str, int]:
+    """seriesuid -> fold, like LUNA16's ten subsets: every fold holds floor(N/10) or ceil(N/10) scans, and
+    adding scans moves few others (``medsight.datasets.splits.assign_folds``; a fixed seed, so that
+    ``data.split_seed`` never moves a test scan). With fewer than 10 scans some folds are empty."""
+    return assign_folds(seriesuids, folds, seed=0, allow_empty=True)
 
 
 def read_folds(path: Path) -> dict[str, int]:
@@ -122,7 +124,8 @@ def scan_records(root: Path) -> list[dict]:
     if unknown:
         raise DataError(f"seriesuid {unknown[0]} has no scan ({len(unknown)} such); run "
                         f"`medsight data check ct-nodules {root}`", nodules_path)
-    out = [{"image": str(path), "id": uid, "group": uid, "seriesuid": uid, "fold": folds.get(uid, stable_fold(uid)),
+    folds.update(stable_folds([uid for uid in scans if uid not in folds]))
+    out = [{"image": str(path), "id": uid, "group": uid, "seriesuid": uid, "fold": folds[uid],
             "nodules": nodule_rows(nodules.get(uid, [])), "excluded": nodule_rows(excluded.get(uid, []))}
            for uid, path in scans.items()]
     return sorted(out, key=lambda r: (r["fold"], r["seriesuid"]))

@@ -20,6 +20,7 @@ import torch
 
 from medsight.datasets.chestxray14 import FINDINGS
 from medsight.errors import ConfigError
+from medsight.io.checkpoint import read_torch_file
 from medsight.sources.importers import Imported, ModelImporter, load_tensors, register_importer
 
 #: CheXNet's CLASS_NAMES: the same order as ChestX-ray14's findings here
@@ -70,7 +71,7 @@ class CheXNet(ModelImporter):
         if not source.is_file() or source.suffix not in (".tar", ".pth", ".pt"):
             return False
         try:
-            keys = _state_dict(torch.load(source, map_location="meta", weights_only=True))
+            keys = _state_dict(read_torch_file(source, map_location="meta"))
         except Exception:  # unreadable here: another importer, or the refusal, will say why
             return False
         return any("densenet121.features" in k for k in keys)
@@ -98,7 +99,7 @@ class TorchvisionDenseNet(ModelImporter):
         if not source.is_file():
             return False
         try:
-            keys = _state_dict(torch.load(source, map_location="meta", weights_only=True))
+            keys = _state_dict(read_torch_file(source, map_location="meta"))
         except Exception:
             return False
         return "features.conv0.weight" in keys and "classifier.weight" in keys

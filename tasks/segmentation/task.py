@@ -57,7 +57,7 @@ class BrainTumourSegmentation(Task):
         overrides=("trainer.max_epochs=20", "trainer.val_every_n_epochs=5", "data.folds=5"),
         held_out_cases=4,
         quick_synth={"cases": 4, "shape": (40, 40, 32)},
-        # split_seed 1: the four quick cases' own hashes put two in each of the two folds
+        # two balanced folds of the four quick cases: two train, two validate
         quick_overrides=("data.patch_size=[32,32,32]", "data.patches_per_case=1", "infer.roi_size=[48,48,48]",
                          "model.init_filters=8", "data.folds=2", "data.split_seed=1"),
     )

@@ -5,7 +5,7 @@ damaged copies named file by file."""
 import numpy as np
 import pytest
 
-from medsight.datasets.ct_nodules import find_scans, scan_records as records, stable_fold
+from medsight.datasets.ct_nodules import find_scans, scan_records as records, stable_folds
 from medsight.datasets.luna16 import scan_records as luna16_records
 from medsight.errors import DataError
 from medsight.core.registry import DATASETS
@@ -35,12 +35,18 @@ def test_ct_nodules_finds_volumes_and_dicom_series_by_uid(synth_ct_nodules):
     assert DATASETS.get("ct-nodules")().check(synth_ct_nodules) == []
 
 
-def test_ct_nodules_folds_are_stable_and_can_be_given(synth_ct_nodules, copy_of):
+def test_ct_nodules_folds_are_balanced_and_can_be_given(synth_ct_nodules, copy_of):
     rows = records(synth_ct_nodules)
-    assert all(r["fold"] == stable_fold(r["seriesuid"]) for r in rows)
+    folds = stable_folds([r["seriesuid"] for r in rows])
+    assert all(r["fold"] == folds[r["seriesuid"]] for r in rows)
+    assert len({r["fold"] for r in rows}) == 3  # three scans in ten folds: one each in three of them
     root = copy_of(synth_ct_nodules)
     (root / "folds.csv").write_text("seriesuid,fold\n" + "".join(f"{r['seriesuid']},7\n" for r in rows))
     assert {r["fold"] for r in records(root)} == {7}
+    # scans folds.csv leaves out are dealt into the ten folds among themselves
+    (root / "folds.csv").write_text(f"seriesuid,fold\n{rows[0]['seriesuid']},7\n")
+    given = {r["seriesuid"]: r["fold"] for r in records(root)}
+    assert given == {rows[0]["seriesuid"]: 7, **stable_folds([r["seriesuid"] for r in rows[1:]])}
 
 
 def test_damaged_ct_nodules_fails_check_naming_files(synth_ct_nodules, copy_of):

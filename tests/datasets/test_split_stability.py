@@ -1,5 +1,7 @@
-"""Splits are stable by construction, for every registered format: adding 10 % new patients (scans,
-cases) to a dataset moves no existing one to another split. Validation drawn by hash (``val_source=train``)
+"""Splits are stable, for every registered format: adding 10 % new patients (scans, cases) to a dataset
+moves no existing one to another split where splits are drawn by each group's own hash, and few where
+they come from balanced cross-validation folds (BraTS validation, ct-nodules test scans: balance can
+cost a move, ``medsight.datasets.splits.assign_folds``). Validation drawn by hash (``val_source=train``)
 is checked too where a format would otherwise use the dataset's own validation split."""
 
 from pathlib import Path
@@ -7,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from medsight.data.formats import build_options
-from medsight.datasets.splits import fold_of, held_out, split_by_group, unit_hash
+from medsight.datasets.splits import assign_folds, held_out, split_by_group, unit_hash
 from medsight.core.registry import DATASETS
 
 #: per format: synth options small enough for a test, and a case count (then 10 % more)
@@ -20,6 +22,9 @@ SETS = {
     "brats": ({"shape": (12, 12, 8)}, 20),
 }
 VARIANTS = [{"val_fraction": 0.3}, {"val_source": "train", "val_fraction": 0.3}]
+#: formats whose splits come from balanced folds, and the share of old groups allowed to change split
+#: (measured on these sets: none; over random sets of 20 -> 22 cases, K=5, 10 % change fold on average, fewer split)
+FOLDED = {"brats": 0.25, "ct-nodules": 0.25}
 
 
 def assignment(name: str, root: Path, options: dict) -> dict[str, tuple[str, ...]]:
@@ -34,7 +39,7 @@ def assignment(name: str, root: Path, options: dict) -> dict[str, tuple[str, ...
 
 
 @pytest.mark.parametrize("name", sorted(SETS))
-def test_adding_ten_percent_new_patients_moves_no_existing_patient(name, tmp_path):
+def test_adding_ten_percent_new_patients_moves_no_existing_patient_or_few_in_folds(name, tmp_path):
     assert name in DATASETS.names()
     synth, count = SETS[name]
     small = DATASETS.get(name)().synth(tmp_path / "small", cases=count, seed=3, **synth)
@@ -43,7 +48,7 @@ def test_adding_ten_percent_new_patients_moves_no_existing_patient(name, tmp_pat
         before, after = assignment(name, small, options), assignment(name, large, options)
         assert set(before) < set(after), "the larger set holds every old group and new ones"
         moved = {group: (before[group], after[group]) for group in before if after[group] != before[group]}
-        assert not moved, f"{name} {options}: groups changed split: {moved}"
+        assert len(moved) <= FOLDED.get(name, 0) * len(before), f"{name} {options}: groups changed split: {moved}"
         used = {split for splits in before.values() for split in splits}
         assert {"train", "val", "test"} <= used, f"{name} {options}: a split is empty: {before}"
 
@@ -60,8 +65,8 @@ def test_a_group_is_held_out_by_its_own_hash_alone():
     rest_more, out_more = split_by_group(groups + [f"new{i}" for i in range(200)], str, 0.2, seed=5)
     assert set(out) <= set(out_more) and set(rest) <= set(rest_more)
     assert held_out("patient7", 0.2, seed=5) == ("patient7" in out) and not held_out("patient7", 0.0, seed=5)
-    folds = [fold_of(g, 5, seed=0) for g in groups]
-    assert set(folds) == {0, 1, 2, 3, 4} and max(folds.count(k) for k in range(5)) < 1.2 * len(groups) / 5
+    folds = list(assign_folds(groups, 5, seed=0).values())  # folds are balanced instead: test_splits.py
+    assert [folds.count(k) for k in range(5)] == [400] * 5
 
 
 @pytest.mark.parametrize("name", sorted(SETS))

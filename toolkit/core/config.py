@@ -137,8 +137,9 @@ class SplitOptions:
     """How a dataset's records are split, where the dataset does not name its splits itself: the settings every
     dataset format reads (``medsight.data.formats``) and every task's ``data`` section holds (``LoaderConfig``).
 
-    Groups (patients, scans, cases) are assigned by their own hash (``medsight.datasets.splits``), so adding data
-    never moves an existing group.
+    Groups (patients, scans, cases) never straddle splits (``medsight.datasets.splits``): a hold-out is decided by
+    each group's own hash, so adding data never moves an existing group; cross-validation folds are balanced
+    (floor(N/K) or ceil(N/K) groups each), and adding data moves few existing groups.
     """
 
     #: share of training groups (patients, scans, cases) held out for validation, by their own hash

@@ -32,8 +32,8 @@ class TrainingData:
         train, val = task.records(source, "train"), task.records(source, "val")
         if not train:
             held = f" ({len(val)} records fell in validation)" if val else ""
-            raise DataError(f"no training records found{held}; splits are drawn by each patient's or case's own hash: "
-                            "with very few, set data.split_seed, data.fold/data.folds or data.val_fraction", data)
+            raise DataError(f"no training records found{held}; with very few patients or cases, set data.folds "
+                            "(balanced folds), data.split_seed or data.val_fraction", data)
         mine_train = partition(train, runtime.rank, runtime.world_size, seed, train=True)
         mine_val = partition(val, runtime.rank, runtime.world_size, seed, train=False)
         data_cfg = task.config.data
