@@ -12,6 +12,7 @@ from torch import nn
 
 from medsight.datasets.schemas import NODULE_SCANS
 from medsight.errors import ConfigError, DataError
+from medsight.core.quiet import Ignored, library_warnings_quiet
 from medsight.core.registry import register_task
 from medsight.task import DemoSpec, Monitor, PredictionWriter, StepOutput, Task
 
@@ -21,6 +22,10 @@ from .config import DetectionConfig, size_divisible
 from .model import BOX_KEY, LABEL_KEY, SCORE_KEY, EngineRetinaNet, ExportedNetwork, build_detector
 
 log = logging.getLogger(__name__)
+
+#: NumPy 2's deprecation met by MONAI's RetinaNetDetector padding each image (np.ceil of a 0-d tensor in
+#: monai.transforms.utils.compute_divisible_spatial_size), on every detection
+_PADDING_DEPRECATION = Ignored(DeprecationWarning, "__array_wrap__ must accept context", module=r"monai\.")
 
 INPUT_SUFFIXES = (".nii.gz", ".nii", ".mhd", ".mha", ".nrrd", ".nhdr")
 
@@ -137,7 +142,8 @@ class LungNoduleDetection(Task):
             # On CPU, PyTorch runs 3D convolutions of a batch of one with its slow native kernel (oneDNN
             # only from two): pairing the scan with itself is about three times faster.
             pair = not use_window and image.device.type == "cpu"
-            detection = model([image, image] if pair else [image], use_inferer=use_window)[0]
+            with library_warnings_quiet(_PADDING_DEPRECATION):
+                detection = model([image, image] if pair else [image], use_inferer=use_window)[0]
             results.append({"boxes": detection[BOX_KEY].float().cpu().numpy(),
                             "scores": detection[SCORE_KEY].float().cpu().numpy()})
         return results

@@ -153,6 +153,9 @@ def build_parser(task_options: tuple[str, ...] = ()) -> argparse.ArgumentParser:
     """The parser; ``task_options``: commands that also get every registered task's own options."""
     parser = argparse.ArgumentParser(prog="medsight", description=medsight.__doc__.splitlines()[0])
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    parser.add_argument("--verbose", action="store_true",
+                        help="also medsight's debug messages and the libraries' warnings it otherwise keeps quiet "
+                             "(medsight.core.quiet)")
     parser.add_argument("--version", action="version", version=f"medsight {medsight.__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -210,10 +213,14 @@ def main(argv: list[str] | None = None, nested: bool = False) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     debug = "--debug" in argv
     setup_logging()
+    logger = logging.getLogger("medsight")
+    level = logger.level
     try:
         command = next((a for a in argv if not a.startswith("-")), None)
         parser = build_parser(task_options=(command,) if command in ("predict", "evaluate") else ())
         args, extra = parser.parse_known_args(argv)
+        if args.verbose:  # medsight.core.quiet.verbose(): library warnings shown
+            logger.setLevel(logging.DEBUG)
         extra = _absorb_positionals(args, extra)
         if extra and not getattr(args, "takes_extra", False):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
@@ -237,6 +244,8 @@ def main(argv: list[str] | None = None, nested: bool = False) -> int:
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
+    finally:
+        logger.setLevel(level)
 
 
 def _exit_cleanly(status: int) -> None:

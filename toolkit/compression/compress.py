@@ -126,6 +126,7 @@ def int8_engine(source: Model, samples: list[torch.Tensor]) -> dict:
     import nncf
     import openvino as ov
 
+    from medsight.core.quiet import library_warnings_quiet
     from medsight.inference import engines
     model = engines.openvino_model(source.task.export_module(source.torch_model), source.task.network_input())
     # OpenVINO's CPU plugin has no int8 kernel for a convolution with one input channel (a gray picture's or a
@@ -137,9 +138,10 @@ def int8_engine(source: Model, samples: list[torch.Tensor]) -> dict:
     # outputs before ReLU are not centred on 0). On the real BRATS 2015 held-out case the largest Dice
     # change was 0.0065 (MIXED) against 0.011 (NNCF's default, symmetric), 0.011 without fast bias
     # correction, 0.011-0.012 keeping the first/last convolutions in float; speed the same.
-    quantized = nncf.quantize(model, nncf.Dataset(samples, lambda tensor: tensor.numpy()),
-                              subset_size=len(samples), preset=nncf.QuantizationPreset.MIXED,
-                              ignored_scope=nncf.IgnoredScope(names=single) if single else None)
+    with library_warnings_quiet(loggers=("nncf",)):  # its INFO lines list graph nodes; its progress bars stay
+        quantized = nncf.quantize(model, nncf.Dataset(samples, lambda tensor: tensor.numpy()),
+                                  subset_size=len(samples), preset=nncf.QuantizationPreset.MIXED,
+                                  ignored_scope=nncf.IgnoredScope(names=single) if single else None)
     log.info(f"int8: quantized in {time.perf_counter() - started:.0f} s"
              + (f" ({len(single)} single-channel convolution(s) kept in float)" if single else ""))
     try:

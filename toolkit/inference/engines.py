@@ -46,6 +46,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from medsight.core.quiet import library_warnings_quiet, tracing
 from medsight.errors import ConfigError, DataError, MedsightError
 from medsight.io.writers import atomic_path
 from medsight.task import NetworkInput
@@ -102,8 +103,9 @@ def onnx_bytes(module: nn.Module, spec: NetworkInput) -> bytes:
     axes = {0: "batch", **({i: f"d{i}" for i in range(2, spec.example.dim())} if spec.dynamic_spatial else {})}
     dynamic = {"input": axes, **{name: dict(axes) for name in names}}
     buffer = io.BytesIO()
-    torch.onnx.export(module, (spec.example,), buffer, input_names=["input"], output_names=names,
-                      dynamic_axes=dynamic, dynamo=False, opset_version=17)
+    with library_warnings_quiet(*tracing()):
+        torch.onnx.export(module, (spec.example,), buffer, input_names=["input"], output_names=names,
+                          dynamic_axes=dynamic, dynamo=False, opset_version=17)
     return buffer.getvalue()
 
 
@@ -125,7 +127,7 @@ def openvino_model(module: nn.Module, spec: NetworkInput):
     """The module converted to an OpenVINO model (dynamic shapes, as OpenVINO converts PyTorch by default)."""
     import openvino as ov
 
-    with torch.no_grad():
+    with torch.no_grad(), library_warnings_quiet(*tracing()):  # it traces the module
         return ov.convert_model(module.float().eval(), example_input=spec.example)
 
 

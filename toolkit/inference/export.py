@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from medsight.core.quiet import library_warnings_quiet, tracing
 from medsight.errors import MedsightError
 from medsight.inference import engines
 from medsight.io.writers import write_bytes
@@ -53,13 +54,14 @@ def export_network(task: Task, model: nn.Module, fmt: str, out: str | Path) -> P
 
 def _torchscript(module: nn.Module, example: torch.Tensor) -> tuple[bytes, list[torch.Tensor]]:
     """The traced module as bytes, and the outputs of those bytes loaded back."""
-    with torch.no_grad():
-        traced = torch.jit.trace(module, example, check_trace=False)
-    buffer = io.BytesIO()  # in memory first: a full disk is then an OSError at the write, not a native abort
-    torch.jit.save(traced, buffer)
-    data = buffer.getvalue()
-    with torch.inference_mode():
-        got = _flat(torch.jit.load(io.BytesIO(data))(example))
+    with library_warnings_quiet(*tracing()):
+        with torch.no_grad():
+            traced = torch.jit.trace(module, example, check_trace=False)
+        buffer = io.BytesIO()  # in memory first: a full disk is then an OSError at the write, not a native abort
+        torch.jit.save(traced, buffer)
+        data = buffer.getvalue()
+        with torch.inference_mode():
+            got = _flat(torch.jit.load(io.BytesIO(data))(example))
     return data, got
 
 
