@@ -14,6 +14,7 @@ make_torchvision_importable_on_first_import()
 #: public name -> the module that defines it (imported when the name is first used)
 _API = {
     "train": "medsight.training.run", "Run": "medsight.training.run",
+    "cross_validate": "medsight.training.cv", "CrossValidation": "medsight.training.cv",
     "load": "medsight.inference.model", "Model": "medsight.inference.model", "export": "medsight.inference.model",
     "Predictions": "medsight.inference.model", "Evaluation": "medsight.inference.model",
     "PredictionReport": "medsight.inference.predict", "Result": "medsight.task",

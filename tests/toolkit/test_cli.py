@@ -148,6 +148,7 @@ def test_the_data_functions_return_what_the_commands_print_and_print_nothing(tmp
     report = check_data(out, overrides={"data.modalities": ["flair", "t1c"], "trainer.seed": 3},
                         report=tmp_path / "problems.csv")
     assert report.clean and report.format == "brats" and report.files == 6 and report.cases == 2
-    assert report.splits == "2 train, 0 val, 2 test records" and report.ignored == ["trainer.seed=3"]
+    # two cases in five balanced folds: fold 0 (validation) holds one of them
+    assert report.splits == "1 train, 1 val, 2 test records" and report.ignored == ["trainer.seed=3"]
     assert report.report_path.read_text().splitlines() == ["path,kind,message"]
     assert capsys.readouterr().out == ""

@@ -6,8 +6,8 @@ from __future__ import annotations
 import argparse
 import logging
 
-from medsight.cli.commands import (KEY_VALUE_HELP, cmd_compress, cmd_demo, cmd_evaluate, cmd_export, cmd_import,
-                                   cmd_predict, cmd_train)
+from medsight.cli.commands import (KEY_VALUE_HELP, cmd_compress, cmd_cv, cmd_demo, cmd_evaluate, cmd_export,
+                                   cmd_import, cmd_predict, cmd_train)
 
 #: medsight.inference.engines.ENGINES, spelled here so that the command line starts without importing torch
 ENGINE_CHOICES = ("auto", "torch", "onnxruntime", "openvino")
@@ -66,6 +66,7 @@ def add_commands(sub, task_options: set[str] = frozenset()) -> None:
     """Register the model commands on the ``medsight`` sub-parser; ``task_options``: the commands that get
     the registered tasks' own options (importing every task costs a second: only where needed)."""
     _train_command(sub)
+    _cv_command(sub)
     _evaluate_command(sub, task_options)
     _predict_command(sub, task_options)
     _export_command(sub)
@@ -90,6 +91,23 @@ def _train_command(sub) -> None:
                             "once when the run starts (trainer.init_weights)")
     train.add_argument("overrides", nargs="*", metavar="key=value", help=KEY_VALUE_HELP)
     train.set_defaults(func=cmd_train)
+
+
+def _cv_command(sub) -> None:
+    cv = sub.add_parser("cv", help="K-fold cross-validation: train every fold, predict each fold's own cases "
+                                   "(out-of-fold), metrics per fold, mean +- sd and a bootstrap CI")
+    cv.add_argument("task")
+    cv.add_argument("--data", required=True, help="dataset folder (its training pool is split into folds)")
+    cv.add_argument("--folds", type=positive_int, default=5, help="number of folds (default 5)")
+    cv.add_argument("--out", help="cross-validation folder (default runs/TASK/cv): folds.json, fold_K/, oof.csv, "
+                                  "cv.json")
+    cv.add_argument("--profile", help="named settings of the task, e.g. cpu-small or gpu")
+    cv.add_argument("--fold", type=count, help="run this fold only (its own job); gather with --collect")
+    cv.add_argument("--collect", action="store_true", help="train nothing: summarise the folds finished so far")
+    cv.add_argument("--resamples", type=count, default=1000,
+                    help="bootstrap resamples of the out-of-fold cases for the 95%% CI (0: none)")
+    cv.add_argument("overrides", nargs="*", metavar="key=value", help=KEY_VALUE_HELP)
+    cv.set_defaults(func=cmd_cv)
 
 
 def _evaluate_command(sub, task_options: set[str]) -> None:

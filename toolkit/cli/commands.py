@@ -37,6 +37,23 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_cv(args) -> int:
+    from medsight.training.cv import cross_validate
+
+    result = cross_validate(args.task, args.data, folds=args.folds, out=args.out, profile=args.profile,
+                            overrides=list(args.overrides), fold=args.fold, collect=args.collect,
+                            bootstrap=args.resamples)
+    for item in result.folds:
+        shown = ", ".join(f"{k} {v:.4f}" for k, v in sorted(item.metrics.items())[:6] if isinstance(v, float))
+        log.info(f"fold {item.index}: {len(item.groups)} group(s); " + (shown or "not finished"))
+    for name in sorted(result.mean)[:8]:
+        low, high = result.ci.get(name, (float("nan"), float("nan")))
+        log.info(f"{name}: folds {result.mean[name]:.4f} +- {result.sd[name]:.4f}; out-of-fold "
+                 f"{result.pooled.get(name, float('nan')):.4f} (95% CI {low:.4f}-{high:.4f})")
+    log.info(f"{len(result.finished)} of {len(result.folds)} folds finished; {result.dir / 'cv.json'}")
+    return 0
+
+
 def _task_options(args, command: str, task_name: str) -> list[str]:
     """The overrides the checkpoint's task makes of its own options; an option of another task is an error."""
     from medsight.core.registry import TASKS

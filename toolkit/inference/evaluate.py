@@ -24,6 +24,8 @@ class Evaluation:
     split: str = ""
     seconds: float = 0.0
     out: Path | None = None
+    #: the task's validation outputs, per case (what the metrics were computed from: cross-validation pools them)
+    outputs: dict = field(default_factory=dict, repr=False)
 
 
 def evaluate(task: Task, execution: Execution, data: Path, split: str, out: Path | None, checkpoint: Path):
@@ -44,4 +46,4 @@ def evaluate(task: Task, execution: Execution, data: Path, split: str, out: Path
                     "engine": execution.engine, "seconds": round(seconds, 2), "metrics": metrics},
                    out / "metrics.json")
         task.write_evaluation(outputs, metrics, out)
-    return Evaluation(metrics, task.case_rows(outputs), split, seconds, out)
+    return Evaluation(metrics, task.case_rows(outputs), split, seconds, out, outputs)

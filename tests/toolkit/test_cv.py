@@ -1,0 +1,76 @@
+"""``medsight.cross_validate`` / ``medsight cv``: balanced folds of the training pool, every fold trained once
+(a stopped one resumed, a finished one kept), out-of-fold rows for every case, per-fold and pooled metrics."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+
+import medsight
+from medsight.cli.main import main
+from medsight.io import checkpoint
+
+SETTINGS = ["model.name=simple_cnn", "data.image_size=32", "trainer.max_epochs=1", "trainer.progress=never",
+            "trainer.tensorboard=false", "trainer.threads=1"]
+
+
+@pytest.fixture(scope="module")
+def pictures(tmp_path_factory):
+    return medsight.synthesize("chestxray14", tmp_path_factory.mktemp("cv") / "cxr", cases=40, seed=2, size=32)
+
+
+def test_every_fold_trains_once_and_every_case_is_predicted_out_of_fold(pictures, tmp_path):
+    out = tmp_path / "cv"
+    first = medsight.cross_validate("classification", pictures, folds=3, out=out, overrides=SETTINGS, fold=1,
+                                    bootstrap=50)
+    assert [f.index for f in first.finished] == [1] and (out / "fold_1" / "fold.json").is_file()
+    assert not (out / "fold_0").exists()  # --fold N runs that fold only
+
+    groups = json.loads((out / "folds.json").read_text())["groups"]
+    sizes = sorted(len(g) for g in groups)
+    assert sizes[-1] - sizes[0] <= 1 and not set(groups[0]) & set(groups[1])  # balanced, no patient in two folds
+    marker = (out / "fold_1" / "fold.json").stat().st_mtime_ns
+
+    result = medsight.cross_validate("classification", pictures, folds=3, out=out, overrides=SETTINGS, bootstrap=50)
+    assert [f.index for f in result.finished] == [0, 1, 2]
+    assert (out / "fold_1" / "fold.json").stat().st_mtime_ns == marker  # a finished fold is not trained again
+
+    pool = medsight.load(result.folds[0].checkpoint).configured()
+    source = pool.open_data(pictures)
+    cases = {r["id"]: r["group"] for split in ("train", "val") for r in pool.records(source, split)}
+    with open(out / "oof.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert sorted(r["case"] for r in rows) == sorted(cases)  # every case of the pool, once
+    for row in rows:
+        assert cases[row["case"]] in groups[int(row["fold"])]  # predicted by the fold that never trained on it
+
+    summary = json.loads((out / "cv.json").read_text())
+    assert summary["finished"] == 3 and set(summary["mean"]) <= set(summary["sd"])
+    low, high = summary["ci95_oof"]["mean_auroc"]
+    assert low <= summary["pooled_oof"]["mean_auroc"] <= high and low < high
+
+
+def test_a_stopped_fold_is_resumed_not_restarted(pictures, tmp_path, capsys):
+    out = tmp_path / "cv"
+    args = ["cv", "classification", "--data", str(pictures), "--folds", "2", "--out", str(out), "--resamples", "0",
+            *SETTINGS]
+    assert main([*args, "--fold", "0"]) == 0
+    steps = checkpoint.load(out / "fold_0" / "checkpoints" / "last.pt")["global_step"]
+    (out / "fold_0" / "fold.json").unlink()  # as if killed after its last checkpoint, before its OOF rows
+    assert main([*args, "--fold", "0"]) == 0
+    assert "fold 0: resuming" in capsys.readouterr().out
+    assert checkpoint.load(out / "fold_0" / "checkpoints" / "last.pt")["global_step"] == steps
+    assert (out / "fold_0" / "fold.json").is_file()
+
+    assert main([*args, "--collect"]) == 0
+    printed = capsys.readouterr().out
+    assert "1 of 2 folds finished" in printed and "fold 1: " in printed and "not finished" in printed
+
+
+def test_more_folds_than_patients_is_one_line(pictures, tmp_path, capsys):
+    assert main(["cv", "classification", "--data", str(pictures), "--folds", "500", "--out", str(tmp_path / "x"),
+                 *SETTINGS]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cannot fill 500 folds" in err[0] and str(pictures) in err[0]
