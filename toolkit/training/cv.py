@@ -11,6 +11,9 @@ assignment is written to ``OUT/folds.json`` and reused, so a rerun, another mach
 one row per case in ``OUT/oof.csv``. A fold whose run folder holds a checkpoint but no ``fold.json`` was
 stopped: it is resumed exactly, as ``train --resume`` does; a finished fold is not trained again.
 
+Folds are independent jobs: ``fold=N`` (``medsight cv --fold N``, ``scripts/slurm_cv.sh`` as a SLURM array,
+torchrun inside: every rank trains, rank 0 predicts and writes), then ``collect=True`` gathers them.
+
 ``OUT/cv.json`` holds each fold's metrics, their mean and sample standard deviation, the metrics of the
 pooled OOF predictions (the task's validation metrics over every case at once) and a percentile bootstrap
 95 % interval of those over cases.
@@ -21,6 +24,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -86,7 +90,13 @@ def cross_validate(task: str, data: str | Path, *, folds: int = 5, out: str | Pa
         _run_fold(task, Path(data), plan[k], profile, extra, outputs)
     for item in plan:
         _read_fold(item)
+    if _rank() != 0:  # under torchrun every rank trains; rank 0 predicts, writes and summarises
+        return CrossValidation(out, plan)
     return summarise(out, plan, Path(data), bootstrap, outputs)
+
+
+def _rank() -> int:
+    return int(os.environ.get("RANK", "0"))
 
 
 def _folds(task_class, data: Path, folds: int, out: Path, profile, extra: list[str], seed) -> list[Fold]:
@@ -110,7 +120,8 @@ def _folds(task_class, data: Path, folds: int, out: Path, profile, extra: list[s
         split_seed = config.data.split_seed if seed is None else seed
         assigned = assign_folds(names, folds, split_seed)
         groups = [[g for g in names if assigned[g] == k] for k in range(folds)]
-        write_json({"folds": folds, "seed": split_seed, "data": str(data), "groups": groups}, recorded)
+        if _rank() == 0:  # every rank deals the same folds; one writes them
+            write_json({"folds": folds, "seed": split_seed, "data": str(data), "groups": groups}, recorded)
     return [Fold(k, out / f"fold_{k}", list(groups[k])) for k in range(folds)]
 
 
@@ -129,6 +140,8 @@ def _run_fold(task: str, data: Path, item: Fold, profile, extra: list[str], outp
         log.info(f"fold {item.index}: training on the other folds, validating on {len(item.groups)} group(s)")
         run = train(task, data, out=item.dir, profile=profile,
                     overrides=[*extra, f"data.val_groups=[{','.join(_quoted(g) for g in item.groups)}]"])
+    if _rank() != 0:
+        return
     best = run.best or run.last
     evaluation = load(best).evaluate(data, "val")
     names = next((evaluation.outputs[k] for k in ("id", "seriesuid") if len(evaluation.outputs.get(k, ()))
