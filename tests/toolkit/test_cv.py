@@ -50,6 +50,9 @@ def test_every_fold_trains_once_and_every_case_is_predicted_out_of_fold(pictures
     assert summary["finished"] == 3 and set(summary["mean"]) <= set(summary["sd"])
     low, high = summary["ci95_oof"]["mean_auroc"]
     assert low <= summary["pooled_oof"]["mean_auroc"] <= high and low < high
+    thresholds = summary["chosen_on_oof"]["thresholds"]  # chosen on every case's OOF prediction at once
+    assert len(thresholds) == 14 and thresholds == result.chosen["thresholds"]
+    assert len(set(thresholds)) > 1  # one per label, not the 0.5 default
 
 
 def test_a_stopped_fold_is_resumed_not_restarted(pictures, tmp_path, capsys):

@@ -65,6 +65,9 @@ class CrossValidation:
     pooled: dict[str, float] = field(default_factory=dict)
     ci: dict[str, tuple[float, float]] = field(default_factory=dict)
     oof: list[dict] = field(default_factory=list)
+    #: what the task chooses on validation (classification: per-label thresholds; segmentation: post-processing),
+    #: chosen on the pooled OOF predictions instead
+    chosen: dict[str, Any] = field(default_factory=dict)
 
     @property
     def finished(self) -> list[Fold]:
@@ -143,7 +146,7 @@ def _run_fold(task: str, data: Path, item: Fold, profile, extra: list[str], outp
     if _rank() != 0:
         return
     best = run.best or run.last
-    evaluation = load(best).evaluate(data, "val")
+    evaluation = _oof_evaluation(load(best), data)
     names = next((evaluation.outputs[k] for k in ("id", "seriesuid") if len(evaluation.outputs.get(k, ()))
                   == len(evaluation.cases)), [""] * len(evaluation.cases))
     rows = [{"fold": item.index, "case": str(name), **row} for name, row in zip(names, evaluation.cases)]
@@ -151,6 +154,16 @@ def _run_fold(task: str, data: Path, item: Fold, profile, extra: list[str], outp
     outputs[item.index] = evaluation.outputs
     write_json({"fold": item.index, "checkpoint": str(best), "metrics": evaluation.metrics,
                 "cases": len(rows)}, item.dir / FOLD_FILE)
+
+
+def _oof_evaluation(model, data: Path):
+    """``model`` on its fold's own groups, with the outputs the task's choices need (segmentation's
+    post-processing candidates are computed only while learning)."""
+    from medsight.inference.evaluate import evaluate
+
+    task = model.configured()
+    task.learning = True
+    return evaluate(task, model.execution(task, "evaluate"), data, "val", None, model.path)
 
 
 def _quoted(group: str) -> str:
@@ -182,13 +195,18 @@ def summarise(out: Path, plan: list[Fold], data: Path, bootstrap: int, outputs: 
         result.mean[name] = float(np.mean(values))
         result.sd[name] = float(np.std(values, ddof=1)) if len(values) > 1 else float("nan")
     models = {f.index: load(f.checkpoint) for f in finished}
-    parts = [outputs[f.index] if f.index in outputs else models[f.index].evaluate(data, "val").outputs
+    parts = [outputs[f.index] if f.index in outputs else _oof_evaluation(models[f.index], data).outputs
              for f in finished]
     pooled = {key: [v for part in parts for v in part[key]] for key in parts[0]
               if all(key in part and isinstance(part[key], list) for part in parts)}
     task = models[finished[0].index].configured()  # the task's metrics; its learnt state is the first fold's
     result.pooled = {k: float(v) for k, v in task.validation_metrics(pooled).items() if _number(v)}
     result.ci = bootstrap_ci(task, pooled, bootstrap)
+    choosing = models[finished[0].index].configured()
+    choosing.learning = True  # as validation does while training: the task chooses its settings on these outputs
+    chosen_metrics = {k: float(v) for k, v in choosing.validation_metrics(pooled).items() if _number(v)}
+    result.chosen = {key: choosing.state[key] for key in choosing.chosen_on_validation
+                     if choosing.state.get(key) is not None}
     for f in finished:
         result.oof += _read_rows(f.dir / OOF_FILE)
     if result.oof:
@@ -196,7 +214,8 @@ def summarise(out: Path, plan: list[Fold], data: Path, bootstrap: int, outputs: 
     write_json({"folds": [{"fold": f.index, "groups": len(f.groups), "checkpoint": str(f.checkpoint) if f.checkpoint
                            else None, "metrics": f.metrics} for f in plan],
                 "finished": len(finished), "mean": result.mean, "sd": result.sd, "pooled_oof": result.pooled,
-                "ci95_oof": {k: list(v) for k, v in result.ci.items()}, "bootstrap": bootstrap}, out / SUMMARY_FILE)
+                "ci95_oof": {k: list(v) for k, v in result.ci.items()}, "bootstrap": bootstrap,
+                "chosen_on_oof": result.chosen, "oof_with_choices": chosen_metrics}, out / SUMMARY_FILE)
     return result
 
 
