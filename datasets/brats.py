@@ -29,7 +29,7 @@ import numpy as np
 from medsight.data.formats import DatasetFormat, Problem, SplitOptions
 from medsight.datasets.conventions import CONVENTIONS, DEFAULT_CONVENTION, LabelConvention
 from medsight.datasets.schemas import MRI_CASES
-from medsight.datasets.splits import assign_folds as assign_group_folds, check_folds
+from medsight.data.folds import assign_folds as assign_group_folds, check_folds
 from medsight.datasets.vocabulary import MSD_CHANNEL_ROLES, SEPARATOR, SUFFIX_ROLES
 from medsight.errors import ConfigError, DataError
 from medsight.core.registry import register_dataset
@@ -205,7 +205,7 @@ def detect_convention(cases: list[Case], naming: str, configured: str = "auto") 
 
 
 def assign_folds(case_ids: list[str], folds: int, seed: int = 0) -> dict[str, int]:
-    """Each case's fold (``medsight.datasets.splits.assign_folds``): every fold holds floor(N/K) or
+    """Each case's fold (``medsight.data.folds.assign_folds``): every fold holds floor(N/K) or
     ceil(N/K) of the N cases, and adding cases moves few others. With fewer cases than folds, some
     folds are empty (a fingerprint or a look at a small folder still works)."""
     return assign_group_folds(case_ids, folds, seed, allow_empty=True)

@@ -35,7 +35,7 @@ from medsight.datasets.luna16 import (
     read_annotations,
 )
 from medsight.datasets.schemas import NODULE_SCANS
-from medsight.datasets.splits import assign_folds
+from medsight.data.folds import assign_folds
 from medsight.errors import DataError
 from medsight.core.geometry import affine_from_itk, voxel_to_world
 from medsight.io.writers import write_csv
@@ -88,7 +88,7 @@ def find_scans(root: Path) -> dict[str, Path]:
 
 def stable_folds(seriesuids, folds: int = FOLDS) -> dict[str, int]:
     """seriesuid -> fold, like LUNA16's ten subsets: every fold holds floor(N/10) or ceil(N/10) scans, and
-    adding scans moves few others (``medsight.datasets.splits.assign_folds``; a fixed seed, so that
+    adding scans moves few others (``medsight.data.folds.assign_folds``; a fixed seed, so that
     ``data.split_seed`` never moves a test scan). With fewer than 10 scans some folds are empty."""
     return assign_folds(seriesuids, folds, seed=0, allow_empty=True)
 

@@ -8,7 +8,7 @@ existing group from training into validation or back. The price is that the held
 fraction in expectation, not exactly: with few groups it can be empty (the trainer then says so and
 trains without validation).
 
-Cross-validation folds (``assign_folds``, from ``medsight.data.folds``) are balanced exactly instead: every fold holds floor(N/K)
+Cross-validation folds (``medsight.data.folds.assign_folds``) are balanced exactly instead: every fold holds floor(N/K)
 or ceil(N/K) of the N groups, by balanced rendezvous hashing. The price here is the other way round:
 adding data may move a few existing groups (about 3.5 % of them when 10 % more groups come, K=5),
 where cutting each group's own hash into K ranges moves none but leaves small folds empty or lopsided.
@@ -22,7 +22,6 @@ from collections.abc import Callable, Hashable, Iterable, Sequence
 from pathlib import PurePath
 from typing import TypeVar
 
-from medsight.data.folds import assign_folds, check_folds  # noqa: F401 (the formats deal folds with them)
 
 Item = TypeVar("Item")
 

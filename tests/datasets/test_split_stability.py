@@ -1,7 +1,7 @@
 """Splits are stable, for every registered format: adding 10 % new patients (scans, cases) to a dataset
 moves no existing one to another split where splits are drawn by each group's own hash, and few where
 they come from balanced cross-validation folds (BraTS validation, ct-nodules test scans: balance can
-cost a move, ``medsight.datasets.splits.assign_folds``). Validation drawn by hash (``val_source=train``)
+cost a move, ``medsight.data.folds.assign_folds``). Validation drawn by hash (``val_source=train``)
 is checked too where a format would otherwise use the dataset's own validation split."""
 
 from pathlib import Path
@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from medsight.data.formats import build_options
-from medsight.datasets.splits import assign_folds, held_out, split_by_group, unit_hash
+from medsight.data.folds import assign_folds
+from medsight.datasets.splits import held_out, split_by_group, unit_hash
 from medsight.core.registry import DATASETS
 
 #: per format: synth options small enough for a test, and a case count (then 10 % more)

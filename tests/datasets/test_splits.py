@@ -1,4 +1,4 @@
-"""Cross-validation folds (``medsight.datasets.splits.assign_folds``): balanced to floor/ceil for any
+"""Cross-validation folds (``medsight.data.folds.assign_folds``): balanced to floor/ceil for any
 number of groups, a function of the set of groups alone, patients never straddling folds in a format,
 and stable when data is added (a pinned bound that dealing sorted hashes round-robin fails)."""
 
@@ -10,7 +10,7 @@ import pytest
 
 from medsight.data.formats import build_options
 from medsight.datasets import brats
-from medsight.datasets.splits import assign_folds, check_folds
+from medsight.data.folds import assign_folds, check_folds
 from medsight.errors import ConfigError, DataError
 from medsight.core.registry import DATASETS
 
