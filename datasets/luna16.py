@@ -27,6 +27,8 @@ CANDIDATE_COLUMNS = ("seriesuid", "coordX", "coordY", "coordZ", "class")
 SUBSET = re.compile(r"^subset(\d+)$")
 #: the smallest synthetic scan, voxels per axis
 MIN_SCAN_VOXELS = 8
+#: the synthetic nodules' diameters, mm (smallest, largest): LUNA16's annotations are nodules of 3 mm and more
+NODULE_DIAMETERS_MM = (3.5, 25.0)
 
 
 @dataclass(frozen=True)
@@ -145,6 +147,19 @@ _COMPONENT_BYTES = {
 }
 
 
+def _diameter_range(value) -> tuple[float, float]:
+    """``synth --nodule_mm``: two comma-separated diameters (``"6,25"``) or a pair, 0 < smallest <= largest."""
+    parts = value.split(",") if isinstance(value, str) else list(value)
+    try:
+        low, high = (float(str(p).strip()) for p in parts)
+    except ValueError:
+        low = high = 0.0
+    if not 0 < low <= high:
+        raise DataError(f"nodule_mm needs two comma-separated diameters in mm, 0 < smallest <= largest, "
+                        f"got {value!r}", "synth")
+    return low, high
+
+
 @register_dataset("luna16")
 class Luna16(DatasetFormat):
     description = "LUNA16: lung nodules in chest CT (subsetN/<seriesuid>.mhd + annotations.csv, world mm)"
@@ -153,10 +168,12 @@ class Luna16(DatasetFormat):
         "subsets": "number of subsetN folders (default: min(cases, 10))",
         "shape": "volume size x,y,z in voxels (default 160,160,48)",
         "spacing": "voxel size x,y,z in mm (default 0.75,0.75,2.5)",
+        "nodule_mm": "smallest and largest nodule diameter in mm, drawn log-uniformly (default 3.5,25)",
     }
 
     def synth(self, out: Path, cases: int | None = None, seed: int = 0, subsets: int | None = None,
-              shape: str | tuple = (160, 160, 48), spacing: str | tuple = (0.75, 0.75, 2.5), **options) -> Path:
+              shape: str | tuple = (160, 160, 48), spacing: str | tuple = (0.75, 0.75, 2.5),
+              nodule_mm: str | tuple = NODULE_DIAMETERS_MM, **options) -> Path:
         from medsight.datasets.synth import triple, whole
         from medsight.datasets.synth.luna16 import make_scan, write_mhd
 
@@ -166,11 +183,12 @@ class Luna16(DatasetFormat):
         folds = whole("subsets", subsets) if subsets is not None else min(count, 10)
         shape = triple("shape", shape, int, MIN_SCAN_VOXELS)
         spacing = triple("spacing", spacing, float, 0)
+        nodule_mm = _diameter_range(nodule_mm)
         out = Path(out)
         rng = np.random.default_rng(seed)
         annotations, excluded, candidates = [], [], []
         for index in range(count):
-            scan = make_scan(index, rng, shape=shape, spacing=spacing, seed=seed)
+            scan = make_scan(index, rng, shape=shape, spacing=spacing, seed=seed, nodule_mm=nodule_mm)
             write_mhd(scan.volume, scan.origin_lps, scan.spacing_mm, scan.direction,
                       out / f"subset{index % folds}" / f"{scan.uid}.mhd")
             for sphere in scan.nodules:

@@ -64,7 +64,8 @@ def test_segmentation_of_numpy_volumes_keeps_their_grid_and_saves_what_the_cli_w
                "--image", f"t1c={tmp_path / 't1c.nii.gz'}", "--out", str(tmp_path / "cli"),
                "infer.overlay=false") == 0
     saved = result.save(tmp_path / "api")
-    assert [p.name for p in saved] == ["numpy-case_seg.nii.gz", "numpy-case_overlay.png"]
+    assert [p.name for p in saved] == ["numpy-case_seg.nii.gz", "numpy-case_overlay.png", "numpy-case_viewer.html",
+                                       "cases.csv"]
     api, by_cli = nib.load(tmp_path / "api" / "numpy-case_seg.nii.gz"), nib.load(tmp_path / "cli" / "numpy-case_seg.nii.gz")
     np.testing.assert_array_equal(np.asarray(api.dataobj), np.asarray(by_cli.dataobj))
     np.testing.assert_allclose(api.affine, by_cli.affine, atol=1e-5)

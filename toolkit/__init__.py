@@ -15,10 +15,13 @@ make_torchvision_importable_on_first_import()
 _API = {
     "train": "medsight.training.run", "Run": "medsight.training.run",
     "cross_validate": "medsight.training.cv", "CrossValidation": "medsight.training.cv",
+    "find_best_configuration": "medsight.training.configurations",
+    "ensemble": "medsight.inference.ensemble",
     "load": "medsight.inference.model", "Model": "medsight.inference.model", "export": "medsight.inference.model",
     "Predictions": "medsight.inference.model", "Evaluation": "medsight.inference.model",
     "PredictionReport": "medsight.inference.predict", "Result": "medsight.task",
     "import_model": "medsight.sources.importers", "compress": "medsight.compression.compress",
+    "serve": "medsight.serve.server", "Server": "medsight.serve.server",
     "check_data": "medsight.data.check", "fingerprint": "medsight.planning.plans", "synthesize": "medsight.data",
 }
 

@@ -131,6 +131,9 @@ class Result:
     id: str
     #: the task that made it: its writer saves it
     task: Any = field(default=None, repr=False, compare=False, kw_only=True)
+    #: what says how far to trust it, filled around the task: ``domain`` (why the input is unlike the training
+    #: data; "" when alike), ``uncertainty`` (the members' disagreement), ``review`` (flagged for a human look)
+    quality: dict[str, Any] = field(default_factory=dict, repr=False, compare=False, kw_only=True)
 
     def save(self, folder: str | Path, *, dicom: bool = False, keep_identifiers: bool = False) -> list[Path]:
         return save_results([self], folder, OutputOptions(dicom=dicom, keep_identifiers=keep_identifiers))
@@ -142,8 +145,36 @@ def save_results(results, folder: str | Path, options: OutputOptions | None = No
     if not results:
         return []
     writer = results[0].task.prediction_writer(Path(folder), options)
-    written = [path for result in results for path in writer.write(result)]
-    return written + writer.finish()
+    table = CaseTable(Path(folder))
+    written = []
+    for result in results:
+        written += writer.write(result)
+        table.add(result)
+    return written + writer.finish() + table.finish()
+
+
+class CaseTable:
+    """``cases.csv`` of one predict call: per case its id and ``quality`` (``domain``, ``score``,
+    ``uncertainty``, ``review``), written when any case has something to say."""
+
+    COLUMNS = ("case", "review", "domain", "score", "uncertainty")
+
+    def __init__(self, out: Path):
+        self.out, self.rows = Path(out), []
+
+    def add(self, result: Result) -> None:
+        from medsight.core.calibration import mark_review
+
+        task = result.task
+        mark_review(result.quality, (getattr(task, "state", None) or {}).get("review"))
+        self.rows.append({"case": result.id, **{k: result.quality.get(k, "") for k in self.COLUMNS[1:]}})
+
+    def finish(self) -> list[Path]:
+        from medsight.io.writers import write_csv
+
+        if not any(row["review"] or row["domain"] or row["score"] != "" for row in self.rows):
+            return []
+        return [write_csv(self.rows, self.out / "cases.csv", list(self.COLUMNS))]
 
 
 class PredictionWriter:
@@ -278,6 +309,27 @@ class Task:
                    and all(isinstance(x, (numbers.Number, str)) for x in v)]
         return [{k: outputs[k][i] for k in columns} for i in range(count)]
 
+    # -- trust: calibration and review (medsight.inference.calibration) --------------------------------
+    def calibration_samples(self, outputs: dict[str, list]) -> dict[str, tuple]:
+        """Per output the task calibrates (a label, a region, the score): ``(probabilities, targets, weights)``
+        as the network gives them, before any temperature (weights: None, or how many each sample stands
+        for). Temperatures are fitted and ECE/Brier reported on these. Default: none."""
+        return {}
+
+    def apply_temperatures(self, temperatures: dict[str, float]) -> None:
+        """Keep ``temperatures`` (output -> T) in the learnt state; a task whose chosen settings are
+        probability values (thresholds) moves them to the calibrated scale here."""
+        self.state["temperature"] = dict(temperatures)
+
+    def review_scores(self, outputs: dict[str, list]) -> list[float]:
+        """Per case, in ``case_rows`` order: the score that flags it for review (the same as ``to_result``
+        puts in ``quality["score"]``; higher = less sure). Default: none."""
+        return []
+
+    def case_quality(self, outputs: dict[str, list]) -> list[float]:
+        """Per case: how good its prediction was (Dice, accuracy), to show that flagged cases are worse."""
+        return []
+
     # -- inference --------------------------------------------------------------------------------
     def input_records(self, path: str | None, images: dict[str, str] | None = None) -> list[dict]:
         """Records for one command-line input (a file, or a folder of files or of one case), or for
@@ -393,6 +445,24 @@ class Task:
         """``{"config": overrides as nested dicts, "memory": how they were sized}`` from a fingerprint."""
         return self._planner().plan(self, fingerprint, budget_bytes, precision)
 
+    # -- the training data's domain (predict's out-of-distribution flags) --------------------------
+    #: a module with ``domain_case(task, record)`` (a task without a planner); None: the planner's
+    domain_facts: ClassVar[Any] = None
+
+    def domain_case(self, record: dict) -> dict:
+        """One case's facts that ``predict`` compares with the training data's (``medsight.inference.domain`` names
+        them: modality, spacing_mm, extent_mm, ...), measured cheaply: header facts, a strided sample of voxels.
+        Default: the task's module's ``domain_case``; else voxel size and extent from ``fingerprint_case``; else none
+        (nothing compared)."""
+        module = self.domain_facts or self.planner
+        if module is not None and hasattr(module, "domain_case"):
+            return module.domain_case(self, record)
+        if self.planner is None:
+            return {}
+        case = self.fingerprint_case(record)
+        spacing = [float(s) for s in case["spacing_mm"]]
+        return {"spacing_mm": spacing, "extent_mm": [n * s for n, s in zip(case["shape"], spacing)]}
+
     # -- state ------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         return dict(self.state)
@@ -406,3 +476,10 @@ class Task:
             raise TaskError(f"{self.name}: {key!r} is not known yet: it is learnt when training starts "
                             "(learn_state) or loaded from a checkpoint", "task")
         return self.state[key]
+
+    # -- DICOM reports (medsight serve) -----------------------------------------------------------
+    def dicom_report(self, result: Result, out: Path, keep_identifiers: bool = False) -> list[Path]:
+        """DICOM objects beyond what ``result.save(..., dicom=True)`` writes, for a PACS: a structured report
+        of the result (detection: TID 1500 per nodule; classification: findings and operating points),
+        referencing the DICOM input it was made from. Default: none."""
+        return []

@@ -132,8 +132,10 @@ def _vessels(volume: np.ndarray, spacing: np.ndarray, lungs: np.ndarray, rng: np
                 radius = max(0.6, radius * 0.75)
 
 
-def _findings(lungs: np.ndarray, spacing: np.ndarray, rng: np.random.Generator) -> tuple[list, list]:
-    """(nodules, excluded findings): spheres placed wholly inside the lungs, nodules apart from each other."""
+def _findings(lungs: np.ndarray, spacing: np.ndarray, rng: np.random.Generator,
+              nodule_mm: tuple[float, float] = (3.5, 25.0)) -> tuple[list, list]:
+    """(nodules, excluded findings): spheres placed wholly inside the lungs, nodules apart from each other,
+    their diameters log-uniform in ``nodule_mm`` (smallest, largest)."""
     from scipy.ndimage import distance_transform_edt
 
     def place(diameter: float) -> tuple[float, float, float] | None:
@@ -146,9 +148,9 @@ def _findings(lungs: np.ndarray, spacing: np.ndarray, rng: np.random.Generator) 
 
     nodules, excluded = [], []
     for _ in range(int(rng.choice([0, 1, 1, 2, 2, 3]))):
-        diameter = float(math.exp(rng.uniform(math.log(3.5), math.log(25.0))))
+        diameter = float(math.exp(rng.uniform(math.log(nodule_mm[0]), math.log(nodule_mm[1]))))
         centre = place(diameter)
-        while centre is None and diameter > 3.5:
+        while centre is None and diameter > nodule_mm[0]:
             diameter *= 0.8
             centre = place(diameter)
         if centre is None:
@@ -172,8 +174,10 @@ def make_scan(
     spacing=(0.75, 0.75, 2.5),
     seed: int = 0,
     direction_lps=None,
+    nodule_mm: tuple[float, float] = (3.5, 25.0),
 ) -> Scan:
-    """One synthetic chest CT; ``direction_lps`` (LPS cosines, one column per array axis) defaults to identity.
+    """One synthetic chest CT; ``direction_lps`` (LPS cosines, one column per array axis) defaults to identity;
+    ``nodule_mm``: the smallest and largest nodule diameter.
 
     Nodules and vessels are painted in array space, so any direction gives the same array; world
     coordinates follow from the grid (``Scan.world``).
@@ -182,7 +186,7 @@ def make_scan(
     spacing = np.asarray(spacing, dtype=np.float64)
     volume, lungs = _chest(shape, spacing, rng)
     _vessels(volume, spacing, lungs, rng)
-    nodules, excluded = _findings(lungs, spacing, rng)
+    nodules, excluded = _findings(lungs, spacing, rng, nodule_mm)
     for sphere in nodules + excluded:
         _paint_sphere(volume, spacing, sphere.centre_index, sphere.diameter_mm / 2, sphere.hu)
     volume += rng.normal(0, 20, shape).astype(np.float32)

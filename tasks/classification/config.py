@@ -147,6 +147,9 @@ class ClassificationInfer:
     #: CPU_PIXELS_PER_BATCH model-input pixels (8 pictures at 224 px, 64 at 64 px), which keeps a
     #: DenseNet's activations in cache (bench/classification_throughput.py)
     batch_size: int = 0
+    #: apply the temperatures fitted on out-of-fold predictions (medsight cv, per label), where the
+    #: checkpoint holds them; false: the network's own probabilities
+    calibrated: bool = True
 
     def __post_init__(self):
         positive("infer.cam_top_k", self.cam_top_k)

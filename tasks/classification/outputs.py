@@ -51,7 +51,9 @@ def prediction_row(image: str, probabilities: np.ndarray, labels: LabelSet,
 
 
 def write_predictions(rows: list[dict], labels: LabelSet, out: Path) -> Path:
-    return write_csv(rows, out / PREDICTIONS_CSV, ["image", *labels.names, decision_column(labels)])
+    """One row per picture; an ensemble's rows also carry each label's spread over the members."""
+    spread = [f"{name}_spread" for name in labels.names] if rows and f"{labels.names[0]}_spread" in rows[0] else []
+    return write_csv(rows, out / PREDICTIONS_CSV, ["image", *labels.names, decision_column(labels), *spread])
 
 
 def write_cams(picture: np.ndarray, cams: np.ndarray, label_indices: Sequence[int], probabilities: np.ndarray,
@@ -81,6 +83,8 @@ class Findings(Result):
     thresholds: tuple[float, ...] | None = None
     cams: dict[str, np.ndarray] | None = field(default=None, repr=False)
     picture: np.ndarray | None = field(default=None, repr=False)
+    #: an ensemble's per-label standard deviation of its members' probabilities
+    spread: np.ndarray | None = field(default=None, repr=False)
 
     def probability(self, label: str) -> float:
         return float(self.probabilities[list(self.labels).index(label)])
@@ -95,10 +99,15 @@ def findings(prediction: dict, source: str, identifier: str, labels: LabelSet, t
     if "cams" in prediction:
         cams = {labels.names[int(index)]: np.asarray(cam, dtype=np.float32)
                 for cam, index in zip(prediction["cams"], prediction["cam_labels"])}
+    spread = prediction.get("spread")
+    spread = None if spread is None else np.asarray(spread, dtype=np.float32)
+    quality = {} if spread is None else {"uncertainty": round(float(spread.max()), 5)}
+    if prediction.get("score") is not None:
+        quality["score"] = round(float(prediction["score"]), 5)
     return Findings(id=identifier, source=source, labels=tuple(labels.names), probabilities=probabilities,
                     positive=positive, decision=decision, task=task,
                     thresholds=tuple(thresholds) if thresholds is not None else None, cams=cams,
-                    picture=picture if cams is not None else None)
+                    picture=picture if cams is not None else None, spread=spread, quality=quality)
 
 
 class PicturePredictions(PredictionWriter):
@@ -114,6 +123,8 @@ class PicturePredictions(PredictionWriter):
         row = {"image": result.source}
         row.update({name: f"{float(p):.6f}" for name, p in zip(self.labels.names, result.probabilities)})
         row[decision_column(self.labels)] = result.decision
+        if result.spread is not None:
+            row.update({f"{name}_spread": f"{float(v):.6f}" for name, v in zip(self.labels.names, result.spread)})
         self.rows.append(row)
         if not result.cams:
             return []

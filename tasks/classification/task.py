@@ -24,8 +24,9 @@ from medsight.errors import DataError, TaskError
 from medsight.core.models import create_model
 from medsight.data.picture_cache import CachedPicturesd
 from medsight.core.registry import register_task
+from medsight.inference.ensemble import Moments, members
 from medsight.task import DemoSpec, Distillation, Monitor, PredictionWriter, StepOutput, Task
-from medsight.tasks.classification import outputs
+from medsight.tasks.classification import outputs, plans
 from medsight.tasks.classification.cam import GradCamMaps
 from medsight.tasks.classification.config import ClassificationConfig
 from medsight.tasks.classification.labels import LabelSet, label_set
@@ -70,9 +71,21 @@ CPU_PIXELS_PER_BATCH = 8 * 224 * 224
 CPU_MAX_BATCH = 64
 
 
+def review_score(probabilities: np.ndarray, multi_label: bool) -> np.ndarray:
+    """Per picture (rows): the largest binary entropy over its labels (single-label: the softmax's entropy
+    in bits over log2 of the class count)."""
+    from medsight.core.calibration import binary_entropy
+
+    if multi_label:
+        return binary_entropy(probabilities).max(axis=1)
+    p = np.clip(probabilities, 1e-7, 1.0)
+    return -(p * np.log2(p)).sum(axis=1) / max(1.0, np.log2(p.shape[1]))
+
+
 @register_task("classification")
 class XrayClassification(Task):
     input_kind = "picture"
+    domain_facts = plans  # what predict compares with the training pictures (their headers)
     default_student = "resnet18"
     summary = "findings on chest X-rays (ChestX-ray14, multi-label) and class-per-folder/CSV image sets"
     config_class = ClassificationConfig
@@ -97,8 +110,8 @@ class XrayClassification(Task):
 
     def __init__(self, config: ClassificationConfig):
         super().__init__(config)
-        self._cam: GradCamMaps | None = None
-        self._cam_model: nn.Module | None = None
+        #: Grad-CAM per network (keyed by id; the network is kept with it, so the id stays its own)
+        self._cams: dict[int, tuple[GradCamMaps, nn.Module]] = {}
         self._teacher: nn.Module | None = None  # loss.distill_from, loaded at the first training step
 
     # -- labels -----------------------------------------------------------------------------------
@@ -218,8 +231,13 @@ class XrayClassification(Task):
         return tensors, [f"head {weight_key.rsplit('.', 1)[0]}: {len(shared)} of {len(names)} labels taken from the "
                          f"source by name" + (f"; new: {', '.join(fresh)}" if fresh else "")]
 
-    def _probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+    def _probabilities(self, logits: torch.Tensor, calibrated: bool = True) -> torch.Tensor:
+        """Sigmoid (multi-label) or softmax probabilities, divided first by the temperatures fitted on
+        out-of-fold predictions (``medsight cv``) where the checkpoint holds them and ``infer.calibrated``."""
         logits = logits.float()
+        temperature = self._temperatures(logits.device) if calibrated else None
+        if temperature is not None:
+            logits = logits / temperature
         if not self.labels.multi_label:
             return torch.softmax(logits, dim=1)
         probabilities = torch.sigmoid(logits)
@@ -227,6 +245,22 @@ class XrayClassification(Task):
         if points:  # a published model's calibration (torchxrayvision): its operating point maps to 0.5
             probabilities = operating_point_scale(probabilities, points)
         return probabilities
+
+    def _temperatures(self, device) -> torch.Tensor | None:
+        fitted = self.state.get("temperature") if self.config.infer.calibrated else None
+        if not fitted:
+            return None
+        if not self.labels.multi_label:
+            return torch.tensor(float(fitted.get("all", 1.0)), device=device)
+        return torch.tensor([float(fitted.get(name, 1.0)) for name in self.labels.names], device=device)
+
+    def ensemble_probabilities(self, model: nn.Module, images: torch.Tensor, calibrated: bool = True):
+        """The members' mean probabilities (one model: its own) and their per-label standard deviation
+        (None for one model)."""
+        moments = Moments()
+        for network in members(model):
+            moments.add(self._probabilities(network(images), calibrated))
+        return moments.mean, (moments.std if moments.count > 1 else None)
 
     def training_step(self, model: nn.Module, batch: dict) -> StepOutput:
         logits = model(batch["image"])
@@ -269,9 +303,12 @@ class XrayClassification(Task):
             return self._teacher(images)
 
     def validation_step(self, model: nn.Module, batch: dict) -> dict[str, list]:
-        probabilities = self._probabilities(model(batch["image"])).cpu().numpy()
-        return {"probabilities": list(probabilities), "label": list(batch["label"].cpu().numpy()),
-                "id": list(batch["id"])}
+        probabilities = self.ensemble_probabilities(model, batch["image"])[0]
+        out = {"probabilities": list(probabilities.cpu().numpy()), "label": list(batch["label"].cpu().numpy()),
+               "id": list(batch["id"])}
+        if self._temperatures(probabilities.device) is not None:  # evaluate reports calibration before and after
+            out["uncalibrated"] = list(self.ensemble_probabilities(model, batch["image"], False)[0].cpu().numpy())
+        return out
 
     def validation_metrics(self, outputs: dict[str, list]) -> dict[str, float]:
         probabilities, truth = np.stack(outputs["probabilities"]), np.stack(outputs["label"])
@@ -280,6 +317,46 @@ class XrayClassification(Task):
             self.state["thresholds"] = choose_thresholds(probabilities, truth, self.config.metrics.threshold_rule,
                                                          fallback=self.thresholds)
         return summarise(probabilities, truth, labels.names, self.thresholds, labels.multi_label)
+
+    def calibration_samples(self, outputs: dict[str, list]) -> dict[str, tuple]:
+        """Per label (multi-label), its probabilities before any temperature and the truth; single-label
+        outputs are not temperature-scaled here (one softmax over classes)."""
+        if not self.labels.multi_label or not outputs.get("probabilities"):
+            return {}
+        probabilities = np.stack(outputs.get("uncalibrated") or outputs["probabilities"])
+        truth = np.stack(outputs["label"])
+        return {name: (probabilities[:, k], truth[:, k], None) for k, name in enumerate(self.labels.names)}
+
+    def apply_temperatures(self, temperatures: dict[str, float]) -> None:
+        """The temperatures, and each label's threshold moved with its probabilities (sigmoid(logit(t) / T)):
+        the same pictures are called positive before and after calibration."""
+        super().apply_temperatures(temperatures)
+        if self.state.get("thresholds") is not None and self.labels.multi_label:
+            from medsight.core.calibration import logit
+
+            self.state["thresholds"] = [
+                float(1 / (1 + np.exp(-logit(t) / temperatures.get(name, 1.0))))
+                for t, name in zip(self.state["thresholds"], self.labels.names)]
+
+    def review_scores(self, outputs: dict[str, list]) -> list[float]:
+        """Per picture: the largest binary entropy over the labels of the probabilities before any
+        temperature (a picture the model is unsure about on some finding)."""
+        if not outputs.get("probabilities"):
+            return []
+        probabilities = np.stack(outputs.get("uncalibrated") or outputs["probabilities"])
+        return [float(v) for v in review_score(probabilities, self.labels.multi_label)]
+
+    def case_quality(self, outputs: dict[str, list]) -> list[float]:
+        """Per picture: the share of labels decided right at the checkpoint's thresholds."""
+        if not outputs.get("probabilities"):
+            return []
+        probabilities, truth = np.stack(outputs["probabilities"]), np.stack(outputs["label"])
+        if not self.labels.multi_label:
+            return [float(v) for v in (probabilities.argmax(1) == truth.argmax(1) if truth.ndim == 2
+                                       else probabilities.argmax(1) == truth)]
+        thresholds = np.asarray(self.thresholds if self.thresholds is not None else [DEFAULT_THRESHOLD]
+                                * probabilities.shape[1])
+        return [float(v) for v in ((probabilities >= thresholds) == (truth > 0.5)).mean(axis=1)]
 
     def case_rows(self, results: dict[str, list]) -> list[dict]:
         """Per picture: its truth, one probability per label, and the decision."""
@@ -329,23 +406,31 @@ class XrayClassification(Task):
 
     def predict(self, model: nn.Module, batch: dict) -> list[dict]:
         images = batch["image"]
-        probabilities = self._probabilities(model(images))
-        items = [{"probabilities": p} for p in probabilities.cpu().numpy()]
-        if self.config.infer.cam:
+        probabilities, spread = self.ensemble_probabilities(model, images)
+        raw = probabilities if self._temperatures(images.device) is None else self.ensemble_probabilities(
+            model, images, False)[0]
+        items = [{"probabilities": p, "score": float(score)} for p, score in
+                 zip(probabilities.cpu().numpy(), review_score(raw.cpu().numpy(), self.labels.multi_label))]
+        if spread is not None:
+            for item, row in zip(items, spread.cpu().numpy()):
+                item["spread"] = row
+        if self.config.infer.cam:  # an ensemble's map: the mean of its members' maps
             top = probabilities.topk(min(self.config.infer.cam_top_k, probabilities.shape[1]), dim=1).indices
-            maps = [self._gradcam(model, images)(images, top[:, rank]) for rank in range(top.shape[1])]
+            networks = members(model)
+            maps = [sum(self._gradcam(net, images)(images, top[:, rank]) for net in networks) / len(networks)
+                    for rank in range(top.shape[1])]
             stacked = torch.stack(maps, dim=1).cpu().numpy()  # (B, k, H, W)
             for item, indices, cams in zip(items, top.cpu().tolist(), stacked):
                 item.update(cam_labels=indices, cams=cams)
         return items
 
     def _gradcam(self, model: nn.Module, images: torch.Tensor) -> GradCamMaps:
-        if self._cam is None or self._cam_model is not model:
+        if id(model) not in self._cams:  # one per network (an ensemble's members each have theirs)
             layer = self.config.infer.cam_layer
             if layer == "auto":
                 layer = last_feature_map_layer(model, images[:1])
-            self._cam, self._cam_model = GradCamMaps(model, layer), model
-        return self._cam
+            self._cams[id(model)] = (GradCamMaps(model, layer), model)
+        return self._cams[id(model)][0]
 
     def to_result(self, prediction: dict, item: dict) -> outputs.Findings:
         picture = np.asarray(item["image"], dtype=np.float32)[0] if "cams" in prediction else None
@@ -354,6 +439,12 @@ class XrayClassification(Task):
 
     def prediction_writer(self, out: Path, options=None) -> PredictionWriter:
         return outputs.PicturePredictions(out, self.labels, options)
+
+    def dicom_report(self, result, out: Path, keep_identifiers: bool = False) -> list[Path]:
+        """A TID 1500 SR of the findings, probabilities and operating points (``report.py``)."""
+        from .report import findings_report
+
+        return findings_report(result, out, outputs.safe_stem(result.id), keep_identifiers)
 
     def engine_unsupported(self) -> str | None:
         return "Grad-CAM (--cam) needs PyTorch's gradients" if self.config.infer.cam else None

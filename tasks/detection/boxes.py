@@ -80,3 +80,57 @@ class NodulesToBoxesd(MapTransform):
         d[self.box_key] = torch.as_tensor(boxes)
         d[self.label_key] = torch.zeros(len(boxes), dtype=torch.long)
         return d
+
+
+# -- ensembles: the members' boxes fused ---------------------------------------------------------------
+#: how an ensemble's boxes are fused: ``wbf`` (weighted box fusion, Solovyev et al. 2021: a box joins the
+#: cluster whose running fused box it overlaps) or ``wbc`` (weighted box clustering as in nnDetection's
+#: consolidation: clusters form around the highest-scoring box, like NMS, and are then averaged)
+FUSIONS = ("wbf", "wbc")
+
+
+def fuse_boxes(detections: list[dict[str, np.ndarray]], iou: float, mode: str = "wbf",
+               max_boxes: int | None = None) -> dict[str, np.ndarray]:
+    """One scan's boxes from several members' (``{"boxes": (N, 6), "scores": (N,)}`` each): clusters of
+    boxes overlapping by at least ``iou`` become one box, the score-weighted mean of theirs, scored by the
+    sum of the best score of each member in it over the member count (a box one member of five found at
+    0.9 scores 0.18); ``agreement``: how many members found it."""
+    from monai.data.box_utils import box_iou
+
+    members = len(detections)
+    boxes = np.concatenate([d["boxes"].reshape(-1, 6) for d in detections]).astype(np.float64)
+    scores = np.concatenate([d["scores"].reshape(-1) for d in detections]).astype(np.float64)
+    owner = np.concatenate([np.full(len(d["scores"]), k) for k, d in enumerate(detections)])
+    if boxes.size == 0:
+        return {"boxes": np.zeros((0, 6), np.float32), "scores": np.zeros(0, np.float32),
+                "agreement": np.zeros(0, np.int64)}
+    order = np.argsort(-scores, kind="stable")
+    overlaps = box_iou(torch.from_numpy(boxes), torch.from_numpy(boxes)).numpy()
+    clusters: list[list[int]] = []
+    fused: list[np.ndarray] = []
+    for i in order:
+        best, best_iou = -1, iou
+        for c, members_of in enumerate(clusters):
+            if mode == "wbc":  # against the cluster's seed, its highest-scoring box
+                value = overlaps[i, members_of[0]]
+            else:  # against the cluster's fused box so far
+                value = box_iou(torch.from_numpy(boxes[i:i + 1]), torch.from_numpy(fused[c][None])).item()
+            if value >= best_iou:
+                best, best_iou = c, value
+        if best < 0:
+            clusters.append([i])
+            fused.append(boxes[i].copy())
+        else:
+            clusters[best].append(i)
+            weights = scores[clusters[best]]
+            fused[best] = (boxes[clusters[best]] * weights[:, None]).sum(0) / weights.sum()
+    out_scores, agreement = [], []
+    for members_of in clusters:
+        best_per_member: dict[int, float] = {}
+        for i in members_of:
+            best_per_member[owner[i]] = max(best_per_member.get(owner[i], 0.0), scores[i])
+        out_scores.append(sum(best_per_member.values()) / members)
+        agreement.append(len(best_per_member))
+    keep = np.argsort(-np.asarray(out_scores), kind="stable")[:max_boxes]
+    return {"boxes": np.asarray(fused, dtype=np.float32)[keep], "scores": np.asarray(out_scores, np.float32)[keep],
+            "agreement": np.asarray(agreement, dtype=np.int64)[keep]}

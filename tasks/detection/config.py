@@ -140,11 +140,23 @@ class DetectionInfer:
     max_marks_per_scan: int = 100
     #: overlay PNGs per scan: the axial slice through each of the top marks
     overlays_per_scan: int = 3
+    #: with overlays: also overlays/<seriesuid>_viewer.html, the scan's slices to scroll with the marks circled
+    viewer: bool = True
     #: ``predict --dicom``: the marks a DICOM SEG holds (as spheres): at least this probability, at most this many
     dicom_min_probability: float = 0.5
     dicom_max_marks: int = 10
+    #: an ensemble's boxes: wbf (weighted box fusion) or wbc (nnDetection's weighted box clustering);
+    #: boxes overlapping by at least fusion_iou are one nodule
+    fusion: str = "wbf"
+    fusion_iou: float = 0.1
+    #: apply the score's temperature fitted on out-of-fold marks (medsight cv), where the checkpoint has one
+    calibrated: bool = True
+    #: choose the NMS overlap on validation (training's, and cv's out-of-fold predictions) among
+    #: 0.1-0.5 and nms_iou; predict and evaluate then use the chosen one (the checkpoint's box_selection)
+    sweep_nms: bool = True
 
     def __post_init__(self):
+        choice("infer.fusion", self.fusion, ("wbf", "wbc"))
         _triple("infer.roi_size", self.roi_size, int)
         if not 0 <= self.overlap < 1:
             raise ConfigError(f"infer.overlap must be in [0, 1), got {self.overlap}")

@@ -98,7 +98,9 @@ def cap_marks(marks: np.ndarray, max_marks: int = MAX_MARKS_PER_SCAN) -> np.ndar
     return marks[marks[:, 3] > cut]
 
 
-def _within(marks: np.ndarray, nodule: np.ndarray) -> np.ndarray:
+def within(marks: np.ndarray, nodule: np.ndarray) -> np.ndarray:
+    """Which marks (rows ``x, y, z, ...``) lie inside the nodule's sphere (``x, y, z, diameter_mm``; an
+    unknown diameter: the official script's default)."""
     diameter = nodule[3] if nodule[3] >= 0 else UNKNOWN_DIAMETER_MM
     squared = ((marks[:, :3] - nodule[None, :3]) ** 2).sum(axis=1)
     return squared < (diameter / 2.0) ** 2
@@ -117,7 +119,7 @@ def match_scan(marks: np.ndarray, nodules: np.ndarray, excluded: np.ndarray,
     unused = np.ones(len(kept), dtype=bool)  # marks not (yet) a hit nor ignored: the false positives
     rows = []
     for nodule in np.asarray(nodules, dtype=np.float64).reshape(-1, 4):
-        inside = _within(kept, nodule)
+        inside = within(kept, nodule)
         if inside.any():
             rows.append((1.0, kept[inside, 3].max(), 1.0))
             outcome.hits += 1
@@ -127,7 +129,7 @@ def match_scan(marks: np.ndarray, nodules: np.ndarray, excluded: np.ndarray,
             rows.append((1.0, MISSED, 0.0))
             outcome.misses += 1
     for finding in np.asarray(excluded, dtype=np.float64).reshape(-1, 4):
-        inside = _within(kept, finding) & unused
+        inside = within(kept, finding) & unused
         outcome.ignored_on_excluded += int(inside.sum())
         unused &= ~inside
     rows.extend((0.0, probability, 1.0) for probability in kept[unused, 3])

@@ -1,5 +1,5 @@
-"""What detection writes: the LUNA16 submission CSV, overlay PNGs of the top marks, and the FROC
-table, curve, plot and summary of an evaluation."""
+"""What detection writes: the LUNA16 submission CSV, overlay PNGs of the top marks, a slice viewer page
+per scan, and the FROC table, curve, plot and summary of an evaluation."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import numpy as np
 from medsight.core.geometry import voxel_size_mm, voxel_to_world, world_to_voxel
 from medsight.io.pictures import marks_png
 from medsight.io.writers import atomic_path, write_csv, write_json
+from medsight.reporting.viewer import CT_WINDOWS, Mark, slice_viewer
 from medsight.task import PredictionWriter, Result
 
 from .boxes import boxes_to_nodules
@@ -64,7 +65,10 @@ def dicom_marks(marks: np.ndarray, source: str, seriesuid: str, out: Path, keep_
 
 
 def write_submission(rows: Iterable[dict], path: Path) -> Path:
-    return write_csv(rows, path, SUBMISSION_HEADER)
+    """LUNA16's columns (its evaluation script reads them by name), and an ensemble's ``agreement``."""
+    rows = list(rows)
+    extra = ("agreement",) if rows and "agreement" in rows[0] else ()
+    return write_csv(rows, path, SUBMISSION_HEADER + extra)
 
 
 @dataclass
@@ -89,10 +93,17 @@ class NoduleMarks(Result):
     source: str = ""
     marks: np.ndarray = field(default_factory=lambda: np.zeros((0, 5)), repr=False)
     overlays: list[OverlaySlice] = field(default_factory=list, repr=False)
+    #: an ensemble's marks: how many members found each (in ``marks`` order)
+    agreement: np.ndarray | None = field(default=None, repr=False)
 
     def rows(self) -> list[dict]:
-        """The submission rows of this scan (``seriesuid,coordX,coordY,coordZ,probability,diameter_mm``)."""
-        return submission_rows(self.seriesuid, self.marks)
+        """The submission rows of this scan (``seriesuid,coordX,coordY,coordZ,probability,diameter_mm``, and
+        an ensemble's ``agreement``)."""
+        rows = submission_rows(self.seriesuid, self.marks)
+        if self.agreement is not None:
+            for row, count in zip(rows, self.agreement):
+                row["agreement"] = int(count)
+        return rows
 
 
 class NoduleSubmission(PredictionWriter):
@@ -114,10 +125,33 @@ class NoduleSubmission(PredictionWriter):
             written.append(marks_png(view.pixels, view.spacing_mm, [view.circle],
                                      self.out / "overlays" / f"{result.seriesuid}_mark{rank}.png", title=view.title,
                                      window=(0.0, 1.0)))
+        if _viewer_wanted(result):
+            written.append(marks_viewer(result, self.out / "overlays" / f"{result.seriesuid}_viewer.html"))
         return written
 
     def finish(self) -> list[Path]:
         return [write_submission(self.rows, self.out / "submission.csv")]
+
+
+def marks_viewer(result: NoduleMarks, path: Path) -> Path:
+    """The scan as read (HU, on its own grid) with its marks circled on the slices they cross; the page
+    shows the ten most probable first, and its score filter the rest."""
+    from medsight.io.readers import load
+
+    scan = load(result.source)
+    affine = np.asarray(scan.affine, dtype=np.float64)
+    marks = np.asarray(result.marks).reshape(-1, 5)
+    centres = world_to_voxel(marks[:, :3], affine, space="LPS") if len(marks) else np.zeros((0, 3))
+    circles = [Mark(tuple(centre), mark[4] / 2.0, f"p {mark[3]:.2f}, {mark[4]:.1f} mm", float(mark[3]))
+               for centre, mark in zip(centres, marks)]
+    return slice_viewer(scan[0].numpy(), affine, path, marks=circles, windows=CT_WINDOWS,
+                        title=f"{result.seriesuid}: {len(circles)} marks")
+
+
+def _viewer_wanted(result: NoduleMarks) -> bool:
+    """``infer.viewer`` with overlay pictures on (``infer.overlays_per_scan`` > 0), for a scan that can be read again."""
+    infer = getattr(getattr(result.task, "config", None), "infer", None)
+    return bool(result.source) and getattr(infer, "viewer", True) and getattr(infer, "overlays_per_scan", 1) > 0
 
 
 def overlay_slices(image: np.ndarray, affine_ras: np.ndarray, marks: np.ndarray, seriesuid: str,

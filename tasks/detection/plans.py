@@ -4,10 +4,12 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 from monai.transforms import Compose
 
+from medsight.inference import domain
 from medsight.planning import plans
 from medsight.data import transforms as T
 from medsight.core.geometry import voxel_size_mm, world_to_voxel
@@ -48,6 +50,36 @@ def fingerprint_case(task, record: dict) -> dict:
             "nodule_hu": nodule_values[rng.integers(0, len(nodule_values), min(SAMPLE, len(nodule_values)))].tolist()
             if len(nodule_values) else [],
             "nodule_diameters_mm": [float(n[3]) for n in record.get("nodules") or []]}
+
+
+def domain_case(task, record: dict) -> dict:
+    """What predict compares with the training scans (``medsight.inference.domain``): modality (the DICOM header's,
+    else air at -1000 HU marks a CT in Hounsfield units), voxel size and field of view (x, y, z), and the spread of
+    the values above a constant padding (a CT x1000, or normalised, is on another scale than the HU window
+    expects). Read as training reads, measured on a grid."""
+    image = Compose(T.load(IMAGE, channels=1), log_stats=False)({IMAGE: record[IMAGE]})[IMAGE]
+    affine = np.asarray(image.affine, dtype=np.float64)
+    voxel = voxel_size_mm(affine)
+    values = image.as_tensor()[0].numpy()
+    sample = domain.grid(values)[0].ravel()
+    padding = domain.constant_background(values)
+    inside = sample[sample != padding] if padding is not None else sample
+    modality, told = domain.modality_of(sample)
+    header = domain.dicom_header(record[IMAGE]) if _is_dicom(record[IMAGE]) else None
+    if header is not None and header.get("Modality"):
+        modality, told = str(header.Modality), "DICOM Modality"
+    hu = domain.percentiles(inside)
+    return {"modality": modality, "modality_from": told, "spacing_mm": domain.ras_order(affine, voxel),
+            "extent_mm": domain.ras_order(affine, np.asarray(values.shape) * voxel),
+            "intensity_spread": hu["p99.5"] - hu["p0.5"] if hu else None, "intensity": hu}
+
+
+def _is_dicom(path) -> bool:
+    from medsight.io.readers import DICOM_SUFFIXES, is_memory_name
+
+    name = str(path)
+    suffixes = tuple(f".{suffix}" for suffix in DICOM_SUFFIXES)
+    return not is_memory_name(name) and (Path(name).is_dir() or name.lower().endswith(suffixes))
 
 
 def summarise(task, cases: list[dict]) -> dict:

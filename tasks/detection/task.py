@@ -14,10 +14,13 @@ from medsight.datasets.schemas import NODULE_SCANS
 from medsight.errors import ConfigError, DataError
 from medsight.core.quiet import Ignored, library_warnings_quiet
 from medsight.core.registry import register_task
+from medsight.core.calibration import logit
+from medsight.inference.ensemble import members
 from medsight.task import DemoSpec, Monitor, PredictionWriter, StepOutput, Task
 
 from . import froc, outputs, pipeline
 from . import plans
+from .boxes import fuse_boxes
 from .config import DetectionConfig, size_divisible
 from .model import BOX_KEY, LABEL_KEY, SCORE_KEY, EngineRetinaNet, ExportedNetwork, build_detector
 
@@ -71,11 +74,24 @@ GPU = {
 }
 
 
+def review_score(probabilities) -> float:
+    """The largest binary entropy (bits) of a scan's mark probabilities; 0 without marks."""
+    from medsight.core.calibration import binary_entropy
+
+    values = np.asarray(probabilities, dtype=np.float64).reshape(-1)
+    return float(binary_entropy(values).max()) if values.size else 0.0
+
+
+#: NMS overlaps tried on validation (with the config's own)
+NMS_CANDIDATES = (0.1, 0.22, 0.3, 0.4, 0.5)
+
+
 @register_task("detection")
 class LungNoduleDetection(Task):
     summary = "lung nodules in chest CT: 3D RetinaNet, LUNA16 submission CSV, official FROC/CPM"
     config_class = DetectionConfig
     profiles = {"cpu-small": CPU_SMALL, "gpu": GPU}
+    chosen_on_validation = ("box_selection",)
     schema = NODULE_SCANS
     planner = plans  # medsight data fingerprint, train --plans
     model_family = "detection"
@@ -132,8 +148,58 @@ class LungNoduleDetection(Task):
                           logs={"cls_loss": classification.detach(), "box_loss": regression.detach()},
                           batch_size=len(targets))
 
-    def _detect(self, model: nn.Module, images) -> list[dict[str, np.ndarray]]:
-        """Whole-scan detection: one pass when a scan fits ``infer.roi_size``, else sliding windows."""
+    def _detect(self, model: nn.Module, images, sweeping: bool = False) -> list[dict[str, np.ndarray]]:
+        """Whole-scan detection: one pass when a scan fits ``infer.roi_size``, else sliding windows. An
+        ensemble's members detect one after another; their boxes are fused per scan (``infer.fusion``),
+        with each fused box's ``agreement``, the number of members that found it."""
+        networks = members(model)
+        if len(networks) == 1:
+            return self._calibrated(self._detect_one(model, images, sweeping))
+        found = [self._detect_one(network, images) for network in networks]
+        infer = self.config.infer
+        return self._calibrated([fuse_boxes([member[i] for member in found], infer.fusion_iou, infer.fusion,
+                                            infer.max_marks_per_scan) for i in range(len(found[0]))])
+
+    @property
+    def temperature(self) -> float | None:
+        """The score's temperature, fitted on out-of-fold marks (``medsight cv``), where the checkpoint has one."""
+        fitted = (self.state.get("temperature") or {}).get("score") if self.config.infer.calibrated else None
+        return float(fitted) if fitted else None
+
+    def _calibrated(self, detections: list[dict]) -> list[dict]:
+        """Each mark's probability through the score's temperature (a monotone map: the FROC is unchanged);
+        ``raw_scores``: the probabilities before it (review scores and calibration read those)."""
+        temperature = self.temperature
+        for detection in detections:
+            detection["raw_scores"] = detection["scores"]
+            if temperature is not None:
+                detection["scores"] = (1 / (1 + np.exp(-logit(detection["scores"]) / temperature))).astype(np.float32)
+        return detections
+
+    @property
+    def nms_iou(self) -> float:
+        """The NMS overlap predict and evaluate use: chosen on validation (``box_selection``), else the config's."""
+        chosen = self.state.get("box_selection") or {}
+        return float(chosen.get("nms_iou", self.config.infer.nms_iou))
+
+    def _sweeping(self, model: nn.Module) -> bool:
+        """Choosing the NMS overlap on this validation: while learning, for one model (an ensemble's boxes
+        are fused after each member's own selection)."""
+        return self.learning and self.config.infer.sweep_nms and len(members(model)) == 1
+
+    def _select_boxes(self, model: nn.Module, sweeping: bool) -> None:
+        """The detector's box selection for this call: while choosing on validation, no NMS and no cap (the
+        candidates are applied to the same boxes afterwards, ``_sweep``); else the chosen NMS overlap."""
+        if not hasattr(model, "set_box_selector_parameters"):
+            return
+        infer = self.config.infer
+        model.set_box_selector_parameters(
+            score_thresh=infer.score_threshold, topk_candidates_per_level=infer.topk_per_level,
+            nms_thresh=1.0 if sweeping else self.nms_iou,
+            detections_per_img=10 ** 6 if sweeping else infer.max_marks_per_scan)
+
+    def _detect_one(self, model: nn.Module, images, sweeping: bool = False) -> list[dict[str, np.ndarray]]:
+        self._select_boxes(model, sweeping)
         results = []
         roi = self.config.infer.roi_size
         for image in images:
@@ -149,14 +215,79 @@ class LungNoduleDetection(Task):
         return results
 
     def validation_step(self, model: nn.Module, batch: dict) -> dict[str, list]:
-        detections = self._detect(model, batch["image"])
+        """Per scan: its marks (world mm), their probabilities before the temperature, its nodules; while
+        choosing on validation also the marks at every NMS candidate (``nms:<iou>``), from the same boxes."""
+        sweeping = self._sweeping(model)
+        detections = self._detect(model, batch["image"], sweeping)
         affines = batch["image"].affine.reshape(-1, 4, 4).cpu().numpy()
         centre = self.config.model.box_voxel_centre
+        sweep = {}
+        if sweeping:
+            for iou in sorted({*NMS_CANDIDATES, self.config.infer.nms_iou}):
+                sweep[f"nms:{iou:g}"] = [outputs.marks_from_boxes(kept["boxes"], kept["scores"], affine, centre)
+                                         for kept, affine in zip(self._nms(detections, iou), affines)]
+            detections = self._nms(detections, self.config.infer.nms_iou)
         marks = [outputs.marks_from_boxes(d["boxes"], d["scores"], affine, centre)
                  for d, affine in zip(detections, affines)]
-        return {"seriesuid": list(batch["seriesuid"]), "marks": marks,
+        raw = [outputs.marks_from_boxes(d["boxes"], d["raw_scores"], affine, centre)[:, 3]
+               for d, affine in zip(detections, affines)]
+        return {"seriesuid": list(batch["seriesuid"]), "marks": marks, "raw_probability": raw, **sweep,
                 "nodules": [np.asarray(n, dtype=np.float64).reshape(-1, 4) for n in batch["nodules"]],
                 "excluded": [np.asarray(e, dtype=np.float64).reshape(-1, 4) for e in batch["excluded"]]}
+
+    def _nms(self, detections: list[dict], iou: float) -> list[dict]:
+        """The boxes the detector keeps at NMS overlap ``iou`` and the cap of marks per scan (the same
+        selection its box selector makes, applied to its unsuppressed boxes)."""
+        from monai.data.box_utils import non_max_suppression
+
+        kept = []
+        for d in detections:
+            boxes, scores = torch.as_tensor(d["boxes"]).reshape(-1, 6), torch.as_tensor(d["scores"]).reshape(-1)
+            keep = (non_max_suppression(boxes, scores, iou, self.config.infer.max_marks_per_scan).numpy()
+                    if len(scores) else np.zeros(0, dtype=np.int64))
+            kept.append({k: np.asarray(v)[keep] for k, v in d.items()})
+        return kept
+
+    def calibration_samples(self, outputs_: dict[str, list]) -> dict[str, tuple]:
+        """Every mark's probability before the temperature, and whether it lies in a nodule (marks in an
+        excluded finding only, as the FROC ignores them, are left out)."""
+        scores, hits = [], []
+        for marks, raw, nodules, excluded in zip(outputs_.get("marks") or [], outputs_.get("raw_probability") or [],
+                                                 outputs_.get("nodules") or [], outputs_.get("excluded") or []):
+            marks = np.asarray(marks, dtype=np.float64).reshape(-1, 5)
+            inside = np.zeros(len(marks), dtype=bool)
+            for nodule in np.asarray(nodules).reshape(-1, 4):
+                inside |= froc.within(marks, nodule)
+            ignored = np.zeros(len(marks), dtype=bool)
+            for finding in np.asarray(excluded).reshape(-1, 4):
+                ignored |= froc.within(marks, finding) & ~inside
+            scores.append(np.asarray(raw, dtype=np.float64)[~ignored])
+            hits.append(inside[~ignored].astype(np.float64))
+        if not scores or not sum(len(s) for s in scores):
+            return {}
+        return {"score": (np.concatenate(scores), np.concatenate(hits), None)}
+
+    def review_scores(self, outputs_: dict[str, list]) -> list[float]:
+        """Per scan: the largest binary entropy of its marks' probabilities before the temperature (a scan
+        with a mark the model is unsure of)."""
+        return [review_score(raw) for raw in outputs_.get("raw_probability") or []]
+
+    def case_quality(self, outputs_: dict[str, list]) -> list[float]:
+        """Per scan: the share of its marks at or above 0.5 that lie in a nodule (none: 1 when the scan has
+        no nodule, else 0)."""
+        quality = []
+        for marks, nodules in zip(outputs_.get("marks") or [], outputs_.get("nodules") or []):
+            marks = np.asarray(marks, dtype=np.float64).reshape(-1, 5)
+            called = marks[marks[:, 3] >= 0.5]
+            nodules = np.asarray(nodules).reshape(-1, 4)
+            if not len(called):
+                quality.append(1.0 if not len(nodules) else 0.0)
+                continue
+            inside = np.zeros(len(called), dtype=bool)
+            for nodule in nodules:
+                inside |= froc.within(called, nodule)
+            quality.append(float(inside.mean()))
+        return quality
 
     def _score(self, outputs_: dict[str, list], bootstrap: int = 0) -> froc.FrocResult:
         uids = outputs_["seriesuid"]
@@ -168,7 +299,22 @@ class LungNoduleDetection(Task):
             seed=self.config.trainer.seed)
 
     def validation_metrics(self, outputs_: dict[str, list]) -> dict[str, float]:
-        return self._score(outputs_).metrics()
+        """LUNA16's metrics of the marks at the config's NMS overlap (the monitor: comparable across epochs);
+        while learning, also each NMS candidate's CPM, and the best one is kept (``box_selection``), as
+        nnDetection sweeps its box selection on validation. The score threshold and the cap of marks are
+        not swept: the FROC ranks marks, and dropping the lowest ones can never raise a sensitivity."""
+        metrics = self._score(outputs_).metrics()
+        candidates = {key: self._score({**outputs_, "marks": outputs_[key]}).cpm for key in outputs_
+                      if key.startswith("nms:")} if self.learning else {}
+        if candidates:
+            configured = f"nms:{self.config.infer.nms_iou:g}"
+            best = max(candidates, key=lambda k: (candidates[k], k == configured))
+            self.state["box_selection"] = {"nms_iou": float(best.split(":")[1]),
+                                           "cpm": {k.split(":")[1]: round(float(v), 4) for k, v in candidates.items()}}
+            metrics["cpm_chosen"] = float(candidates[best])
+            log.info(f"box selection chosen on validation: NMS overlap {best.split(':')[1]} (CPM "
+                     + ", ".join(f"{k.split(':')[1]}: {v:.3f}" for k, v in sorted(candidates.items())) + ")")
+        return metrics
 
     def case_rows(self, outputs_: dict[str, list]) -> list[dict]:
         """Per scan: its nodules, its marks and the most probable mark's probability."""
@@ -228,12 +374,23 @@ class LungNoduleDetection(Task):
                                          self.config.model.box_voxel_centre)
         count = self.config.infer.overlays_per_scan
         views = outputs.overlay_slices(image[0].cpu().numpy(), affine, marks, seriesuid, count) if count else []
+        raw = prediction.get("raw_scores", prediction["scores"])
         return outputs.NoduleMarks(id=str(item["id"]), seriesuid=seriesuid, marks=marks, overlays=views, task=self,
-                                   source=str((image.meta or {}).get("filename_or_obj", "")))
+                                   source=str((image.meta or {}).get("filename_or_obj", "")),
+                                   agreement=prediction.get("agreement"),
+                                   quality={"score": round(review_score(raw), 5)})
 
     def prediction_writer(self, out: Path, options=None) -> PredictionWriter:
         infer = self.config.infer
         return outputs.NoduleSubmission(out, options, infer.dicom_min_probability, infer.dicom_max_marks)
+
+    def dicom_report(self, result, out: Path, keep_identifiers: bool = False) -> list[Path]:
+        """A TID 1500 SR of the marks the DICOM SEG holds (``report.py``)."""
+        from .report import nodule_report
+
+        infer = self.config.infer
+        return nodule_report(result.marks, result.source, out, result.seriesuid, keep_identifiers,
+                             infer.dicom_min_probability, infer.dicom_max_marks)
 
     def example_input(self) -> torch.Tensor:
         size = [2 * d for d in size_divisible(self.config.model)]

@@ -82,6 +82,8 @@ class SegmentationInfer:
     threshold: float = 0.5
     probabilities: bool = False  # also write <case>_prob.nii.gz (ET, TC, WT)
     overlay: bool = True  # <case>_overlay.png
+    #: with overlay: also <case>_viewer.html, the FLAIR's slices to scroll with ET, TC and WT over them
+    viewer: bool = True
     #: training chooses per region, on validation, whether to drop small or all but the largest connected
     #: components (only where that improves validation Dice/HD95: postprocess.py), and predict and evaluate
     #: apply that choice, saved in the checkpoint. false: no choice while training (and no candidate scoring
@@ -95,6 +97,12 @@ class SegmentationInfer:
     #: in bf16/fp16, off in fp32, where it changes the arithmetic (1e-6), enough to flip a voxel lying on
     #: the threshold, and --precision fp32 reproduces a source model's label maps exactly (medsight import)
     channels_last: Optional[bool] = None
+    #: apply the per-region temperatures fitted on out-of-fold predictions (medsight cv), where the
+    #: checkpoint holds them; false: the network's own probabilities
+    calibrated: bool = True
+    #: also write <case>_uncertainty.nii.gz (the members' and flips' spread, largest over regions) where
+    #: there is a spread to measure: an ensemble, or tta
+    uncertainty: bool = True
 
     def __post_init__(self):
         choice("infer.blend", self.blend, ("gaussian", "constant"))

@@ -1,5 +1,5 @@
 """What segmentation predicts and writes: a label map on the input's own grid (``<case>_seg.nii.gz``), with
-the region probabilities, an overlay picture and a DICOM SEG when asked."""
+the region probabilities, an overlay picture, a slice viewer page and a DICOM SEG when asked."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from medsight.io.readers import is_memory_name
 from medsight.io.pictures import volume_overlay_png
 from medsight.io.readers import load as load_image
 from medsight.io.writers import write_nifti
+from medsight.reporting.viewer import slice_viewer
 from medsight.task import PredictionWriter, Result
 
 
@@ -32,6 +33,8 @@ class TumourSegmentation(Result):
     sources: list[str] = field(default_factory=list)
     modalities: tuple[str, ...] = ()
     probabilities: np.ndarray | None = field(default=None, repr=False)
+    #: (X, Y, Z) float32: the members' (and TTA flips') standard deviation, largest over the regions
+    uncertainty: np.ndarray | None = field(default=None, repr=False)
 
     def volumes_ml(self) -> dict[str, float]:
         """Each region's volume in millilitres."""
@@ -53,13 +56,18 @@ class LabelMaps(PredictionWriter):
         if result.probabilities is not None:
             written.append(write_nifti(np.moveaxis(result.probabilities, 0, -1).astype(np.float32), result.affine,
                                        self.out / f"{result.id}_prob.nii.gz"))
+        if result.uncertainty is not None:
+            written.append(write_nifti(result.uncertainty, result.affine, self.out / f"{result.id}_uncertainty.nii.gz"))
         if self.options.dicom:
             written.append(self._dicom_seg(result))
         if self.overlay:
             image = load_image(_picture_source(result))[0].numpy()
-            written.append(volume_overlay_png(image, result.affine, self.out / f"{result.id}_overlay.png",
-                                              dict(zip(brats.REGIONS, result.regions)),
+            regions = dict(zip(brats.REGIONS, result.regions))
+            written.append(volume_overlay_png(image, result.affine, self.out / f"{result.id}_overlay.png", regions,
                                               title=f"{result.id}: ET red, TC yellow, WT green"))
+            if _viewer_wanted(result):
+                written.append(slice_viewer(image, result.affine, self.out / f"{result.id}_viewer.html", regions=regions,
+                                            title=f"{result.id}: {_picture_name(result)}, ET red, TC yellow, WT green"))
         return written
 
     def _dicom_seg(self, result: TumourSegmentation) -> Path:
@@ -78,6 +86,19 @@ class LabelMaps(PredictionWriter):
         return write_segmentation(dict(zip(names, result.regions)), result.affine, source,
                                   self.out / f"{result.id}_seg.dcm", description="medsight brain tumour regions",
                                   keep_identifiers=self.options.keep_identifiers)
+
+
+def _viewer_wanted(result: TumourSegmentation) -> bool:
+    """``infer.viewer`` of the task that made the result (on when the result comes without one)."""
+    return bool(getattr(getattr(getattr(result.task, "config", None), "infer", None), "viewer", True))
+
+
+def _picture_name(result: TumourSegmentation) -> str:
+    """What the pictures show: the modality of ``_picture_source`` (its first channel), else its file name."""
+    files, modalities = result.sources, result.modalities
+    if "flair" in modalities and len(files) == len(modalities):
+        return "flair"
+    return modalities[0] if modalities else Path(files[0]).name
 
 
 def _picture_source(result: TumourSegmentation) -> str:

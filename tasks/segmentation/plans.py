@@ -7,6 +7,7 @@ import numpy as np
 import torch
 from monai.transforms import Compose
 
+from medsight.inference import domain
 from medsight.planning import plans
 from medsight.data import transforms as T
 from medsight.core.geometry import voxel_size_mm
@@ -57,6 +58,32 @@ def fingerprint_case(task, record: dict) -> dict:
             case["tumour_extent_mm"] = ((where.max(dim=0).values - where.min(dim=0).values + 1).numpy()
                                         * np.asarray(spacing)).round(1).tolist()
     return case
+
+
+def domain_case(task, record: dict) -> dict:
+    """What predict compares with the training brains (``medsight.inference.domain``): modality (CT has air at
+    -1000 HU), voxel size and the brain's box (x, y, z), signal above the constant background in mL (a head that is
+    not skull-stripped holds its scalp and skull too), and per modality the percentiles inside the brain (stored only: the
+    model z-scores each case, so their scale does not reach it). Read as training reads, measured on a grid."""
+    image = Compose([*T.load("image"), SelectChannelsd("image")], log_stats=False)(dict(record))["image"]
+    affine = np.asarray(image.affine, dtype=np.float64)
+    voxel = voxel_size_mm(affine)
+    values = image.as_tensor().numpy()
+    grids, step = zip(*(domain.grid(channel) for channel in values))
+    brain = np.zeros(grids[0].shape, dtype=bool)
+    for channel, sampled in zip(values, grids):
+        background = domain.constant_background(channel)
+        brain |= (sampled != background) if background is not None else True  # noisy air: no background
+    shape = np.asarray(values.shape[1:])
+    box = shape
+    if brain.any():
+        box = np.minimum([(w.max() - w.min() + 1) * step[0] for w in np.nonzero(brain)], shape)
+    guesses = [domain.modality_of(sampled.ravel()) for sampled in grids]
+    modality, told = next((g for g in guesses if g[0] == "CT"), guesses[0])
+    return {"modality": modality, "modality_from": told, "spacing_mm": domain.ras_order(affine, voxel),
+            "extent_mm": domain.ras_order(affine, box * voxel),
+            "nonbackground_ml": float(brain.mean()) * float(shape.prod() * voxel.prod()) / 1000,
+            "intensity": {role: domain.percentiles(sampled[brain]) for role, sampled in zip(task.modalities, grids)}}
 
 
 def summarise(task, cases: list[dict]) -> dict:

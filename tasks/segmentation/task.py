@@ -24,6 +24,7 @@ from medsight.io.readers import check_volume_path
 from medsight.io.writers import write_csv
 from medsight.core.registry import register_task
 from medsight.core.runtime import channels_last_format
+from medsight.inference.ensemble import Moments, members
 from medsight.task import DemoSpec, Monitor, PredictionWriter, StepOutput, Task
 
 from . import plans
@@ -35,6 +36,46 @@ from .postprocess import apply_plan, candidate_key, candidate_scores, choose_pla
 from .transforms import pipeline
 
 log = logging.getLogger(__name__)
+
+
+#: voxels sampled per case and region for calibration: from the tumour's neighbourhood (the truth, or a
+#: probability above NEAR) and from the rest, each weighted back to its share of the case
+SAMPLED_NEAR, SAMPLED_FAR, NEAR = 4000, 1000, 0.01
+
+
+def voxel_samples(probabilities: torch.Tensor, truth: torch.Tensor, case: str) -> dict[str, tuple]:
+    """Per region ``(probabilities, targets, weights)`` of a reproducible sample of the case's voxels: the
+    few uncertain voxels near the tumour are what calibration is about, the many sure background voxels
+    are represented by a weighted few (so ECE and the temperature fit stay those of all voxels)."""
+    import zlib
+
+    rng = np.random.default_rng(zlib.crc32(case.encode()))
+    probabilities, truth = probabilities.float().cpu().numpy(), truth.cpu().numpy()
+    found = {}
+    for index, region in enumerate(brats.REGIONS):
+        p, y = probabilities[index].ravel(), truth[index].ravel()
+        near = np.flatnonzero(y | (p > NEAR))
+        far = np.flatnonzero(~(y | (p > NEAR)))
+        picks, weights = [], []
+        for pool, size in ((near, SAMPLED_NEAR), (far, SAMPLED_FAR)):
+            if pool.size:
+                chosen = rng.choice(pool, size=min(size, pool.size), replace=False)
+                picks.append(chosen)
+                weights.append(np.full(chosen.size, pool.size / chosen.size, dtype=np.float64))
+        pick = np.concatenate(picks) if picks else np.zeros(0, dtype=np.int64)
+        found[region] = (p[pick].astype(np.float32), y[pick].astype(np.float32),
+                         np.concatenate(weights) if weights else np.zeros(0))
+    return found
+
+
+def review_score(probabilities: torch.Tensor) -> float:
+    """A case's review score: the mean binary entropy (bits) of its region probabilities over the voxels
+    where any region is above 0.1 (0 where none is: nothing seen, nothing to doubt)."""
+    from medsight.core.calibration import binary_entropy
+
+    p = probabilities.float().cpu().numpy()
+    seen = p.max(axis=0) > 0.1
+    return float(binary_entropy(p[:, seen]).mean()) if seen.any() else 0.0
 
 
 @register_task("segmentation")
@@ -131,21 +172,43 @@ class BrainTumourSegmentation(Task):
         return SlidingWindowInferer(roi_size=tuple(cfg.roi_size), sw_batch_size=cfg.sw_batch_size,
                                     overlap=cfg.overlap, mode=cfg.blend)
 
-    def probabilities(self, model: nn.Module, image: torch.Tensor) -> torch.Tensor:
-        """(B, C, X, Y, Z) z-scored image -> (B, 3, X, Y, Z) sigmoid probabilities, with optional flip TTA."""
-        inferer = self._inferer(model)
+    def probabilities(self, model: nn.Module, image: torch.Tensor, spread: bool = False, raw: bool = False):
+        """(B, C, X, Y, Z) z-scored image -> (B, 3, X, Y, Z) sigmoid probabilities (calibrated where the
+        checkpoint holds temperatures), averaged over an ensemble's members and the flips of TTA.
+        ``spread``: also their standard deviation over members and flips (None for one model without TTA);
+        ``raw``: also the mean before the temperatures (the same tensor where there are none)."""
         image = image.as_tensor() if isinstance(image, MetaTensor) else image
-        layout = channels_last_format(model)
-        network = model if layout is None else lambda window: model(window.contiguous(memory_format=layout))
         flips = [()] if not self.config.infer.tta else [
             axes for n in range(4) for axes in itertools.combinations((2, 3, 4), n)]
-        total = None
-        for axes in flips:
-            flipped = torch.flip(image, axes) if axes else image
-            prob = torch.sigmoid(inferer(flipped, network).float())
-            prob = torch.flip(prob, axes) if axes else prob
-            total = prob if total is None else total + prob
-        return total / len(flips)
+        temperature = self._temperatures(image.device)
+        moments, before = Moments(), Moments() if raw and temperature is not None else None
+        for network in members(model):
+            inferer = self._inferer(network)
+            layout = channels_last_format(network)
+            run = network if layout is None else (
+                lambda window, net=network, fmt=layout: net(window.contiguous(memory_format=fmt)))
+            for axes in flips:
+                flipped = torch.flip(image, axes) if axes else image
+                logits = inferer(flipped, run).float()
+                logits = torch.flip(logits, axes) if axes else logits
+                moments.add(torch.sigmoid(logits if temperature is None else logits / temperature))
+                if before is not None:
+                    before.add(torch.sigmoid(logits))
+        if not spread and not raw:
+            return moments.mean
+        found = [moments.mean]
+        if spread:
+            found.append(moments.std if moments.count > 1 else None)
+        if raw:
+            found.append(before.mean if before is not None else moments.mean)
+        return tuple(found)
+
+    def _temperatures(self, device) -> torch.Tensor | None:
+        """Per-region temperatures fitted on out-of-fold predictions (``medsight cv``), as (1, 3, 1, 1, 1)."""
+        fitted = self.state.get("temperature") if self.config.infer.calibrated else None
+        if not fitted:
+            return None
+        return torch.tensor([fitted.get(r, 1.0) for r in brats.REGIONS], device=device).view(1, -1, 1, 1, 1)
 
     @property
     def postprocessing(self) -> dict[str, str] | None:
@@ -157,9 +220,12 @@ class BrainTumourSegmentation(Task):
         """Per case: ``dice_ET``... ``hd95_WT`` of the thresholded masks. While learning, of the masks as
         they are, plus every post-processing candidate's scores (``pp:largest:dice_WT``...) to choose a plan
         from; otherwise (evaluate) of the masks with the checkpoint's plan applied."""
-        probs = self.probabilities(model, batch["image"])
+        probs, raw = self.probabilities(model, batch["image"], raw=True)
         truth = batch["label"] > 0.5
         out: dict[str, list] = {"id": list(batch["id"])}
+        for index, (before, label) in enumerate(zip(raw, truth)):  # calibration samples, review score
+            out.setdefault("calibration", []).append(voxel_samples(before, label, str(batch["id"][index])))
+            out.setdefault("review_score", []).append(review_score(before))
         spacings = self._spacings(batch["image"], len(probs))
         plan = None if self.learning else self.postprocessing
         choosing = self.learning and self.config.infer.postprocess
@@ -256,16 +322,47 @@ class BrainTumourSegmentation(Task):
         return {"image": names if len(names) > 1 else names[0], "id": case_id, "sources": "\n".join(names),
                 "convention": self.state.get("convention", "brats2021")}
 
-    def predict(self, model: nn.Module, batch: dict) -> list[torch.Tensor]:
-        return list(self.probabilities(model, batch["image"]).cpu())
+    def predict(self, model: nn.Module, batch: dict) -> list[dict]:
+        """Per case: the region probabilities, the review score and, where members or flips disagree (and
+        ``infer.uncertainty``), their spread."""
+        probs, spread, raw = self.probabilities(model, batch["image"], spread=True, raw=True)
+        spreads = (list(spread.amax(dim=1, keepdim=True).cpu()) if spread is not None and self.config.infer.uncertainty
+                   else [None] * len(probs))
+        return [{"probabilities": p, "spread": u, "score": review_score(r)}
+                for p, u, r in zip(probs.cpu(), spreads, raw)]
 
-    def to_result(self, prediction: torch.Tensor, item: dict) -> TumourSegmentation:
+    def calibration_samples(self, outputs: dict[str, list]) -> dict[str, tuple]:
+        """Per region, the sampled voxels of every case (``voxel_samples``) before any temperature."""
+        cases = [c for c in outputs.get("calibration") or [] if c]
+        if not cases:
+            return {}
+        return {region: tuple(np.concatenate([case[region][i] for case in cases]) for i in range(3))
+                for region in brats.REGIONS}
+
+    def review_scores(self, outputs: dict[str, list]) -> list[float]:
+        return [float(v) for v in outputs.get("review_score") or []]
+
+    def case_quality(self, outputs: dict[str, list]) -> list[float]:
+        """Per case: the mean Dice of its regions (a region empty in both truth and prediction counts 1)."""
+        names = [f"dice_{r}" for r in brats.REGIONS if f"dice_{r}" in outputs]
+        if not names:
+            return []
+        return [float(np.nanmean([outputs[n][i] for n in names])) for i in range(len(outputs[names[0]]))]
+
+    def to_result(self, prediction: dict | torch.Tensor, item: dict) -> TumourSegmentation:
         """Invert the preprocessing (crop, spacing, orientation) onto the input's grid, threshold, post-process,
-        regions -> the convention's label values."""
+        regions -> the convention's label values; the spread, where measured, onto the same grid, and its
+        mean over the tumour the members see (any region above 0.1) as the case's uncertainty."""
         image = item["image"]
+        prediction = {"probabilities": prediction} if isinstance(prediction, torch.Tensor) else prediction
+        spread = prediction.get("spread")
+        stacked = prediction["probabilities"] if spread is None else torch.cat([prediction["probabilities"], spread])
         inverted = Invertd(keys="pred", transform=self.transforms("infer"), orig_keys="image", nearest_interp=False)(
-            {"image": image, "pred": MetaTensor(prediction, meta=dict(image.meta))})["pred"]
+            {"image": image, "pred": MetaTensor(stacked, meta=dict(image.meta))})["pred"]
         probs = inverted.as_tensor().numpy()
+        uncertainty = None
+        if spread is not None:
+            probs, uncertainty = probs[:3], probs[3].astype(np.float32)
         affine = np.asarray(image.meta["original_affine"], dtype=np.float64)
         convention = brats.CONVENTIONS[item.get("convention") or self.state.get("convention", "brats2021")]
         regions = probs > self.config.infer.threshold
@@ -273,11 +370,16 @@ class BrainTumourSegmentation(Task):
             regions = apply_plan(regions, self.postprocessing, voxel_size_mm(affine))
         labels = convention.from_regions(regions)
         sources = item.get("sources")
+        quality = {"score": round(float(prediction["score"]), 5)} if prediction.get("score") is not None else {}
+        if uncertainty is not None:
+            seen = probs.max(axis=0) > 0.1
+            quality["uncertainty"] = round(float(uncertainty[seen].mean()) if seen.any() else 0.0, 5)
         return TumourSegmentation(
             id=str(item["id"]), labels=labels, affine=affine, regions=np.asarray(convention.to_regions(labels)),
             convention=convention.name, modalities=self.modalities, task=self,
             sources=sources.split("\n") if sources else [str(image.meta.get("filename_or_obj", ""))],
-            probabilities=probs.astype(np.float32) if self.config.infer.probabilities else None)
+            probabilities=probs.astype(np.float32) if self.config.infer.probabilities else None,
+            uncertainty=uncertainty, quality=quality)
 
     def prediction_writer(self, out: Path, options=None) -> PredictionWriter:
         return LabelMaps(out, self.config.infer.overlay, options)

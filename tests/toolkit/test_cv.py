@@ -77,3 +77,26 @@ def test_more_folds_than_patients_is_one_line(pictures, tmp_path, capsys):
                  *SETTINGS]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "cannot fill 500 folds" in err[0] and str(pictures) in err[0]
+
+
+def test_configs_are_compared_on_the_same_folds_and_the_best_is_kept(pictures, tmp_path, capsys):
+    """--configs: each configuration cross-validated on the same folds; singles and the pair scored on the
+    pooled out-of-fold predictions; the winner's members in OUT/ensemble.pt."""
+    wide = tmp_path / "wide.yaml"
+    wide.write_text("model:\n  name: simple_cnn\noptim:\n  lr: 0.003\n")
+    narrow = tmp_path / "narrow.yaml"
+    narrow.write_text("optim.lr: 0.0003\n")
+    out = tmp_path / "cv"
+    assert main(["cv", "classification", "--data", str(pictures), "--folds", "2", "--out", str(out),
+                 "--configs", f"{wide},{narrow}", "--resamples", "0", *SETTINGS]) == 0
+    groups = [json.loads((out / name / "folds.json").read_text())["groups"] for name in ("wide", "narrow")]
+    assert groups[0] == groups[1] == json.loads((out / "folds.json").read_text())["groups"]
+    summary = json.loads((out / "configurations.json").read_text())
+    assert set(summary["candidates"]) == {"wide", "narrow", "wide+narrow"}
+    scores = {name: metrics["mean_auroc"] for name, metrics in summary["candidates"].items()}
+    assert summary["best"] == max(scores, key=scores.get)
+    members = len(checkpoint.load(out / "ensemble.pt")["ensemble"]["members"])
+    assert members == (4 if "+" in summary["best"] else 2)
+    assert "best configuration: " + summary["best"] in capsys.readouterr().out
+    assert main(["cv", "classification", "--data", str(pictures), "--out", str(out), "--configs", "gpu"]) == 2
+    assert "two configurations or more" in capsys.readouterr().err

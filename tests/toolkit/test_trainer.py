@@ -322,3 +322,21 @@ def test_each_epoch_records_how_long_the_trainer_waited_for_data(tmp_path, monke
     epoch = next(json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
                  if '"phase": "train"' in line)
     assert 0.5 < epoch["data_wait_fraction"] <= 1.0
+
+
+def test_a_time_bounded_run_lays_its_schedule_over_the_budget(toy_data, tmp_path):
+    """trainer.max_epochs=100000 with trainer.max_minutes: the cosine decays over the epochs the budget allows
+    (measured), instead of staying at the peak for 100000 planned epochs."""
+    import json
+
+    run = tmp_path / "run"
+    result = toy("train", "toy", "--data", str(toy_data), "--out", str(run), "trainer.max_epochs=100000",
+                 "trainer.max_minutes=0.12", "optim.scheduler=cosine", "optim.lr=0.01", *QUIET)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "time budget: stopped after" in result.stdout
+    rates = [json.loads(line)["lr"] for line in (run / "metrics.jsonl").read_text().splitlines()
+             if '"phase": "train"' in line]
+    assert len(rates) >= 4, rates
+    assert rates[-1] < 0.25 * 0.01 and all(b <= a + 1e-12 for a, b in zip(rates[1:], rates[2:])), rates
+    schedule = checkpoint.load(run / "checkpoints" / "last.pt")["scheduler"]["lr_lambdas"][0]
+    assert schedule["planned"] < 100000 * 16  # the plan saved for a resumed run

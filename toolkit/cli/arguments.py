@@ -6,8 +6,8 @@ from __future__ import annotations
 import argparse
 import logging
 
-from medsight.cli.commands import (KEY_VALUE_HELP, cmd_compress, cmd_cv, cmd_demo, cmd_evaluate, cmd_export,
-                                   cmd_import, cmd_predict, cmd_train)
+from medsight.cli.commands import (KEY_VALUE_HELP, cmd_compress, cmd_cv, cmd_demo, cmd_ensemble, cmd_evaluate,
+                                   cmd_export, cmd_import, cmd_predict, cmd_train)
 
 #: medsight.inference.engines.ENGINES, spelled here so that the command line starts without importing torch
 ENGINE_CHOICES = ("auto", "torch", "onnxruntime", "openvino")
@@ -69,10 +69,12 @@ def add_commands(sub, task_options: set[str] = frozenset()) -> None:
     _cv_command(sub)
     _evaluate_command(sub, task_options)
     _predict_command(sub, task_options)
+    _ensemble_command(sub)
     _export_command(sub)
     _compressing_command(sub)
     _importing_command(sub)
     _demo_command(sub)
+    _serve_command(sub)
 
 
 def _train_command(sub) -> None:
@@ -104,6 +106,12 @@ def _cv_command(sub) -> None:
     cv.add_argument("--profile", help="named settings of the task, e.g. cpu-small or gpu")
     cv.add_argument("--fold", type=count, help="run this fold only (its own job); gather with --collect")
     cv.add_argument("--collect", action="store_true", help="train nothing: summarise the folds finished so far")
+    cv.add_argument("--configs", metavar="A,B,...",
+                    help="cross-validate each configuration (a profile of the task, or a YAML file of settings) "
+                         "on the same folds; choose the best one, or ensemble of two, on the out-of-fold "
+                         "predictions (OUT/configurations.json, OUT/ensemble.pt)")
+    cv.add_argument("--review-rate", type=float, default=0.10,
+                    help="share of cases the review flag is set for, on the out-of-fold predictions (default 0.10)")
     cv.add_argument("--resamples", type=count, default=1000,
                     help="bootstrap resamples of the out-of-fold cases for the 95%% CI (0: none)")
     cv.add_argument("overrides", nargs="*", metavar="key=value", help=KEY_VALUE_HELP)
@@ -152,9 +160,21 @@ def _predict_command(sub, task_options: set[str]) -> None:
     predict.add_argument("--format", dest="dicom_format", choices=["dicom-seg"], help="the same as --dicom")
     predict.add_argument("--keep-identifiers", action="store_true",
                          help="copy the input's patient identifiers into DICOM outputs (removed by default)")
+    predict.add_argument("--strict-domain", action="store_true",
+                         help="refuse, as failed cases, inputs unlike the model's training data (another modality, "
+                              "thicker slices, not skull-stripped, another view or scale); by default they are "
+                              "predicted and flagged")
     predict.set_defaults(func=cmd_predict)
     if "predict" in task_options:
         add_task_arguments(predict, "predict")
+
+
+def _ensemble_command(sub) -> None:
+    ensemble = sub.add_parser("ensemble", help="one checkpoint of several compatible ones (same task and inputs): "
+                                               "predict, evaluate, export, compress and info take it")
+    ensemble.add_argument("checkpoints", nargs="+", metavar="CKPT", help="checkpoints or run folders (2 or more)")
+    ensemble.add_argument("--out", required=True, help="the ensemble checkpoint to write (E.pt)")
+    ensemble.set_defaults(func=cmd_ensemble)
 
 
 def _export_command(sub) -> None:
@@ -203,3 +223,15 @@ def _demo_command(sub) -> None:
     demo.add_argument("--tasks", nargs="*", help="only these tasks")
     demo.add_argument("--quick", action="store_true", help="the smallest settings (for tests)")
     demo.set_defaults(func=cmd_demo)
+
+
+def _serve_command(sub) -> None:
+    from medsight.cli.commands import cmd_serve
+
+    serve = sub.add_parser("serve", help="a DICOM node and an HTTP API running models on a durable job queue, "
+                                         "sending DICOM SEG and SR results back (docs/serve.md)")
+    serve.add_argument("--config", required=True, help="serve.yaml: ports, AE titles, routing rules, destinations")
+    serve.add_argument("--workers", type=positive_int, help="model workers (default: the config's, 1)")
+    serve.add_argument("--retry-failed", action="store_true",
+                       help="first queue the dead-lettered jobs again (each gets its tries afresh)")
+    serve.set_defaults(func=cmd_serve)

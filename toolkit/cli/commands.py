@@ -40,9 +40,23 @@ def cmd_train(args) -> int:
 def cmd_cv(args) -> int:
     from medsight.training.cv import cross_validate
 
+    if not 0 < args.review_rate < 1:
+        raise ConfigError(f"--review-rate must be between 0 and 1, got {args.review_rate}", "command line")
+    if args.configs:
+        from medsight.training.configurations import find_best_configuration
+
+        if args.fold is not None:
+            raise ConfigError("--fold runs one fold of one configuration: use --out DIR/NAME without --configs",
+                              "command line")
+        choice = find_best_configuration(args.task, args.data, args.configs.split(","), folds=args.folds,
+                                         out=args.out, profile=args.profile, overrides=list(args.overrides),
+                                         bootstrap=args.resamples, review_rate=args.review_rate,
+                                         collect=args.collect)
+        log.info(f"best configuration: {choice.name}; ensemble {choice.ensemble}")
+        return 0
     result = cross_validate(args.task, args.data, folds=args.folds, out=args.out, profile=args.profile,
                             overrides=list(args.overrides), fold=args.fold, collect=args.collect,
-                            bootstrap=args.resamples)
+                            bootstrap=args.resamples, review_rate=args.review_rate)
     for item in result.folds:
         shown = ", ".join(f"{k} {v:.4f}" for k, v in sorted(item.metrics.items())[:6] if isinstance(v, float))
         log.info(f"fold {item.index}: {len(item.groups)} group(s); " + (shown or "not finished"))
@@ -50,7 +64,13 @@ def cmd_cv(args) -> int:
         low, high = result.ci.get(name, (float("nan"), float("nan")))
         log.info(f"{name}: folds {result.mean[name]:.4f} +- {result.sd[name]:.4f}; out-of-fold "
                  f"{result.pooled.get(name, float('nan')):.4f} (95% CI {low:.4f}-{high:.4f})")
-    log.info(f"{len(result.finished)} of {len(result.folds)} folds finished; {result.dir / 'cv.json'}")
+    review = result.chosen.get("review") or {}
+    if review.get("oof"):
+        oof = review["oof"]
+        log.info(f"review flag on the out-of-fold cases: {oof['flagged']} flagged (mean quality "
+                 f"{oof['flagged_mean']:.4f}) against {oof['rest']} others ({oof['rest_mean']:.4f})")
+    log.info(f"{len(result.finished)} of {len(result.folds)} folds finished; {result.dir / 'cv.json'}"
+             + (f"; ensemble {result.ensemble}" if result.ensemble else ""))
     return 0
 
 
@@ -129,7 +149,8 @@ def cmd_predict(args) -> int:
         overrides += _task_options(args, "predict", model.task_name)
         report = model.predict_files(inputs, args.out, images=images or None, batch_size=args.batch_size,
                                      dicom=args.dicom or args.dicom_format == "dicom-seg",
-                                     keep_identifiers=args.keep_identifiers, overrides=overrides, debug=args.debug)
+                                     keep_identifiers=args.keep_identifiers, overrides=overrides, debug=args.debug,
+                                     strict_domain=args.strict_domain)
     log.info(f"predicted {report.cases} case(s) in {report.seconds:.1f} s; wrote {len(report.written)} file(s) "
              f"to {args.out}")
     for failure in report.failures:
@@ -140,13 +161,21 @@ def cmd_predict(args) -> int:
     return 0
 
 
+def cmd_ensemble(args) -> int:
+    from medsight.inference.ensemble import ensemble
+
+    ensemble(args.checkpoints, output_file(args.out))
+    return 0
+
+
 def cmd_export(args) -> int:
     from medsight.inference.model import load
 
     out = output_file(args.out)
     model = load(args.checkpoint, engine="torch")
-    model.export(args.format, out)
-    log.info(f"exported {model.task_name} model as {args.format} to {out}")
+    written = model.export(args.format, out)
+    shown = f"{len(model.members)} member files like {written}" if model.members else str(out)
+    log.info(f"exported {model.task_name} model as {args.format} to {shown}")
     return 0
 
 
@@ -197,3 +226,12 @@ def cmd_demo(args) -> int:
     from medsight.demo import run_demo
 
     return run_demo(Path(args.out), tasks=args.tasks, quick=args.quick)
+
+
+def cmd_serve(args) -> int:
+    """``medsight serve``: runs until SIGINT/SIGTERM; a bad config is a one-line error (exit status 2)."""
+    from medsight.serve import serve
+
+    serve(args.config, workers=args.workers, retry_failed=args.retry_failed)
+    return 0
+

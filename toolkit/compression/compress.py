@@ -49,9 +49,11 @@ from medsight.io.writers import write_json
 log = logging.getLogger(__name__)
 
 METHODS = ("int8", "fp16", "bf16", "prune", "distill")
+#: what compresses an ensemble member by member (the others train a new network)
+MEMBERWISE = ("int8", "fp16", "bf16")
 #: what a compressed checkpoint keeps of its source (the rest is training state: optimizer, rng...)
 KEPT = ("task", "config", "data", "data_format", "trained_on", "started_from", "task_state", "structure",
-        "provenance", "best")
+        "provenance", "best", "domain")
 
 
 @dataclass
@@ -153,6 +155,18 @@ def int8_engine(source: Model, samples: list[torch.Tensor]) -> dict:
     return engines.carried("openvino", "int8", engines.openvino_files(quantized))
 
 
+def compressed_member(member: Model, entry: dict, method: str, calibration: Path, samples: int) -> dict:
+    """An ensemble member's entry compressed by ``method`` (int8: its own calibration inputs and engine)."""
+    entry = dict(entry)
+    if method == "int8":
+        entry["engine"] = int8_engine(member, calibration_inputs(member, calibration, samples))
+        entry.pop("model", None)
+    else:
+        entry["model"] = half_weights(entry, torch.float16 if method == "fp16" else torch.bfloat16)
+    entry.pop("ema", None)
+    return entry
+
+
 def half_weights(state: dict, dtype: torch.dtype) -> dict:
     weights = checkpoint.model_weights(state)
     return {k: v.to(dtype) if torch.is_floating_point(v) else v for k, v in weights.items()}
@@ -221,7 +235,12 @@ def compress(source: Path, method: str, out: Path, data: Path, calibration: Path
         raise ConfigError(f"--amount must be between 0 and 1, got {amount}", "command line")
     source = Path(source)
     model = load(source, engine="torch")
-    if model.torch_model is None:
+    if model.members and method not in MEMBERWISE:
+        raise ConfigError(f"--method {method} trains a new network: compress each member, then join them with "
+                          "medsight ensemble", source)
+    if any(m.torch_model is None for m in model.members):
+        raise ConfigError("holds compressed members already: compress the ensemble it came from", source)
+    if model.torch_model is None and not model.members:
         raise ConfigError(f"already compressed ({model.carried['kind']} engine): compress the checkpoint it came "
                           "from", source)
     if method == "distill":
@@ -230,15 +249,20 @@ def compress(source: Path, method: str, out: Path, data: Path, calibration: Path
     if finetune_epochs is None:
         finetune_epochs = model.task.config.trainer.max_epochs if method == "distill" else 1
     calibration = calibration or data
+    networks = [m.torch_model for m in model.members] or [model.torch_model]
     fp32_bytes = sum(v.numel() * 4 if torch.is_floating_point(v) else v.numel() * v.element_size()
-                     for v in model.torch_model.state_dict().values())  # the source's, before pruning thins it
-    teacher_parameters = checkpoint.parameter_count(model.torch_model)
+                     for n in networks for v in n.state_dict().values())  # the source's, before pruning thins it
+    teacher_parameters = sum(checkpoint.parameter_count(n) for n in networks)
     with tempfile.TemporaryDirectory(prefix="medsight-compress-") as folder:
         work = Path(folder)
         before = measure(source, data, split, baseline_engine, work / "before")
         log.info(f"before: {before.metrics} ({before.engine}, {before.size_bytes / 1e6:.1f} MB)")
         state = {key: model.state[key] for key in KEPT if key in model.state}
-        if method == "int8":
+        if model.members:  # every member, one after another, as a single checkpoint would be
+            state["ensemble"] = {**model.state["ensemble"], "members": [
+                compressed_member(member, member_state, method, calibration, samples)
+                for member, member_state in zip(model.members, model.state["ensemble"]["members"])]}
+        elif method == "int8":
             state["engine"] = int8_engine(model, calibration_inputs(model, calibration, samples))
         elif method in ("fp16", "bf16"):
             state["model"] = half_weights(model.state, torch.float16 if method == "fp16" else torch.bfloat16)

@@ -6,10 +6,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from medsight.core.calibration import calibration_metrics
 from medsight.data.loading import make_dataset
 from medsight.errors import DataError
 from medsight.inference.execution import Execution
 from medsight.inference.validation import run_validation
+from medsight.io.pictures import reliability_png
 from medsight.io.writers import write_json
 from medsight.task import Task
 
@@ -39,6 +41,11 @@ def evaluate(task: Task, execution: Execution, data: Path, split: str, out: Path
     outputs = run_validation(task, execution.network, dataset, task.config, execution.runtime,
                              desc=f"evaluate {split}")
     metrics = task.validation_metrics(outputs)
+    samples = task.calibration_samples(outputs)
+    temperatures = task.state.get("temperature") if getattr(task.config, "infer", None) is None or getattr(
+        task.config.infer, "calibrated", True) else None
+    if samples:  # ECE and Brier as the network gives them and, where fitted, after the temperatures
+        metrics.update(calibration_metrics(samples, temperatures))
     seconds = time.perf_counter() - started
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
@@ -46,4 +53,6 @@ def evaluate(task: Task, execution: Execution, data: Path, split: str, out: Path
                     "engine": execution.engine, "seconds": round(seconds, 2), "metrics": metrics},
                    out / "metrics.json")
         task.write_evaluation(outputs, metrics, out)
+        if samples:
+            reliability_png(samples, out / "reliability.png", temperatures, f"reliability on {split}")
     return Evaluation(metrics, task.case_rows(outputs), split, seconds, out, outputs)

@@ -13,7 +13,7 @@ import logging
 import time
 import weakref
 from collections.abc import Mapping, Sequence
-from dataclasses import fields, is_dataclass
+from dataclasses import fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +21,14 @@ from medsight.core.config import resolve
 from medsight.core.registry import TASKS
 from medsight.core.structure import build_model
 from medsight.errors import CheckpointError, ConfigError, DataError
+from medsight.inference import ensemble
+from medsight.inference import domain
 from medsight.inference import inputs as inputs_
 from medsight.inference.evaluate import Evaluation, evaluate
 from medsight.inference.execution import Execution, inference_runtime, prepare
 from medsight.inference.predict import Failure, PredictionReport, predict_records, write_results
 from medsight.io import checkpoint
-from medsight.task import OutputOptions, Result, Task, save_results
+from medsight.task import CaseTable, OutputOptions, Result, Task, save_results
 
 log = logging.getLogger(__name__)
 
@@ -55,11 +57,14 @@ class Model:
         self.task_class = TASKS.get(state["task"])
         self.task = self.configured()
         self.carried = state.get("engine")  # a compressed checkpoint: the engine files are the network
+        #: an ensemble checkpoint's members, each a Model of its own (medsight.inference.ensemble)
+        self.members: list[Model] = [Model(member, path, device=device, engine=engine, precision=precision)
+                                     for member in ensemble.member_states(state)] if state.get("ensemble") else []
         #: the torch model per config: a task builds some settings into its model (a detector's score threshold,
         #: its sliding window), so options that change the config get a model built with them
         self._models: dict[str, object] = {}
         self._executions: dict[tuple, Execution] = {}
-        self.torch_model = self.model_for(self.task)
+        self.torch_model = None if self.members else self.model_for(self.task)
 
     # -- what it is -------------------------------------------------------------------------------------
     @property
@@ -108,6 +113,8 @@ class Model:
 
     def execution(self, task: Task, stage: str, precision: str | None = None, engine: str | None = None) -> Execution:
         """How ``task`` runs this model for ``stage`` (predict, evaluate): built once per choice, then kept."""
+        if self.members:
+            return self._ensemble_execution(task, stage, precision, engine)
         runtime = inference_runtime(task, self.device, precision or self.precision, stage)
         engine = engine or self.engine
         if stage == "evaluate" and engine == "auto" and not self.carried:
@@ -118,15 +125,39 @@ class Model:
                                             engine, runtime, self.path)
         return self._executions[key]
 
+    def _ensemble_execution(self, task: Task, stage: str, precision: str | None, engine: str | None) -> Execution:
+        """Every member's own execution (engine, precision and layout chosen as for one model), with the
+        ensemble's task settings and each member's network, handed to the task as one ``Ensemble``."""
+        key = ("ensemble", _config_key(task), stage, precision, engine)
+        if key not in self._executions:
+            runs = [member.execution(self._member_task(task, member), stage, precision, engine)
+                    for member in self.members]
+            kinds = sorted({run.engine for run in runs})
+            self._executions[key] = Execution("+".join(kinds), ensemble.Ensemble([r.network for r in runs]),
+                                              runs[0].runtime)
+        return self._executions[key]
+
+    def _member_task(self, task: Task, member: Model) -> Task:
+        """``task`` (the ensemble's settings) with ``member``'s network: its model section and learnt state."""
+        config = task.config
+        if hasattr(config, "model") and hasattr(member.task.config, "model"):
+            config = replace(config, model=member.task.config.model)
+        own = self.task_class(config)
+        own.load_state_dict(member.state.get("task_state", {}))
+        own.learning = False
+        return own
+
     # -- predict ----------------------------------------------------------------------------------------
     def predict(self, inputs: Any, *, ids: Sequence[str] | str | None = None, affine=None, spacing_mm=None,
-                batch_size: int | None = None, overrides=None, **options) -> Result | Predictions:
+                batch_size: int | None = None, overrides=None, strict_domain: bool = False,
+                **options) -> Result | Predictions:
         """Predict one input (a result) or a list of inputs, or a folder (``Predictions``, in order).
 
         An input is a path, an image in memory (a NumPy array with ``affine``/``spacing_mm``, a ``MetaTensor``, a
         nibabel or SimpleITK image, pydicom datasets), or a dict ``{role: image}`` (multi-modal). ``ids`` name
         in-memory inputs in outputs. One input given alone raises its error; in a list, a bad input is listed in
-        ``failures`` and the others go on."""
+        ``failures`` and the others go on. An input unlike the training data is logged and its reasons are in
+        ``result.quality["domain"]``; ``strict_domain`` refuses it as a bad input."""
         items, single = inputs_.as_list(inputs)
         single = single and not (inputs_.is_path(inputs) and Path(inputs).is_dir())
         names = [ids] if isinstance(ids, str) else ids
@@ -134,10 +165,11 @@ class Model:
         self._note_synthetic()
         prepared = inputs_.prepare(task, items, names, geometry={"affine": affine, "spacing_mm": spacing_mm},
                                    strict=single)
+        screened = domain.screen(task, self.state, prepared, strict=strict_domain)
         results, failures = [], list(prepared.failures)
         try:
-            for result in predict_records(task, self.execution(task, "predict"), prepared.records, batch_size,
-                                          show_progress=len(prepared.records) > 1):
+            for result in screened.mark(predict_records(task, self.execution(task, "predict"), prepared.records,
+                                                        batch_size, show_progress=len(prepared.records) > 1)):
                 (failures if isinstance(result, Failure) else results).append(result)
         finally:
             kept = {r.id for r in results}
@@ -152,25 +184,29 @@ class Model:
 
     def predict_files(self, inputs: Sequence[Any], out: str | Path, *, images: Mapping[str, Any] | None = None,
                       ids: Sequence[str] | None = None, batch_size: int | None = None, dicom: bool = False,
-                      keep_identifiers: bool = False, overrides=None, debug: bool = False,
+                      keep_identifiers: bool = False, overrides=None, debug: bool = False, strict_domain: bool = False,
                       **options) -> PredictionReport:
         """Predict every input and write each case's files into ``out`` as it comes (what ``medsight predict``
-        does): memory holds one batch at a time. A bad input is listed in the report, the others go on."""
+        does): memory holds one batch at a time. A bad input is listed in the report, the others go on; so is an
+        input unlike the training data with ``strict_domain`` (without it, a logged line and ``quality["domain"]``)."""
         task = self.configured(options, overrides)
         out = Path(out)
         report = PredictionReport()
         self._note_synthetic()
         prepared = inputs_.prepare(task, list(inputs), ids, images=images)
+        screened = domain.screen(task, self.state, prepared, strict=strict_domain)
         report.failures.extend(prepared.failures)
         execution = self.execution(task, "predict")
         out.mkdir(parents=True, exist_ok=True)
         started = time.perf_counter()
         writer = task.prediction_writer(out, OutputOptions(dicom=dicom, keep_identifiers=keep_identifiers))
+        table = CaseTable(out)
         try:
-            write_results(predict_records(task, execution, prepared.records, batch_size), writer, report, debug)
+            write_results(screened.mark(predict_records(task, execution, prepared.records, batch_size)), writer,
+                          report, debug, table)
         finally:
             prepared.release()
-        report.written.extend(writer.finish())
+        report.written.extend(writer.finish() + table.finish())
         report.seconds = time.perf_counter() - started
         return report
 
@@ -192,9 +228,19 @@ class Model:
                         Path(out) if out is not None else None, self.path)
 
     def export(self, fmt: str, out: str | Path) -> Path:
-        """The network as TorchScript or ONNX, checked against PyTorch on the task's example input."""
+        """The network as TorchScript or ONNX, checked against PyTorch on the task's example input (an
+        ensemble: each member's network, ``OUT.member<i>.<ext>``; the first is returned)."""
         from medsight.inference.export import export_network
 
+        if self.members:  # one file per member (OUT's name with the member's index); the combination is the task's
+            out = Path(out)
+            for index, member in enumerate(self.members):
+                if member.torch_model is None:
+                    raise CheckpointError(f"member {index} holds a compressed {member.carried['kind']} model: "
+                                          "export the ensemble it was made from", self.path)
+                export_network(self._member_task(self.task, member), member.torch_model, fmt,
+                               out.with_name(f"{out.stem}.member{index}{out.suffix}"))
+            return out.with_name(f"{out.stem}.member0{out.suffix}")
         if self.torch_model is None:
             raise CheckpointError(f"holds a compressed {self.carried['kind']} model (medsight compress), not torch "
                                   "weights: export the checkpoint it was made from", self.path)

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from monai.data import Dataset, decollate_batch
 
+from medsight.core.calibration import mark_review
 from medsight.core.progress import progress
 from medsight.data.guard import FAILED, GuardedCompose, split_failed
 from medsight.data.loading import make_loader
@@ -95,7 +96,9 @@ def _batch_results(task: Task, execution: Execution, batch, display) -> Iterator
     for prediction, item in zip(predictions, items):
         display.update(1)
         try:
-            yield task.to_result(prediction, item)
+            result = task.to_result(prediction, item)
+            mark_review(result.quality, task.state.get("review"))
+            yield result
         except Exception as exc:  # post-processing this case failed (its library, its geometry): the others go on
             known = unwrap(exc)
             yield Failure(str(known) if known else f"{item.get('id', '?')}: {_reason(exc)}")
@@ -106,8 +109,10 @@ def _reason(exc: Exception) -> str:
     return str(known) if known else f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
 
 
-def write_results(results: Iterator[Result | Failure], writer, report: PredictionReport, debug: bool) -> None:
-    """Write each result as it comes (a writer's failure on one case is that case's failure)."""
+def write_results(results: Iterator[Result | Failure], writer, report: PredictionReport, debug: bool,
+                  table=None) -> None:
+    """Write each result as it comes (a writer's failure on one case is that case's failure); ``table``
+    (a ``CaseTable``) gathers each written case's quality."""
     import traceback
 
     for result in results:
@@ -119,6 +124,8 @@ def write_results(results: Iterator[Result | Failure], writer, report: Predictio
         try:
             report.written.extend(writer.write(result))
             report.cases += 1
+            if table is not None:
+                table.add(result)
         except MedsightError as exc:
             report.failures.append(str(exc))
         except Exception as exc:  # a writer's library failing on this case: the others go on

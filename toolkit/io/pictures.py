@@ -8,6 +8,7 @@ the picture's left and anterior/superior at the top, whatever the orientation on
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -120,3 +121,38 @@ def marks_png(
     ax.axis("off")
     ax.set_title(title, color="white", fontsize=10)
     return _save(fig, Path(path))
+
+
+def reliability_png(samples: Mapping[str, tuple], path: Path, temperatures: Mapping[str, float] | None = None,
+                    title: str = "reliability") -> Path:
+    """Reliability diagram per output: observed frequency against mean prediction, before and after the
+    temperatures when given, with the diagonal of perfect calibration."""
+    from matplotlib.figure import Figure
+
+    from medsight.core.calibration import ece, logit, reliability
+
+    names = list(samples)[:16]
+    columns = min(4, max(1, len(names)))
+    rows = math.ceil(len(names) / columns) if names else 1
+    fig = Figure(figsize=(3.2 * columns, 3.0 * rows))
+    for k, name in enumerate(names):
+        axis = fig.add_subplot(rows, columns, k + 1)
+        p, y, w = samples[name]
+        axis.plot([0, 1], [0, 1], color="0.7", linewidth=1)
+        curves = [("as trained", p)]
+        if temperatures:
+            curves.append((f"T={temperatures.get(name, 1.0):.2f}",
+                           1 / (1 + np.exp(-logit(p) / temperatures.get(name, 1.0)))))
+        for label, values in curves:
+            points = reliability(values, y, w)
+            axis.plot([a for a, _, _ in points], [b for _, b, _ in points], marker="o", markersize=3,
+                      label=f"{label} (ECE {ece(values, y, w):.3f})")
+        axis.set_title(name, fontsize=9)
+        axis.set_xlim(0, 1)
+        axis.set_ylim(0, 1)
+        axis.legend(fontsize=6, loc="upper left")
+    fig.suptitle(title)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=90)
+    return Path(path)

@@ -104,6 +104,13 @@ def describe_checkpoint(path) -> str:
                      + f", evaluate speed x{label['speed_ratio']} ({before['engine']} -> {after['engine']})")
         lines += [f"    {key}: {before['metrics'][key]:.4f} -> {after['metrics'][key]:.4f}"
                   for key in label.get("metric_change", {})]
+    if state.get("ensemble"):
+        from medsight.inference.ensemble import describe
+
+        lines += [f"  {line}" for line in describe(state)]
+    if task_state.get("temperature"):
+        lines.append("  calibration (temperature scaling on out-of-fold predictions): "
+                     + ", ".join(f"{k} T={v:.2f}" for k, v in task_state["temperature"].items()))
     provenance = state.get("provenance")
     if provenance:
         lines.append("  provenance:")

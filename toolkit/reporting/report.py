@@ -1,16 +1,19 @@
-"""``report.html`` for a run folder: training curves, best and evaluation metrics, prediction pictures."""
+"""``report.html`` for a run folder: training curves, best and evaluation metrics, prediction pictures and
+links to the slice viewer pages."""
 
 from __future__ import annotations
 
 import html
 import json
 from pathlib import Path
+from urllib.parse import quote
 
 from matplotlib.figure import Figure
 
 from medsight.io.writers import atomic_path, write_text
 
 MAX_PICTURES = 12
+MAX_VIEWERS = 100
 
 
 def read(path: Path) -> list[dict]:
@@ -81,6 +84,36 @@ def _origin(run_dir: Path) -> str:
     return "<h2>Data and origin</h2><ul>" + "".join(items) + "</ul>" if items else ""
 
 
+def _href(path: Path, run_dir: Path) -> str:
+    return html.escape(quote(path.relative_to(run_dir).as_posix()))
+
+
+def _viewer_of(picture: Path) -> Path:
+    """``<case>_viewer.html`` beside ``<case>_overlay.png`` or ``<seriesuid>_markN.png``."""
+    return picture.with_name(picture.stem.rsplit("_", 1)[0] + "_viewer.html")
+
+
+def _picture(path: Path, run_dir: Path) -> str:
+    """A prediction picture; a click opens its case's slice viewer where predict wrote one."""
+    image = f'<img src="{_href(path, run_dir)}">'
+    viewer = _viewer_of(path)
+    if viewer.is_file():
+        image = f'<a href="{_href(viewer, run_dir)}" title="open the slice viewer">{image}</a>'
+    return f"<figure>{image}<figcaption>{html.escape(path.name)}</figcaption></figure>"
+
+
+def _viewers(run_dir: Path) -> str:
+    """Links to the slice viewer pages predict wrote (``*_viewer.html``: self-contained, they open offline)."""
+    pages = sorted(run_dir.glob("predictions/**/*_viewer.html"))
+    if not pages:
+        return ""
+    links = "".join(f'<li><a href="{_href(p, run_dir)}">{html.escape(p.stem.removesuffix("_viewer"))}</a></li>'
+                    for p in pages[:MAX_VIEWERS])
+    more = f"<p>and {len(pages) - MAX_VIEWERS} more in predictions/</p>" if len(pages) > MAX_VIEWERS else ""
+    return ("<h2>Slice viewers</h2><p>Scroll the axial, coronal and sagittal slices with the prediction over them; "
+            f"set the window; toggle each region or the marks.</p><ul>{links}</ul>{more}")
+
+
 def write_report(run_dir: Path, title: str | None = None) -> Path:
     run_dir = Path(run_dir)
     parts = [f"<h1>{html.escape(title or run_dir.name)}</h1>", _origin(run_dir)]
@@ -103,8 +136,8 @@ def write_report(run_dir: Path, title: str | None = None) -> Path:
     pictures = sorted(run_dir.glob("predictions/**/*.png"))[:MAX_PICTURES]
     if pictures:
         parts.append("<h2>Predictions</h2>")
-        parts.extend(f'<figure><img src="{p.relative_to(run_dir)}"><figcaption>{html.escape(p.name)}</figcaption>'
-                     "</figure>" for p in pictures)
+        parts.extend(_picture(p, run_dir) for p in pictures)
+    parts.append(_viewers(run_dir))
     for table in sorted(run_dir.glob("predictions/*.csv")):
         parts.append(f'<p><a href="{table.relative_to(run_dir)}">{table.name}</a></p>')
     config = run_dir / "config.yaml"

@@ -43,6 +43,7 @@ from medsight.io.writers import write_csv, write_json
 log = logging.getLogger(__name__)
 
 FOLDS_FILE, FOLD_FILE, SUMMARY_FILE, OOF_FILE = "folds.json", "fold.json", "cv.json", "oof.csv"
+ENSEMBLE_FILE = "ensemble.pt"
 
 
 @dataclass
@@ -66,8 +67,10 @@ class CrossValidation:
     ci: dict[str, tuple[float, float]] = field(default_factory=dict)
     oof: list[dict] = field(default_factory=list)
     #: what the task chooses on validation (classification: per-label thresholds; segmentation: post-processing),
-    #: chosen on the pooled OOF predictions instead
+    #: chosen on the pooled OOF predictions instead, with the temperatures and the review threshold
     chosen: dict[str, Any] = field(default_factory=dict)
+    #: the folds' ensemble checkpoint (two or more finished folds)
+    ensemble: Path | None = None
 
     @property
     def finished(self) -> list[Fold]:
@@ -77,7 +80,7 @@ class CrossValidation:
 def cross_validate(task: str, data: str | Path, *, folds: int = 5, out: str | Path | None = None,
                    profile: str | None = None, overrides: Mapping[str, Any] | Sequence[str] | None = None,
                    fold: int | None = None, collect: bool = False, bootstrap: int = 1000,
-                   seed: int | None = None) -> CrossValidation:
+                   seed: int | None = None, review_rate: float = 0.10) -> CrossValidation:
     """Train and predict every fold (``fold``: only that one; ``collect``: train none, gather the finished
     ones), then summarise what is finished. ``seed``: of the fold assignment (default ``data.split_seed``)."""
     from medsight.training.run import _override_list
@@ -95,7 +98,7 @@ def cross_validate(task: str, data: str | Path, *, folds: int = 5, out: str | Pa
         _read_fold(item)
     if _rank() != 0:  # under torchrun every rank trains; rank 0 predicts, writes and summarises
         return CrossValidation(out, plan)
-    return summarise(out, plan, Path(data), bootstrap, outputs)
+    return summarise(out, plan, Path(data), bootstrap, outputs, review_rate)
 
 
 def _rank() -> int:
@@ -177,7 +180,8 @@ def _read_fold(item: Fold) -> None:
         item.metrics, item.checkpoint = done["metrics"], Path(done["checkpoint"])
 
 
-def summarise(out: Path, plan: list[Fold], data: Path, bootstrap: int, outputs: dict[int, dict]) -> CrossValidation:
+def summarise(out: Path, plan: list[Fold], data: Path, bootstrap: int, outputs: dict[int, dict],
+              review_rate: float = 0.10) -> CrossValidation:
     """Mean and sd over the finished folds, the pooled OOF metrics and their bootstrap CI; ``cv.json``.
     ``outputs``: OOF outputs already at hand; a fold finished by another call predicts its groups again."""
     from medsight.inference.model import load
@@ -197,26 +201,87 @@ def summarise(out: Path, plan: list[Fold], data: Path, bootstrap: int, outputs: 
     models = {f.index: load(f.checkpoint) for f in finished}
     parts = [outputs[f.index] if f.index in outputs else _oof_evaluation(models[f.index], data).outputs
              for f in finished]
-    pooled = {key: [v for part in parts for v in part[key]] for key in parts[0]
-              if all(key in part and isinstance(part[key], list) for part in parts)}
+    pooled = pool(parts)
     task = models[finished[0].index].configured()  # the task's metrics; its learnt state is the first fold's
     result.pooled = {k: float(v) for k, v in task.validation_metrics(pooled).items() if _number(v)}
     result.ci = bootstrap_ci(task, pooled, bootstrap)
-    choosing = models[finished[0].index].configured()
-    choosing.learning = True  # as validation does while training: the task chooses its settings on these outputs
-    chosen_metrics = {k: float(v) for k, v in choosing.validation_metrics(pooled).items() if _number(v)}
-    result.chosen = {key: choosing.state[key] for key in choosing.chosen_on_validation
-                     if choosing.state.get(key) is not None}
+    result.chosen, chosen_metrics = choose_on_oof(models[finished[0].index], pooled, review_rate)
     for f in finished:
         result.oof += _read_rows(f.dir / OOF_FILE)
     if result.oof:
         write_csv(result.oof, out / OOF_FILE, list(result.oof[0]))
+    if len(finished) >= 2 and _rank() == 0:  # the folds' models, with what was chosen on their OOF predictions
+        result.ensemble = write_ensemble(finished, result.chosen, out / ENSEMBLE_FILE)
     write_json({"folds": [{"fold": f.index, "groups": len(f.groups), "checkpoint": str(f.checkpoint) if f.checkpoint
                            else None, "metrics": f.metrics} for f in plan],
+                "ensemble": str(result.ensemble) if result.ensemble else None,
                 "finished": len(finished), "mean": result.mean, "sd": result.sd, "pooled_oof": result.pooled,
                 "ci95_oof": {k: list(v) for k, v in result.ci.items()}, "bootstrap": bootstrap,
                 "chosen_on_oof": result.chosen, "oof_with_choices": chosen_metrics}, out / SUMMARY_FILE)
     return result
+
+
+def pool(parts: Sequence[dict]) -> dict[str, list]:
+    """The folds' validation outputs as one: every per-case list concatenated."""
+    return {key: [v for part in parts for v in part[key]] for key in parts[0]
+            if all(key in part and isinstance(part[key], list) for part in parts)}
+
+
+def choose_on_oof(model, pooled: dict[str, list], review_rate: float) -> tuple[dict[str, Any], dict[str, float]]:
+    """What the task chooses on validation (thresholds, post-processing), chosen on the pooled OOF outputs
+    as training's validation would, then the temperatures and the review threshold (``trust_on_oof``);
+    and the OOF metrics with those choices (ECE/Brier before and after among them)."""
+    choosing = model.configured()
+    choosing.learning = True  # as validation does while training: the task chooses its settings on these outputs
+    metrics = {k: float(v) for k, v in choosing.validation_metrics(pooled).items() if _number(v)}
+    choosing.learning = False
+    chosen = {key: choosing.state[key] for key in choosing.chosen_on_validation if choosing.state.get(key) is not None}
+    chosen.update(trust_on_oof(choosing, pooled, review_rate))
+    metrics.update(chosen.pop("calibration_metrics", {}))
+    return chosen, metrics
+
+
+def trust_on_oof(task, pooled: dict[str, list], review_rate: float) -> dict[str, Any]:
+    """What makes the ensemble's outputs trustworthy, chosen on the pooled OOF predictions (``medsight.core.
+    calibration``): per-output temperatures (with the task's state that depends on probability values moved
+    with them: classification's thresholds) and the review threshold for ``review_rate`` of the cases, with
+    the OOF mean quality of the flagged cases and of the rest. ECE/Brier before and after, as metrics."""
+    from medsight.core import calibration as cal
+
+    chosen: dict[str, Any] = {}
+    samples = task.calibration_samples(pooled)
+    if samples:
+        temperatures = {name: round(cal.fit_temperature(cal.logit(p), y, w), 4) for name, (p, y, w) in samples.items()}
+        chosen["calibration_metrics"] = cal.calibration_metrics(samples, temperatures)
+        before = {k: task.state.get(k) for k in task.chosen_on_validation}
+        task.apply_temperatures(temperatures)
+        chosen.update(temperature=temperatures,
+                      **{k: task.state[k] for k in before if task.state.get(k) is not None and task.state[k] != before[k]})
+        log.info("calibration on the out-of-fold predictions: ECE %.4f -> %.4f, Brier %.4f -> %.4f" % (
+            chosen["calibration_metrics"]["ece_uncalibrated"], chosen["calibration_metrics"]["ece"],
+            chosen["calibration_metrics"]["brier_uncalibrated"], chosen["calibration_metrics"]["brier"]))
+    scores, quality = task.review_scores(pooled), task.case_quality(pooled)
+    if scores:
+        threshold = cal.review_threshold(scores, review_rate)
+        chosen["review"] = {"threshold": threshold, "rate": review_rate, "score": "predictive entropy",
+                            "oof": cal.flagged_versus_rest(scores, quality, threshold) if quality else {}}
+    return chosen
+
+
+def write_ensemble(finished: list[Fold], chosen: dict[str, Any], path: Path) -> Path:
+    """``OUT/ensemble.pt``: every finished fold's best checkpoint, with the first fold's learnt state and
+    what was chosen on the OOF predictions (thresholds, post-processing, temperatures, review) over it."""
+    return write_members([f.checkpoint for f in finished], chosen, path)
+
+
+def write_members(paths: Sequence[Path], chosen: dict[str, Any], path: Path) -> Path:
+    from medsight.inference.ensemble import ensemble_state
+
+    states = [checkpoint.load(p) for p in paths]
+    state = ensemble_state(states, list(paths), task_state={**(states[0].get("task_state") or {}), **chosen})
+    checkpoint.save(state, path)
+    log.info(f"ensemble of {len(paths)} models, with the choices made on their out-of-fold predictions: {path}")
+    return path
 
 
 def bootstrap_ci(task, outputs: dict[str, list], resamples: int, seed: int = 0) -> dict[str, tuple[float, float]]:

@@ -28,7 +28,7 @@ from medsight.io import checkpoint
 from medsight.io.checkpoint import Progress
 from medsight.core.config import TaskConfig, to_yaml
 from medsight.data.loading import SKIPPED, epoch_seed
-from medsight.training.provenance import pretrained_parameters, trained_on
+from medsight.training.provenance import pretrained_parameters, trained_on, training_domain
 from medsight.core.config import to_dict
 from medsight.core.structure import build_model
 from medsight.errors import TrainingError
@@ -77,11 +77,12 @@ class Trainer:
     def fit(self, resume: dict | None = None) -> dict[str, Any]:
         """Train to ``trainer.max_epochs``; returns a summary (best metric, epochs, checkpoint paths)."""
         self.setup(resume)
-        started = time.perf_counter()
+        started, first_step = time.perf_counter(), self.progress.global_step
         with stop_requests(self._request_stop):
             for epoch in range(self.progress.epoch, self.cfg.max_epochs):
                 train_logs = self.train_epoch(epoch)
                 out_of_time = self._out_of_time(started)
+                self._replan(started, first_step)
                 metrics = self.validate(epoch) if self._validation_due(epoch) or out_of_time else None
                 self.end_epoch(epoch, train_logs, metrics)
                 if self._early_stop():
@@ -130,13 +131,16 @@ class Trainer:
                 self._say(line)
         self.pretrained = self._pretrained_parameters()
         self.trained_on = trained_on(source, train_records + val_records)
+        #: what predict compares its inputs with (medsight.inference.domain); measured by the rank that saves
+        self.domain = training_domain(task, train_records + val_records) if rt.is_main else None
         self.model = rt.setup_model(self.raw_model, train=True, find_unused_parameters=task.find_unused_parameters)
         for network in task.frozen_networks():  # a distillation teacher: on the device, frozen, never trained
             network.to(rt.device).eval().requires_grad_(False)
         self.optimizer = build_optimizer(self.raw_model, self.config.optim, self.pretrained)
         self.batches_per_epoch = self.training_data.batches_per_epoch(self.cfg.max_steps_per_epoch)
         steps = math.ceil(self.batches_per_epoch / self.cfg.accumulate_grad_batches)
-        self.scheduler = build_scheduler(self.optimizer, self.config.optim, steps, self.cfg.max_epochs)
+        self.scheduler = build_scheduler(self.optimizer, self.config.optim, steps, self.cfg.max_epochs,
+                                         budget=self.cfg.max_minutes is not None)
         self.ema = (AveragedModel(self.raw_model, multi_avg_fn=get_ema_multi_avg_fn(self.cfg.ema_decay),
                                   use_buffers=True) if self.cfg.ema_decay else None)
         if resume is not None:
@@ -343,6 +347,17 @@ class Trainer:
         self._say(epoch_line(self.progress, self.cfg.max_epochs, self.task.monitor.metric, train_logs, metrics,
                              improved))
 
+    def _replan(self, started: float, first_step: int) -> None:
+        """A time-bounded run: the schedule laid over the steps the rest of the budget allows, at this run's
+        measured seconds per step (training, validation and checkpoints included); rank 0's plan for all."""
+        schedule = getattr(self.scheduler, "lr_lambdas", [None])[0]
+        done = self.progress.global_step - first_step
+        if self.cfg.max_minutes is None or not hasattr(schedule, "replan") or done <= 0:
+            return
+        elapsed = time.perf_counter() - started
+        planned = schedule.replan(self.progress.global_step, elapsed / done, self.cfg.max_minutes * 60 - elapsed)
+        schedule.planned = self.runtime.broadcast(planned)
+
     def _out_of_time(self, started: float) -> bool:
         if self.cfg.max_minutes is None:
             return False
@@ -358,7 +373,8 @@ class Trainer:
         monitor = self.task.monitor
         return {
             "task": self.task.name, "config": to_dict(self.config), "data": str(self.data),
-            "data_format": self.data_format, "trained_on": self.trained_on, "started_from": self.started_from,
+            "data_format": self.data_format, "trained_on": self.trained_on, "domain": self.domain,
+            "started_from": self.started_from,
             "task_state": self.task.state_dict(), "structure": self.structure,
             "model": self.raw_model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
