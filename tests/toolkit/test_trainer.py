@@ -331,7 +331,7 @@ def test_a_time_bounded_run_lays_its_schedule_over_the_budget(toy_data, tmp_path
 
     run = tmp_path / "run"
     result = toy("train", "toy", "--data", str(toy_data), "--out", str(run), "trainer.max_epochs=100000",
-                 "trainer.max_minutes=0.12", "optim.scheduler=cosine", "optim.lr=0.01", *QUIET)
+                 "trainer.max_minutes=0.07", "optim.scheduler=cosine", "optim.lr=0.01", *QUIET)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "time budget: stopped after" in result.stdout
     rates = [json.loads(line)["lr"] for line in (run / "metrics.jsonl").read_text().splitlines()
