@@ -96,11 +96,14 @@ class XrayClassification(Task):
                                        "data.intensity_percentiles")
     monitor = Monitor("mean_auroc", "max")
     profiles = {"cpu-small": CPU_SMALL, "gpu": GPU}
+    # 96 px pictures (cpu-small trains at 128): 6 epochs of DenseNet121 in about 65 s on 2 cores, channels-last
+    # (oneDNN's faster layout for 2D convolutions on a CPU: 20% less per step); Grad-CAM still gets a 3 x 3 map
     demo = DemoSpec(
         dataset="chestxray14",
-        synth={"cases": 400, "size": 128},
+        synth={"cases": 400, "size": 96},
         profile="cpu-small",
-        overrides=("trainer.max_epochs=6",),
+        overrides=("data.image_size=96", "trainer.max_epochs=6", "trainer.channels_last=true"),
+        note="400 synthetic radiographs at 96 px (the cpu-small profile trains at 128): 6 epochs of DenseNet121.",
         quick_synth={"cases": 48, "size": 64},
         quick_overrides=("data.image_size=64", "data.batch_size=8", "trainer.max_steps_per_epoch=3"),
         predict_options={"cam": True, "cam_top_k": 2},
