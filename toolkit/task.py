@@ -309,7 +309,12 @@ class Task:
                    and all(isinstance(x, (numbers.Number, str)) for x in v)]
         return [{k: outputs[k][i] for k in columns} for i in range(count)]
 
-    # -- trust: calibration and review (medsight.inference.calibration) --------------------------------
+    # -- trust: calibration and review (medsight.core.calibration) -------------------------------------
+    #: validation also gathers what calibration and review need (voxel samples, review scores): always outside
+    #: training (evaluate), and in cross-validation's out-of-fold pass, which sets it; not in training's own
+    #: validations, where nothing reads them
+    calibrating: bool = False
+
     def calibration_samples(self, outputs: dict[str, list]) -> dict[str, tuple]:
         """Per output the task calibrates (a label, a region, the score): ``(probabilities, targets, weights)``
         as the network gives them, before any temperature (weights: None, or how many each sample stands

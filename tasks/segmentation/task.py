@@ -227,9 +227,10 @@ class BrainTumourSegmentation(Task):
         probs, raw = self.probabilities(model, batch["image"], raw=True)
         truth = batch["label"] > 0.5
         out: dict[str, list] = {"id": list(batch["id"])}
-        for index, (before, label) in enumerate(zip(raw, truth)):  # calibration samples, review score
-            out.setdefault("calibration", []).append(voxel_samples(before, label, str(batch["id"][index])))
-            out.setdefault("review_score", []).append(review_score(before))
+        if not self.learning or self.calibrating:  # calibration samples and review scores (not while training)
+            for index, (before, label) in enumerate(zip(raw, truth)):
+                out.setdefault("calibration", []).append(voxel_samples(before, label, str(batch["id"][index])))
+                out.setdefault("review_score", []).append(review_score(before))
         spacings = self._spacings(batch["image"], len(probs))
         plan = None if self.learning else self.postprocessing
         choosing = self.learning and self.config.infer.postprocess

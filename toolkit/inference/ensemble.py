@@ -20,7 +20,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
@@ -38,18 +37,15 @@ FREE_SECTIONS = ("model", "trainer", "optim", "loss")
 
 class Ensemble(nn.Module):
     """The members' networks (torch modules or engines), in order, run one after another by the task
-    (``members``). ``forward`` averages the members' raw outputs, for callers that need a single network
-    (an engine probe); tasks combine in their own space instead."""
+    (``members``), which combines their outputs in its own space. It has no output of its own: averaging raw
+    outputs (logits, box regressions) would be a different, wrong model."""
 
     def __init__(self, networks: Sequence[nn.Module]):
         super().__init__()
         self.networks = nn.ModuleList(networks)
 
     def forward(self, *args, **kwargs):
-        outputs = [net(*args, **kwargs) for net in self.networks]
-        if isinstance(outputs[0], torch.Tensor):
-            return torch.stack([o.float() for o in outputs]).mean(0)
-        return outputs[0]
+        raise TypeError("an Ensemble is run member by member by its task (medsight.inference.ensemble.members)")
 
     def __len__(self) -> int:
         return len(self.networks)
@@ -61,10 +57,6 @@ class Ensemble(nn.Module):
 def members(model: nn.Module) -> list[nn.Module]:
     """The networks a task runs: an ensemble's members, in order, or the model itself."""
     return list(model.networks) if isinstance(model, Ensemble) else [model]
-
-
-def is_ensemble(model: nn.Module) -> bool:
-    return isinstance(model, Ensemble)
 
 
 class Moments:
@@ -193,6 +185,3 @@ def describe(state: dict) -> list[str]:
         lines.append(f"  {index}: {model.get('name', '?')} ({kind}) from {member.get('source', '?')}")
     return lines
 
-
-def summary(value: Any) -> str:
-    return f"{len(value['members'])} members" if isinstance(value, dict) and "members" in value else str(value)

@@ -165,7 +165,7 @@ def _oof_evaluation(model, data: Path):
     from medsight.inference.evaluate import evaluate
 
     task = model.configured()
-    task.learning = True
+    task.learning, task.calibrating = True, True
     return evaluate(task, model.execution(task, "evaluate"), data, "val", None, model.path)
 
 
