@@ -42,21 +42,25 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import medsight
 import numpy as np
 import torch
 import torch.nn.functional as F
-
-import medsight
-from medsight.io import checkpoint
+from _network_alone import (  # bench/, beside this script
+    NetworkTimer,
+    default_engine,
+    engine_calls,
+    network_alone,
+    report,
+    timed_predict,
+)
 from medsight.core.config import resolve, to_dict
 from medsight.core.registry import DATASETS
-from medsight.core.runtime import cpu_has_native_bf16
+from medsight.core.runtime import cpu_capability, cpu_has_native_bf16
+from medsight.io import checkpoint
 from medsight.tasks.classification import XrayClassification
 from medsight.tasks.classification.config import ClassificationConfig
 from medsight.tasks.classification.labels import LabelSet
-
-from _network_alone import (NetworkTimer, default_engine, engine_calls, network_alone,  # bench/, beside this script
-                            report, timed_predict)
 
 TARGET_RATIO = 1.5
 SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -206,6 +210,7 @@ def medsight_rows(bf16: str, int8: Path | None) -> dict[str, tuple]:
     rows = {
         "medsight default (engine auto)": ("auto", None, []),
         "  same, 1 loader worker": ("auto", None, ["data.num_workers=1"]),
+        "  same, nothing overlapped (in_flight=0)": ("auto", None, ["data.in_flight=0"]),
         "  same, engine converted in the run": ("auto", None, []),
         "medsight torch fp32": ("torch", "fp32", []),
         f"medsight torch {bf16}": ("torch", bf16, []),
@@ -334,6 +339,7 @@ def print_table(args, bench: Bench, rows: dict, workers: list[int], outputs, spe
           f"{bench.loaded.task.config.data.image_size} px, "
           f"{'checkpoint ' + str(args.checkpoint) if args.checkpoint else 'seeded random weights'}, "
           f"{torch.get_num_threads()} CPU threads, median of {args.repeats}")
+    print(f"CPU: {cpu_capability()}")
     print(f"batch: medsight {bench.batch}, reference {bench.ref_batch}; reference worker counts tried: {workers}; "
           f"OpenVINO CPU default precision here: {ov_default}; native bf16: {cpu_has_native_bf16()}")
     print(f"{'pipeline':40s} {'images/s':>9s} {'ratio':>6s} {'max|dp|':>8s} {'setup s':>8s}   runs (images/s)")

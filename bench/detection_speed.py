@@ -39,17 +39,21 @@ import tempfile
 import time
 from pathlib import Path
 
+import medsight
 import numpy as np
 import torch
-
-import medsight
+from _network_alone import (  # bench/, beside this script
+    NetworkTimer,
+    default_engine,
+    engine_calls,
+    network_alone,
+    report,
+    timed_predict,
+)
 from medsight.core.config import resolve, to_dict
 from medsight.core.registry import DATASETS, TASKS
-from medsight.core.runtime import cpu_has_native_bf16
+from medsight.core.runtime import cpu_capability, cpu_has_native_bf16
 from medsight.io import checkpoint
-
-from _network_alone import (NetworkTimer, default_engine, engine_calls, network_alone,  # bench/, beside this script
-                            report, timed_predict)
 
 
 def random_detector(path: Path, overrides: list[str]) -> Path:
@@ -69,6 +73,8 @@ def monai_tutorial_way(network: torch.nn.Module, cfg, inputs: list[str], out_csv
     """The tutorial's inference: its transforms and post-transforms, the detector's own sliding window with
     medsight's windows per call; ``network``: medsight's detection module (its RetinaNet and anchors), ``cfg``: its
     config; ``bf16``: the detector under ``torch.autocast("cpu", dtype=torch.bfloat16)``."""
+    from medsight.datasets.ct_nodules import volume_stem
+    from medsight.io.readers import SimpleITKReader
     from monai.apps.detection.networks.retinanet_detector import RetinaNetDetector
     from monai.apps.detection.transforms.dictionary import (
         AffineBoxToWorldCoordinated,
@@ -77,8 +83,6 @@ def monai_tutorial_way(network: torch.nn.Module, cfg, inputs: list[str], out_csv
     )
     from monai.data import DataLoader, Dataset
     from monai.data.utils import no_collation
-    from medsight.datasets.ct_nodules import volume_stem
-    from medsight.io.readers import SimpleITKReader
     from monai.transforms import (
         Compose,
         DeleteItemsd,
@@ -319,6 +323,7 @@ def main() -> int:
         print(f"skipped: {', '.join(missing)} not found")
         return 0
     wall = time.perf_counter()
+    print(f"CPU: {cpu_capability()}")
     work = Path(tempfile.mkdtemp(prefix="medsight-det-speed-"))
     # converted engines are cached (as predict does by default), in this run's folder: the warm-up fills it
     os.environ["MEDSIGHT_ENGINE_CACHE"] = str(work / "engine-cache")

@@ -13,28 +13,17 @@ mean of the members' own, predicted one by one.
 from __future__ import annotations
 
 import argparse
-import platform
-import subprocess
 import tempfile
 import time
 from pathlib import Path
 
+import medsight
 import numpy as np
 import torch
-
-import medsight
+from medsight.core.runtime import cpu_capability
 from medsight.io import checkpoint
 
 QUIET = {"trainer.progress": "never", "trainer.tensorboard": False}
-
-
-def cpu() -> str:
-    try:
-        flags = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        name = next((line.split(":", 1)[1].strip() for line in flags.splitlines() if "Model name" in line), "?")
-        return f"{name}; avx512_bf16: {'avx512_bf16' in flags}; threads: {torch.get_num_threads()}"
-    except OSError:
-        return platform.processor()
 
 
 def members(work: Path, count: int) -> list[Path]:
@@ -104,7 +93,7 @@ def main() -> None:
     parser.add_argument("--members", type=int, default=3)
     parser.add_argument("--engine", default="torch")
     args = parser.parse_args()
-    print(f"cpu: {cpu()}")
+    print(f"CPU: {cpu_capability()}")
     with tempfile.TemporaryDirectory(prefix="medsight-ensemble-") as folder:
         work = Path(folder)
         paths = members(work, args.members)

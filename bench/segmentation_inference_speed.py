@@ -57,19 +57,23 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import medsight
 import nibabel as nib
 import numpy as np
 import torch
-
-import medsight
-from medsight.io import checkpoint
+from _network_alone import (  # bench/, beside this script
+    NetworkTimer,
+    default_engine,
+    engine_calls,
+    network_alone,
+    report,
+    timed_predict,
+)
+from _segmentation_reference import Reference, dice, regions
 from medsight.core.config import resolve, to_dict
 from medsight.core.registry import DATASETS, TASKS
-from medsight.core.runtime import cpu_has_native_bf16
-
-from _network_alone import (NetworkTimer, default_engine, engine_calls, network_alone,  # bench/, beside this script
-                            report, timed_predict)
-from _segmentation_reference import Reference, dice, regions
+from medsight.core.runtime import cpu_capability, cpu_has_native_bf16
+from medsight.io import checkpoint
 
 HERE = Path(__file__).resolve().parents[1]
 REAL_CASE = HERE.parent / "shared" / "data" / "brats" / "brats2023_gli_00001_unlabelled" / "BraTS-GLI-00001-000"
@@ -257,6 +261,7 @@ def describe(bench: Setting, args) -> None:
         ov_default = f"n/a ({type(exc).__name__})"
     print(f"{torch.get_num_threads()} torch threads; native bf16 {cpu_has_native_bf16()}; OpenVINO default CPU "
           f"precision {ov_default}; repeats {args.repeats} (best), after 1 warm-up on a 64^3 synthetic case")
+    print(f"CPU: {cpu_capability()}")
 
 
 def int8_model(args, bench: Setting, work: Path) -> medsight.Model | None:

@@ -105,7 +105,8 @@ class XrayClassification(Task):
         overrides=("data.image_size=96", "trainer.max_epochs=6", "trainer.channels_last=true"),
         note="400 synthetic radiographs at 96 px (the cpu-small profile trains at 128): 6 epochs of DenseNet121.",
         quick_synth={"cases": 48, "size": 64},
-        quick_overrides=("data.image_size=64", "data.batch_size=8", "trainer.max_steps_per_epoch=3"),
+        quick_overrides=("data.image_size=64", "data.batch_size=8", "trainer.max_steps_per_epoch=3",
+                         "trainer.max_epochs=2"),
         predict_options={"cam": True, "cam_top_k": 2},
     )
     #: evaluate's default split

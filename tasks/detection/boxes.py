@@ -89,6 +89,14 @@ class NodulesToBoxesd(MapTransform):
 FUSIONS = ("wbf", "wbc")
 
 
+def _iou_with(box: np.ndarray, others: np.ndarray) -> np.ndarray:
+    """IoU of one (x1, y1, z1, x2, y2, z2) box with each of ``others`` (M, 6): MONAI's ``box_iou`` in one NumPy
+    expression (called once per box while fusing, where a torch call per box costs more than the arithmetic)."""
+    inter = np.prod(np.clip(np.minimum(box[3:], others[:, 3:]) - np.maximum(box[:3], others[:, :3]), 0, None), 1)
+    union = np.prod(box[3:] - box[:3]) + np.prod(others[:, 3:] - others[:, :3], 1) - inter
+    return inter / np.maximum(union, np.finfo(np.float64).eps)
+
+
 def fuse_boxes(detections: list[dict[str, np.ndarray]], iou: float, mode: str = "wbf",
                max_boxes: int | None = None) -> dict[str, np.ndarray]:
     """One scan's boxes from several members' (``{"boxes": (N, 6), "scores": (N,)}`` each): clusters of
@@ -105,25 +113,24 @@ def fuse_boxes(detections: list[dict[str, np.ndarray]], iou: float, mode: str = 
         return {"boxes": np.zeros((0, 6), np.float32), "scores": np.zeros(0, np.float32),
                 "agreement": np.zeros(0, np.int64)}
     order = np.argsort(-scores, kind="stable")
-    overlaps = box_iou(torch.from_numpy(boxes), torch.from_numpy(boxes)).numpy()
+    overlaps = box_iou(torch.from_numpy(boxes), torch.from_numpy(boxes)).numpy() if mode == "wbc" else None
     clusters: list[list[int]] = []
-    fused: list[np.ndarray] = []
+    fused = np.zeros_like(boxes)  # row c: cluster c's fused box so far (its first len(clusters) rows)
     for i in order:
-        best, best_iou = -1, iou
-        for c, members_of in enumerate(clusters):
-            if mode == "wbc":  # against the cluster's seed, its highest-scoring box
-                value = overlaps[i, members_of[0]]
-            else:  # against the cluster's fused box so far
-                value = box_iou(torch.from_numpy(boxes[i:i + 1]), torch.from_numpy(fused[c][None])).item()
-            if value >= best_iou:
-                best, best_iou = c, value
-        if best < 0:
+        if not clusters:
+            values = np.zeros(0)
+        elif mode == "wbc":  # against each cluster's seed, its highest-scoring box
+            values = overlaps[i, [members_of[0] for members_of in clusters]]
+        else:  # against each cluster's fused box so far
+            values = _iou_with(boxes[i], fused[:len(clusters)])
+        if not len(values) or values.max() < iou:
+            fused[len(clusters)] = boxes[i]
             clusters.append([i])
-            fused.append(boxes[i].copy())
-        else:
-            clusters[best].append(i)
-            weights = scores[clusters[best]]
-            fused[best] = (boxes[clusters[best]] * weights[:, None]).sum(0) / weights.sum()
+            continue
+        best = len(values) - 1 - int(np.argmax(values[::-1]))  # the best overlap; the latest cluster on a tie
+        clusters[best].append(i)
+        weights = scores[clusters[best]]
+        fused[best] = (boxes[clusters[best]] * weights[:, None]).sum(0) / weights.sum()
     out_scores, agreement = [], []
     for members_of in clusters:
         best_per_member: dict[int, float] = {}
@@ -132,5 +139,5 @@ def fuse_boxes(detections: list[dict[str, np.ndarray]], iou: float, mode: str = 
         out_scores.append(sum(best_per_member.values()) / members)
         agreement.append(len(best_per_member))
     keep = np.argsort(-np.asarray(out_scores), kind="stable")[:max_boxes]
-    return {"boxes": np.asarray(fused, dtype=np.float32)[keep], "scores": np.asarray(out_scores, np.float32)[keep],
+    return {"boxes": fused[:len(clusters)].astype(np.float32)[keep], "scores": np.asarray(out_scores, np.float32)[keep],
             "agreement": np.asarray(agreement, dtype=np.int64)[keep]}

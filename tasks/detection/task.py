@@ -116,7 +116,7 @@ class LungNoduleDetection(Task):
               "Real LUNA16 nodules start at 3 mm: bench/detection_learnability.py trains on 0.75 mm scans."),
         quick_synth={"cases": 3, "shape": (64, 64, 24), "spacing": (1.8, 1.8, 3.0)},
         quick_overrides=("data.patches_per_scan=2", "data.batch_size=1", "infer.roi_size=[64,64,32]",
-                         "trainer.max_epochs=20", "trainer.val_every_n_epochs=5", "trainer.max_steps_per_epoch=2",
+                         "trainer.max_epochs=4", "trainer.val_every_n_epochs=2", "trainer.max_steps_per_epoch=2",
                          "infer.overlays_per_scan=1"),
     )
 

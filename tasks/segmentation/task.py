@@ -104,7 +104,8 @@ class BrainTumourSegmentation(Task):
         quick_synth={"cases": 4, "shape": (40, 40, 32)},
         # two balanced folds of the four quick cases: two train, two validate
         quick_overrides=("data.patch_size=[32,32,32]", "data.patches_per_case=1", "infer.roi_size=[48,48,48]",
-                         "model.init_filters=8", "data.folds=2", "data.split_seed=1"),
+                         "model.init_filters=8", "data.folds=2", "data.split_seed=1", "trainer.max_epochs=4",
+                         "trainer.val_every_n_epochs=2"),
     )
 
     def __init__(self, config: SegmentationConfig):

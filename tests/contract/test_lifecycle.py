@@ -26,8 +26,8 @@ def quick_data(name: str, folder: Path) -> Path:
 def train(name: str, data: Path, out: Path, *extra: str) -> int:
     spec = TASKS.get(name).demo
     return main(["train", name, "--data", str(data), "--profile", spec.profile, "--out", str(out),
-                 "trainer.max_epochs=1", "trainer.progress=never", "trainer.tensorboard=false", *spec.quick_overrides,
-                 *extra])
+                 "trainer.progress=never", "trainer.tensorboard=false", *spec.quick_overrides,
+                 "trainer.max_epochs=1", *extra])
 
 
 @pytest.mark.parametrize("name", TASK_NAMES)

@@ -60,7 +60,7 @@ def test_task_trains_resumes_evaluates_predicts_and_exports(name, variant, datas
     run = tmp_path / "run"
     common = ["trainer.progress=never", "trainer.tensorboard=false", *spec.quick_overrides, *variant]
     assert main(["train", name, "--data", str(data), "--profile", spec.profile, "--out", str(run),
-                 "trainer.max_epochs=1", *common]) == 0
+                 *common, "trainer.max_epochs=1"]) == 0
     first = checkpoint.load(run / "checkpoints" / "last.pt", task=name)
     assert first["epoch"] == 1 and first["task"] == name
 

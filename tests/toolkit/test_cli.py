@@ -1,32 +1,46 @@
 """The command line: one-line errors with exit status 2, data synth/check, info, tasks."""
 
+from types import SimpleNamespace
+
+from medsight.cli.main import main
 from tests.conftest import run_cli
 
 
-def test_data_check_is_clean_on_synthetic_data_and_fails_with_files_named(tmp_path):
+def cli(capsys, *args: str) -> SimpleNamespace:
+    """``medsight ARGS`` in this process (what a subprocess would print, without paying its start-up)."""
+    capsys.readouterr()
+    try:
+        status = main(list(args))
+    except SystemExit as exc:  # argparse's --help
+        status = exc.code
+    printed = capsys.readouterr()
+    return SimpleNamespace(returncode=status, stdout=printed.out, stderr=printed.err)
+
+
+def test_data_check_is_clean_on_synthetic_data_and_fails_with_files_named(tmp_path, capsys):
     out = tmp_path / "brats"
-    made = run_cli("data", "synth", "brats", str(out), "--cases", "2", "--shape", "32,32,24")
+    made = cli(capsys, "data", "synth", "brats", str(out), "--cases", "2", "--shape", "32,32,24")
     assert made.returncode == 0, made.stderr
-    clean = run_cli("data", "check", "brats", str(out))
+    clean = cli(capsys, "data", "check", "brats", str(out))
     assert clean.returncode == 0 and f"brats: {out} is clean: " in clean.stdout
     assert "10 files in 2 cases read in full" in clean.stdout  # every voxel of 4 modalities + label, 2 cases
     assert clean.stdout.strip().endswith(", 2 test records")  # every case is in test; train + val hold both
     t1 = out / "BraTS2021_00001" / "BraTS2021_00001_t1.nii.gz"
     t1.unlink()
-    broken = run_cli("data", "check", "brats", str(out))
+    broken = cli(capsys, "data", "check", "brats", str(out))
     assert broken.returncode == 2
     assert f"problem: {t1.parent}: case BraTS2021_00001: t1 image missing" in broken.stdout.splitlines()
 
 
-def test_errors_are_one_line_with_exit_status_2_and_no_traceback(tmp_path):
-    result = run_cli("data", "check", "luna16", str(tmp_path / "nowhere"))
+def test_errors_are_one_line_with_exit_status_2_and_no_traceback(tmp_path, capsys):
+    result = cli(capsys, "data", "check", "luna16", str(tmp_path / "nowhere"))
     assert result.returncode == 2
     assert result.stderr == f"error: {tmp_path / 'nowhere'}: no such folder\n"
-    unknown = run_cli("data", "synth", "chestxray15", str(tmp_path / "x"))
+    unknown = cli(capsys, "data", "synth", "chestxray15", str(tmp_path / "x"))
     assert unknown.returncode == 2
     assert unknown.stderr.startswith("error: dataset: unknown dataset 'chestxray15' (did you mean 'chestxray14'?)")
     assert "Traceback" not in unknown.stderr
-    bad_option = run_cli("data", "synth", "brats", str(tmp_path / "y"), "--naming", "2019")
+    bad_option = cli(capsys, "data", "synth", "brats", str(tmp_path / "y"), "--naming", "2019")
     assert bad_option.returncode == 2 and bad_option.stderr == "error: synth: naming must be 2021, 2023, 2015 or msd, not '2019'\n"
 
 
@@ -42,13 +56,13 @@ def test_info_reports_versions_device_and_readers():
         assert needle in result.stdout
 
 
-def test_each_task_adds_its_own_options_to_predict_and_evaluate():
-    helped = run_cli("predict", "--help")
+def test_each_task_adds_its_own_options_to_predict_and_evaluate(capsys):
+    helped = cli(capsys, "predict", "--help")
     assert helped.returncode == 0
     text = helped.stdout
     assert "classification options:" in text and "--cam" in text.split("classification options:")[1]
     assert "segmentation options:" in text and "--tta" in text.split("segmentation options:")[1]
-    evaluate = run_cli("evaluate", "--help").stdout
+    evaluate = cli(capsys, "evaluate", "--help").stdout
     assert "detection options:" in evaluate and "--annotations" in evaluate.split("detection options:")[1]
 
 
@@ -64,25 +78,25 @@ def test_the_toolkit_names_no_task_and_no_task_option():
             assert needle not in text, f"{source.name} mentions {needle}"
 
 
-def test_data_check_agrees_with_train_on_the_same_folder_and_overrides(tmp_path):
+def test_data_check_agrees_with_train_on_the_same_folder_and_overrides(tmp_path, capsys):
     """BRATS 2015-style cases with FLAIR and T1c only: both refuse them with the default four modalities
     and both accept them with data.modalities=[flair,t1c]."""
     data = tmp_path / "brats2015"
-    assert run_cli("data", "synth", "brats", str(data), "--cases", "3", "--naming", "2015",
+    assert cli(capsys, "data", "synth", "brats", str(data), "--cases", "3", "--naming", "2015",
                    "--shape", "24,24,16").returncode == 0
     for extra in list(data.glob("*/T1_*")) + list(data.glob("*/T2_*")):
         extra.unlink()
     quick = ["--profile", "cpu-small", "trainer.max_epochs=1", "data.patch_size=[16,16,16]", "infer.roi_size=[24,24,16]",
              "model.init_filters=8", "data.folds=1", "trainer.tensorboard=false"]
-    checked = run_cli("data", "check", "brats", str(data))
-    trained = run_cli("train", "segmentation", "--data", str(data), "--out", str(tmp_path / "a"), *quick)
+    checked = cli(capsys, "data", "check", "brats", str(data))
+    trained = cli(capsys, "train", "segmentation", "--data", str(data), "--out", str(tmp_path / "a"), *quick)
     assert checked.returncode == 2 and trained.returncode == 2
     assert "t1 image missing" in checked.stdout and "no t1, t2 image" in trained.stderr
     both = ["data.modalities=[flair,t1c]"]
-    checked = run_cli("data", "check", "brats", str(data), *both, "trainer.max_epochs=1", "data.patch_size=[16,16,16]")
+    checked = cli(capsys, "data", "check", "brats", str(data), *both, "trainer.max_epochs=1", "data.patch_size=[16,16,16]")
     assert checked.returncode == 0, checked.stdout
     assert "ignored here: trainer.max_epochs=1 data.patch_size=[16,16,16]" in checked.stdout
-    trained = run_cli("train", "segmentation", "--data", str(data), "--out", str(tmp_path / "b"), *quick, *both)
+    trained = cli(capsys, "train", "segmentation", "--data", str(data), "--out", str(tmp_path / "b"), *quick, *both)
     assert trained.returncode == 0, trained.stderr[-2000:]
 
 

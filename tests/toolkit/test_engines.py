@@ -93,7 +93,8 @@ def trained_segmenter(work) -> tuple[Path, Path]:
     data = DATASETS.get("brats")().synth(work / "brats6", cases=6, seed=2, shape=(32, 32, 24))
     run = work / "seg_run"
     assert main(["train", "segmentation", "--data", str(data), "--profile", "cpu-small", "--out", str(run),
-                 "trainer.max_epochs=1", "model.init_filters=16", "infer.roi_size=[32,32,24]", *QUIET]) == 0
+                 "trainer.max_epochs=1", "model.init_filters=16", "infer.roi_size=[32,32,24]",
+                 "data.patch_size=[32,32,24]", "data.patches_per_case=1", *QUIET]) == 0
     return data, run / "checkpoints" / "last.pt"
 
 
@@ -126,7 +127,8 @@ def test_compressed_checkpoints_carry_their_measured_cost_and_run(trained_segmen
         assert count < 0.8 * sum(t.numel() for t in original["model"].values())
         # a fine-tune from the pruned checkpoint keeps the thin network
         assert main(["train", "segmentation", "--data", str(data), "--profile", "cpu-small", "--init-weights", str(out),
-                     "--out", str(work / "again"), "trainer.max_epochs=1", "infer.roi_size=[32,32,24]", *QUIET]) == 0
+                     "--out", str(work / "again"), "trainer.max_epochs=1", "infer.roi_size=[32,32,24]",
+                     "data.patch_size=[32,32,24]", "data.patches_per_case=1", *QUIET]) == 0
         again = checkpoint.load(work / "again" / "checkpoints" / "last.pt")
         assert sum(t.numel() for t in again["model"].values()) == count
     case = next(p for p in data.iterdir() if p.is_dir())

@@ -176,6 +176,9 @@ class LoaderConfig(SplitOptions):
     val_batch_size: int = 1
     num_workers: int = 0
     loader: str = "torch"  # torch (DataLoader) or thread (MONAI ThreadDataLoader)
+    #: predict over many inputs: batches read and preprocessed ahead of the network by a background thread, and
+    #: results waiting for the background writer (0: one case after another, nothing overlapped)
+    in_flight: int = 2
     #: none, memory (CacheDataset), disk (PersistentDataset), pictures (2D: decoded, gray and resized once,
     #: stored as uint8 and memory-mapped: medsight.data.picture_cache)
     cache: str = "memory"
@@ -191,6 +194,8 @@ class LoaderConfig(SplitOptions):
         choice("data.loader", self.loader, ("torch", "thread"))
         choice("data.cache", self.cache, ("none", "memory", "disk", "pictures"))
         positive("data.batch_size", self.batch_size)
+        if self.in_flight < 0:
+            raise ConfigError(f"data.in_flight must be 0 or more, got {self.in_flight}")
         if not 0 <= self.cache_rate <= 1:
             raise ConfigError(f"data.cache_rate must be between 0 and 1, got {self.cache_rate}")
 

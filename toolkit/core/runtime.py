@@ -132,6 +132,21 @@ def cpu_has_native_bf16() -> bool:
         return False
 
 
+def cpu_capability() -> str:
+    """What this CPU offers the kernels, for a bench's first line: the vector extension PyTorch dispatches to
+    (AVX2, AVX512), AVX512-BF16 and AMX from the CPU's flags, and whether oneDNN runs bf16 natively."""
+    flags: set[str] = set()
+    try:
+        with open("/proc/cpuinfo") as info:
+            flags = set(next((line.split(":", 1)[1].split() for line in info if line.startswith("flags")), []))
+    except OSError:
+        pass
+    vector = torch.backends.cpu.get_cpu_capability()
+    extras = [name for flag, name in (("avx512_bf16", "AVX512-BF16"), ("amx_bf16", "AMX")) if flag in flags]
+    return (f"{vector}{' + ' + ' + '.join(extras) if extras else ''}; native bf16: "
+            f"{'yes' if cpu_has_native_bf16() else 'no (emulated, slow)'}; {torch.get_num_threads()} threads")
+
+
 def pick_precision(requested: str, device: torch.device) -> str:
     if requested == "auto":
         if device.type == "cuda":

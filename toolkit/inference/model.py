@@ -26,7 +26,7 @@ from medsight.inference import domain
 from medsight.inference import inputs as inputs_
 from medsight.inference.evaluate import Evaluation, evaluate
 from medsight.inference.execution import Execution, inference_runtime, prepare
-from medsight.inference.predict import Failure, PredictionReport, predict_records, write_results
+from medsight.inference.predict import Failure, PredictionReport, in_flight, predict_records, write_results
 from medsight.io import checkpoint
 from medsight.task import CaseTable, OutputOptions, Result, Task, save_results
 
@@ -203,7 +203,7 @@ class Model:
         table = CaseTable(out)
         try:
             write_results(screened.mark(predict_records(task, execution, prepared.records, batch_size)), writer,
-                          report, debug, table)
+                          report, debug, table, behind=in_flight(task) if len(prepared.records) > 1 else 0)
         finally:
             prepared.release()
         report.written.extend(writer.finish() + table.finish())

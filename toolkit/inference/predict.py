@@ -3,12 +3,21 @@
 A case that cannot be read or predicted becomes one line in the failures, and the others go on (a batch
 ``predict`` never stops at a bad case). ``predict_records`` yields each case's ``Result`` (or its failure)
 as it comes; ``Model.predict`` keeps them, ``Model.predict_files`` writes them at once.
+
+Over many inputs the time around the network is hidden behind it: the next batches are read and preprocessed by
+a background thread while the network runs (``read_ahead``), and results are written by another
+(``write_results``), with at most ``data.in_flight`` batches on either side of the network. Reading, decoding,
+resampling and compressing spend their time in C libraries that release the GIL. Threads change no
+computation: the outputs are those of one case at a time.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -69,10 +78,11 @@ def predict_records(task: Task, execution: Execution, records: list[dict], batch
     loader = make_loader(dataset, task.config.data, size, shuffle=False, seed=0, collate_fn=collate)
     display = progress(len(records), "predict", task.config.trainer.progress if show_progress else "never",
                        unit="case")
+    ahead = in_flight(task) if len(records) > size else 0  # one batch: nothing to overlap
     try:
         # no_grad, not inference_mode: a task may turn autograd back on (Grad-CAM needs it).
         with torch.no_grad():
-            for batch, errors in loader:
+            for batch, errors in read_ahead(loader, ahead):
                 for error in errors:
                     display.update(1)
                     yield Failure(error[FAILED], error.get("traceback"))
@@ -80,6 +90,32 @@ def predict_records(task: Task, execution: Execution, records: list[dict], batch
                     yield from _batch_results(task, execution, batch, display)
     finally:
         display.close()
+
+
+def in_flight(task: Task) -> int:
+    """``data.in_flight``: batches read ahead of the network, and results waiting to be written (0: none)."""
+    return max(0, int(getattr(task.config.data, "in_flight", 0)))
+
+
+def read_ahead(iterable: Iterable, depth: int) -> Iterator:
+    """The items of ``iterable``, made by one background thread at most ``depth`` items ahead of the consumer
+    (``depth`` 0: made here, one at a time). An exception while making an item is raised here, at that item."""
+    if depth <= 0:
+        yield from iterable
+        return
+    iterator, end = iter(iterable), object()
+    with ThreadPoolExecutor(1, thread_name_prefix="medsight-read") as pool:  # one thread: items stay in order
+        pending = deque(pool.submit(next, iterator, end) for _ in range(depth))
+        try:
+            while pending:
+                item = pending.popleft().result()
+                if item is end:
+                    return
+                pending.append(pool.submit(next, iterator, end))
+                yield item
+        finally:
+            for future in pending:
+                future.cancel()
 
 
 def _batch_results(task: Task, execution: Execution, batch, display) -> Iterator[Result | Failure]:
@@ -110,26 +146,41 @@ def _reason(exc: Exception) -> str:
 
 
 def write_results(results: Iterator[Result | Failure], writer, report: PredictionReport, debug: bool,
-                  table=None) -> None:
+                  table=None, behind: int = 0) -> None:
     """Write each result as it comes (a writer's failure on one case is that case's failure); ``table``
-    (a ``CaseTable``) gathers each written case's quality."""
+    (a ``CaseTable``) gathers each written case's quality. ``behind`` > 0: one background thread writes, while
+    the next results are computed, with at most ``behind`` results waiting for it (each holds its arrays)."""
+    pending: deque[tuple[Result, Future]] = deque()
+    with ThreadPoolExecutor(1, thread_name_prefix="medsight-write") if behind > 0 else nullcontext() as pool:
+        for result in results:
+            if isinstance(result, Failure):
+                report.failures.append(result.message)
+                if debug and result.traceback:
+                    log.error(result.traceback)
+                continue
+            if pool is None:
+                _settle(result, lambda r=result: writer.write(r), report, debug, table)
+                continue
+            pending.append((result, pool.submit(writer.write, result)))
+            while len(pending) > behind:
+                _settle(*pending.popleft(), report, debug, table)
+        while pending:  # every accepted result is written before the writer finishes, even after an error here
+            _settle(*pending.popleft(), report, debug, table)
+
+
+def _settle(result: Result, written, report: PredictionReport, debug: bool, table) -> None:
+    """One result's write (a ``Future`` or a call) into the report."""
     import traceback
 
-    for result in results:
-        if isinstance(result, Failure):
-            report.failures.append(result.message)
-            if debug and result.traceback:
-                log.error(result.traceback)
-            continue
-        try:
-            report.written.extend(writer.write(result))
-            report.cases += 1
-            if table is not None:
-                table.add(result)
-        except MedsightError as exc:
-            report.failures.append(str(exc))
-        except Exception as exc:  # a writer's library failing on this case: the others go on
-            report.failures.append(f"{result.id}: writing failed ({_reason(exc)})")
-            if debug:
-                log.error(traceback.format_exc())
+    try:
+        report.written.extend(written.result() if isinstance(written, Future) else written())
+        report.cases += 1
+        if table is not None:
+            table.add(result)
+    except MedsightError as exc:
+        report.failures.append(str(exc))
+    except Exception as exc:  # a writer's library failing on this case: the others go on
+        report.failures.append(f"{result.id}: writing failed ({_reason(exc)})")
+        if debug:
+            log.error(traceback.format_exc())
 

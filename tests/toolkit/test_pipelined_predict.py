@@ -1,0 +1,79 @@
+"""Batch predict overlaps reading and writing with the network (``data.in_flight`` batches on either side) and
+changes nothing: the same outputs as one case at a time, bad cases reported, every accepted result written."""
+
+from __future__ import annotations
+
+import csv
+import threading
+
+import pytest
+
+import medsight
+from medsight.errors import DataError
+from medsight.inference.predict import Failure, PredictionReport, read_ahead, write_results
+
+CLS = {"trainer.progress": "never", "trainer.tensorboard": False, "trainer.threads": 1, "model.name": "simple_cnn",
+       "data.image_size": 32, "trainer.max_epochs": 1}
+
+
+def test_read_ahead_keeps_order_stays_within_its_depth_and_raises_where_the_source_did():
+    made, taken = [], []
+
+    def source():
+        for i in range(20):
+            made.append(i)
+            if i == 15:
+                raise ValueError("bad item 15")
+            yield i
+
+    with pytest.raises(ValueError, match="bad item 15"):
+        for item in read_ahead(source(), 3):
+            assert len(made) - len(taken) <= 3 + 1  # the consumer's item and at most 3 ahead
+            taken.append(item)
+    assert taken == list(range(15))
+    assert list(read_ahead(iter(range(5)), 0)) == list(range(5))
+
+
+class _Writer:
+    def __init__(self):
+        self.threads, self.order = set(), []
+
+    def write(self, result):
+        self.threads.add(threading.current_thread().name)
+        if result.id == "c2":
+            raise DataError("cannot write", result.id)
+        self.order.append(result.id)
+        return [result.id]
+
+
+class _Result:
+    def __init__(self, name):
+        self.id, self.quality = name, {}
+
+
+def test_the_background_writer_writes_every_result_in_order_and_reports_its_failures():
+    results = [_Result(f"c{i}") for i in range(6)]
+    results.insert(3, Failure("c-bad: cannot read image"))
+    writer, report = _Writer(), PredictionReport()
+    write_results(iter(results), writer, report, debug=False, behind=2)
+    assert writer.order == ["c0", "c1", "c3", "c4", "c5"] and report.cases == 5
+    assert sorted(report.failures) == ["c-bad: cannot read image", "c2: cannot write"]
+    assert all(name.startswith("medsight-write") for name in writer.threads)
+
+
+def test_pipelined_predict_writes_what_one_case_at_a_time_writes(tmp_path):
+    data = medsight.synthesize("chestxray14", tmp_path / "cxr", cases=24, seed=4, size=32)
+    model = medsight.load(medsight.train("classification", data, out=tmp_path / "run", overrides=CLS).last)
+    pictures = sorted(data.rglob("*.png"))[:14]
+    assert len(pictures) == 14
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n not a picture")
+    inputs = [*pictures[:5], broken, *pictures[5:]]
+    tables = {}
+    for ahead in (0, 2):
+        report = model.predict_files(inputs, tmp_path / f"out{ahead}", batch_size=2,
+                                     overrides=[f"data.in_flight={ahead}"])
+        assert report.cases == len(pictures) and len(report.failures) == 1 and "broken.png" in report.failures[0]
+        with open(tmp_path / f"out{ahead}" / "predictions.csv", newline="") as handle:
+            tables[ahead] = list(csv.DictReader(handle))
+    assert tables[0] == tables[2] and len(tables[0]) == len(pictures)
