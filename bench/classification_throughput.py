@@ -203,6 +203,8 @@ REFERENCE_ROWS = {  # name: (bf16 autocast, channels-last)
     "reference bf16 autocast": (True, False),
     "reference bf16 autocast + ch.-last": (True, True),
 }
+if not cpu_has_native_bf16():  # a careful user does not autocast to bf16 where it is emulated (~100x slower)
+    REFERENCE_ROWS = {name: setting for name, setting in REFERENCE_ROWS.items() if not setting[0]}
 
 
 def medsight_rows(bf16: str, int8: Path | None) -> dict[str, tuple]:
@@ -218,6 +220,8 @@ def medsight_rows(bf16: str, int8: Path | None) -> dict[str, tuple]:
         "medsight openvino fp32": ("openvino", "fp32", []),
         "medsight openvino bf16": ("openvino", "bf16", []),
     }
+    if bf16 != "bf16":  # emulated here: no careful user runs it
+        rows.pop("medsight openvino bf16")
     if int8 is not None:
         rows["medsight int8 (compressed, openvino)"] = ("auto", None, [])  # its own engine
     return rows

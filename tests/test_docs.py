@@ -167,15 +167,24 @@ def test_runnable_commands_present():
 
 
 @pytest.mark.parametrize("entry", RUNNABLE, ids=str)
-def test_doc_command_runs(entry: DocLine, tmp_path):
-    """Run it for real (a synthetic dataset goes to a temporary folder, with few cases: the options are
-    what is tested, not the size)."""
+def test_doc_command_runs(entry: DocLine, tmp_path, capsys, monkeypatch):
+    """Run it for real, in this process (a synthetic dataset goes to a temporary folder, with few cases: the
+    options are what is tested, not the size); ``medsight --help`` in a new process, as a user types it."""
     argv = shlex.split(entry.text)[1:]
     if argv[:2] == ["data", "synth"]:
         argv[3] = str(tmp_path / "data")
         if "--cases" in argv:
             i = argv.index("--cases")
             argv[i + 1] = str(min(int(argv[i + 1]), 4))
-    done = subprocess.run([sys.executable, "-m", "medsight", *argv], cwd=tmp_path, capture_output=True,
-                          text=True, timeout=300)
-    assert done.returncode == 0, f"{entry}\n  exit {done.returncode}\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}"
+    if argv == ["--help"]:
+        done = subprocess.run([sys.executable, "-m", "medsight", *argv], cwd=tmp_path, capture_output=True,
+                              text=True, timeout=300)
+        status, out, err = done.returncode, done.stdout, done.stderr
+    else:
+        from medsight.cli.main import main
+
+        monkeypatch.chdir(tmp_path)
+        capsys.readouterr()
+        status = main(argv)
+        out, err = capsys.readouterr()
+    assert status == 0, f"{entry}\n  exit {status}\n{out[-2000:]}\n{err[-2000:]}"

@@ -304,3 +304,27 @@ def test_auto_runs_pytorch_when_the_engine_cache_is_off(work, tmp_path, monkeypa
     monkeypatch.setenv("MEDSIGHT_ENGINE_CACHE", str(tmp_path / "cache"))
     with pytest.raises(Timed):
         main([*command, "--out", str(tmp_path / "on")])
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_precision_auto_and_the_engine_choice_follow_the_cpus_bf16(native, tmp_path, monkeypatch):
+    """Where bf16 is emulated (AVX2 only: ~100x slower) predict runs fp32 and asks the engine choice about fp32;
+    where it is native, bf16; channels-last in both, as a careful user on either machine would."""
+    import medsight
+    from medsight.core import runtime
+    from medsight.inference import engines
+
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: native)
+    asked = []
+    monkeypatch.setattr(engines, "faster", lambda module, spec, probe, precision, channels_last:
+                        asked.append((precision, channels_last)) or "torch")
+    monkeypatch.setattr(engines, "installed", lambda name: True)
+    model = medsight.load(random_checkpoint("segmentation", tmp_path / "seg.pt", "model.init_filters=8"))
+    task = model.configured()
+    execution = model.execution(task, "predict")
+    expected = "bf16" if native else "fp32"
+    assert execution.runtime.precision == expected and execution.engine == "torch"
+    assert asked == [(expected, execution.runtime.channels_last)]
+    assert execution.runtime.channels_last  # auto: on in bf16, and in the fp32 that auto chose on a CPU
+    named = model.execution(task, "predict", precision="fp32").runtime  # fp32 by name: as the source model ran
+    assert named.precision == "fp32" and not named.channels_last

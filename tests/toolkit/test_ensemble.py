@@ -93,6 +93,10 @@ def test_cv_writes_the_folds_ensemble_with_choices_made_on_oof(folds):
     summary = json.loads((root / "cv" / "cv.json").read_text())
     assert summary["ensemble"] == str(result.ensemble)
     assert summary["oof_with_choices"]["ece"] <= summary["oof_with_choices"]["ece_uncalibrated"] + 1e-9
+    page = (root / "cv" / "report.html").read_text()  # the folds, the reliability diagram, the review evidence
+    assert "<td>fold 0</td>" in page and "<td>fold 1</td>" in page and "mean &plusmn; sd" in page
+    assert '<img src="reliability.png"' in page and (root / "cv" / "reliability.png").stat().st_size > 0
+    assert "Review flag" in page and "flagged_mean" in page
 
 
 def test_the_ensemble_predicts_the_mean_of_its_calibrated_members(folds, tmp_path):

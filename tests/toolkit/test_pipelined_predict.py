@@ -9,6 +9,7 @@ import threading
 import pytest
 
 import medsight
+from medsight.datasets.chestxray14 import FINDINGS
 from medsight.errors import DataError
 from medsight.inference.predict import Failure, PredictionReport, read_ahead, write_results
 
@@ -61,9 +62,23 @@ def test_the_background_writer_writes_every_result_in_order_and_reports_its_fail
     assert all(name.startswith("medsight-write") for name in writer.threads)
 
 
-def test_pipelined_predict_writes_what_one_case_at_a_time_writes(tmp_path):
-    data = medsight.synthesize("chestxray14", tmp_path / "cxr", cases=24, seed=4, size=32)
-    model = medsight.load(medsight.train("classification", data, out=tmp_path / "run", overrides=CLS).last)
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pipelined")
+    data = medsight.synthesize("chestxray14", root / "cxr", cases=24, seed=4, size=32)
+    return medsight.load(medsight.train("classification", data, out=root / "run", overrides=CLS).last), data
+
+
+CLS_LABELS = set(FINDINGS)
+
+
+def _table(path):
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_pipelined_predict_writes_what_one_case_at_a_time_writes(trained, tmp_path):
+    model, data = trained
     pictures = sorted(data.rglob("*.png"))[:14]
     assert len(pictures) == 14
     broken = tmp_path / "broken.png"
@@ -74,6 +89,24 @@ def test_pipelined_predict_writes_what_one_case_at_a_time_writes(tmp_path):
         report = model.predict_files(inputs, tmp_path / f"out{ahead}", batch_size=2,
                                      overrides=[f"data.in_flight={ahead}"])
         assert report.cases == len(pictures) and len(report.failures) == 1 and "broken.png" in report.failures[0]
-        with open(tmp_path / f"out{ahead}" / "predictions.csv", newline="") as handle:
-            tables[ahead] = list(csv.DictReader(handle))
+        tables[ahead] = _table(tmp_path / f"out{ahead}" / "predictions.csv")
     assert tables[0] == tables[2] and len(tables[0]) == len(pictures)
+
+
+def test_under_torchrun_each_rank_predicts_its_share_into_its_own_folder(trained, tmp_path, monkeypatch):
+    model, data = trained
+    pictures = sorted(data.rglob("*.png"))[:5]
+    whole = _table(model.predict_files(pictures, tmp_path / "one").written[0].parent / "predictions.csv")
+    shares = []
+    for rank in (0, 1):
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        monkeypatch.setenv("RANK", str(rank))
+        report = model.predict_files([*pictures, tmp_path / "missing.png"], tmp_path / "all")
+        assert report.cases == len(pictures[rank::2]) and len(report.failures) == (1 - rank)  # bad input: once
+        shares.append(_table(tmp_path / "all" / f"rank{rank}" / "predictions.csv"))
+    assert [row["image"] for row in shares[0]] == [row["image"] for row in whole[0::2]]
+    together = {row["image"]: row for row in shares[0] + shares[1]}
+    assert sorted(together) == sorted(row["image"] for row in whole)
+    for row in whole:  # the same predictions, up to the rounding of other batch compositions (fp32, 2 cores)
+        assert all(abs(float(row[k]) - float(together[row["image"]][k])) < 1e-5 for k in row
+                   if k in CLS_LABELS), row["image"]

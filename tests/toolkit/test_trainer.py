@@ -25,6 +25,24 @@ from .test_trainer_resume import TOY, toy
 QUIET = ["trainer.progress=never", "trainer.tensorboard=false"]
 
 
+@pytest.fixture
+def toy_here(capsys):
+    """``tests/toy_train.py ARGS`` in this process (the toy task is registered by importing tests.toy_task):
+    what a subprocess would return and print, without its seconds of start-up. Tests of signals, kills and
+    several processes keep ``toy``."""
+    from types import SimpleNamespace
+
+    from medsight.cli.main import main
+
+    def run(*args: str) -> SimpleNamespace:
+        capsys.readouterr()
+        status = main(list(args))
+        printed = capsys.readouterr()
+        return SimpleNamespace(returncode=status, stdout=printed.out, stderr=printed.err)
+
+    return run
+
+
 def free_port() -> int:
     """A TCP port nobody listens on now (for torchrun's rendezvous): parallel test runs do not collide."""
     import socket
@@ -98,8 +116,8 @@ def test_partition_splits_records_across_ranks_without_duplicates():
     ("trainer.precision=half", "error: config: trainer.precision='half' is not one of fp32, bf16, fp16, auto"),
     ("optim.name=adam", "error: config: optim.name='adam' is not one of adamw, sgd (did you mean adamw?)"),
 ])
-def test_config_errors_are_one_clear_line(toy_data, tmp_path, override, message):
-    result = toy("train", "toy", "--data", str(toy_data), "--out", str(tmp_path / "run"), override)
+def test_config_errors_are_one_clear_line(toy_data, tmp_path, override, message, toy_here):
+    result = toy_here("train", "toy", "--data", str(toy_data), "--out", str(tmp_path / "run"), override)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [message]
 
@@ -119,9 +137,9 @@ def test_config_file_and_profile_and_overrides_merge_in_order(tmp_path):
     assert str(error.value) == f"{bad}: unknown key trainer.max_epocs (did you mean trainer.max_epochs?)"
 
 
-def test_resolved_config_is_written_and_stored_in_checkpoints(toy_data, tmp_path):
+def test_resolved_config_is_written_and_stored_in_checkpoints(toy_data, tmp_path, toy_here):
     run = tmp_path / "run"
-    assert toy("train", "toy", "--data", str(toy_data), "--out", str(run), "trainer.max_epochs=1", "optim.lr=0.0042",
+    assert toy_here("train", "toy", "--data", str(toy_data), "--out", str(run), "trainer.max_epochs=1", "optim.lr=0.0042",
                *QUIET).returncode == 0
     assert "lr: 0.0042" in (run / "config.yaml").read_text()
     state = checkpoint.load(run / "checkpoints" / "best.pt")
@@ -190,9 +208,9 @@ def test_a_kill_during_saving_never_leaves_a_damaged_last_pt(tmp_path):
     assert len(set(seen)) > 1  # the kills did land at different points
 
 
-def test_non_finite_loss_stops_naming_epoch_and_step_and_keeps_last_good_checkpoint(toy_data, tmp_path):
+def test_non_finite_loss_stops_naming_epoch_and_step_and_keeps_last_good_checkpoint(toy_data, tmp_path, toy_here):
     run = tmp_path / "run"
-    result = toy("train", "toy", "--data", str(toy_data), "--out", str(run), "trainer.max_epochs=3",
+    result = toy_here("train", "toy", "--data", str(toy_data), "--out", str(run), "trainer.max_epochs=3",
                  "model.nan_at_step=16", *QUIET)  # 12 steps per epoch: step 4 of epoch 2
     assert result.returncode == 2
     line = result.stderr.strip().splitlines()[-1]
@@ -203,9 +221,9 @@ def test_non_finite_loss_stops_naming_epoch_and_step_and_keeps_last_good_checkpo
     assert state["epoch"] == 1 and all(torch.isfinite(v).all() for v in state["model"].values())
 
 
-def test_non_finite_loss_can_be_skipped(toy_data, tmp_path):
+def test_non_finite_loss_can_be_skipped(toy_data, tmp_path, toy_here):
     run = tmp_path / "run"
-    result = toy("train", "toy", "--data", str(toy_data), "--out", str(run), "trainer.max_epochs=2",
+    result = toy_here("train", "toy", "--data", str(toy_data), "--out", str(run), "trainer.max_epochs=2",
                  "model.nan_at_step=5", "trainer.nonfinite_loss=skip", *QUIET)
     assert result.returncode == 0, result.stderr
     state = checkpoint.load(run / "checkpoints" / "last.pt")
@@ -213,9 +231,9 @@ def test_non_finite_loss_can_be_skipped(toy_data, tmp_path):
     assert all(torch.isfinite(v).all() for v in state["model"].values())
 
 
-def test_early_stopping_stops_after_patience_validations_without_improvement(toy_data, tmp_path):
+def test_early_stopping_stops_after_patience_validations_without_improvement(toy_data, tmp_path, toy_here):
     run = tmp_path / "run"
-    result = toy("train", "toy", "--data", str(toy_data), "--out", str(run), "trainer.max_epochs=20",
+    result = toy_here("train", "toy", "--data", str(toy_data), "--out", str(run), "trainer.max_epochs=20",
                  "trainer.early_stopping_patience=2", "optim.lr=1e-30", "model.dropout=0", "data.noise=0", *QUIET)
     assert result.returncode == 0, result.stderr
     assert "early stopping: mse has not improved for 2 validations" in result.stdout
@@ -223,9 +241,9 @@ def test_early_stopping_stops_after_patience_validations_without_improvement(toy
     assert checkpoint.load(run / "checkpoints" / "best.pt")["epoch"] == 1
 
 
-def test_accumulation_ema_warmup_bf16_channels_last_and_tensorboard(toy_data, tmp_path):
+def test_accumulation_ema_warmup_bf16_channels_last_and_tensorboard(toy_data, tmp_path, toy_here):
     run = tmp_path / "run"
-    result = toy("train", "toy", "--data", str(toy_data), "--out", str(run), "trainer.max_epochs=2",
+    result = toy_here("train", "toy", "--data", str(toy_data), "--out", str(run), "trainer.max_epochs=2",
                  "trainer.accumulate_grad_batches=3", "trainer.ema_decay=0.5", "trainer.precision=bf16",
                  "trainer.channels_last=true", "trainer.grad_clip_norm=1.0", "optim.warmup_epochs=1",
                  "optim.scheduler=poly", "optim.name=sgd", "trainer.progress=never")
@@ -238,11 +256,11 @@ def test_accumulation_ema_warmup_bf16_channels_last_and_tensorboard(toy_data, tm
     assert list((run / "tensorboard").glob("events.out.tfevents.*"))
 
 
-def test_existing_run_folder_is_not_overwritten(toy_data, tmp_path):
+def test_existing_run_folder_is_not_overwritten(toy_data, tmp_path, toy_here):
     run = tmp_path / "run"
-    assert toy("train", "toy", "--data", str(toy_data), "--out", str(run), "trainer.max_epochs=1", *QUIET).returncode == 0
+    assert toy_here("train", "toy", "--data", str(toy_data), "--out", str(run), "trainer.max_epochs=1", *QUIET).returncode == 0
     before = (run / "checkpoints" / "last.pt").read_bytes()
-    again = toy("train", "toy", "--data", str(toy_data), "--out", str(run), "trainer.max_epochs=1", *QUIET)
+    again = toy_here("train", "toy", "--data", str(toy_data), "--out", str(run), "trainer.max_epochs=1", *QUIET)
     assert again.returncode == 2 and "already holds a checkpoint" in again.stderr
     assert (run / "checkpoints" / "last.pt").read_bytes() == before
 
@@ -324,13 +342,13 @@ def test_each_epoch_records_how_long_the_trainer_waited_for_data(tmp_path, monke
     assert 0.5 < epoch["data_wait_fraction"] <= 1.0
 
 
-def test_a_time_bounded_run_lays_its_schedule_over_the_budget(toy_data, tmp_path):
+def test_a_time_bounded_run_lays_its_schedule_over_the_budget(toy_data, tmp_path, toy_here):
     """trainer.max_epochs=100000 with trainer.max_minutes: the cosine decays over the epochs the budget allows
     (measured), instead of staying at the peak for 100000 planned epochs."""
     import json
 
     run = tmp_path / "run"
-    result = toy("train", "toy", "--data", str(toy_data), "--out", str(run), "trainer.max_epochs=100000",
+    result = toy_here("train", "toy", "--data", str(toy_data), "--out", str(run), "trainer.max_epochs=100000",
                  "trainer.max_minutes=0.07", "optim.scheduler=cosine", "optim.lr=0.01", *QUIET)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "time budget: stopped after" in result.stdout

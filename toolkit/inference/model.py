@@ -188,12 +188,22 @@ class Model:
                       **options) -> PredictionReport:
         """Predict every input and write each case's files into ``out`` as it comes (what ``medsight predict``
         does): memory holds one batch at a time. A bad input is listed in the report, the others go on; so is an
-        input unlike the training data with ``strict_domain`` (without it, a logged line and ``quality["domain"]``)."""
+        input unlike the training data with ``strict_domain`` (without it, a logged line and ``quality["domain"]``).
+        Under ``torchrun`` each rank predicts every WORLD_SIZE-th input from its RANK and writes into
+        ``out/rank<RANK>``: a node or a cluster predicts a large archive with the same command."""
         task = self.configured(options, overrides)
         out = Path(out)
         report = PredictionReport()
         self._note_synthetic()
         prepared = inputs_.prepare(task, list(inputs), ids, images=images)
+        rank, world = shard()
+        if world > 1:  # under torchrun: every world-th input from this rank's own, into its own folder
+            total = len(prepared.records)
+            prepared.records[:] = prepared.records[rank::world]
+            if rank:  # an input that cannot be read is reported once, by rank 0
+                prepared.failures.clear()
+            out = out / f"rank{rank}"
+            log.info(f"rank {rank} of {world}: {len(prepared.records)} of {total} inputs, written to {out}")
         screened = domain.screen(task, self.state, prepared, strict=strict_domain)
         report.failures.extend(prepared.failures)
         execution = self.execution(task, "predict")
@@ -248,6 +258,18 @@ class Model:
 
     def __repr__(self) -> str:
         return f"Model({self.task_name}, {self.path}, engine={self.engine})"
+
+
+def shard() -> tuple[int, int]:
+    """(rank, world size) of this process under ``torchrun`` (its RANK and WORLD_SIZE), else (0, 1)."""
+    import os
+
+    try:
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        rank = int(os.environ.get("RANK", "0"))
+    except ValueError:
+        return 0, 1
+    return (rank, world) if world > 1 and 0 <= rank < world else (0, 1)
 
 
 def _config_key(task: Task) -> str:

@@ -148,3 +148,49 @@ def write_report(run_dir: Path, title: str | None = None) -> Path:
     page = f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(run_dir.name)}</title>" \
            f"<style>{style}</style></head><body>{''.join(parts)}</body></html>\n"
     return write_text(page, run_dir / "report.html")
+
+
+def write_cv_report(folder: Path, summary: dict, reliability: Path | None = None, headline: str | None = None) -> Path:
+    """``report.html`` of a ``medsight cv`` folder, from its ``cv.json`` content: each fold's metrics, their mean
+    and sd, the pooled out-of-fold metrics with their 95 % intervals, what was chosen on them, calibration before
+    and after (with the reliability diagram), and the review flag's evidence (flagged cases against the rest)."""
+    folder = Path(folder)
+    folds = [f for f in summary.get("folds", []) if f.get("metrics")]
+    names = [k for k in summary.get("mean", {}) if not k.startswith(("ece", "brier"))]
+    # the task's headline metric (``headline``), then summaries over labels or regions, then the rest
+    names = sorted(names, key=lambda n: (n != headline, not n.startswith(("mean_", "cpm", "dice_", "hd95_"))))[:12]
+    parts = [f"<h1>Cross-validation: {html.escape(folder.name)}</h1>",
+             f"<p>{summary.get('finished', 0)} of {len(summary.get('folds', []))} folds finished; ensemble: "
+             f"{html.escape(str(summary.get('ensemble')))}</p>"]
+    if folds and names:
+        head = "".join(f"<td><b>{html.escape(n)}</b></td>" for n in names)
+        rows = "".join("<tr><td>fold {}</td>{}</tr>".format(f["fold"], "".join(
+            f"<td>{f['metrics'][n]:.4f}</td>" if isinstance(f["metrics"].get(n), (int, float)) else "<td></td>"
+            for n in names)) for f in folds)
+        spread = "".join(f"<td>{summary['mean'][n]:.4f} &plusmn; {summary['sd'].get(n, float('nan')):.4f}</td>"
+                         for n in names)
+        ci = summary.get("ci95_oof", {})
+        pooled = "".join(f"<td>{summary['pooled_oof'].get(n, float('nan')):.4f}"
+                         + (f" [{ci[n][0]:.4f}, {ci[n][1]:.4f}]" if n in ci else "") + "</td>" for n in names)
+        parts.append(f"<h2>Folds</h2><table><tr><td></td>{head}</tr>{rows}<tr><td>mean &plusmn; sd</td>{spread}</tr>"
+                     f"<tr><td>pooled out-of-fold [95 % CI]</td>{pooled}</tr></table>")
+    oof = summary.get("oof_with_choices", {})
+    calibration = {k: v for k, v in oof.items() if k.startswith(("ece", "brier"))}
+    if calibration:
+        parts.append("<h2>Calibration on the out-of-fold predictions</h2>" + _table(calibration))
+    if reliability is not None and reliability.is_file():
+        parts.append(f'<img src="{reliability.relative_to(folder)}" alt="reliability diagram">')
+    chosen = dict(summary.get("chosen_on_oof", {}))
+    review = chosen.pop("review", None)
+    if review:
+        evidence = review.get("oof", {})
+        parts.append(f"<h2>Review flag</h2><p>threshold {review['threshold']:.4f} on the {review['score']} flags "
+                     f"{review['rate']:.0%} of the out-of-fold cases.</p>" + _table(evidence))
+    if chosen:
+        parts.append("<h2>Chosen on the out-of-fold predictions</h2><pre>"
+                     + html.escape(json.dumps(chosen, indent=1, default=str)) + "</pre>")
+    style = "body{font-family:sans-serif;max-width:1200px;margin:auto;padding:1em}img{max-width:100%}" \
+            "table{border-collapse:collapse}td{border:1px solid #ccc;padding:2px 8px}"
+    page = f"<!doctype html><html><head><meta charset='utf-8'><title>cv {html.escape(folder.name)}</title>" \
+           f"<style>{style}</style></head><body>{''.join(parts)}</body></html>\n"
+    return write_text(page, folder / "report.html")

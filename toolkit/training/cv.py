@@ -212,13 +212,29 @@ def summarise(out: Path, plan: list[Fold], data: Path, bootstrap: int, outputs: 
         write_csv(result.oof, out / OOF_FILE, list(result.oof[0]))
     if len(finished) >= 2 and _rank() == 0:  # the folds' models, with what was chosen on their OOF predictions
         result.ensemble = write_ensemble(finished, result.chosen, out / ENSEMBLE_FILE)
-    write_json({"folds": [{"fold": f.index, "groups": len(f.groups), "checkpoint": str(f.checkpoint) if f.checkpoint
-                           else None, "metrics": f.metrics} for f in plan],
-                "ensemble": str(result.ensemble) if result.ensemble else None,
-                "finished": len(finished), "mean": result.mean, "sd": result.sd, "pooled_oof": result.pooled,
-                "ci95_oof": {k: list(v) for k, v in result.ci.items()}, "bootstrap": bootstrap,
-                "chosen_on_oof": result.chosen, "oof_with_choices": chosen_metrics}, out / SUMMARY_FILE)
+    summary = {"folds": [{"fold": f.index, "groups": len(f.groups), "checkpoint": str(f.checkpoint) if f.checkpoint
+                          else None, "metrics": f.metrics} for f in plan],
+               "ensemble": str(result.ensemble) if result.ensemble else None,
+               "finished": len(finished), "mean": result.mean, "sd": result.sd, "pooled_oof": result.pooled,
+               "ci95_oof": {k: list(v) for k, v in result.ci.items()}, "bootstrap": bootstrap,
+               "chosen_on_oof": result.chosen, "oof_with_choices": chosen_metrics}
+    write_json(summary, out / SUMMARY_FILE)
+    _report(out, summary, task, pooled)
     return result
+
+
+def _report(out: Path, summary: dict, task, pooled: dict[str, list]) -> None:
+    """``report.html`` beside ``cv.json``, with the reliability diagram of the OOF predictions before and after
+    the temperatures chosen on them."""
+    from medsight.io.pictures import reliability_png
+    from medsight.reporting.report import write_cv_report
+
+    samples = task.calibration_samples(pooled)
+    picture = None
+    if samples:
+        picture = reliability_png(samples, out / "reliability.png", summary["chosen_on_oof"].get("temperature"),
+                                  "reliability on the out-of-fold predictions")
+    write_cv_report(out, summary, picture, headline=getattr(task.monitor, "metric", None))
 
 
 def pool(parts: Sequence[dict]) -> dict[str, list]:
