@@ -109,10 +109,10 @@ class LungNoduleDetection(Task):
         synth={"cases": 40, "subsets": 5, "shape": (64, 64, 40), "spacing": (1.875, 1.875, 3.0),
                "nodule_mm": (6, 25)},
         profile="cpu-small",
-        overrides=("data.spacing_mm=[1.875,1.875,3.0]", "data.patch_size=[32,32,16]", "trainer.max_epochs=40",
-                   "trainer.val_every_n_epochs=20", "infer.topk_per_level=100"),
+        overrides=("data.spacing_mm=[1.875,1.875,3.0]", "data.patch_size=[32,32,16]", "trainer.max_epochs=32",
+                   "trainer.val_every_n_epochs=16", "infer.topk_per_level=100"),
         note=("Synthetic scans on a coarse grid (1.9 x 1.9 x 3 mm) with nodules of 6-25 mm, so that a detector\n"
-              "learns them in about a minute of CPU: 40 epochs on 26 scans, scored on the 8 scans of subset0.\n"
+              "learns them in about a minute of CPU: 32 epochs on 26 scans, scored on the 8 scans of subset0.\n"
               "Real LUNA16 nodules start at 3 mm: bench/detection_learnability.py trains on 0.75 mm scans."),
         quick_synth={"cases": 3, "shape": (64, 64, 24), "spacing": (1.8, 1.8, 3.0)},
         quick_overrides=("data.patches_per_scan=2", "data.batch_size=1", "infer.roi_size=[64,64,32]",

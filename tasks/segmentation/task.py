@@ -97,7 +97,7 @@ class BrainTumourSegmentation(Task):
         dataset="brats",
         synth={"cases": 10, "shape": (96, 96, 64)},
         profile="cpu-small",
-        overrides=("trainer.max_epochs=20", "trainer.val_every_n_epochs=10", "data.folds=5",
+        overrides=("trainer.max_epochs=14", "trainer.val_every_n_epochs=7", "data.folds=5",
                    "data.patch_size=[32,32,32]", "data.patches_per_case=4", "trainer.channels_last=true"),
         note="10 synthetic cases of 96 x 96 x 64 voxels: 8 train, 2 choose the checkpoint and the post-processing.",
         held_out_cases=4,
