@@ -37,11 +37,8 @@ def inference_runtime(task: Task, device: str | None, precision: str | None, sta
     precision = precision or getattr(infer, "precision", None) or cfg.precision
     channels_last = getattr(infer, "channels_last", cfg.channels_last)
     resolved = Runtime(device or cfg.device, precision, False, compile=False, distributed=False)
-    if channels_last is None:
-        # auto: where the rounding is reduced precision's anyway, and on a CPU whenever predict chose the precision
-        # itself (fp32 on a CPU without native bf16: 1.35x a SegResNet window and 1.5x DenseNet121 on 2 AVX2
-        # cores); off where fp32 was asked for by name, which reproduces a source model's label maps exactly
-        channels_last = resolved.precision in ("bf16", "fp16") or (precision == "auto" and resolved.device.type == "cpu")
+    if channels_last is None:  # auto: where the rounding is reduced precision's anyway
+        channels_last = resolved.precision in ("bf16", "fp16")
     return Runtime(device or cfg.device, resolved.precision, bool(channels_last), compile=False, distributed=False)
 
 
