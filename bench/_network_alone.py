@@ -92,6 +92,8 @@ def engine_calls(task, model: nn.Module, compressed=None, native_bf16: bool = Tr
         for precision in ("fp32", "bf16") if native_bf16 else ("fp32",):
             engine = engines.build("openvino", module, spec, precision)
             calls[f"openvino {precision}"] = engine
+    if engines.installed("onnxruntime"):
+        calls["onnxruntime fp32"] = engines.build("onnxruntime", module, task.network_input(), "fp32")
     if compressed is not None and compressed.carried is not None:
         calls["int8 (compressed, openvino)"] = engines.from_files(compressed.carried, "auto", compressed.path)
     return calls
@@ -150,11 +152,15 @@ def default_engine(model, precision: str | None = None, engine: str = "auto") ->
     from medsight.inference.execution import auto_engine, inference_runtime
 
     runtime = inference_runtime(model.task, "cpu", precision, "predict")
-    chosen = auto_engine(model.task, model.torch_model, model.carried, runtime) if engine == "auto" else engine
+    layout = runtime.channels_last
+    chosen = engine
+    if engine == "auto":
+        choice = auto_engine(model.task, model.torch_model, model.carried, runtime)
+        chosen, layout = choice.engine, choice.channels_last
     if chosen != "torch":
-        return f"openvino {runtime.precision}"
+        return f"{chosen} {'fp32' if chosen == 'onnxruntime' else runtime.precision}"
     name = "torch fp32" if runtime.precision == "fp32" else f"torch {runtime.precision} autocast"
-    return name + (" + channels-last" if runtime.channels_last else "")
+    return name + (" + channels-last" if layout else "")
 
 
 # -- medsight rows --------------------------------------------------------------------------------------

@@ -94,8 +94,9 @@ class SegmentationInfer:
     precision: str = "auto"
     #: 3D convolutions in channels-last memory layout when PyTorch runs the network: a BraTS case 1.6x
     #: faster in bf16 and 1.3x in fp32 on 2 cores (bench/segmentation_inference_speed.py). null (auto): on
-    #: in bf16/fp16, off in fp32, where it changes the arithmetic (1e-6), enough to flip a voxel lying on
-    #: the threshold, and --precision fp32 reproduces a source model's label maps exactly (medsight import)
+    #: in bf16/fp16; in fp32 chosen by precision auto, timed per network by --engine auto; off in fp32 asked
+    #: for by name, where it changes the arithmetic (1e-6), enough to flip a voxel lying on the threshold,
+    #: and --precision fp32 reproduces a source model's label maps exactly (medsight import)
     channels_last: Optional[bool] = None
     #: apply the per-region temperatures fitted on out-of-fold predictions (medsight cv), where the
     #: checkpoint holds them; false: the network's own probabilities

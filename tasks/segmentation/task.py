@@ -190,6 +190,8 @@ class BrainTumourSegmentation(Task):
         for network in members(model):
             inferer = self._inferer(network)
             layout = channels_last_format(network)
+            if layout is not torch.channels_last_3d:  # windows are 5-D; a 2D network inside a 3D wrapper
+                layout = None                             # slices them itself
             run = network if layout is None else (
                 lambda window, net=network, fmt=layout: net(window.contiguous(memory_format=fmt)))
             for axes in flips:

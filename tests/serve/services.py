@@ -18,8 +18,9 @@ from tests.serve.conftest import free_port
 
 
 def need(tool: str, package: str) -> str:
-    found = shutil.which(tool) or next((p for p in (f"/usr/sbin/{tool}", f"/usr/bin/{tool}") if os.path.exists(p)),
-                                       None)
+    """The path of ``tool`` (a command, or an absolute path of a file that a package installs)."""
+    places = [tool] if os.path.isabs(tool) else [shutil.which(tool), f"/usr/sbin/{tool}", f"/usr/bin/{tool}"]
+    found = next((p for p in places if p and os.path.exists(p)), None)
     if found:
         return found
     if os.environ.get("MEDSIGHT_NO_SERVICES") == "1":
@@ -28,18 +29,27 @@ def need(tool: str, package: str) -> str:
                 "to skip the tests that need it")
 
 
+DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
+
+
 class Orthanc:
-    """An Orthanc with no plugins, loopback only, whose modality ``medsight`` is the serve node under test."""
+    """An Orthanc, loopback only, whose modality ``medsight`` is the serve node under test; with
+    ``dicomweb``, its DICOMweb plugin (the Debian package ``orthanc-dicomweb``) serves ``/dicom-web``; with
+    ``users`` (name -> password), every HTTP request needs basic authentication."""
 
     def __init__(self, folder: Path, medsight_port: int, aet: str = "ORTHANC", http_port: int | None = None,
-                 dicom_port: int | None = None):
+                 dicom_port: int | None = None, dicomweb: bool = False, users: dict[str, str] | None = None):
         binary = need("Orthanc", "orthanc")
+        plugins = []
+        if dicomweb:
+            plugins = [need(str(DICOMWEB_PLUGIN), "orthanc-dicomweb")]
         self.folder, self.aet = folder, aet
         self.http_port, self.dicom_port = http_port or free_port(), dicom_port or free_port()
         folder.mkdir(parents=True, exist_ok=True)
         config = {"Name": "medsight-test", "StorageDirectory": str(folder / "db"), "IndexDirectory": str(folder / "db"),
                   "HttpPort": self.http_port, "DicomPort": self.dicom_port, "DicomAet": aet,
-                  "RemoteAccessAllowed": False, "AuthenticationEnabled": False, "Plugins": [],
+                  "RemoteAccessAllowed": False, "AuthenticationEnabled": bool(users),
+                  "RegisteredUsers": users or {}, "Plugins": plugins, "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
                   "DicomModalities": {"medsight": ["MEDSIGHT", "127.0.0.1", medsight_port]},
                   "DicomAlwaysAllowStore": True, "DicomCheckCalledAet": False, "StableAge": 1,
                   "DicomScuTimeout": 30, "HttpTimeout": 60, "ConcurrentJobs": 1}
@@ -47,7 +57,9 @@ class Orthanc:
         self.log = open(folder / "orthanc.log", "w")  # noqa: SIM115  (open while Orthanc runs)
         self.process = subprocess.Popen([binary, str(folder / "orthanc.json")], stdout=self.log,
                                         stderr=subprocess.STDOUT, cwd=folder)
-        self.http = httpx.Client(base_url=f"http://127.0.0.1:{self.http_port}", timeout=60)
+        self.url = f"http://127.0.0.1:{self.http_port}"
+        auth = httpx.BasicAuth(*next(iter(users.items()))) if users else None
+        self.http = httpx.Client(base_url=self.url, timeout=60, auth=auth)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import socket
+from pathlib import Path
 
 import httpx
 import nibabel as nib
@@ -117,3 +118,54 @@ def test_a_zip_of_a_dicom_series_is_answered_with_its_seg_and_sr_files(api, tmp_
     assert state["state"] == "done", state["reason"]
     names = {f.rsplit("/", 1)[-1] for f in state["files"]}
     assert {f"{uid}_marks.dcm", f"{uid}_marks_sr.dcm", "submission.csv"} <= names
+
+
+def test_a_zip_of_a_multi_series_mr_study_is_sorted_into_the_rules_roles(tmp_path, segmenter, detector, start_server,
+                                                                         monkeypatch):
+    """One zip holding a study's FLAIR, T1c and a localiser: each series goes to the role whose rule matches its
+    SeriesDescription (as over DICOM), the localiser to none; a zip that lacks a role is 422 naming it."""
+    import zipfile
+
+    import pydicom
+
+    from tests.serve.conftest import mr_study
+    from tests.serve.test_orthanc import rules
+
+    monkeypatch.setenv("MEDSIGHT_TEST_TOKENS", "s3cret")
+    server = start_server(serve_config(tmp_path, rules(detector, segmenter), http={
+        "enabled": True, "port": 0, "tokens_env": "MEDSIGHT_TEST_TOKENS"}))
+    http = httpx.Client(base_url=f"http://127.0.0.1:{server.http.port}", timeout=30,
+                        headers={"Authorization": "Bearer s3cret"})
+    roles = mr_study(tmp_path / "mr")
+    localiser = tmp_path / "mr" / "localiser.dcm"
+    ds = pydicom.dcmread(next((tmp_path / "mr" / "flair").iterdir()))
+    ds.SeriesInstanceUID, ds.SOPInstanceUID, ds.SeriesDescription = (pydicom.uid.generate_uid(),
+                                                                     pydicom.uid.generate_uid(), "3-PLANE LOC")
+    ds.save_as(localiser)
+
+    def upload(paths, name):
+        with zipfile.ZipFile(tmp_path / name, "w") as archive:
+            for number, path in enumerate(paths):
+                archive.write(path, f"study/{number:03d}.dcm")
+        return http.post("/v1/jobs", data={"model": "brain"},
+                         files=[("files", (name, (tmp_path / name).read_bytes(), "application/zip"))])
+
+    every = sorted((tmp_path / "mr").rglob("*.dcm"))
+    answer = upload(every[::-1], "study.zip")  # the order in a zip says nothing
+    assert answer.status_code == 202, answer.text
+    job_id = answer.json()["id"]
+    state = wait_for(lambda: (s := http.get(f"/v1/jobs/{job_id}").json())["state"] in ("done", "dead") and s, 60,
+                     "the job")
+    assert state["state"] == "done", state["reason"]
+    inputs = server.queue.get(job_id).payload["inputs"]
+    assert set(inputs) == {"flair", "t1c"}
+    for role, folder in inputs.items():
+        assert {str(pydicom.dcmread(p, stop_before_pixels=True).SeriesInstanceUID)
+                for p in Path(folder).iterdir()} == {roles[role]}
+    seg = next(f for f in state["files"] if f.endswith(".dcm"))
+    answer_seg = pydicom.dcmread(__import__("io").BytesIO(http.get(seg).content))
+    assert answer_seg.Modality == "SEG" and answer_seg.ReferencedSeriesSequence[0].SeriesInstanceUID == roles["flair"]
+
+    lacking = upload([p for p in every if "t1c" not in p.parts], "flair_only.zip")
+    assert lacking.status_code == 422
+    assert "no series of the upload matches role(s) t1c of model brain (2 series found)" in lacking.json()["detail"]

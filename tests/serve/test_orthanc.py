@@ -164,3 +164,45 @@ def test_dcmtk_clients_and_the_bad_inputs_a_sender_sees(tmp_path, orthanc, detec
         assert server.node.refused == {"calling AE title not allowed": 1}
     assert dcmtk("echoscu", "-aet", "STORESCU", "-aec", "MEDSIGHT", *node).returncode == 0, "still serving"
     shutil.rmtree(tmp_path / "gap")
+
+
+def test_results_stored_over_dicomweb_stow_rs_with_credentials_from_the_environment(tmp_path, detector, segmenter,
+                                                                                     start_server, monkeypatch):
+    """STOW-RS into Orthanc's DICOMweb plugin behind basic authentication: a wrong password is HTTP 401, the job
+    is dead-lettered with that reason (and no password in it); re-queued with the right one, the SEG and SR
+    arrive once each."""
+    port = free_port()
+    pacs = Orthanc(tmp_path / "orthanc", port, dicomweb=True, users={"medsight": "s3cret"})
+    try:
+        ct_uid, _ = ct_series(tmp_path / "ct")
+        monkeypatch.setenv("MEDSIGHT_TEST_STOW", "medsight:wrong")
+        config = serve_config(tmp_path, rules(detector, segmenter),
+                              dicom={"port": port, "allowed_callers": ["ORTHANC"], "complete_on": "association"},
+                              queue={"max_attempts": 2, "backoff_s": 0.1},
+                              destinations=[{"name": "archive", "dicomweb": f"{pacs.url}/dicom-web",
+                                             "basic_auth_env": "MEDSIGHT_TEST_STOW"}],
+                              results={"send_to": ["archive"]})
+        server = start_server(config)
+        for path in sorted((tmp_path / "ct").iterdir()):
+            assert pacs.upload(path)["status"] == 200
+        sent = pacs.http.post("/modalities/medsight/store", json={"Resources": pacs.find("Study", {}),
+                                                                  "Synchronous": True})
+        assert sent.status_code == 200, sent.text
+        dead = wait_for(lambda: server.queue.jobs("dead"), 90, "the job dead-lettered by the wrong password")
+        assert "HTTP 401" in dead[0].reason and "wrong" not in dead[0].reason
+        assert not pacs.find("Instance", {"Modality": "SEG"})
+
+        monkeypatch.setenv("MEDSIGHT_TEST_STOW", "medsight:s3cret")
+        assert server.retry_failed() == 1
+        found = wait_for(lambda: (lambda f: f if len(f["SEG"]) == 1 and len(f["SR"]) == 1 else None)(
+            {m: pacs.find("Instance", {"Modality": m}) for m in ("SEG", "SR")}), 60, "a SEG and an SR over STOW-RS")
+        seg = pydicom.dcmread(__import__("io").BytesIO(pacs.http.get(f"/instances/{found['SEG'][0]}/file").content))
+        assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == ct_uid
+        wait_for(lambda: server.queue.jobs("done"), 30, "the job done")
+        with sqlite3.connect(Path(server.config.folder) / "queue.sqlite") as db:
+            delivered = db.execute("SELECT destination, sop_instance_uid FROM deliveries").fetchall()
+        stored = [pacs.http.get(f"/instances/{i}").json()["MainDicomTags"]["SOPInstanceUID"]
+                  for i in found["SEG"] + found["SR"]]
+        assert sorted(delivered) == sorted(("archive", uid) for uid in stored)
+    finally:
+        pacs.stop()

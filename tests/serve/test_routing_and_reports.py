@@ -72,7 +72,7 @@ def test_models_are_loaded_once_and_the_least_recently_used_go_over_the_budget()
     assert models.loaded() == ["a", "c"] and made == ["a", "b", "c"]
 
 
-def test_an_xray_over_dicom_is_answered_with_a_findings_sr(tmp_path, start_server):
+def test_an_xray_over_dicom_is_answered_with_a_findings_sr_and_grad_cam_captures(tmp_path, start_server):
     from medsight.datasets.synth.chestxray14 import Anatomy, render
     from medsight.datasets.synth.dicom import write_xray
 
@@ -86,11 +86,19 @@ def test_an_xray_over_dicom_is_answered_with_a_findings_sr(tmp_path, start_serve
     path = write_xray(tmp_path / "xr" / "IM0.dcm", picture, identifiers=MARKERS)
     ds = pydicom.dcmread(path)
     server = start_server(serve_config(tmp_path, [{"name": "cxr", "checkpoint": str(checkpoint),
-                                                   "match": {"modality": "DX"}}]))
+                                                   "match": {"modality": "DX"}, "options": {"cam": True}}]))
     assert store(server.dicom_port, [ds]) == [(0, "")]
     job = wait_for(lambda: next((j for j in server.queue.jobs() if j.state in ("done", "dead")), None), 60, "the job")
     assert job.state == "done", job.reason
-    (uid, sr_path), = server.queue.results(job.id)
+    objects = {uid: pydicom.dcmread(p) for uid, p in server.queue.results(job.id)}
+    (uid, sr_path), = [(u, p) for u, p in server.queue.results(job.id) if objects[u].Modality == "SR"]
+    captures = [o for o in objects.values() if o.SOPClassUID == pydicom.uid.SecondaryCaptureImageStorage]
+    assert len(captures) == len(objects) - 1 >= 1 and len({c.SeriesInstanceUID for c in captures}) == 1
+    for capture in captures:  # the heatmap over the film, in its study, referencing it, de-identified
+        assert capture.StudyInstanceUID == ds.StudyInstanceUID and capture.PhotometricInterpretation == "RGB"
+        assert capture.SourceImageSequence[0].ReferencedSOPInstanceUID == ds.SOPInstanceUID
+        assert capture.pixel_array.shape == (48, 48, 3) and capture.pixel_array.std() > 0
+        assert "Grad-CAM" in capture.SeriesDescription and not any(n in capture.PatientName.encode() for n in NEEDLES)
     sr = hd.sr.srread(sr_path)
     groups = sr.content.get_image_measurement_groups()
     assert [g.tracking_identifier for g in groups] == labels

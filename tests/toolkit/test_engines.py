@@ -226,8 +226,10 @@ def test_seconds_per_call_is_the_mean_of_three_calls_after_two_warm_ups_at_our_t
     assert 0.02 <= seconds < 0.06, "the warm-up calls (0.2 s) are not timed"
 
 
-def _fake_engines(monkeypatch, tmp_path, openvino_seconds: float, torch_seconds: float = 1.0) -> list[str]:
-    """``faster`` with OpenVINO's conversion skipped and fixed timings; returns the engines timed, in order."""
+def _fake_engines(monkeypatch, tmp_path, openvino_seconds: float, torch_seconds: float = 1.0,
+                  channels_last_seconds: float = 1.0, onnxruntime_seconds: float = 2.0) -> list[str]:
+    """``faster`` with the engines' conversion skipped and fixed timings; returns the candidates timed, in order
+    (PyTorch's second timing in one choice is its channels-last layout)."""
     from medsight.inference import engines
     monkeypatch.setenv("MEDSIGHT_ENGINE_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(engines, "build", lambda kind, module, spec, precision: engines.EngineNetwork(
@@ -236,8 +238,11 @@ def _fake_engines(monkeypatch, tmp_path, openvino_seconds: float, torch_seconds:
 
     def seconds_per_call(run, probe):
         kind = run.kind if isinstance(run, engines.EngineNetwork) else "torch"
+        if kind == "torch" and timed[-1:] == ["torch"]:
+            kind = "torch+channels_last"
         timed.append(kind)
-        return {"torch": torch_seconds, "openvino": openvino_seconds}[kind]
+        return {"torch": torch_seconds, "torch+channels_last": channels_last_seconds, "openvino": openvino_seconds,
+                "onnxruntime": onnxruntime_seconds}[kind]
 
     monkeypatch.setattr(engines, "seconds_per_call", seconds_per_call)
     return timed
@@ -256,28 +261,46 @@ def test_auto_takes_openvino_only_when_a_call_is_at_least_10_percent_faster(tmp_
     from medsight.inference import engines
     timed = _fake_engines(monkeypatch, tmp_path, openvino_seconds)
     network, spec, probe = _small_network()
-    assert engines.faster(network, spec, probe, "fp32", channels_last=False) == expected
-    assert timed == ["torch", "openvino"]
+    assert engines.faster(network, spec, probe, "fp32", channels_last=False) == engines.EngineChoice(expected)
+    assert timed == ["torch", "openvino", "onnxruntime"]
     notes = list((tmp_path / "cache").glob("choice-*.json"))
     assert len(notes) == 1
     assert json.loads(notes[0].read_text()) == {
-        "engine": expected, "seconds": {"torch": 1.0, "openvino": openvino_seconds}, "input": [2, 2, 16, 16, 16],
-        "precision": "fp32", "channels_last": False, "threads": torch.get_num_threads()}
+        "engine": expected, "channels_last": False, "layout_asked": False,
+        "seconds": {"torch": 1.0, "openvino": openvino_seconds, "onnxruntime": 2.0}, "input": [2, 2, 16, 16, 16],
+        "precision": "fp32", "threads": torch.get_num_threads()}
+
+
+@pytest.mark.parametrize("seconds, expected", [
+    ({"channels_last_seconds": 0.8, "openvino_seconds": 0.85, "onnxruntime_seconds": 0.9}, ("torch", True)),
+    ({"channels_last_seconds": 0.97, "openvino_seconds": 1.2}, ("torch", False)),  # within the noise: default
+    ({"channels_last_seconds": 0.8, "openvino_seconds": 0.75, "onnxruntime_seconds": 0.5}, ("onnxruntime", False)),
+])
+def test_auto_times_both_layouts_where_the_layout_is_left_to_it_and_onnx_runtime_in_fp32(tmp_path, monkeypatch,
+                                                                                        seconds, expected):
+    from medsight.inference import engines
+    timed = _fake_engines(monkeypatch, tmp_path, **seconds)
+    network, spec, probe = _small_network()
+    assert engines.faster(network, spec, probe, "fp32", channels_last=None) == engines.EngineChoice(*expected)
+    assert timed == ["torch", "torch+channels_last", "openvino", "onnxruntime"]
+    _fake_engines(monkeypatch, tmp_path / "bf16", **seconds)
+    assert engines.faster(network, spec, probe, "bf16", channels_last=True).engine in ("torch", "openvino")
 
 
 def test_auto_remembers_its_choice_per_precision_and_measures_a_damaged_note_again(tmp_path, monkeypatch):
     from medsight.inference import engines
     timed = _fake_engines(monkeypatch, tmp_path, openvino_seconds=0.5)
     network, spec, probe = _small_network()
-    assert engines.faster(network, spec, probe, "fp32", channels_last=False) == "openvino"
-    assert engines.faster(network, spec, probe, "fp32", channels_last=False) == "openvino"
-    assert timed == ["torch", "openvino"], "the second run reads the note and measures nothing"
-    assert engines.faster(network, spec, probe, "bf16", channels_last=True) == "openvino"
-    assert len(timed) == 4, "another precision and layout is another measurement"
+    assert engines.faster(network, spec, probe, "fp32", channels_last=False).engine == "openvino"
+    assert engines.faster(network, spec, probe, "fp32", channels_last=False).engine == "openvino"
+    assert timed == ["torch", "openvino", "onnxruntime"], "the second run reads the note and measures nothing"
+    assert engines.faster(network, spec, probe, "bf16", channels_last=True).engine == "openvino"
+    assert timed[3:] == ["torch", "openvino"], "another precision and layout is another measurement (no ONNX " \
+        "Runtime in bf16: its CPU provider runs fp32)"
     for note in (tmp_path / "cache").glob("choice-*.json"):
         note.write_text('{"engi')
     _fake_engines(monkeypatch, tmp_path, openvino_seconds=2.0)  # measured again: now PyTorch is faster
-    assert engines.faster(network, spec, probe, "fp32", channels_last=False) == "torch"
+    assert engines.faster(network, spec, probe, "fp32", channels_last=False) == engines.EngineChoice("torch")
 
 
 def test_auto_runs_pytorch_when_the_engine_cache_is_off(work, tmp_path, monkeypatch):
@@ -317,13 +340,14 @@ def test_precision_auto_and_the_engine_choice_follow_the_cpus_bf16(native, tmp_p
     monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: native)
     asked = []
     monkeypatch.setattr(engines, "faster", lambda module, spec, probe, precision, channels_last:
-                        asked.append((precision, channels_last)) or "torch")
+                        asked.append((precision, channels_last)) or engines.EngineChoice("torch", bool(channels_last)))
     monkeypatch.setattr(engines, "installed", lambda name: True)
     model = medsight.load(random_checkpoint("segmentation", tmp_path / "seg.pt", "model.init_filters=8"))
     task = model.configured()
     execution = model.execution(task, "predict")
     expected = "bf16" if native else "fp32"
     assert execution.runtime.precision == expected and execution.engine == "torch"
-    assert asked == [(expected, execution.runtime.channels_last)]
-    assert execution.runtime.channels_last is native  # auto: channels-last with bf16's rounding only
+    # auto: channels-last with bf16's rounding; in the fp32 that precision auto chose, left to the engine choice
+    assert asked == [(expected, True if native else None)]
+    assert execution.runtime.channels_last is native
     assert model.execution(task, "predict", precision="fp32").runtime.precision == "fp32"

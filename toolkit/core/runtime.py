@@ -206,6 +206,8 @@ class Runtime:
         self.device = pick_device(device)
         self.precision = pick_precision(precision, self.device)
         self.channels_last = channels_last
+        #: inference: the layout is left to ``--engine auto``'s per-network timing (fp32 chosen by precision auto)
+        self.layout_auto = False
         self.compile = compile
         self.scaler = torch.amp.GradScaler("cuda") if self.precision == "fp16" else None
 
@@ -332,6 +334,17 @@ class Runtime:
         if self.distributed:
             parts.append(f"DDP {self.world_size} processes ({dist.get_backend()})")
         return ", ".join(parts)
+
+
+def launched_rank() -> tuple[int, int]:
+    """(rank, world size) of this process as ``torchrun`` launched it (its RANK and WORLD_SIZE), else (0, 1);
+    read from the environment, without a process group (predict's sharding, cv's rank-0 work)."""
+    try:
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        rank = int(os.environ.get("RANK", "0"))
+    except ValueError:
+        return 0, 1
+    return (rank, world) if world > 1 and 0 <= rank < world else (0, 1)
 
 
 def _launched_by_torchrun() -> bool:

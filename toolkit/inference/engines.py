@@ -40,6 +40,7 @@ import tempfile
 import time
 import zlib
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -196,15 +197,28 @@ def seconds_per_call(run: Callable[[torch.Tensor], object], probe: torch.Tensor,
         return timer.timeit(calls).mean
 
 
-#: --engine auto takes OpenVINO when a call takes under this fraction of PyTorch's time
+#: --engine auto takes OpenVINO or ONNX Runtime when a call takes under this fraction of PyTorch's best time
 OPENVINO_MARGIN = 0.9
+#: ... and PyTorch's channels-last layout (when the layout is left to it) under this fraction of the default's
+CHANNELS_LAST_MARGIN = 0.95
 
 
-def faster(module: nn.Module, spec: NetworkInput, probe: torch.Tensor, precision: str, channels_last: bool) -> str:
-    """"torch" or "openvino": which runs ``module`` faster on ``probe`` here (OpenVINO by a margin): PyTorch at
-    ``precision`` (autocast) and ``channels_last``, or OpenVINO at ``precision``. Each is timed
-    (``seconds_per_call``) once per network, probe, precision and thread count; the answer is remembered in
-    the engine cache."""
+@dataclass(frozen=True)
+class EngineChoice:
+    """What ``--engine auto`` runs: ``engine`` (torch, openvino, onnxruntime) and, for torch, the layout."""
+
+    engine: str
+    channels_last: bool = False
+
+
+def faster(module: nn.Module, spec: NetworkInput, probe: torch.Tensor, precision: str,
+           channels_last: bool | None) -> EngineChoice:
+    """Which engine runs ``module`` fastest on ``probe`` here: PyTorch at ``precision`` (autocast) in the layout
+    ``channels_last`` (``None``: both layouts are timed, as the layout is left to the choice), OpenVINO at
+    ``precision``, and ONNX Runtime where the precision is fp32 (its CPU provider's only one). An engine is taken
+    only when clearly faster than PyTorch's best; channels-last only when clearly faster than the default
+    layout (its rounding differs). Each candidate is timed (``seconds_per_call``) once per network, probe,
+    precision, layout and thread count; the answer is remembered in the engine cache."""
     import copy
     import json
 
@@ -216,26 +230,42 @@ def faster(module: nn.Module, spec: NetworkInput, probe: torch.Tensor, precision
     note = folder / f"{key}.json" if folder is not None else None
     if note is not None and note.is_file():
         try:
-            return json.loads(note.read_text())["engine"]
-        except (OSError, ValueError, KeyError):
+            found = json.loads(note.read_text())
+            return EngineChoice(found["engine"], bool(found["channels_last"]))
+        except (OSError, ValueError, KeyError, TypeError):
             pass  # a damaged note: measure again
-    runtime = Runtime("cpu", precision, channels_last, distributed=False)  # as predict runs PyTorch
-    model = runtime.setup_model(copy.deepcopy(module).float().eval(), train=False)
 
-    def torch_run(x: torch.Tensor):
-        with runtime.autocast():
-            return model(runtime.to_device(x))
+    def torch_run(layout: bool):
+        runtime = Runtime("cpu", precision, layout, distributed=False)  # as predict runs PyTorch
+        model = runtime.setup_model(copy.deepcopy(module).float().eval(), train=False)
 
-    seconds = {"torch": seconds_per_call(torch_run, probe),
-               "openvino": seconds_per_call(build("openvino", module, spec, precision), probe)}
-    # OpenVINO only when clearly faster per call: each process also reads and compiles its engine (0.1-0.3 s)
-    # and copies every input and output, which a near tie per call does not repay (measured on a BraTS case)
-    choice = "openvino" if seconds["openvino"] < OPENVINO_MARGIN * seconds["torch"] else "torch"
-    log.info(f"engine auto: {choice} for this network here (input {tuple(probe.shape)}, {precision}: torch "
-             f"{seconds['torch']:.3f} s, openvino {seconds['openvino']:.3f} s); remembered in {folder}")
+        def run(x: torch.Tensor):
+            with runtime.autocast():
+                return model(runtime.to_device(x))
+        return run
+
+    seconds = {"torch": seconds_per_call(torch_run(bool(channels_last)), probe)}
+    if channels_last is None:
+        seconds["torch+channels_last"] = seconds_per_call(torch_run(True), probe)
+    for kind in ("openvino", "onnxruntime"):
+        if installed(kind) and (kind == "openvino" or precision == "fp32"):
+            seconds[kind] = seconds_per_call(build(kind, module, spec, precision), probe)
+    layout = bool(channels_last) if channels_last is not None else \
+        seconds["torch+channels_last"] < CHANNELS_LAST_MARGIN * seconds["torch"]
+    best_torch = seconds["torch+channels_last" if layout and channels_last is None else "torch"]
+    # another engine only when clearly faster per call: each process also reads and compiles its engine
+    # (0.1-0.3 s) and copies every input and output, which a near tie per call does not repay (a BraTS case)
+    engines_timed = {k: v for k, v in seconds.items() if not k.startswith("torch")}
+    fastest = min(engines_timed, key=engines_timed.get, default=None)
+    choice = EngineChoice(fastest, False) if fastest and engines_timed[fastest] < OPENVINO_MARGIN * best_torch \
+        else EngineChoice("torch", layout)
+    timings = ", ".join(f"{k} {v:.3f} s" for k, v in seconds.items())
+    log.info(f"engine auto: {choice.engine}{' channels-last' if choice.channels_last else ''} for this network "
+             f"here (input {tuple(probe.shape)}, {precision}: {timings}); remembered in {folder}")
     _store(folder, key, lambda tmp: tmp.with_suffix(".json").write_text(
-        json.dumps({"engine": choice, "seconds": seconds, "input": list(probe.shape), "precision": precision,
-                    "channels_last": channels_last, "threads": _threads()})), (".json",))
+        json.dumps({"engine": choice.engine, "channels_last": choice.channels_last, "seconds": seconds,
+                    "input": list(probe.shape), "precision": precision, "layout_asked": channels_last,
+                    "threads": _threads()})), (".json",))
     return choice
 
 

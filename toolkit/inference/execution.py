@@ -37,26 +37,34 @@ def inference_runtime(task: Task, device: str | None, precision: str | None, sta
     precision = precision or getattr(infer, "precision", None) or cfg.precision
     channels_last = getattr(infer, "channels_last", cfg.channels_last)
     resolved = Runtime(device or cfg.device, precision, False, compile=False, distributed=False)
-    if channels_last is None:  # auto: where the rounding is reduced precision's anyway
+    layout_auto = channels_last is None and precision == "auto" and resolved.precision == "fp32"
+    if channels_last is None:  # auto: where the rounding is reduced precision's anyway; in fp32 that precision
+        # auto chose, --engine auto times both layouts per network (channels-last: 1.35x a SegResNet window on 2
+        # AVX2 cores; a 2D network inside a 3D wrapper may gain nothing); fp32 asked for by name stays in the
+        # default layout, which reproduces a source model's label maps exactly
         channels_last = resolved.precision in ("bf16", "fp16")
-    return Runtime(device or cfg.device, resolved.precision, bool(channels_last), compile=False, distributed=False)
+    runtime = Runtime(device or cfg.device, resolved.precision, bool(channels_last), compile=False,
+                      distributed=False)
+    runtime.layout_auto = layout_auto
+    return runtime
 
 
-def auto_engine(task: Task, model: nn.Module | None, carried: dict | None, runtime: Runtime) -> str:
-    """What ``--engine auto`` runs: a compressed checkpoint's own engine; on a CPU, whichever of PyTorch (the
-    run's precision and layout) and OpenVINO runs this network faster on this machine, timed once on the task's
-    typical input and remembered in the engine cache (``medsight.inference.engines.faster``). PyTorch on GPUs,
-    where OpenVINO is not installed or the engine cache is off, and where the task's options need PyTorch's
-    gradients (Grad-CAM)."""
+def auto_engine(task: Task, model: nn.Module | None, carried: dict | None, runtime: Runtime):
+    """What ``--engine auto`` runs (an ``engines.EngineChoice``): a compressed checkpoint's own engine; on a CPU,
+    whichever of PyTorch (the run's precision; in fp32 with the layout left to auto, channels-last or not, per
+    network), OpenVINO and ONNX Runtime (fp32) runs this network fastest on this machine, timed once on the
+    task's typical input and remembered in the engine cache (``medsight.inference.engines.faster``). PyTorch on
+    GPUs, where OpenVINO is not installed or the engine cache is off, and where the task's options need
+    PyTorch's gradients (Grad-CAM)."""
     from medsight.inference import engines
 
     if model is None:
-        return carried["kind"]
+        return engines.EngineChoice(carried["kind"])
     if (runtime.device.type != "cpu" or task.engine_unsupported()
             or not engines.installed("openvino") or engines.cache_folder() is None):
-        return "torch"
+        return engines.EngineChoice("torch", runtime.channels_last)
     return engines.faster(task.export_module(model), task.network_input(), task.engine_probe(),
-                          runtime.precision, runtime.channels_last)
+                          runtime.precision, None if runtime.layout_auto else runtime.channels_last)
 
 
 def prepare(task: Task, model: nn.Module | None, skeleton, carried: dict | None, engine: str, runtime: Runtime,
@@ -70,7 +78,13 @@ def prepare(task: Task, model: nn.Module | None, skeleton, carried: dict | None,
     if model is None and engine not in ("auto", carried["kind"]):
         raise ConfigError(f"--engine {engine}: this checkpoint holds a {carried['kind']} engine (made by medsight "
                           "compress); predict with the checkpoint it was made from to use another engine", where)
-    kind = auto_engine(task, model, carried, runtime) if engine == "auto" else engine
+    kind = engine
+    if engine == "auto":
+        choice = auto_engine(task, model, carried, runtime)
+        kind = choice.engine
+        if kind == "torch" and choice.channels_last != runtime.channels_last:
+            runtime = Runtime(str(runtime.device), runtime.precision, choice.channels_last, compile=False,
+                              distributed=False)
     if kind == "torch":
         if model is None:
             raise CheckpointError(f"holds a compressed {carried['kind']} model, not torch weights: run it without "

@@ -19,6 +19,7 @@ from typing import Any
 
 from medsight.core.config import resolve
 from medsight.core.registry import TASKS
+from medsight.core.runtime import launched_rank
 from medsight.core.structure import build_model
 from medsight.errors import CheckpointError, ConfigError, DataError
 from medsight.inference import ensemble
@@ -196,7 +197,7 @@ class Model:
         report = PredictionReport()
         self._note_synthetic()
         prepared = inputs_.prepare(task, list(inputs), ids, images=images)
-        rank, world = shard()
+        rank, world = launched_rank()
         if world > 1:  # under torchrun: every world-th input from this rank's own, into its own folder
             total = len(prepared.records)
             prepared.records[:] = prepared.records[rank::world]
@@ -258,18 +259,6 @@ class Model:
 
     def __repr__(self) -> str:
         return f"Model({self.task_name}, {self.path}, engine={self.engine})"
-
-
-def shard() -> tuple[int, int]:
-    """(rank, world size) of this process under ``torchrun`` (its RANK and WORLD_SIZE), else (0, 1)."""
-    import os
-
-    try:
-        world = int(os.environ.get("WORLD_SIZE", "1"))
-        rank = int(os.environ.get("RANK", "0"))
-    except ValueError:
-        return 0, 1
-    return (rank, world) if world > 1 and 0 <= rank < world else (0, 1)
 
 
 def _config_key(task: Task) -> str:

@@ -127,3 +127,41 @@ def write_segmentation(masks: Mapping[str, np.ndarray], affine_ras: np.ndarray, 
     with atomic_path(path) as tmp:
         seg.save_as(tmp)
     return path
+
+
+def heatmap_rgb(picture: np.ndarray, heatmap: np.ndarray, alpha: float = 0.45) -> np.ndarray:
+    """An 8-bit RGB picture (H, W, 3): ``picture`` (H, W, any scale) in grey with ``heatmap`` (H, W, 0..1) over
+    it in the jet colour map, as the Grad-CAM PNGs show it."""
+    from matplotlib import colormaps
+
+    picture = np.asarray(picture, dtype=np.float32)
+    low, high = float(picture.min()), float(picture.max())
+    grey = (picture - low) / (high - low) if high > low else np.zeros_like(picture)
+    colour = colormaps["jet"](np.clip(np.asarray(heatmap, dtype=np.float32), 0.0, 1.0))[..., :3]
+    rgb = (1.0 - alpha) * grey[..., None] + alpha * colour
+    return np.round(np.clip(rgb, 0.0, 1.0) * 255).astype(np.uint8)
+
+
+def write_secondary_capture(rgb: np.ndarray, source: pydicom.Dataset, path: Path, description: str,
+                            series_uid: str | None = None, instance_number: int = 1, series_number: int = 903,
+                            keep_identifiers: bool = False) -> Path:
+    """A DICOM Secondary Capture (highdicom) of an 8-bit RGB picture (H, W, 3) made from the image ``source``:
+    in its study, referencing it (Source Image Sequence), de-identified unless asked otherwise."""
+    import highdicom as hd
+
+    orientation = tuple(source.get("PatientOrientation") or ()) or ("L", "F")  # a frontal chest film's, if absent
+    capture = hd.sc.SCImage.from_ref_dataset(
+        ref_dataset=source, pixel_array=np.ascontiguousarray(rgb, dtype=np.uint8), photometric_interpretation="RGB",
+        bits_allocated=8, coordinate_system="PATIENT", series_instance_uid=series_uid or hd.UID(),
+        series_number=series_number, sop_instance_uid=hd.UID(), instance_number=instance_number,
+        manufacturer="medsight", patient_orientation=orientation[:2], series_description=description[:64])
+    reference = pydicom.Dataset()
+    reference.ReferencedSOPClassUID, reference.ReferencedSOPInstanceUID = source.SOPClassUID, source.SOPInstanceUID
+    capture.SourceImageSequence = [reference]
+    capture.DerivationDescription = description[:1024]
+    capture.BurnedInAnnotation = "NO"
+    if not keep_identifiers:
+        deidentify(capture)
+    with atomic_path(path) as tmp:
+        capture.save_as(tmp)
+    return path

@@ -108,10 +108,17 @@ class ModelsSection:
 
 @dataclass
 class Destination:
+    """A C-STORE SCP (``ae_title``, ``host``, ``port``) or a DICOMweb STOW-RS endpoint (``dicomweb``: the
+    DICOMweb root URL), whose credentials are read from the environment variables named."""
+
     name: str = ""
     ae_title: str = ""
     host: str = "127.0.0.1"
     port: int = 104
+    dicomweb: Optional[str] = None
+    #: STOW-RS: the environment variable holding a bearer token, or one holding ``user:password``
+    token_env: Optional[str] = None
+    basic_auth_env: Optional[str] = None
 
 
 @dataclass
@@ -183,6 +190,15 @@ def _check(config: ServeConfig, where: str) -> None:
     if config.dicom.series_timeout <= 0 or config.queue.capacity < 1 or config.queue.max_attempts < 1:
         raise ConfigError("dicom.series_timeout, queue.capacity and queue.max_attempts must be positive", where)
     names = [d.name for d in config.destinations]
+    for index, destination in enumerate(config.destinations):
+        label = f"destinations[{index}]" + (f" ({destination.name})" if destination.name else "")
+        if not destination.name:
+            raise ConfigError(f"{label}: a destination needs a name", where)
+        if bool(destination.ae_title) == bool(destination.dicomweb):
+            raise ConfigError(f"{label}: give either ae_title (C-STORE) or dicomweb (a STOW-RS URL)", where)
+        if destination.dicomweb and not re.match(r"https?://", destination.dicomweb):
+            raise ConfigError(f"{label}: dicomweb must be an http:// or https:// URL, not {destination.dicomweb!r}",
+                              where)
     for index, rule in enumerate(config.rules):
         label = f"rules[{index}]" + (f" ({rule.name})" if rule.name else "")
         if not rule.name or not rule.checkpoint:

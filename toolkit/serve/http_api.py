@@ -138,6 +138,12 @@ def make_app(server) -> FastAPI:
             raise HTTPException(422, str(exc)) from None
         if names:
             inputs = dict(zip(names, inputs))
+        elif rule.roles and dicom:  # one zip (or several) of a multi-series study: each series to its role
+            try:
+                inputs = roles_of_series(inputs, rule)
+            except ValueError as exc:
+                server.queue.fail(job_id, str(exc), retry=False)
+                raise HTTPException(422, str(exc)) from None
         elif len(inputs) == 1:
             inputs = inputs[0]
         server.queue.enqueue(job_id, {"kind": "http", "rule": rule.name, "model": rule.name, "inputs": inputs,
@@ -187,6 +193,47 @@ def _store_uploads(files: list[UploadFile], folder: Path) -> tuple[list[str], bo
             inputs.append(str(path))
             dicom = dicom or suffix == ".dcm"
     return inputs, dicom
+
+
+def roles_of_series(folders: list[str], rule) -> dict[str, str]:
+    """Role -> folder of its series, for DICOM uploads holding the series of a multi-role study: the files are
+    sorted into one folder per Series Instance UID, and each series is given the role whose rule matches it
+    (as series arriving over DICOM are); a series that no role takes is left out. Raises ValueError naming
+    the roles not found, or a role two series match."""
+    import pydicom
+
+    from medsight.serve.inbox import series_attributes
+
+    by_series: dict[str, list[Path]] = {}
+    first: dict[str, pydicom.Dataset] = {}
+    for folder in map(Path, folders):
+        for path in sorted(p for p in folder.iterdir() if p.is_file()):
+            try:
+                ds = pydicom.dcmread(path, stop_before_pixels=True)
+            except Exception:  # noqa: BLE001  (not DICOM: not part of any series)
+                continue
+            uid = str(ds.get("SeriesInstanceUID", "")) or "no-series-uid"
+            by_series.setdefault(uid, []).append(path)
+            first.setdefault(uid, ds)
+    chosen: dict[str, str] = {}
+    for number, (uid, paths) in enumerate(sorted(by_series.items())):
+        attributes = series_attributes(first[uid]) | {"slices": len(paths)}
+        roles = [role for role, match in rule.roles.items()
+                 if rule.match.matches(attributes) and match.matches(attributes)]
+        if not roles:
+            continue
+        if roles[0] in chosen:
+            raise ValueError(f"two series of the upload match role {roles[0]} of model {rule.name}")
+        target = Path(folders[0]).parent / f"series_{number}"
+        target.mkdir(parents=True, exist_ok=True)
+        for index, path in enumerate(paths):
+            path.rename(target / f"{index:05d}.dcm")
+        chosen[roles[0]] = str(target)
+    missing = [role for role in rule.roles if role not in chosen]
+    if missing:
+        raise ValueError(f"no series of the upload matches role(s) {', '.join(missing)} of model {rule.name} "
+                         f"({len(by_series)} series found)")
+    return {role: chosen[role] for role in rule.roles}
 
 
 def _unzip(path: Path, folder: Path, limit_bytes: int = 8 * 2**30) -> Path:

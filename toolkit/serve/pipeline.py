@@ -13,6 +13,7 @@ import pydicom
 from medsight.errors import ConfigError, unwrap
 from medsight.serve.config import ServeConfig
 from medsight.serve.dicom_node import DicomDestination
+from medsight.serve.dicomweb import DicomWebDestination
 from medsight.serve.models import Models
 from medsight.serve.queue import Job, JobQueue
 from medsight.serve.workers import Permanent, run_job
@@ -64,7 +65,7 @@ class Pipeline:
         written = sorted(out.glob("*.dcm"))
         return [(str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID), str(p)) for p in written]
 
-    def destinations(self, job: Job) -> list[DicomDestination]:
+    def destinations(self, job: Job) -> list[DicomDestination | DicomWebDestination]:
         """Where this job's DICOM objects go: the rule's ``send_to`` (or ``results.send_to``); ``caller`` is the
         destination with the calling AE title of the study (none for an HTTP job)."""
         if not job.payload.get("send", True):
@@ -77,15 +78,18 @@ class Pipeline:
         for name in rule.send_to if rule.send_to is not None else self.config.results.send_to:
             if name == "caller":
                 caller = job.payload.get("caller")
-                found = [d for d in self.config.destinations if d.ae_title == caller]
+                found = [d for d in self.config.destinations if d.ae_title and d.ae_title == caller]
                 if not found:
                     log.warning(f"job {job.id}: the caller {caller!r} is no configured destination: results kept, "
                                 "not sent back")
                 chosen += found
             else:
                 chosen.append(self.config.destination(name))
-        return [DicomDestination(d.name, d.ae_title, d.host, d.port, calling_ae=self.config.dicom.ae_title,
-                                 timeout_s=self.config.results.timeout_s) for d in _unique(chosen)]
+        timeout = self.config.results.timeout_s
+        return [DicomWebDestination(d.name, d.dicomweb, d.token_env, d.basic_auth_env, timeout_s=timeout)
+                if d.dicomweb else
+                DicomDestination(d.name, d.ae_title, d.host, d.port, calling_ae=self.config.dicom.ae_title,
+                                 timeout_s=timeout) for d in _unique(chosen)]
 
 
 def _unique(destinations: list) -> list:

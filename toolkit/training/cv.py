@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +33,7 @@ import numpy as np
 
 from medsight.core.config import resolve
 from medsight.core.registry import TASKS
+from medsight.core.runtime import launched_rank
 from medsight.data.consumers import profile_of
 from medsight.data.folds import assign_folds, check_folds
 from medsight.errors import DataError
@@ -96,13 +96,9 @@ def cross_validate(task: str, data: str | Path, *, folds: int = 5, out: str | Pa
         _run_fold(task, Path(data), plan[k], profile, extra, outputs)
     for item in plan:
         _read_fold(item)
-    if _rank() != 0:  # under torchrun every rank trains; rank 0 predicts, writes and summarises
+    if launched_rank()[0] != 0:  # under torchrun every rank trains; rank 0 predicts, writes and summarises
         return CrossValidation(out, plan)
     return summarise(out, plan, Path(data), bootstrap, outputs, review_rate)
-
-
-def _rank() -> int:
-    return int(os.environ.get("RANK", "0"))
 
 
 def _folds(task_class, data: Path, folds: int, out: Path, profile, extra: list[str], seed) -> list[Fold]:
@@ -126,7 +122,7 @@ def _folds(task_class, data: Path, folds: int, out: Path, profile, extra: list[s
         split_seed = config.data.split_seed if seed is None else seed
         assigned = assign_folds(names, folds, split_seed)
         groups = [[g for g in names if assigned[g] == k] for k in range(folds)]
-        if _rank() == 0:  # every rank deals the same folds; one writes them
+        if launched_rank()[0] == 0:  # every rank deals the same folds; one writes them
             write_json({"folds": folds, "seed": split_seed, "data": str(data), "groups": groups}, recorded)
     return [Fold(k, out / f"fold_{k}", list(groups[k])) for k in range(folds)]
 
@@ -146,7 +142,7 @@ def _run_fold(task: str, data: Path, item: Fold, profile, extra: list[str], outp
         log.info(f"fold {item.index}: training on the other folds, validating on {len(item.groups)} group(s)")
         run = train(task, data, out=item.dir, profile=profile,
                     overrides=[*extra, f"data.val_groups=[{','.join(_quoted(g) for g in item.groups)}]"])
-    if _rank() != 0:
+    if launched_rank()[0] != 0:
         return
     best = run.best or run.last
     evaluation = _oof_evaluation(load(best), data)
@@ -210,7 +206,7 @@ def summarise(out: Path, plan: list[Fold], data: Path, bootstrap: int, outputs: 
         result.oof += _read_rows(f.dir / OOF_FILE)
     if result.oof:
         write_csv(result.oof, out / OOF_FILE, list(result.oof[0]))
-    if len(finished) >= 2 and _rank() == 0:  # the folds' models, with what was chosen on their OOF predictions
+    if len(finished) >= 2 and launched_rank()[0] == 0:  # the folds' models, with what was chosen on their OOF predictions
         result.ensemble = write_ensemble(finished, result.chosen, out / ENSEMBLE_FILE)
     summary = {"folds": [{"fold": f.index, "groups": len(f.groups), "checkpoint": str(f.checkpoint) if f.checkpoint
                           else None, "metrics": f.metrics} for f in plan],
