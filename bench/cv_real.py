@@ -107,9 +107,36 @@ def nih(root: Path, work: Path, minutes: float) -> dict:
     if review:
         print(f"OOF review flag: {review['flagged']} flagged, mean share of labels right "
               f"{review['flagged_mean']:.4f} vs {review['rest_mean']:.4f} for the {review['rest']} others")
-    print("OOF calibration: " + ", ".join(f"{k} {summary['oof_with_choices'][k]:.4f}"
-                                          for k in ("ece_uncalibrated", "ece", "brier_uncalibrated", "brier")))
+    print("OOF calibration (in-sample): " + ", ".join(f"{k} {summary['oof_with_choices'][k]:.4f}"
+                                                      for k in ("ece_uncalibrated", "ece", "brier_uncalibrated", "brier")))
+    crossed = summary["oof_with_choices"]
+    if "cross_fitted_ece" in crossed:
+        ratio_oof = crossed["cross_fitted_ece"] / crossed["cross_fitted_ece_uncalibrated"]
+        print(f"OOF calibration, cross-fitted (each fold scored with temperatures fitted on the other folds): ECE "
+              f"{crossed['cross_fitted_ece_uncalibrated']:.4f} -> {crossed['cross_fitted_ece']:.4f} "
+              f"({ratio_oof:.3f}x: {'met' if ratio_oof <= 0.7 else 'NOT met'} within the starter population), Brier "
+              f"{crossed['cross_fitted_brier_uncalibrated']:.4f} -> {crossed['cross_fitted_brier']:.4f}")
+    prevalence(starter / "labels.csv", nih1000)
     return rows
+
+
+def prevalence(starter_labels: Path, test_labels: Path) -> None:
+    """Each finding's share of the pictures in the cv pool and in the test split: probabilities (and so their
+    calibration) follow the population's base rates, which temperatures fitted on the pool carry over."""
+    import csv
+
+    from medsight.datasets.chestxray14 import FINDINGS
+
+    with open(starter_labels) as handle:
+        pool = [row["Finding Labels"].split("|") for row in csv.DictReader(handle)]
+    with open(test_labels) as handle:
+        test = [row["finding_labels"].split("|") for row in csv.DictReader(handle) if row["split"] == "test"]
+    print(f"\nprevalence: cv pool ({len(pool)} pictures) vs test split ({len(test)} pictures)")
+    print("| finding | pool | test |\n|---|---|---|")
+    for name in [*FINDINGS, "No Finding"]:
+        print(f"| {name} | {np.mean([name in f for f in pool]):.3f} | {np.mean([name in f for f in test]):.3f} |")
+    print(f"| findings per picture | {np.mean([len([x for x in f if x != 'No Finding']) for f in pool]):.2f} | "
+          f"{np.mean([len([x for x in f if x != 'No Finding']) for f in test]):.2f} |")
 
 
 def main() -> int:

@@ -256,22 +256,39 @@ def seconds(function, repeat: int) -> float:
 
 
 def timing(data: Path, work: Path) -> None:
+    """Per case: the check alone (``Task.domain_case``: read + measure, what it would cost on its own), and predict
+    without and with a summary to compare with: a volume's facts are measured where predict reads it (not read
+    again), so the difference is what the check adds to predict."""
+    from medsight.inference import domain as domain_module
+
     rows = []
+    compared = {"version": domain_module.VERSION, "facts": {}}  # compared (nothing to flag): the check runs
+
+    def both(model_of, run, repeat):
+        model_of.state["domain"] = {"facts": {}}  # no summary this medsight reads: not compared
+        without = seconds(run, repeat)
+        model_of.state["domain"] = compared
+        return without, seconds(run, repeat)
+
     brats23 = data / "brats" / "brats2023_gli_00001_unlabelled" / "BraTS-GLI-00001-000"
     if brats23.is_dir():
         synth = DATASETS.get("brats")().synth(work / "t_brats", cases=2, seed=1, shape=(40, 40, 24))
         model, task = untrained("segmentation", "gpu", ["trainer.progress=never", "data.num_workers=0"], synth,
                                 {"facts": {}}, work)
         record = task.input_records(str(brats23))[0]
+        model.predict(str(brats23))  # warm-up
         rows.append(("BraTS case, 4 x 240x240x155 (SegResNet 16, gpu profile)",
-                     seconds(lambda: task.domain_case(record), 3), seconds(lambda: model.predict(str(brats23)), 2)))
+                     seconds(lambda: task.domain_case(record), 3), *both(model, lambda: model.predict(str(brats23)), 1)))
+        print(rows[-1], flush=True)
     lung = data / "ct" / "pyradiomics_lung1" / "lung1_image.nrrd"
     if lung.is_file():
         synth = DATASETS.get("luna16")().synth(work / "t_luna", cases=2, seed=1, shape=(64, 64, 24))
         model, task = untrained("detection", None, ["trainer.progress=never"], synth, {"facts": {}}, work)
         record = {"image": str(lung), "id": "lung1"}
+        model.predict(str(lung))  # warm-up
         rows.append(("chest CT, 512x512x48 (RetinaNet, default)",
-                     seconds(lambda: task.domain_case(record), 3), seconds(lambda: model.predict(str(lung)), 1)))
+                     seconds(lambda: task.domain_case(record), 3), *both(model, lambda: model.predict(str(lung)), 1)))
+        print(rows[-1], flush=True)
     samples = sorted((data / "chestxray14" / "samples").glob("*.png"))
     if samples:
         big = work / "big"
@@ -282,11 +299,13 @@ def timing(data: Path, work: Path) -> None:
         synth = DATASETS.get("chestxray14")().synth(work / "t_cxr", cases=12, seed=1, size=64)
         model, task = untrained("classification", None, ["trainer.progress=never"], synth, {"facts": {}}, work)
         record = {"image": str(pictures[0]), "id": "p"}
+        per = [t / len(pictures) for t in both(model, lambda: model.predict([str(p) for p in pictures]), 2)]
         rows.append(("1024 px PNG (DenseNet121 at 224 px, batch of 16)", seconds(lambda: task.domain_case(record), 20),
-                     seconds(lambda: model.predict([str(p) for p in pictures]), 2) / len(pictures)))
-    print(f"\n{'added time per case (CPU, this machine)':58s} {'check s':>9s} {'predict s':>10s} {'share':>7s}")
-    for label, check_s, predict_s in rows:
-        print(f"{label:58s} {check_s:9.3f} {predict_s:10.3f} {check_s / predict_s:7.1%}")
+                     *per))
+    print(f"\n{'time per case (CPU, this machine)':58s} {'check alone s':>13s} {'predict s':>10s} "
+          f"{'with check s':>12s} {'added':>7s}")
+    for label, check_s, without_s, with_s in rows:
+        print(f"{label:58s} {check_s:13.3f} {without_s:10.3f} {with_s:12.3f} {(with_s - without_s) / without_s:7.1%}")
 
 
 # -- the table -------------------------------------------------------------------------------------------------
@@ -317,10 +336,16 @@ def main() -> None:
     parser.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"),
                         help="the shared real-data folder (default ../shared/data)")
     parser.add_argument("--timing", action="store_true", help="also time the check against predict")
+    parser.add_argument("--timing-only", action="store_true", help="only time the check against predict")
     args = parser.parse_args()
     data = Path(args.data)
     with tempfile.TemporaryDirectory() as folder:
         work = Path(folder)
+        if args.timing_only:
+            if data.is_dir():
+                (work / "timing").mkdir()
+                timing(data, work / "timing")
+            return
         if data.is_dir():
             for part, name in ((mri, "mri"), (xrays, "xrays")):
                 (work / name).mkdir()

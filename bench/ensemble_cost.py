@@ -1,9 +1,13 @@
 """What an ensemble costs: K members predict one BraTS-size case in at most K x 1.1 times one member's network
 time (the case is read, preprocessed, inverted and written once; members run one after another).
 
-    python bench/ensemble_cost.py [--case ../shared/data/brats/brats2015_deepmedic_4cases/<case>] [--members 3]
+    python bench/ensemble_cost.py [--case CASE_DIR ...] [--members 3]
 
-Without ``--case`` (or when it is absent) a synthetic 240 x 240 x 155 case is used. The members are one
+Without ``--case`` (or when none is present) a synthetic 240 x 240 x 155 case is used. With several cases
+(e.g. the four BRATS 2015 cases of ../shared/data), the batch is also predicted as ``medsight predict`` does a
+test set, reading ahead and writing behind the networks: there the case's fixed cost (reading, preprocessing,
+writing) is hidden behind the members, and the ratio is the whole batch's time over K x one member's network
+time on the same cases. The members are one
 briefly trained cpu-small SegResNet and copies of it with perturbed weights (real, different networks: the
 cost does not depend on what they learnt). Network time is measured by forward hooks on each member's
 network, inside the same predict calls. Outputs are compared too: the ensemble's probabilities against the
@@ -43,11 +47,12 @@ def members(work: Path, count: int) -> list[Path]:
     return paths
 
 
-def case_folder(path: str | None, work: Path) -> Path:
-    if path and Path(path).is_dir():
-        return Path(path)
+def case_folders(paths: list[str] | None, work: Path) -> list[Path]:
+    found = [Path(p) for p in paths or [] if Path(p).is_dir()]
+    if found:
+        return found
     data = medsight.synthesize("brats", work / "case", cases=1, seed=9, shape="240,240,155")
-    return next(p.parent for p in sorted(data.rglob("*flair*.nii.gz")))
+    return [next(p.parent for p in sorted(data.rglob("*flair*.nii.gz")))]
 
 
 class NetworkClock:
@@ -73,15 +78,15 @@ class NetworkClock:
             handle.remove()
 
 
-def timed(model, folder: Path, out: Path) -> tuple[float, float, object]:
-    """``predict_files`` of the case as ``medsight predict`` runs it (label map, overlay; an ensemble also
+def timed(model, folders: list[Path], out: Path) -> tuple[float, float, object]:
+    """``predict_files`` of the cases as ``medsight predict`` runs it (label map, overlay; an ensemble also
     its uncertainty map), after a warm-up call; seconds in all and inside the networks."""
     execution = model.execution(model.configured(), "predict")
     networks = list(getattr(execution.network, "networks", [execution.network]))
-    model.predict_files([folder], out / "warm")  # engines built, kernels chosen
+    model.predict_files(folders[:1], out / "warm")  # engines built, kernels chosen
     with NetworkClock(networks) as clock:
         started = time.perf_counter()
-        report = model.predict_files([folder], out / "timed")
+        report = model.predict_files(folders, out / "timed")
         total = time.perf_counter() - started
     assert not report.failures, report.failures
     return total, clock.seconds, report
@@ -89,7 +94,7 @@ def timed(model, folder: Path, out: Path) -> tuple[float, float, object]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--case", help="a BraTS case folder (FLAIR and T1c); default: a synthetic one")
+    parser.add_argument("--case", nargs="*", help="BraTS case folders (FLAIR and T1c); default: a synthetic one")
     parser.add_argument("--members", type=int, default=3)
     parser.add_argument("--engine", default="torch")
     args = parser.parse_args()
@@ -97,10 +102,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="medsight-ensemble-") as folder:
         work = Path(folder)
         paths = members(work, args.members)
-        case = case_folder(args.case, work)
+        cases = case_folders(args.case, work)
+        case = cases[0]
         ensemble = medsight.ensemble(paths, work / "ensemble.pt")
-        single_total, single_net, _ = timed(medsight.load(paths[0], engine=args.engine), case, work / "one")
-        total, net, _ = timed(medsight.load(ensemble, engine=args.engine), case, work / "all")
+        rows = []
+        for what, batch in [("one case", cases[:1])] + ([(f"{len(cases)} cases", cases)] if len(cases) > 1 else []):
+            single_total, single_net, _ = timed(medsight.load(paths[0], engine=args.engine), batch, work / "one")
+            total, net, _ = timed(medsight.load(ensemble, engine=args.engine), batch, work / "all")
+            rows.append((what, single_total, single_net, total, net))
         probabilities = [medsight.load(p, engine=args.engine).predict(case, probabilities=True)[0].probabilities
                          for p in paths]
         together = medsight.load(ensemble, engine=args.engine).predict(case, probabilities=True)[0]
@@ -108,11 +117,16 @@ def main() -> None:
     gap = float(np.abs(together.probabilities - mean).max())
     agree = float(((together.probabilities > 0.5) == (mean > 0.5)).mean())
     k = args.members
-    print(f"case: {case} ({'x'.join(map(str, together.labels.shape))}), engine {args.engine}")
-    print("| model | predict s | network s | other s |\n|---|---|---|---|")
-    print(f"| one member | {single_total:.2f} | {single_net:.2f} | {single_total - single_net:.2f} |")
-    print(f"| ensemble of {k} | {total:.2f} | {net:.2f} | {total - net:.2f} |")
-    print(f"ensemble predict / ({k} x one member's network time): {total / (k * single_net):.3f} (target <= 1.10)")
+    print(f"cases: {', '.join(str(c) for c in cases)} (first: {'x'.join(map(str, together.labels.shape))}), "
+          f"engine {args.engine}")
+    print("| cases | model | predict s | network s | other s |\n|---|---|---|---|---|")
+    for what, single_total, single_net, total, net in rows:
+        print(f"| {what} | one member | {single_total:.2f} | {single_net:.2f} | {single_total - single_net:.2f} |")
+        print(f"| {what} | ensemble of {k} | {total:.2f} | {net:.2f} | {total - net:.2f} |")
+    for what, single_total, single_net, total, net in rows:
+        print(f"{what}: ensemble predict / ({k} x one member's network time): {total / (k * single_net):.3f} "
+              f"(target <= 1.10); each further member costs {(total - single_total) / ((k - 1) * single_net):.3f} "
+              "x one member's network time")
     print(f"outputs: max |ensemble - mean of members| = {gap:.2e}; voxels decided alike: {agree:.6f}")
 
 

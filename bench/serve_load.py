@@ -97,8 +97,10 @@ def plain_loop(folders: list[Path], rules: list[dict], out: Path) -> float:
 
 
 def start_server(config: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "medsight", "serve", "--config", str(config)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    """``medsight serve`` in its own process, its log appended to ``server.log`` beside the config."""
+    log = open(config.parent / "server.log", "a")  # noqa: SIM115  (the server's own log, for as long as it runs)
+    return subprocess.Popen([sys.executable, "-m", "medsight", "--verbose", "serve", "--config", str(config)],
+                            stdout=log, stderr=subprocess.STDOUT)
 
 
 def send_all(folders: list[Path], port: int, senders: int, sent_at: dict) -> None:

@@ -453,6 +453,9 @@ class Task:
     # -- the training data's domain (predict's out-of-distribution flags) --------------------------
     #: a module with ``domain_case(task, record)`` (a task without a planner); None: the planner's
     domain_facts: ClassVar[Any] = None
+    #: predict measures an input's domain facts where it reads the input for the network (its predict transforms
+    #: hold a ``medsight.inference.domain.DomainTapd``), instead of reading it once more before
+    domain_on_load: ClassVar[bool] = False
 
     def domain_case(self, record: dict) -> dict:
         """One case's facts that ``predict`` compares with the training data's (``medsight.inference.domain`` names

@@ -88,8 +88,16 @@ def train_transforms(cfg: DetectionData, voxel_centre: float = 0.5) -> Compose:
 
 
 def eval_transforms(cfg: DetectionData) -> Compose:
-    """Whole scans for validation, evaluation and prediction (nodule rows pass through untouched)."""
-    return Compose(preprocessing(cfg))
+    """Whole scans for validation, evaluation and prediction (nodule rows pass through untouched); predict's
+    out-of-distribution facts are measured on the scan just read (``domain.DomainTapd``: nothing elsewhere)."""
+    from medsight.inference.domain import DomainTapd
+
+    from .plans import loaded_domain_case
+
+    steps = preprocessing(cfg)
+    read = len(T.load(IMAGE, channels=1))
+    tap = DomainTapd(lambda d, name: loaded_domain_case(d[IMAGE], name))
+    return Compose([*steps[:read], tap, *steps[read:]])
 
 
 def collate_patches(items: Sequence) -> dict:

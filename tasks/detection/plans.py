@@ -58,6 +58,12 @@ def domain_case(task, record: dict) -> dict:
     the values above a constant padding (a CT x1000, or normalised, is on another scale than the HU window
     expects). Read as training reads, measured on a grid."""
     image = Compose(T.load(IMAGE, channels=1), log_stats=False)({IMAGE: record[IMAGE]})[IMAGE]
+    return loaded_domain_case(image, record[IMAGE])
+
+
+def loaded_domain_case(image, source) -> dict:
+    """``domain_case`` of a scan already read as training reads it (``source``: the input it was read from, for
+    its DICOM header): what predict's reading step measures (``domain.DomainTapd``), so that a scan is read once."""
     affine = np.asarray(image.affine, dtype=np.float64)
     voxel = voxel_size_mm(affine)
     values = image.as_tensor()[0].numpy()
@@ -65,7 +71,7 @@ def domain_case(task, record: dict) -> dict:
     padding = domain.constant_background(values)
     inside = sample[sample != padding] if padding is not None else sample
     modality, told = domain.modality_of(sample)
-    header = domain.dicom_header(record[IMAGE]) if _is_dicom(record[IMAGE]) else None
+    header = domain.dicom_header(source) if _is_dicom(source) else None
     if header is not None and header.get("Modality"):
         modality, told = str(header.Modality), "DICOM Modality"
     hu = domain.percentiles(inside)

@@ -95,6 +95,7 @@ class LungNoduleDetection(Task):
     schema = NODULE_SCANS
     planner = plans  # medsight data fingerprint, train --plans
     model_family = "detection"
+    domain_on_load = True  # predict measures an input's domain facts where it reads it (read once)
     inherited_from_starting_weights = ("model", "data.spacing_mm", "data.window_hu")
     monitor = Monitor("cpm", "max")
     evaluate_split = "test"

@@ -66,6 +66,12 @@ def domain_case(task, record: dict) -> dict:
     not skull-stripped holds its scalp and skull too), and per modality the percentiles inside the brain (stored only: the
     model z-scores each case, so their scale does not reach it). Read as training reads, measured on a grid."""
     image = Compose([*T.load("image"), SelectChannelsd("image")], log_stats=False)(dict(record))["image"]
+    return loaded_domain_case(task.modalities, image)
+
+
+def loaded_domain_case(roles, image) -> dict:
+    """``domain_case`` of an image already read as training reads it (channels in ``roles``' order): what
+    predict's reading step measures (``domain.DomainTapd``), so that an input is read once."""
     affine = np.asarray(image.affine, dtype=np.float64)
     voxel = voxel_size_mm(affine)
     values = image.as_tensor().numpy()
@@ -83,7 +89,7 @@ def domain_case(task, record: dict) -> dict:
     return {"modality": modality, "modality_from": told, "spacing_mm": domain.ras_order(affine, voxel),
             "extent_mm": domain.ras_order(affine, box * voxel),
             "nonbackground_ml": float(brain.mean()) * float(shape.prod() * voxel.prod()) / 1000,
-            "intensity": {role: domain.percentiles(sampled[brain]) for role, sampled in zip(task.modalities, grids)}}
+            "intensity": {role: domain.percentiles(sampled[brain]) for role, sampled in zip(roles, grids)}}
 
 
 def summarise(task, cases: list[dict]) -> dict:

@@ -76,6 +76,13 @@ def pipeline(stage: str, cfg: SegmentationConfig, default_convention: str) -> Co
     data = cfg.data
     labels = () if stage == "infer" else ("label",)
     steps = [*T.load("image", labels), SelectChannelsd("image")]
+    if stage == "infer":  # predict's out-of-distribution facts, measured on the image just read
+        from medsight.inference.domain import DomainTapd
+
+        from .plans import loaded_domain_case
+
+        roles = list(data.modalities)
+        steps.append(DomainTapd(lambda d, name: loaded_domain_case(roles, d["image"])))
     if labels:
         steps.append(LabelsToRegionsd("label", default_convention=default_convention))
     if data.orient:

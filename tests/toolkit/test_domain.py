@@ -318,7 +318,7 @@ def test_the_cli_predicts_flagged_inputs_and_refuses_them_with_strict_domain(cla
 
 
 def test_a_trained_segmentation_model_flags_and_refuses_a_case_of_thick_slices(synth_brats, held_out_brain,
-                                                                                 tmp_path):
+                                                                                 tmp_path, monkeypatch):
     run = medsight.train("segmentation", synth_brats, out=tmp_path / "run", profile="cpu-small", overrides=[
         *QUIET, "trainer.max_epochs=1", "trainer.max_steps_per_epoch=1", "data.patch_size=[32,32,16]",
         "data.patches_per_case=1", "data.folds=3", "infer.roi_size=[32,32,32]", "model.init_filters=8"])
@@ -329,9 +329,17 @@ def test_a_trained_segmentation_model_flags_and_refuses_a_case_of_thick_slices(s
     thick = write_case(tmp_path / "thick", {r: image[:, :, ::5] for r, image in images.items()},
                        np.diag([1.0, 1.0, 5.0, 1.0]))
     inputs = [dict(zip(ROLES, case["image"])) for case in (alike, thick)]
+    from medsight.io import readers
+    read = []
+    real_read = readers.NiftiReader.read
+    monkeypatch.setattr(readers.NiftiReader, "read", lambda self, data, **kw: read.append(data) or real_read(
+        self, data, **kw))
     results = model.predict(inputs, ids=["alike", "thick"])
     assert [r.quality["domain"] for r in results] == [
         "", "5 mm voxels along z where the training data's were at most 1 x 1 x 1 mm"]
+    files = [str(f) for case in (alike, thick) for f in case["image"]]
+    assert sorted(map(str, [f for r in read for f in (r if isinstance(r, (list, tuple)) else [r])])) == sorted(files), \
+        "each file is read once: the domain facts are measured where predict reads the case"
     strict = model.predict(inputs, ids=["alike", "thick"], strict_domain=True)
     assert [r.id for r in strict] == ["alike"]
     assert strict.failures == [(f"{tmp_path / 'thick'}: unlike the training data: 5 mm voxels along z where the "

@@ -51,6 +51,22 @@ def test_temperature_scaling_recovers_the_temperature_and_lowers_ece():
     assert cal.fit_temperature(logits, np.zeros(20000)) == 1.0  # one class: nothing to fit
 
 
+def test_cross_fitted_calibration_scores_each_fold_with_temperatures_fitted_on_the_others():
+    rng = np.random.default_rng(1)
+
+    def fold(n, too_sure):
+        logits = rng.normal(0, 4, n)
+        truth = (rng.random(n) < 1 / (1 + np.exp(-logits / too_sure))).astype(np.float32)
+        return {"Mass": (1 / (1 + np.exp(-logits)), truth, np.ones(n))}
+
+    same = cal.cross_fitted_metrics([fold(4000, 2.5) for _ in range(3)])
+    assert same["ece"] < 0.5 * same["ece_uncalibrated"] and same["brier"] < same["brier_uncalibrated"]
+    # a fold unlike the others (well calibrated already) gets the others' temperature: the cross-fitted score
+    # shows what a shift between fitting and use does
+    shifted = cal.cross_fitted_metrics([fold(4000, 2.5), fold(4000, 2.5), fold(4000, 1.0)])
+    assert shifted["ece_Mass"] > same["ece_Mass"]
+
+
 def test_review_threshold_flags_the_rate_asked_for():
     scores = np.linspace(0, 1, 50)
     threshold = cal.review_threshold(scores, 0.1)

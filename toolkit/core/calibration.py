@@ -115,6 +115,43 @@ def calibration_metrics(samples: Mapping[str, tuple], temperatures: Mapping[str,
     return out
 
 
+def cross_fitted_metrics(folds: Sequence[Mapping[str, tuple]]) -> dict:
+    """ECE and Brier of out-of-fold samples (per fold ``name -> (probabilities, targets, weights)``) before and
+    after temperatures fitted on the OTHER folds' samples: calibration scored on samples it was not fitted on,
+    as a new case from the same population would see it (the pooled OOF metrics of ``calibration_metrics``
+    score the temperatures on their own fitting data). Pooled over the folds; the same keys as there."""
+    folds = [{name: (np.asarray(p, dtype=np.float64).ravel(), np.asarray(y, dtype=np.float64).ravel(),
+                     np.ones(np.size(p)) if w is None else np.asarray(w, dtype=np.float64).ravel())
+              for name, (p, y, w) in fold.items()} for fold in folds]  # weights None: every sample counts once
+    names = sorted({name for fold in folds for name in fold})
+    before: dict[str, list] = {n: [] for n in names}
+    after: dict[str, list] = {n: [] for n in names}
+    for k, fold in enumerate(folds):
+        for name, (p, y, w) in fold.items():
+            rest = [f[name] for j, f in enumerate(folds) if j != k and name in f]
+            if not rest:
+                continue
+            temperature = fit_temperature(logit(np.concatenate([r[0] for r in rest])),
+                                          np.concatenate([r[1] for r in rest]), np.concatenate([r[2] for r in rest]))
+            calibrated = 1 / (1 + np.exp(-logit(p) / temperature))
+            before[name].append((p, y, w))
+            after[name].append((calibrated, y, w))
+    out: dict[str, float] = {}
+    for suffix, chosen in (("", after), ("_uncalibrated", before)):
+        eces, briers = [], []
+        for name in names:
+            if not chosen[name]:
+                continue
+            p, y, w = (np.concatenate([part[i] for part in chosen[name]]) for i in range(3))
+            e, b = ece(p, y, w), brier(p, y, w)
+            out[f"ece_{name}{suffix}"], out[f"brier_{name}{suffix}"] = e, b
+            eces.append(e)
+            briers.append(b)
+        if eces:
+            out[f"ece{suffix}"], out[f"brier{suffix}"] = float(np.nanmean(eces)), float(np.nanmean(briers))
+    return out
+
+
 # -- review ---------------------------------------------------------------------------------------------
 def binary_entropy(p: np.ndarray) -> np.ndarray:
     """Entropy (bits) of Bernoulli probabilities: 0 when sure, 1 at 0.5."""

@@ -35,8 +35,10 @@ What is not compared, and why: MRI intensities (the segmentation model z-scores 
 image x1000 reaches the network unchanged; their percentiles are stored, not compared); an X-ray's view from the
 picture alone (aspect and symmetry do not tell a lateral from a frontal reliably: no view known, no check).
 
-Cost: a task measures header facts and statistics on a strided sample of at most ``SAMPLE_VOXELS`` voxels; a
-volume is read once more (``bench/domain_check.py`` times it against predict); a picture's header alone.
+Cost: a task measures header facts and statistics on a strided sample of at most ``SAMPLE_VOXELS`` voxels. A
+volume is not read twice: a task with ``domain_on_load`` (segmentation, detection) measures it where predict reads
+it (``DomainTapd``, right after its reading steps, in the reader threads or workers), and its verdict is given as
+its result comes; a picture's facts are its header's, read before predicting (``bench/domain_check.py`` times it).
 """
 
 from __future__ import annotations
@@ -248,15 +250,63 @@ RULES = {"modality": _modality, "spacing_mm": _spacing, "extent_mm": _extent, "n
 
 
 # -- predict ---------------------------------------------------------------------------------------------
+#: record key: measure this input's facts where predict reads it (``DomainTapd``); its value is the input's name
+CHECK_ON_LOAD = "domain_check_on_load"
+#: batch key: the facts measured there, as JSON ("" when they could not be measured)
+FACTS = "domain_facts"
+
+
+class DomainTapd:
+    """A step of a task's predict transforms, right after its reading steps: for a record that asks
+    (``CHECK_ON_LOAD``, set by ``screen``), the facts ``measure(data, name)`` of the image just read, carried to the
+    screen as JSON in the batch (``FACTS``): the input is read once, for both. Without the key: nothing."""
+
+    def __init__(self, measure):
+        self.measure = measure
+
+    def __call__(self, data: Mapping) -> dict:
+        import json
+
+        if CHECK_ON_LOAD not in data:
+            return data
+        d = dict(data)
+        source = d.pop(CHECK_ON_LOAD)
+        try:
+            d[FACTS] = json.dumps(self.measure(d, source), default=float)
+        except Exception as exc:  # noqa: BLE001  (not measurable: not compared; predict reports a bad input itself)
+            log.debug(f"{source}: not compared with the training data ({unwrap(exc) or type(exc).__name__})")
+            d[FACTS] = ""
+        return d
+
+
 @dataclass
 class Screen:
-    """What ``screen`` found: the reasons per case id ("" when alike); ``mark`` puts them in the results."""
+    """What ``screen`` found: the reasons per case id ("" when alike); ``mark`` puts them in the results. Inputs
+    measured where predict reads them (``pending``: id -> name) are judged in ``mark``, from their results."""
 
     verdicts: dict[str, str] = field(default_factory=dict)
+    summary: Mapping | None = None
+    strict: bool = False
+    pending: dict[str, str] = field(default_factory=dict)
 
     def mark(self, results: Iterable) -> Iterator:
-        """The results (and failures) as they come, each result with ``quality["domain"]`` set when checked."""
+        """The results (and failures) as they come, each result with ``quality["domain"]`` set when checked (with
+        ``strict``, a failure instead of a result unlike the training data)."""
+        import json
+
+        from medsight.inference.predict import Failure
+
         for result in results:
+            facts = result.quality.pop(FACTS, None) if hasattr(result, "quality") else None
+            where = self.pending.pop(str(getattr(result, "id", None)), None)
+            if facts and where is not None and self.summary:
+                verdict = "; ".join(reasons(self.summary, json.loads(facts)))
+                if verdict and self.strict:
+                    yield Failure(f"{where}: unlike the training data: {verdict} (refused: strict domain)")
+                    continue
+                if verdict:
+                    log.warning(f"{where}: unlike the training data: {verdict}")
+                self.verdicts[str(result.id)] = verdict
             verdict = self.verdicts.get(getattr(result, "id", None))
             if verdict is not None:
                 result.quality["domain"] = verdict
@@ -274,9 +324,14 @@ def screen(task, state: Mapping, prepared, strict: bool = False) -> Screen:
         log.debug("the checkpoint holds no summary of its training data that this medsight reads (trained before "
                   "one was kept, imported, or from another version): inputs are not compared with it")
         return Screen()
-    found, kept = Screen(), []
+    found, kept = Screen(summary=summary, strict=strict), []
     for record in prepared.records:
         where = source_of(record)
+        if getattr(task, "domain_on_load", False):  # measured where predict reads it, not read here
+            record[CHECK_ON_LOAD] = where
+            found.pending[str(record.get("id"))] = where
+            kept.append(record)
+            continue
         try:
             facts = task.domain_case(record)
         except Exception as exc:  # unreadable here is unreadable for predict too: it says why, once

@@ -29,6 +29,7 @@ from medsight.core.progress import progress
 from medsight.data.guard import FAILED, GuardedCompose, split_failed
 from medsight.data.loading import make_loader
 from medsight.errors import MedsightError, unwrap
+from medsight.inference.domain import FACTS
 from medsight.inference.execution import Execution
 from medsight.task import Result, Task
 
@@ -141,6 +142,8 @@ def _batch_results(task: Task, execution: Execution, batch, display) -> Iterator
         try:
             result = task.to_result(prediction, item)
             mark_review(result.quality, task.state.get("review"))
+            if FACTS in item:  # measured where the input was read: judged by the domain screen
+                result.quality[FACTS] = item[FACTS]
             yield result
         except Exception as exc:  # post-processing this case failed (its library, its geometry): the others go on
             known = unwrap(exc)

@@ -161,23 +161,33 @@ class DicomDestination:
         self.calling_ae, self.timeout_s = calling_ae, timeout_s
 
     def send(self, path: Path) -> None:
-        ds = pydicom.dcmread(path)
+        self.send_all([("", Path(path))], lambda uid: None)
+
+    def send_all(self, items, stored) -> None:
+        """C-STORE each (SOP Instance UID, file) over one association (a job's SEG, SR and captures), calling
+        ``stored(uid)`` after each success; raises at the first failure."""
+        datasets = [(uid, pydicom.dcmread(path)) for uid, path in items]
         ae = AE(ae_title=self.calling_ae)
         ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = self.timeout_s
         ae.connection_timeout = min(self.timeout_s, 10)
-        syntaxes = list(dict.fromkeys([str(ds.file_meta.TransferSyntaxUID), "1.2.840.10008.1.2.1",
-                                       "1.2.840.10008.1.2"]))
-        ae.add_requested_context(ds.SOPClassUID, syntaxes)
+        for sop_class in dict.fromkeys(str(ds.SOPClassUID) for _, ds in datasets):
+            syntaxes = list(dict.fromkeys([*(str(ds.file_meta.TransferSyntaxUID) for _, ds in datasets
+                                             if str(ds.SOPClassUID) == sop_class),
+                                           "1.2.840.10008.1.2.1", "1.2.840.10008.1.2"]))
+            ae.add_requested_context(sop_class, syntaxes)
         assoc = ae.associate(self.host, self.port, ae_title=self.ae_title)
         if not assoc.is_established:
             raise ConnectionError(f"destination {self.name} ({self.ae_title}@{self.host}:{self.port}) did not "
                                   "accept an association")
         try:
-            status = assoc.send_c_store(ds)
+            for uid, ds in datasets:
+                status = assoc.send_c_store(ds)
+                code = int(status.Status) if status and "Status" in status else None
+                if code is None:
+                    raise ConnectionError(f"destination {self.name}: no answer to C-STORE")
+                if code != 0 and not 0xB000 <= code <= 0xBFFF:  # warnings (coerced, discarded) are stored
+                    raise ConnectionError(f"destination {self.name}: C-STORE status 0x{code:04X}")
+                stored(uid)
         finally:
-            assoc.release()
-        code = int(status.Status) if status and "Status" in status else None
-        if code is None:
-            raise ConnectionError(f"destination {self.name}: no answer to C-STORE")
-        if code != 0 and not 0xB000 <= code <= 0xBFFF:  # warnings (coerced, elements discarded) are stored
-            raise ConnectionError(f"destination {self.name}: C-STORE status 0x{code:04X}")
+            if assoc.is_established:
+                assoc.release()

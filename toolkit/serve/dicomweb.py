@@ -46,13 +46,20 @@ class DicomWebDestination:
             session.auth = (user, password)
         return DICOMwebClient(self.url, session=session, timeout=self.timeout_s)
 
-    def send(self, path: Path) -> None:
+    def send_all(self, items, stored) -> None:
+        """STOW-RS each (SOP Instance UID, file) over one session, calling ``stored(uid)`` after each success."""
+        client = self._client()
+        for uid, path in items:
+            self.send(path, client)
+            stored(uid)
+
+    def send(self, path: Path, client=None) -> None:
         import requests
 
         ds = pydicom.dcmread(path)
         uid = str(ds.SOPInstanceUID)
         try:
-            answer = self._client().store_instances([ds], study_instance_uid=str(ds.StudyInstanceUID))
+            answer = (client or self._client()).store_instances([ds], study_instance_uid=str(ds.StudyInstanceUID))
         except requests.HTTPError as exc:
             status = exc.response.status_code if exc.response is not None else "?"
             raise ConnectionError(f"destination {self.name}: STOW-RS answered HTTP {status}") from None

@@ -23,22 +23,35 @@ class Permanent(Exception):
 
 
 class Destination(Protocol):
+    """Where results go: ``send(path)`` stores one file or raises; a destination may also have
+    ``send_all(items, stored)``: each (SOP Instance UID, file) in order over one connection, ``stored(uid)``
+    called after each success, raising at the first failure (what was stored before it stays recorded)."""
+
     name: str
 
     def send(self, path: Path) -> None: ...
 
 
+def send_all(destination: Destination, items: Sequence[tuple[str, Path]], stored: Callable[[str], None]) -> None:
+    if hasattr(destination, "send_all"):
+        destination.send_all(items, stored)
+        return
+    for uid, path in items:
+        destination.send(path)
+        stored(uid)
+
+
 def run_job(queue: JobQueue, job: Job, produce: Callable[[Job], list[tuple[str, str]]],
             destinations: Sequence[Destination]) -> None:
     """One try of ``job``: its results (made once, by ``produce``: (SOP Instance UID, file) pairs), then
-    every delivery not yet recorded. Raises what failed; the caller records it."""
+    every delivery not yet recorded, one connection per destination. Raises what failed; the caller records it."""
     if not queue.produced(job.id):
         queue.record_results(job.id, produce(job))
     for destination in destinations:
-        for uid, path in queue.results(job.id):
-            if not queue.delivered(destination.name, uid):
-                destination.send(Path(path))
-                queue.record_delivery(destination.name, uid, job.id)
+        missing = [(uid, Path(path)) for uid, path in queue.results(job.id)
+                   if not queue.delivered(destination.name, uid)]
+        if missing:
+            send_all(destination, missing, lambda uid, name=destination.name: queue.record_delivery(name, uid, job.id))
     queue.finish(job.id)
 
 

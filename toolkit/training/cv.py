@@ -202,6 +202,12 @@ def summarise(out: Path, plan: list[Fold], data: Path, bootstrap: int, outputs: 
     result.pooled = {k: float(v) for k, v in task.validation_metrics(pooled).items() if _number(v)}
     result.ci = bootstrap_ci(task, pooled, bootstrap)
     result.chosen, chosen_metrics = choose_on_oof(models[finished[0].index], pooled, review_rate)
+    if len(parts) >= 2 and "temperature" in result.chosen:  # the temperatures scored on folds they were not fitted on
+        from medsight.core.calibration import cross_fitted_metrics
+
+        crossed = cross_fitted_metrics([task.calibration_samples(part) for part in parts])
+        chosen_metrics.update({f"cross_fitted_{k}": v for k, v in crossed.items() if k in (
+            "ece", "ece_uncalibrated", "brier", "brier_uncalibrated")})
     for f in finished:
         result.oof += _read_rows(f.dir / OOF_FILE)
     if result.oof:
