@@ -132,6 +132,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=Path("runs/bench/serve"))
     parser.add_argument("--chaos", action="store_true")
     parser.add_argument("--mr", action="store_true")
+    parser.add_argument("--workers", type=int, default=1, help="the server's model workers")
     args = parser.parse_args(argv)
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -140,7 +141,7 @@ def main(argv=None) -> int:
     plain_s = plain_loop(folders, rules, out / "plain")
     port = free_port()
     pacs = Orthanc(out / "orthanc", port)
-    config = {"folder": str(out / "serve"), "workers": 1,
+    config = {"folder": str(out / "serve"), "workers": args.workers,
               "dicom": {"port": port, "allowed_callers": [], "series_timeout": 2.0, "complete_on": "both"},
               "http": {"enabled": False}, "models": {"engine": "torch"},
               "queue": {"capacity": 1000, "max_attempts": 20, "backoff_s": 1.0, "max_backoff_s": 8.0},
@@ -206,7 +207,7 @@ def main(argv=None) -> int:
         latencies = sorted(finished[job_id_for(uid, rule)] - sent_at[uid] for uid, rule in single
                            if job_id_for(uid, rule) in finished and uid in sent_at)
 
-        report = {"studies": args.studies, "series": len(folders), "senders": args.senders,
+        report = {"studies": args.studies, "series": len(folders), "senders": args.senders, "workers": args.workers,
                   "plain_predict_s": round(plain_s, 1), "serve_s": round(served_s, 1),
                   "studies_per_min_plain": round(60 * expected / plain_s, 2),
                   "studies_per_min_serve": round(60 * expected / served_s, 2),

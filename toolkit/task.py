@@ -106,10 +106,13 @@ class DemoSpec:
 @dataclass(frozen=True)
 class OutputOptions:
     """How a ``predict`` call writes: also DICOM objects for viewers (``--dicom``: a task's DICOM SEG...),
-    and whether patient identifiers may be copied into them (``--keep-identifiers``; never by default)."""
+    whether patient identifiers may be copied into them (``--keep-identifiers``; never by default), and
+    whether pictures for a person are drawn (overlay PNGs, slice viewers, heatmap PNGs; off where only the
+    files a machine reads are wanted: ``medsight serve``, whose viewer is the PACS)."""
 
     dicom: bool = False
     keep_identifiers: bool = False
+    pictures: bool = True
 
 
 @dataclass
@@ -135,8 +138,10 @@ class Result:
     #: data; "" when alike), ``uncertainty`` (the members' disagreement), ``review`` (flagged for a human look)
     quality: dict[str, Any] = field(default_factory=dict, repr=False, compare=False, kw_only=True)
 
-    def save(self, folder: str | Path, *, dicom: bool = False, keep_identifiers: bool = False) -> list[Path]:
-        return save_results([self], folder, OutputOptions(dicom=dicom, keep_identifiers=keep_identifiers))
+    def save(self, folder: str | Path, *, dicom: bool = False, keep_identifiers: bool = False,
+             pictures: bool = True) -> list[Path]:
+        return save_results([self], folder, OutputOptions(dicom=dicom, keep_identifiers=keep_identifiers,
+                                                          pictures=pictures))
 
 
 def save_results(results, folder: str | Path, options: OutputOptions | None = None) -> list[Path]:
@@ -148,7 +153,7 @@ def save_results(results, folder: str | Path, options: OutputOptions | None = No
     table = CaseTable(Path(folder))
     written = []
     for result in results:
-        written += writer.write(result)
+        written += writer.write_case(result)
         table.add(result)
     return written + writer.finish() + table.finish()
 
@@ -188,6 +193,14 @@ class PredictionWriter:
     def write(self, result: Result) -> list[Path]:
         """Write one case's result; returns the files written."""
         raise NotImplementedError
+
+    def write_case(self, result: Result) -> list[Path]:
+        """``write``, and with ``dicom`` the task's DICOM report of the case as well (``Task.dicom_report``:
+        detection's TID 1500 SR of its marks, classification's of its findings): what a PACS takes."""
+        written = self.write(result)
+        if self.options.dicom and getattr(result, "task", None) is not None:
+            written += result.task.dicom_report(result, self.out, keep_identifiers=self.options.keep_identifiers)
+        return written
 
     def finish(self) -> list[Path]:
         """Files that sum up the whole call (e.g. one CSV for all images). Default: none."""

@@ -126,7 +126,7 @@ class PicturePredictions(PredictionWriter):
         if result.spread is not None:
             row.update({f"{name}_spread": f"{float(v):.6f}" for name, v in zip(self.labels.names, result.spread)})
         self.rows.append(row)
-        if not result.cams:
+        if not result.cams or not self.options.pictures:
             return []
         indices = [list(self.labels.names).index(name) for name in result.cams]
         return write_cams(result.picture, np.stack(list(result.cams.values())), indices, result.probabilities,

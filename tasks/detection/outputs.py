@@ -121,11 +121,11 @@ class NoduleSubmission(PredictionWriter):
         if self.options.dicom:
             written += dicom_marks(result.marks, result.source, result.seriesuid, self.out,
                                    self.options.keep_identifiers, self.dicom_min_probability, self.dicom_max_marks)
-        for rank, view in enumerate(result.overlays, start=1):
+        for rank, view in enumerate(result.overlays if self.options.pictures else [], start=1):
             written.append(marks_png(view.pixels, view.spacing_mm, [view.circle],
                                      self.out / "overlays" / f"{result.seriesuid}_mark{rank}.png", title=view.title,
                                      window=(0.0, 1.0)))
-        if _viewer_wanted(result):
+        if self.options.pictures and _viewer_wanted(result):
             written.append(marks_viewer(result, self.out / "overlays" / f"{result.seriesuid}_viewer.html"))
         return written
 

@@ -60,7 +60,7 @@ class LabelMaps(PredictionWriter):
             written.append(write_nifti(result.uncertainty, result.affine, self.out / f"{result.id}_uncertainty.nii.gz"))
         if self.options.dicom:
             written.append(self._dicom_seg(result))
-        if self.overlay:
+        if self.overlay and self.options.pictures:
             image = load_image(_picture_source(result))[0].numpy()
             regions = dict(zip(brats.REGIONS, result.regions))
             written.append(volume_overlay_png(image, result.affine, self.out / f"{result.id}_overlay.png", regions,

@@ -84,6 +84,7 @@ def test_orthanc_sends_a_study_and_gets_seg_and_sr_back_exactly_once(tmp_path, o
     # the SR's TID 1500 groups hold what a plain predict of the same series writes in submission.csv
     plain = medsight.load(detector, engine="torch").predict_files([tmp_path / "ct"], tmp_path / "plain", dicom=True)
     assert not plain.failures
+    assert len(list((tmp_path / "plain").glob("*_marks_sr.dcm"))) == 1, "predict --dicom writes the SR serve sends"
     with open(tmp_path / "plain" / "submission.csv") as table:
         rows = list(csv.DictReader(table))[:3]
     sr = hd.sr.Comprehensive3DSR.from_dataset(next(o for o in objects if o.Modality == "SR"))

@@ -156,7 +156,8 @@ def _predict_command(sub, task_options: set[str]) -> None:
                               "for every engine")
     predict.add_argument("--dicom", action="store_true",
                          help="also write DICOM objects for viewers, referencing a DICOM input's series "
-                              "(segmentation: DICOM SEG of the regions; detection: DICOM SEG of the marks)")
+                              "(segmentation: DICOM SEG of the regions; detection: DICOM SEG of the marks and a "
+                              "TID 1500 SR of them; classification: a TID 1500 SR of the findings)")
     predict.add_argument("--format", dest="dicom_format", choices=["dicom-seg"], help="the same as --dicom")
     predict.add_argument("--keep-identifiers", action="store_true",
                          help="copy the input's patient identifiers into DICOM outputs (removed by default)")

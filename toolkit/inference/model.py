@@ -56,6 +56,9 @@ class Model:
         self.state, self.path = state, Path(path)
         self.device, self.engine, self.precision = device, engine, precision
         self.task_class = TASKS.get(state["task"])
+        #: resolved configs per (options, overrides) asked, with their keys: a predict call does not resolve its
+        #: config again (0.1-0.15 s of OmegaConf a call, as much as a whole X-ray job of medsight serve)
+        self._configs: dict[str, tuple[object, str]] = {}
         self.task = self.configured()
         self.carried = state.get("engine")  # a compressed checkpoint: the engine files are the network
         #: an ensemble checkpoint's members, each a Model of its own (medsight.inference.ensemble)
@@ -83,12 +86,22 @@ class Model:
     def configured(self, options: Mapping[str, Any] | None = None, overrides=None) -> Task:
         """A task of this checkpoint with its learnt state, its config changed by ``overrides`` (``key=value``
         strings or a dict of dotted keys) and task ``options`` (keys of the ``infer`` section)."""
+        import copy
+        import json
+
         extra = _infer_overrides(self.task_class, options or {})
         if isinstance(overrides, Mapping):
             overrides = [f"{k}={_yaml(v)}" for k, v in overrides.items()]
-        config = resolve(self.task_class.config_class, base=self.state["config"],
-                         overrides=list(overrides or []) + extra)
-        task = self.task_class(config)
+        asked = list(overrides or []) + extra
+        memo = json.dumps(asked, default=str)
+        if memo not in self._configs:
+            config = resolve(self.task_class.config_class, base=self.state["config"], overrides=asked)
+            if len(self._configs) >= 32:  # a service asking for many option sets: keep the newest
+                self._configs.pop(next(iter(self._configs)))
+            self._configs[memo] = (config, _config_key_of(config))
+        config, key = self._configs[memo]
+        task = self.task_class(copy.deepcopy(config))  # a task may change its own config
+        task._config_key = key
         task.load_state_dict(self.state.get("task_state", {}))
         task.learning = False
         return task
@@ -262,11 +275,17 @@ class Model:
 
 
 def _config_key(task: Task) -> str:
+    """The task's config as a key of the models and executions built for it (computed once per config asked)."""
+    known = getattr(task, "_config_key", None)
+    return known if known is not None else _config_key_of(task.config)
+
+
+def _config_key_of(config) -> str:
     import json
 
     from medsight.core.config import to_dict
 
-    return json.dumps(to_dict(task.config), sort_keys=True, default=str)
+    return json.dumps(to_dict(config), sort_keys=True, default=str)
 
 
 def _release(names: list[str]) -> None:

@@ -170,9 +170,9 @@ def write_results(results: Iterator[Result | Failure], writer, report: Predictio
                     log.error(result.traceback)
                 continue
             if pool is None:
-                _settle(result, lambda r=result: writer.write(r), report, debug, table)
+                _settle(result, lambda r=result: writer.write_case(r), report, debug, table)
                 continue
-            pending.append((result, pool.submit(writer.write, result)))
+            pending.append((result, pool.submit(writer.write_case, result)))
             while len(pending) > behind:
                 _settle(*pending.popleft(), report, debug, table)
         while pending:  # every accepted result is written before the writer finishes, even after an error here

@@ -1,6 +1,7 @@
 """One job's work: predict with the rule's model through the Python API (``Model.predict``), write the
-result files and its DICOM objects (``Result.save(..., dicom=True)``: SEG; the task's ``dicom_report``:
-SR), then hand the DICOM objects to the queue's exactly-once delivery (``workers.run_job``)."""
+result files and its DICOM objects (``Result.save(..., dicom=True)``: the SEG and the task's SR, as
+``medsight predict --dicom`` writes them), then hand the DICOM objects to the queue's exactly-once delivery
+(``workers.run_job``)."""
 
 from __future__ import annotations
 
@@ -43,6 +44,8 @@ class Pipeline:
         shutil.rmtree(out, ignore_errors=True)  # a try cut off before its results were recorded
         dicom = bool(payload.get("dicom"))
         keep = self.config.results.keep_identifiers
+        pictures = self.config.results.pictures
+        pictures = payload.get("kind") == "http" if pictures is None else pictures
         try:
             model = self.models.get(rule.checkpoint)
             with self.models.lock(rule.checkpoint):
@@ -51,10 +54,8 @@ class Pipeline:
                 failures = list(getattr(predicted, "failures", []))
                 if failures or not results:
                     raise Permanent(failures[0] if failures else "the input holds no case")
-                for result in results:
-                    result.save(out, dicom=dicom, keep_identifiers=keep)
-                    if dicom:
-                        (result.task or model.task).dicom_report(result, out, keep_identifiers=keep)
+                for result in results:  # with dicom: the SEG and the task's SR (``PredictionWriter.write_case``)
+                    result.save(out, dicom=dicom, keep_identifiers=keep, pictures=pictures)
         except Permanent:
             raise
         except Exception as exc:  # re-raised: the worker records it
