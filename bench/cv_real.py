@@ -146,7 +146,7 @@ def main() -> int:
     parser.add_argument("--fold-minutes", type=float, default=6.0, help="training budget per fold")
     parser.add_argument("--work", help="keep the runs here (default: a temporary folder)")
     args = parser.parse_args()
-    data = Path(args.data)
+    data = Path(args.data).resolve()  # the work folder links to it: an absolute target
     brats_root, nih_root = data / "brats" / "brats2015_deepmedic_4cases", data / "chestxray14"
     if not brats_root.is_dir() and not nih_root.is_dir():
         print(f"skipped: {data} holds neither brats/brats2015_deepmedic_4cases nor chestxray14")
