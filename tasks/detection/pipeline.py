@@ -87,17 +87,12 @@ def train_transforms(cfg: DetectionData, voxel_centre: float = 0.5) -> Compose:
     return Compose(steps)
 
 
-def eval_transforms(cfg: DetectionData) -> Compose:
-    """Whole scans for validation, evaluation and prediction (nodule rows pass through untouched); predict's
-    out-of-distribution facts are measured on the scan just read (``domain.DomainTapd``: nothing elsewhere)."""
-    from medsight.inference.domain import DomainTapd
-
-    from .plans import loaded_domain_case
-
+def eval_transforms(cfg: DetectionData, tap=None) -> Compose:
+    """Whole scans for validation, evaluation and prediction (nodule rows pass through untouched); ``tap``: a
+    step right after the reading ones (predict's out-of-distribution facts, ``domain.DomainTapd``)."""
     steps = preprocessing(cfg)
     read = len(T.load(IMAGE, channels=1))
-    tap = DomainTapd(lambda d, name: loaded_domain_case(d[IMAGE], name))
-    return Compose([*steps[:read], tap, *steps[read:]])
+    return Compose([*steps[:read], *([tap] if tap is not None else []), *steps[read:]])
 
 
 def collate_patches(items: Sequence) -> dict:

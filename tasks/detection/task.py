@@ -124,7 +124,11 @@ class LungNoduleDetection(Task):
     def transforms(self, stage: str):
         if stage == "train":
             return pipeline.train_transforms(self.config.data, self.config.model.box_voxel_centre)
-        return pipeline.eval_transforms(self.config.data)
+        from medsight.inference.domain import DomainTapd
+
+        # predict's out-of-distribution facts, measured on the scan just read (a no-op unless predict asks)
+        return pipeline.eval_transforms(self.config.data, tap=DomainTapd(
+            lambda d, name: plans.loaded_domain_case(d[pipeline.IMAGE], name)))
 
     def collate_fn(self, stage: str):
         return pipeline.collate_fn(stage)

@@ -135,7 +135,13 @@ class BrainTumourSegmentation(Task):
     def transforms(self, stage: str):
         convention = self.state.get("convention", "brats2021")
         if (stage, convention) not in self._transforms:
-            self._transforms[stage, convention] = pipeline(stage, self.config, convention)
+            tap = None
+            if stage == "infer":  # predict's out-of-distribution facts, measured on the image just read
+                from medsight.inference.domain import DomainTapd
+
+                roles = list(self.modalities)
+                tap = DomainTapd(lambda d, name: plans.loaded_domain_case(roles, d["image"]))
+            self._transforms[stage, convention] = pipeline(stage, self.config, convention, tap)
         return self._transforms[stage, convention]
 
     # -- model ------------------------------------------------------------------------------------

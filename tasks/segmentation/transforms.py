@@ -70,19 +70,15 @@ class SelectChannelsd(MapTransform):
         return d
 
 
-def pipeline(stage: str, cfg: SegmentationConfig, default_convention: str) -> Compose:
+def pipeline(stage: str, cfg: SegmentationConfig, default_convention: str, tap=None) -> Compose:
     """train: patches balanced between tumour and background, flips, intensity jitter;
-    val: whole volumes with labels; infer: whole volumes, invertible back onto the input grid."""
+    val: whole volumes with labels; infer: whole volumes, invertible back onto the input grid. ``tap``: a step
+    right after the reading ones (predict's out-of-distribution facts, ``domain.DomainTapd``)."""
     data = cfg.data
     labels = () if stage == "infer" else ("label",)
     steps = [*T.load("image", labels), SelectChannelsd("image")]
-    if stage == "infer":  # predict's out-of-distribution facts, measured on the image just read
-        from medsight.inference.domain import DomainTapd
-
-        from .plans import loaded_domain_case
-
-        roles = list(data.modalities)
-        steps.append(DomainTapd(lambda d, name: loaded_domain_case(roles, d["image"])))
+    if tap is not None:
+        steps.append(tap)
     if labels:
         steps.append(LabelsToRegionsd("label", default_convention=default_convention))
     if data.orient:

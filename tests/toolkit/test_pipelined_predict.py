@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -12,6 +13,7 @@ import medsight
 from medsight.datasets.chestxray14 import FINDINGS
 from medsight.errors import DataError
 from medsight.inference.predict import Failure, PredictionReport, read_ahead, write_results
+from medsight.task import PredictionWriter
 
 CLS = {"trainer.progress": "never", "trainer.tensorboard": False, "trainer.threads": 1, "model.name": "simple_cnn",
        "data.image_size": 32, "trainer.max_epochs": 1}
@@ -35,8 +37,9 @@ def test_read_ahead_keeps_order_stays_within_its_depth_and_raises_where_the_sour
     assert list(read_ahead(iter(range(5)), 0)) == list(range(5))
 
 
-class _Writer:
+class _Writer(PredictionWriter):
     def __init__(self):
+        super().__init__(Path("unused"))
         self.threads, self.order = set(), []
 
     def write(self, result):

@@ -52,6 +52,7 @@ from pathlib import Path
 import numpy as np
 
 from medsight.errors import unwrap
+from medsight.inference.predict import FACTS, Failure
 
 log = logging.getLogger(__name__)
 
@@ -252,8 +253,7 @@ RULES = {"modality": _modality, "spacing_mm": _spacing, "extent_mm": _extent, "n
 # -- predict ---------------------------------------------------------------------------------------------
 #: record key: measure this input's facts where predict reads it (``DomainTapd``); its value is the input's name
 CHECK_ON_LOAD = "domain_check_on_load"
-#: batch key: the facts measured there, as JSON ("" when they could not be measured)
-FACTS = "domain_facts"
+#: batch key: the facts measured there, as JSON ("" when they could not be measured): ``predict.FACTS``
 
 
 class DomainTapd:
@@ -293,8 +293,6 @@ class Screen:
         """The results (and failures) as they come, each result with ``quality["domain"]`` set when checked (with
         ``strict``, a failure instead of a result unlike the training data)."""
         import json
-
-        from medsight.inference.predict import Failure
 
         for result in results:
             facts = result.quality.pop(FACTS, None) if hasattr(result, "quality") else None

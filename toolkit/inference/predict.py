@@ -29,9 +29,12 @@ from medsight.core.progress import progress
 from medsight.data.guard import FAILED, GuardedCompose, split_failed
 from medsight.data.loading import make_loader
 from medsight.errors import MedsightError, unwrap
-from medsight.inference.domain import FACTS
 from medsight.inference.execution import Execution
 from medsight.task import Result, Task
+
+#: batch key: an input's out-of-distribution facts measured where it was read (``medsight.inference.domain``),
+#: as JSON, handed to the domain screen with its result
+FACTS = "domain_facts"
 
 log = logging.getLogger(__name__)
 
