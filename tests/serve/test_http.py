@@ -35,7 +35,8 @@ def api(tmp_path, segmenter, detector, start_server, monkeypatch):
                                       "roles": {"flair": {}, "t1c": {}}},
                                      {"name": "nodules", "checkpoint": str(detector)}],
                           http={"enabled": True, "port": 0, "tokens_env": "MEDSIGHT_TEST_TOKENS",
-                                "max_upload_mb": 50}, queue={"capacity": 2})
+                                "max_upload_mb": 50}, queue={"capacity": 2},
+                          models={"preload": False})  # the full-queue test needs its first job slow (a model load)
     server = start_server(config)
     return server, httpx.Client(base_url=f"http://127.0.0.1:{server.http.port}", timeout=30)
 

@@ -70,20 +70,14 @@ def _cpu_sample() -> _CpuSample | None:
 _LAST_SAMPLE = _cpu_sample()
 
 
-_LAST_BUSY: float | None = None
-
-
 def busy_cores(interval: float = 0.1, stale: float = 15.0) -> float | None:
     """How many of the machine's cores other processes kept busy (None: unknown). Measured over the time
-    since the previous call (or import), less this process's own CPU time; when that is under ``interval``,
-    the previous call's answer (a service predicting one case after another does not sleep for each); over
-    ``stale`` seconds ago (or never measured), over a fresh ``interval``."""
-    global _LAST_SAMPLE, _LAST_BUSY
+    since the previous call (or import), less this process's own CPU time; when that is under ``interval``
+    or over ``stale`` seconds ago, over a fresh ``interval``."""
+    global _LAST_SAMPLE
     first, second = _LAST_SAMPLE, _cpu_sample()
     if second is None:
         return None
-    if first is not None and second.clock_s - first.clock_s < interval and _LAST_BUSY is not None:
-        return _LAST_BUSY
     if first is None or not interval <= second.clock_s - first.clock_s <= stale:
         time.sleep(interval)
         first, second = second, _cpu_sample()
@@ -95,8 +89,7 @@ def busy_cores(interval: float = 0.1, stale: float = 15.0) -> float | None:
         return None
     # CPU seconds of every process but this one
     busy = (total - (second.idle_s - first.idle_s)) - (second.own_s - first.own_s)
-    _LAST_BUSY = min(max(busy / total, 0.0), 1.0) * (os.cpu_count() or 1)
-    return _LAST_BUSY
+    return min(max(busy / total, 0.0), 1.0) * (os.cpu_count() or 1)
 
 
 #: torch's own thread count for this process, before medsight changed it
