@@ -136,20 +136,13 @@ def cross_fitted_metrics(folds: Sequence[Mapping[str, tuple]]) -> dict:
             calibrated = 1 / (1 + np.exp(-logit(p) / temperature))
             before[name].append((p, y, w))
             after[name].append((calibrated, y, w))
-    out: dict[str, float] = {}
-    for suffix, chosen in (("", after), ("_uncalibrated", before)):
-        eces, briers = [], []
-        for name in names:
-            if not chosen[name]:
-                continue
-            p, y, w = (np.concatenate([part[i] for part in chosen[name]]) for i in range(3))
-            e, b = ece(p, y, w), brier(p, y, w)
-            out[f"ece_{name}{suffix}"], out[f"brier_{name}{suffix}"] = e, b
-            eces.append(e)
-            briers.append(b)
-        if eces:
-            out[f"ece{suffix}"], out[f"brier{suffix}"] = float(np.nanmean(eces)), float(np.nanmean(briers))
-    return out
+    def pooled(chosen: dict[str, list]) -> dict[str, tuple]:
+        return {name: tuple(np.concatenate([part[i] for part in parts]) for i in range(3))
+                for name, parts in chosen.items() if parts}
+
+    crossed = calibration_metrics(pooled(after))  # the same ECE and Brier as the in-sample figures
+    crossed.update({f"{k}_uncalibrated": v for k, v in calibration_metrics(pooled(before)).items()})
+    return crossed
 
 
 # -- review ---------------------------------------------------------------------------------------------
