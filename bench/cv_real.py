@@ -9,11 +9,11 @@
    the best single fold's. HD95 reported.
 2. NIH ChestX-ray14 (``chestxray14/nih_starter_256``: 479 real frontal pictures with the official labels file,
    renamed ``labels.csv`` there: a work folder links it under its official name): 5-fold ``cv`` at 64 px on the
-   training pool, the ensemble (with its temperatures) and each fold tested on the ``nih1000_64px`` test split
+   training pool, the ensemble (with its calibration) and each fold tested on the ``nih1000_64px`` test split
    (other patients, the official 14-finding labels). Targets: ECE after calibration at most 0.7x before; the
    ensemble's AUROC at least the mean single fold's; on the OOF pictures, the flagged 10 % less accurate.
 
-The held-out data choose nothing: thresholds, temperatures and the review threshold are chosen on the
+The held-out data choose nothing: thresholds, the calibration and the review threshold are chosen on the
 out-of-fold predictions. Skips cleanly when the data are absent. The real images are never copied.
 """
 
@@ -110,9 +110,14 @@ def nih(root: Path, work: Path, minutes: float) -> dict:
     print("OOF calibration (in-sample): " + ", ".join(f"{k} {summary['oof_with_choices'][k]:.4f}"
                                                       for k in ("ece_uncalibrated", "ece", "brier_uncalibrated", "brier")))
     crossed = summary["oof_with_choices"]
+    method = summary["chosen_on_oof"].get("calibration_method")
+    tried = {m: crossed[f"cross_fitted_ece_{m}"] for m in ("none", "temperature", "platt")
+             if f"cross_fitted_ece_{m}" in crossed}
+    print(f"calibration method chosen on the OOF predictions: {method} (cross-fitted ECE: "
+          + ", ".join(f"{m} {v:.4f}" for m, v in tried.items()) + ")")
     if "cross_fitted_ece" in crossed:
         ratio_oof = crossed["cross_fitted_ece"] / crossed["cross_fitted_ece_uncalibrated"]
-        print(f"OOF calibration, cross-fitted (each fold scored with temperatures fitted on the other folds): ECE "
+        print(f"OOF calibration, cross-fitted (each fold scored with a map fitted on the other folds): ECE "
               f"{crossed['cross_fitted_ece_uncalibrated']:.4f} -> {crossed['cross_fitted_ece']:.4f} "
               f"({ratio_oof:.3f}x: {'met' if ratio_oof <= 0.7 else 'NOT met'} within the starter population), Brier "
               f"{crossed['cross_fitted_brier_uncalibrated']:.4f} -> {crossed['cross_fitted_brier']:.4f}")
@@ -122,7 +127,7 @@ def nih(root: Path, work: Path, minutes: float) -> dict:
 
 def prevalence(starter_labels: Path, test_labels: Path) -> None:
     """Each finding's share of the pictures in the cv pool and in the test split: probabilities (and so their
-    calibration) follow the population's base rates, which temperatures fitted on the pool carry over."""
+    calibration) follow the population's base rates, which a calibration fitted on the pool carries over."""
     import csv
 
     from medsight.datasets.chestxray14 import FINDINGS

@@ -330,14 +330,26 @@ class Task:
 
     def calibration_samples(self, outputs: dict[str, list]) -> dict[str, tuple]:
         """Per output the task calibrates (a label, a region, the score): ``(probabilities, targets, weights)``
-        as the network gives them, before any temperature (weights: None, or how many each sample stands
-        for). Temperatures are fitted and ECE/Brier reported on these. Default: none."""
+        as the network gives them, before any calibration (weights: None, or how many each sample stands
+        for). Calibration is fitted and ECE/Brier reported on these. Default: none."""
         return {}
 
-    def apply_temperatures(self, temperatures: dict[str, float]) -> None:
-        """Keep ``temperatures`` (output -> T) in the learnt state; a task whose chosen settings are
-        probability values (thresholds) moves them to the calibrated scale here."""
-        self.state["temperature"] = dict(temperatures)
+    @property
+    def calibration(self) -> dict[str, tuple[float, float]]:
+        """Per output, the (slope, intercept) its logits go through before the sigmoid (fitted on out-of-fold
+        predictions by ``medsight cv``: ``medsight.core.calibration``); empty where the checkpoint has none
+        or ``infer.calibrated`` is false."""
+        from medsight.core.calibration import stored
+
+        infer = getattr(self.config, "infer", None)
+        return {} if not getattr(infer, "calibrated", True) else stored(self.state)
+
+    def apply_calibration(self, affine: dict[str, list[float]], method: str) -> None:
+        """Keep the map (output -> [slope, intercept]) in the learnt state, in place of any earlier one; a
+        task whose chosen settings are probability values (thresholds) moves them to the calibrated scale."""
+        self.state.pop("temperature", None)
+        self.state["calibration"] = {name: list(v) for name, v in affine.items()}
+        self.state["calibration_method"] = method
 
     def review_scores(self, outputs: dict[str, list]) -> list[float]:
         """Per case, in ``case_rows`` order: the score that flags it for review (the same as ``to_result``

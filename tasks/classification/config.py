@@ -147,7 +147,7 @@ class ClassificationInfer:
     #: CPU_PIXELS_PER_BATCH model-input pixels (8 pictures at 224 px, 64 at 64 px), which keeps a
     #: DenseNet's activations in cache (bench/classification_throughput.py)
     batch_size: int = 0
-    #: apply the temperatures fitted on out-of-fold predictions (medsight cv, per label), where the
+    #: apply the calibration fitted on out-of-fold predictions (medsight cv, per label), where the
     #: checkpoint holds them; false: the network's own probabilities
     calibrated: bool = True
 

@@ -129,7 +129,15 @@ class XrayClassification(Task):
 
     @property
     def thresholds(self) -> list[float] | None:
-        return self.state.get("thresholds")
+        """Per label, the probability a picture is called positive at, on the scale predict gives: the
+        calibrated one, or the network's own with ``infer.calibrated=false``."""
+        found = self.state.get("thresholds")
+        if found is None or self.config.infer.calibrated or not self.labels.multi_label:
+            return found
+        from medsight.core.calibration import invert, stored
+
+        fitted = stored(self.state)
+        return [float(invert(t, fitted.get(name))) for t, name in zip(found, self.labels.names)] if fitted else found
 
     # -- data -------------------------------------------------------------------------------------
     def learn_state(self, data: DataSource) -> None:
@@ -238,12 +246,12 @@ class XrayClassification(Task):
                          f"source by name" + (f"; new: {', '.join(fresh)}" if fresh else "")]
 
     def _probabilities(self, logits: torch.Tensor, calibrated: bool = True) -> torch.Tensor:
-        """Sigmoid (multi-label) or softmax probabilities, divided first by the temperatures fitted on
-        out-of-fold predictions (``medsight cv``) where the checkpoint holds them and ``infer.calibrated``."""
+        """Sigmoid (multi-label) or softmax probabilities, the logits first through the map fitted on
+        out-of-fold predictions (``medsight cv``) where the checkpoint holds one and ``infer.calibrated``."""
         logits = logits.float()
-        temperature = self._temperatures(logits.device) if calibrated else None
-        if temperature is not None:
-            logits = logits / temperature
+        affine = self._affine(logits.device) if calibrated else None
+        if affine is not None:
+            logits = logits * affine[0] + affine[1]
         if not self.labels.multi_label:
             return torch.softmax(logits, dim=1)
         probabilities = torch.sigmoid(logits)
@@ -252,21 +260,32 @@ class XrayClassification(Task):
             probabilities = operating_point_scale(probabilities, points)
         return probabilities
 
-    def _temperatures(self, device) -> torch.Tensor | None:
-        fitted = self.state.get("temperature") if self.config.infer.calibrated else None
+    def _affine(self, device) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Per label, the calibration's slope and intercept as (K,) tensors (one slope for a softmax)."""
+        fitted = self.calibration
         if not fitted:
             return None
         if not self.labels.multi_label:
-            return torch.tensor(float(fitted.get("all", 1.0)), device=device)
-        return torch.tensor([float(fitted.get(name, 1.0)) for name in self.labels.names], device=device)
+            slope = fitted.get("all", (1.0, 0.0))[0]
+            return torch.tensor(slope, device=device), torch.tensor(0.0, device=device)
+        rows = [fitted.get(name, (1.0, 0.0)) for name in self.labels.names]
+        return (torch.tensor([r[0] for r in rows], device=device), torch.tensor([r[1] for r in rows], device=device))
 
-    def ensemble_probabilities(self, model: nn.Module, images: torch.Tensor, calibrated: bool = True):
-        """The members' mean probabilities (one model: its own) and their per-label standard deviation
-        (None for one model)."""
+    def ensemble_probabilities(self, model: nn.Module, images: torch.Tensor, raw: bool = False):
+        """The members' mean probabilities (one model: its own), their per-label standard deviation (None
+        for one model) and, with ``raw``, the mean before calibration (the same tensor without a map): each
+        network runs once."""
         moments = Moments()
+        before = Moments() if raw and self.calibration else None
         for network in members(model):
-            moments.add(self._probabilities(network(images), calibrated))
-        return moments.mean, (moments.std if moments.count > 1 else None)
+            logits = network(images)
+            moments.add(self._probabilities(logits))
+            if before is not None:
+                before.add(self._probabilities(logits, calibrated=False))
+        found = moments.mean, (moments.std if moments.count > 1 else None)
+        if not raw:
+            return found
+        return (*found, before.mean if before is not None else moments.mean)
 
     def training_step(self, model: nn.Module, batch: dict) -> StepOutput:
         logits = model(batch["image"])
@@ -309,11 +328,11 @@ class XrayClassification(Task):
             return self._teacher(images)
 
     def validation_step(self, model: nn.Module, batch: dict) -> dict[str, list]:
-        probabilities = self.ensemble_probabilities(model, batch["image"])[0]
+        probabilities, _, raw = self.ensemble_probabilities(model, batch["image"], raw=True)
         out = {"probabilities": list(probabilities.cpu().numpy()), "label": list(batch["label"].cpu().numpy()),
                "id": list(batch["id"])}
-        if self._temperatures(probabilities.device) is not None:  # evaluate reports calibration before and after
-            out["uncalibrated"] = list(self.ensemble_probabilities(model, batch["image"], False)[0].cpu().numpy())
+        if raw is not probabilities:  # evaluate reports calibration before and after
+            out["uncalibrated"] = list(raw.cpu().numpy())
         return out
 
     def validation_metrics(self, outputs: dict[str, list]) -> dict[str, float]:
@@ -325,28 +344,28 @@ class XrayClassification(Task):
         return summarise(probabilities, truth, labels.names, self.thresholds, labels.multi_label)
 
     def calibration_samples(self, outputs: dict[str, list]) -> dict[str, tuple]:
-        """Per label (multi-label), its probabilities before any temperature and the truth; single-label
-        outputs are not temperature-scaled here (one softmax over classes)."""
+        """Per label (multi-label), its probabilities before any calibration and the truth; single-label
+        outputs are not calibrated here (one softmax over classes)."""
         if not self.labels.multi_label or not outputs.get("probabilities"):
             return {}
         probabilities = np.stack(outputs.get("uncalibrated") or outputs["probabilities"])
         truth = np.stack(outputs["label"])
         return {name: (probabilities[:, k], truth[:, k], None) for k, name in enumerate(self.labels.names)}
 
-    def apply_temperatures(self, temperatures: dict[str, float]) -> None:
-        """The temperatures, and each label's threshold moved with its probabilities (sigmoid(logit(t) / T)):
-        the same pictures are called positive before and after calibration."""
-        super().apply_temperatures(temperatures)
-        if self.state.get("thresholds") is not None and self.labels.multi_label:
-            from medsight.core.calibration import logit
+    def apply_calibration(self, affine: dict[str, list[float]], method: str) -> None:
+        """The map, and each label's threshold moved with its probabilities: the same pictures are called
+        positive before and after calibration (the map is monotone)."""
+        from medsight.core.calibration import apply, invert, stored
 
-            self.state["thresholds"] = [
-                float(1 / (1 + np.exp(-logit(t) / temperatures.get(name, 1.0))))
-                for t, name in zip(self.state["thresholds"], self.labels.names)]
+        previous = stored(self.state)  # thresholds set on an earlier map's scale go back to the network's first
+        super().apply_calibration(affine, method)
+        if self.state.get("thresholds") is not None and self.labels.multi_label:
+            self.state["thresholds"] = [float(apply(invert(t, previous.get(name)), affine.get(name)))
+                                        for t, name in zip(self.state["thresholds"], self.labels.names)]
 
     def review_scores(self, outputs: dict[str, list]) -> list[float]:
         """Per picture: the largest binary entropy over the labels of the probabilities before any
-        temperature (a picture the model is unsure about on some finding)."""
+        calibration (a picture the model is unsure about on some finding)."""
         if not outputs.get("probabilities"):
             return []
         probabilities = np.stack(outputs.get("uncalibrated") or outputs["probabilities"])
@@ -412,9 +431,7 @@ class XrayClassification(Task):
 
     def predict(self, model: nn.Module, batch: dict) -> list[dict]:
         images = batch["image"]
-        probabilities, spread = self.ensemble_probabilities(model, images)
-        raw = probabilities if self._temperatures(images.device) is None else self.ensemble_probabilities(
-            model, images, False)[0]
+        probabilities, spread, raw = self.ensemble_probabilities(model, images, raw=True)
         items = [{"probabilities": p, "score": float(score)} for p, score in
                  zip(probabilities.cpu().numpy(), review_score(raw.cpu().numpy(), self.labels.multi_label))]
         if spread is not None:

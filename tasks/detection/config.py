@@ -149,7 +149,7 @@ class DetectionInfer:
     #: boxes overlapping by at least fusion_iou are one nodule
     fusion: str = "wbf"
     fusion_iou: float = 0.1
-    #: apply the score's temperature fitted on out-of-fold marks (medsight cv), where the checkpoint has one
+    #: apply the score's calibration fitted on out-of-fold marks (medsight cv), where the checkpoint has one
     calibrated: bool = True
     #: choose the NMS overlap on validation (training's, and cv's out-of-fold predictions) among
     #: 0.1-0.5 and nms_iou; predict and evaluate then use the chosen one (the checkpoint's box_selection)

@@ -14,7 +14,7 @@ from medsight.datasets.schemas import NODULE_SCANS
 from medsight.errors import ConfigError, DataError
 from medsight.core.quiet import Ignored, library_warnings_quiet
 from medsight.core.registry import register_task
-from medsight.core.calibration import logit
+from medsight.core.calibration import apply
 from medsight.inference.ensemble import members
 from medsight.task import DemoSpec, Monitor, PredictionWriter, StepOutput, Task
 
@@ -171,20 +171,14 @@ class LungNoduleDetection(Task):
         return self._calibrated([fuse_boxes([member[i] for member in found], infer.fusion_iou, infer.fusion,
                                             infer.max_marks_per_scan) for i in range(len(found[0]))])
 
-    @property
-    def temperature(self) -> float | None:
-        """The score's temperature, fitted on out-of-fold marks (``medsight cv``), where the checkpoint has one."""
-        fitted = (self.state.get("temperature") or {}).get("score") if self.config.infer.calibrated else None
-        return float(fitted) if fitted else None
-
     def _calibrated(self, detections: list[dict]) -> list[dict]:
-        """Each mark's probability through the score's temperature (a monotone map: the FROC is unchanged);
+        """Each mark's probability through the score's calibration (a monotone map: the FROC is unchanged);
         ``raw_scores``: the probabilities before it (review scores and calibration read those)."""
-        temperature = self.temperature
+        affine = self.calibration.get("score")
         for detection in detections:
             detection["raw_scores"] = detection["scores"]
-            if temperature is not None:
-                detection["scores"] = (1 / (1 + np.exp(-logit(detection["scores"]) / temperature))).astype(np.float32)
+            if affine is not None:
+                detection["scores"] = apply(detection["scores"], affine).astype(np.float32)
         return detections
 
     @property
@@ -226,7 +220,7 @@ class LungNoduleDetection(Task):
         return results
 
     def validation_step(self, model: nn.Module, batch: dict) -> dict[str, list]:
-        """Per scan: its marks (world mm), their probabilities before the temperature, its nodules; while
+        """Per scan: its marks (world mm), their probabilities before calibration, its nodules; while
         choosing on validation also the marks at every NMS candidate (``nms:<iou>``), from the same boxes."""
         sweeping = self._sweeping(model)
         detections = self._detect(model, batch["image"], sweeping)
@@ -260,7 +254,7 @@ class LungNoduleDetection(Task):
         return kept
 
     def calibration_samples(self, outputs_: dict[str, list]) -> dict[str, tuple]:
-        """Every mark's probability before the temperature, and whether it lies in a nodule (marks in an
+        """Every mark's probability before calibration, and whether it lies in a nodule (marks in an
         excluded finding only, as the FROC ignores them, are left out)."""
         scores, hits = [], []
         for marks, raw, nodules, excluded in zip(outputs_.get("marks") or [], outputs_.get("raw_probability") or [],
@@ -279,7 +273,7 @@ class LungNoduleDetection(Task):
         return {"score": (np.concatenate(scores), np.concatenate(hits), None)}
 
     def review_scores(self, outputs_: dict[str, list]) -> list[float]:
-        """Per scan: the largest binary entropy of its marks' probabilities before the temperature (a scan
+        """Per scan: the largest binary entropy of its marks' probabilities before calibration (a scan
         with a mark the model is unsure of)."""
         return [review_score(raw) for raw in outputs_.get("raw_probability") or []]
 

@@ -98,7 +98,7 @@ class SegmentationInfer:
     #: for by name, where it changes the arithmetic (1e-6), enough to flip a voxel lying on the threshold,
     #: and --precision fp32 reproduces a source model's label maps exactly (medsight import)
     channels_last: Optional[bool] = None
-    #: apply the per-region temperatures fitted on out-of-fold predictions (medsight cv), where the
+    #: apply the per-region calibration fitted on out-of-fold predictions (medsight cv), where the
     #: checkpoint holds them; false: the network's own probabilities
     calibrated: bool = True
     #: also write <case>_uncertainty.nii.gz (the members' and flips' spread, largest over regions) where

@@ -46,7 +46,7 @@ SAMPLED_NEAR, SAMPLED_FAR, NEAR = 4000, 1000, 0.01
 def voxel_samples(probabilities: torch.Tensor, truth: torch.Tensor, case: str) -> dict[str, tuple]:
     """Per region ``(probabilities, targets, weights)`` of a reproducible sample of the case's voxels: the
     few uncertain voxels near the tumour are what calibration is about, the many sure background voxels
-    are represented by a weighted few (so ECE and the temperature fit stay those of all voxels)."""
+    are represented by a weighted few (so ECE and the calibration fit stay those of all voxels)."""
     import zlib
 
     rng = np.random.default_rng(zlib.crc32(case.encode()))
@@ -188,14 +188,14 @@ class BrainTumourSegmentation(Task):
 
     def probabilities(self, model: nn.Module, image: torch.Tensor, spread: bool = False, raw: bool = False):
         """(B, C, X, Y, Z) z-scored image -> (B, 3, X, Y, Z) sigmoid probabilities (calibrated where the
-        checkpoint holds temperatures), averaged over an ensemble's members and the flips of TTA.
+        checkpoint holds a map), averaged over an ensemble's members and the flips of TTA.
         ``spread``: also their standard deviation over members and flips (None for one model without TTA);
-        ``raw``: also the mean before the temperatures (the same tensor where there are none)."""
+        ``raw``: also the mean before calibration (the same tensor where there is none)."""
         image = image.as_tensor() if isinstance(image, MetaTensor) else image
         flips = [()] if not self.config.infer.tta else [
             axes for n in range(4) for axes in itertools.combinations((2, 3, 4), n)]
-        temperature = self._temperatures(image.device)
-        moments, before = Moments(), Moments() if raw and temperature is not None else None
+        affine = self._affine(image.device)
+        moments, before = Moments(), Moments() if raw and affine is not None else None
         for network in members(model):
             inferer = self._inferer(network)
             layout = channels_last_format(network)
@@ -207,7 +207,7 @@ class BrainTumourSegmentation(Task):
                 flipped = torch.flip(image, axes) if axes else image
                 logits = inferer(flipped, run).float()
                 logits = torch.flip(logits, axes) if axes else logits
-                moments.add(torch.sigmoid(logits if temperature is None else logits / temperature))
+                moments.add(torch.sigmoid(logits if affine is None else torch.addcmul(affine[1], logits, affine[0])))
                 if before is not None:
                     before.add(torch.sigmoid(logits))
         if not spread and not raw:
@@ -219,12 +219,22 @@ class BrainTumourSegmentation(Task):
             found.append(before.mean if before is not None else moments.mean)
         return tuple(found)
 
-    def _temperatures(self, device) -> torch.Tensor | None:
-        """Per-region temperatures fitted on out-of-fold predictions (``medsight cv``), as (1, 3, 1, 1, 1)."""
-        fitted = self.state.get("temperature") if self.config.infer.calibrated else None
+    def _affine(self, device) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Per region, the calibration's slope and intercept fitted on out-of-fold predictions (``medsight
+        cv``), each as (1, 3, 1, 1, 1)."""
+        fitted = self.calibration
         if not fitted:
             return None
-        return torch.tensor([fitted.get(r, 1.0) for r in brats.REGIONS], device=device).view(1, -1, 1, 1, 1)
+        rows = [fitted.get(r, (1.0, 0.0)) for r in brats.REGIONS]
+        return tuple(torch.tensor([row[i] for row in rows], device=device).view(1, -1, 1, 1, 1) for i in (0, 1))
+
+    def decision_thresholds(self) -> np.ndarray:
+        """Per region, the probability a voxel must exceed to be in it: ``infer.threshold`` on the network's
+        own scale, moved with the calibration (a monotone map), so a calibrated model draws the same masks."""
+        from medsight.core.calibration import apply
+
+        fitted = self.calibration
+        return np.array([float(apply(self.config.infer.threshold, fitted.get(r))) for r in brats.REGIONS])
 
     @property
     def postprocessing(self) -> dict[str, str] | None:
@@ -246,8 +256,9 @@ class BrainTumourSegmentation(Task):
         spacings = self._spacings(batch["image"], len(probs))
         plan = None if self.learning else self.postprocessing
         choosing = self.learning and self.config.infer.postprocess
+        decision = torch.from_numpy(self.decision_thresholds()).to(probs.device, probs.dtype).view(-1, 1, 1, 1)
         for prob, label, spacing in zip(probs, truth, spacings):
-            prediction, label = (prob > self.config.infer.threshold).cpu(), label.cpu()
+            prediction, label = (prob > decision).cpu(), label.cpu()
             if plan:
                 prediction = torch.from_numpy(apply_plan(prediction.numpy(), plan, spacing))
             scores = region_scores(prediction, label, spacing)
@@ -349,7 +360,7 @@ class BrainTumourSegmentation(Task):
                 for p, u, r in zip(probs.cpu(), spreads, raw)]
 
     def calibration_samples(self, outputs: dict[str, list]) -> dict[str, tuple]:
-        """Per region, the sampled voxels of every case (``voxel_samples``) before any temperature."""
+        """Per region, the sampled voxels of every case (``voxel_samples``) before any calibration."""
         cases = [c for c in outputs.get("calibration") or [] if c]
         if not cases:
             return {}
@@ -382,7 +393,7 @@ class BrainTumourSegmentation(Task):
             probs, uncertainty = probs[:3], probs[3].astype(np.float32)
         affine = np.asarray(image.meta["original_affine"], dtype=np.float64)
         convention = brats.CONVENTIONS[item.get("convention") or self.state.get("convention", "brats2021")]
-        regions = probs > self.config.infer.threshold
+        regions = probs > self.decision_thresholds().reshape(-1, 1, 1, 1).astype(probs.dtype)
         if self.postprocessing:
             regions = apply_plan(regions, self.postprocessing, voxel_size_mm(affine))
         labels = convention.from_regions(regions)

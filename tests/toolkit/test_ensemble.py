@@ -1,4 +1,4 @@
-"""Ensembles, calibration and review: ``medsight cv`` writes the folds' ensemble with temperatures and a review
+"""Ensembles, calibration and review: ``medsight cv`` writes the folds' ensemble with a calibration and a review
 threshold chosen on the out-of-fold predictions; ``medsight ensemble`` builds one from any compatible
 checkpoints; predict, evaluate, export and info take it; members are combined in the task's own space."""
 
@@ -67,6 +67,41 @@ def test_cross_fitted_calibration_scores_each_fold_with_temperatures_fitted_on_t
     assert shifted["ece_Mass"] > same["ece_Mass"]
 
 
+def test_platt_scaling_recovers_an_offset_that_a_temperature_cannot():
+    rng = np.random.default_rng(2)
+    logits = rng.normal(0, 3, 20000)
+    truth = (rng.random(20000) < cal.sigmoid(0.5 * logits - 1.5)).astype(np.float32)  # too sure, and too often positive
+    slope, intercept = cal.fit_platt(logits, truth)
+    assert abs(slope - 0.5) < 0.05 and abs(intercept + 1.5) < 0.1
+    p = cal.sigmoid(logits)
+    platt, temperature = cal.fit({"Mass": (p, truth, None)}, "platt"), cal.fit({"Mass": (p, truth, None)}, "temperature")
+    assert temperature["Mass"][1] == 0 and 0 < temperature["Mass"][0] < 1  # a scale only
+    after_platt = cal.ece(cal.apply(p, platt["Mass"]), truth)
+    after_temperature = cal.ece(cal.apply(p, temperature["Mass"]), truth)
+    assert after_platt < 0.5 * after_temperature < 0.5 * cal.ece(p, truth)
+    assert np.all(np.diff(cal.apply(np.sort(p), platt["Mass"])) >= 0)  # monotone: every ranking kept
+    assert cal.fit_platt(logits, np.ones(20000)) == (1.0, 0.0)  # one class: nothing to fit
+    # a checkpoint from before Platt scaling keeps its temperatures, read as slope 1/T
+    assert cal.stored({"temperature": {"Mass": 2.0}}) == {"Mass": (0.5, 0.0)}
+    assert cal.stored({"calibration": {"Mass": [0.5, -1.5]}, "temperature": {"Mass": 2.0}}) == {"Mass": (0.5, -1.5)}
+
+
+def test_the_calibration_method_is_chosen_on_folds_it_was_not_fitted_on():
+    rng = np.random.default_rng(3)
+
+    def fold(n, slope, intercept):
+        logits = rng.normal(0, 3, n)
+        truth = (rng.random(n) < cal.sigmoid(slope * logits + intercept)).astype(np.float32)
+        return {"Mass": (cal.sigmoid(logits), truth, None)}
+
+    method, scores = cal.choose_method([fold(3000, 0.6, -1.2) for _ in range(3)])
+    assert method == "platt" and scores["ece_platt"] < scores["ece_temperature"] < scores["ece_none"]
+    assert cal.choose_method([fold(3000, 0.6, -1.2)]) == ("temperature", {})  # one fold: nothing to score on
+    assert cal.choose_method([fold(3000, 0.6, 0)] * 2, "temperature")[0] == "temperature"  # as asked
+    with pytest.raises(ValueError, match="calibration method"):
+        cal.choose_method([], "isotonic")
+
+
 def test_review_threshold_flags_the_rate_asked_for():
     scores = np.linspace(0, 1, 50)
     threshold = cal.review_threshold(scores, 0.1)
@@ -93,7 +128,8 @@ def test_fused_boxes_count_the_members_that_found_them():
 def folds(tmp_path_factory):
     root = tmp_path_factory.mktemp("ensemble-cls")
     data = medsight.synthesize("chestxray14", root / "cxr", cases=40, seed=4, size=32)
-    result = medsight.cross_validate("classification", data, folds=2, out=root / "cv", overrides=CLS, bootstrap=0)
+    result = medsight.cross_validate("classification", data, folds=2, out=root / "cv", overrides=CLS, bootstrap=0,
+                                     calibration="platt")
     return result, data, root
 
 
@@ -103,12 +139,17 @@ def test_cv_writes_the_folds_ensemble_with_choices_made_on_oof(folds):
     state = checkpoint.load(result.ensemble)
     assert len(state["ensemble"]["members"]) == 2
     chosen = state["task_state"]
-    assert set(chosen["temperature"]) == set(chosen["labels"]) and all(t > 0 for t in chosen["temperature"].values())
+    assert chosen["calibration_method"] == "platt" and "temperature" not in chosen
+    assert set(chosen["calibration"]) == set(chosen["labels"]) and all(a > 0 for a, b in chosen["calibration"].values())
     assert chosen["thresholds"] == result.chosen["thresholds"]  # moved to the calibrated scale with them
+    plain = medsight.load(result.ensemble).configured({"calibrated": False})  # back on the network's own scale
+    assert plain.thresholds == pytest.approx([float(cal.invert(t, chosen["calibration"][n]))
+                                              for t, n in zip(chosen["thresholds"], chosen["labels"])], abs=1e-9)
     assert chosen["review"]["rate"] == 0.10 and np.isfinite(chosen["review"]["threshold"])
     summary = json.loads((root / "cv" / "cv.json").read_text())
     assert summary["ensemble"] == str(result.ensemble)
     assert summary["oof_with_choices"]["ece"] <= summary["oof_with_choices"]["ece_uncalibrated"] + 1e-9
+    assert {"cross_fitted_ece_platt", "cross_fitted_ece_none"} <= set(summary["oof_with_choices"])
     page = (root / "cv" / "report.html").read_text()  # the folds, the reliability diagram, the review evidence
     assert "<td>fold 0</td>" in page and "<td>fold 1</td>" in page and "mean &plusmn; sd" in page
     assert '<img src="reliability.png"' in page and (root / "cv" / "reliability.png").stat().st_size > 0
@@ -120,14 +161,14 @@ def test_the_ensemble_predicts_the_mean_of_its_calibrated_members(folds, tmp_pat
     pictures = sorted((data / "images_001" / "images").glob("*.png"))[:6]
     ensemble = medsight.load(result.ensemble)
     found = ensemble.predict(pictures)
-    temperature = ensemble.task.state["temperature"]
+    affine = ensemble.task.state["calibration"]
     names = ensemble.task.state["labels"]
     expected = []
     for fold in result.finished:
         member = medsight.load(fold.checkpoint)
         raw = np.stack([r.probabilities for r in member.predict(pictures)])
-        scale = np.array([temperature[n] for n in names])
-        expected.append(1 / (1 + np.exp(-cal.logit(raw) / scale)))
+        slope, intercept = (np.array([affine[n][i] for n in names]) for i in (0, 1))
+        expected.append(cal.sigmoid(slope * cal.logit(raw) + intercept))
     got = np.stack([r.probabilities for r in found])
     assert got == pytest.approx(np.mean(expected, axis=0), abs=2e-3)  # members run at predict's precision
     assert np.stack([r.spread for r in found]) == pytest.approx(np.std(expected, axis=0), abs=2e-3)
@@ -205,6 +246,21 @@ def test_a_segmentation_ensemble_averages_probabilities_and_writes_its_spread(br
     assert (tmp_path / "out" / "cases.csv").is_file()
 
 
+def test_a_calibrated_segmentation_model_draws_the_same_masks(brats_members, tmp_path):
+    first, other, data, root = brats_members
+    state = checkpoint.load(first)
+    affine = {"ET": [0.7, -1.0], "TC": [1.3, 0.6], "WT": [0.8, 0.4]}  # Platt maps with offsets
+    state["task_state"] = {**state["task_state"], "calibration": affine, "calibration_method": "platt"}
+    calibrated = checkpoint.save(state, tmp_path / "calibrated.pt")
+    case = sorted(p for p in (data / "imagesTs" if (data / "imagesTs").is_dir() else data).rglob("*flair*.nii.gz"))[0]
+    plain, mapped = (medsight.load(p).predict(case.parent, probabilities=True)[0] for p in (first, calibrated))
+    for k, region in enumerate(brats.REGIONS):
+        assert mapped.probabilities[k] == pytest.approx(cal.apply(plain.probabilities[k], affine[region]), abs=1e-4)
+    near = np.abs(plain.probabilities - 0.5).min(axis=0) < 1e-4  # a voxel on the threshold may go either way
+    assert np.array_equal(mapped.labels[~near], plain.labels[~near])  # the threshold moved with the probabilities
+    assert np.abs(mapped.probabilities - plain.probabilities).max() > 0.05  # and the probabilities did move
+
+
 def test_int8_compresses_every_member_and_the_ensemble_still_predicts(folds, tmp_path):
     result, data, root = folds
     out = tmp_path / "int8.pt"
@@ -212,7 +268,7 @@ def test_int8_compresses_every_member_and_the_ensemble_still_predicts(folds, tmp
     state = checkpoint.load(out)
     assert [m["engine"]["precision"] for m in state["ensemble"]["members"]] == ["int8", "int8"]
     assert all("model" not in m for m in state["ensemble"]["members"])
-    assert state["task_state"]["temperature"] == checkpoint.load(result.ensemble)["task_state"]["temperature"]
+    assert state["task_state"]["calibration"] == checkpoint.load(result.ensemble)["task_state"]["calibration"]
     assert label["after"]["engine"].startswith("openvino")
     pictures = sorted((data / "images_001" / "images").glob("*.png"))[:4]
     plain = np.stack([r.probabilities for r in medsight.load(result.ensemble, engine="torch",

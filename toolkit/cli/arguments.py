@@ -112,6 +112,10 @@ def _cv_command(sub) -> None:
                          "predictions (OUT/configurations.json, OUT/ensemble.pt)")
     cv.add_argument("--review-rate", type=float, default=0.10,
                     help="share of cases the review flag is set for, on the out-of-fold predictions (default 0.10)")
+    cv.add_argument("--calibration", choices=("auto", "platt", "temperature", "none"), default="auto",
+                    help="how the ensemble's probabilities are calibrated on the out-of-fold predictions: auto "
+                         "(Platt or temperature scaling, whichever scores better on folds it was not fitted on, "
+                         "or none), platt, temperature, none")
     cv.add_argument("--resamples", type=count, default=1000,
                     help="bootstrap resamples of the out-of-fold cases for the 95%% CI (0: none)")
     cv.add_argument("overrides", nargs="*", metavar="key=value", help=KEY_VALUE_HELP)

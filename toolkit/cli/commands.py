@@ -51,12 +51,13 @@ def cmd_cv(args) -> int:
         choice = find_best_configuration(args.task, args.data, args.configs.split(","), folds=args.folds,
                                          out=args.out, profile=args.profile, overrides=list(args.overrides),
                                          bootstrap=args.resamples, review_rate=args.review_rate,
-                                         collect=args.collect)
+                                         collect=args.collect, calibration=args.calibration)
         log.info(f"best configuration: {choice.name}; ensemble {choice.ensemble}")
         return 0
     result = cross_validate(args.task, args.data, folds=args.folds, out=args.out, profile=args.profile,
                             overrides=list(args.overrides), fold=args.fold, collect=args.collect,
-                            bootstrap=args.resamples, review_rate=args.review_rate)
+                            bootstrap=args.resamples, review_rate=args.review_rate,
+                            calibration=args.calibration)
     for item in result.folds:
         shown = ", ".join(f"{k} {v:.4f}" for k, v in sorted(item.metrics.items())[:6] if isinstance(v, float))
         log.info(f"fold {item.index}: {len(item.groups)} group(s); " + (shown or "not finished"))

@@ -3,7 +3,7 @@
 An ensemble checkpoint is an ordinary medsight checkpoint (``task``, ``config``, ``task_state``) whose
 ``ensemble`` entry holds its members: each member's weights (or compressed engine), config, structure and
 learnt state, as a standalone checkpoint would. ``task_state`` is the ensemble's own: what was chosen on the
-out-of-fold predictions (thresholds, post-processing, temperatures) when ``medsight cv`` wrote it, else the
+out-of-fold predictions (thresholds, post-processing, calibration) when ``medsight cv`` wrote it, else the
 first member's. ``medsight.load`` gives a ``Model`` like any other, so predict, evaluate, export, compress and
 info take it.
 

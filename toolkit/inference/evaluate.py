@@ -42,10 +42,9 @@ def evaluate(task: Task, execution: Execution, data: Path, split: str, out: Path
                              desc=f"evaluate {split}")
     metrics = task.validation_metrics(outputs)
     samples = task.calibration_samples(outputs)
-    temperatures = task.state.get("temperature") if getattr(task.config, "infer", None) is None or getattr(
-        task.config.infer, "calibrated", True) else None
-    if samples:  # ECE and Brier as the network gives them and, where fitted, after the temperatures
-        metrics.update(calibration_metrics(samples, temperatures))
+    affine = task.calibration or None
+    if samples:  # ECE and Brier as the network gives them and, where fitted, after calibration
+        metrics.update(calibration_metrics(samples, affine))
     seconds = time.perf_counter() - started
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
@@ -54,5 +53,6 @@ def evaluate(task: Task, execution: Execution, data: Path, split: str, out: Path
                    out / "metrics.json")
         task.write_evaluation(outputs, metrics, out)
         if samples:
-            reliability_png(samples, out / "reliability.png", temperatures, f"reliability on {split}")
+            reliability_png(samples, out / "reliability.png", affine, f"reliability on {split}",
+                            task.state.get("calibration_method"))
     return Evaluation(metrics, task.case_rows(outputs), split, seconds, out, outputs)

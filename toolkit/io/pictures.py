@@ -123,13 +123,14 @@ def marks_png(
     return _save(fig, Path(path))
 
 
-def reliability_png(samples: Mapping[str, tuple], path: Path, temperatures: Mapping[str, float] | None = None,
-                    title: str = "reliability") -> Path:
+def reliability_png(samples: Mapping[str, tuple], path: Path, affine: Mapping[str, tuple] | None = None,
+                    title: str = "reliability", method: str | None = None) -> Path:
     """Reliability diagram per output: observed frequency against mean prediction, before and after the
-    temperatures when given, with the diagonal of perfect calibration."""
+    calibration (output -> (slope, intercept), by ``method``) when given, with the diagonal of perfect
+    calibration."""
     from matplotlib.figure import Figure
 
-    from medsight.core.calibration import ece, logit, reliability
+    from medsight.core.calibration import apply, ece, reliability
 
     names = list(samples)[:16]
     columns = min(4, max(1, len(names)))
@@ -140,9 +141,11 @@ def reliability_png(samples: Mapping[str, tuple], path: Path, temperatures: Mapp
         p, y, w = samples[name]
         axis.plot([0, 1], [0, 1], color="0.7", linewidth=1)
         curves = [("as trained", p)]
-        if temperatures:
-            curves.append((f"T={temperatures.get(name, 1.0):.2f}",
-                           1 / (1 + np.exp(-logit(p) / temperatures.get(name, 1.0)))))
+        if affine:
+            slope, intercept = affine.get(name, (1.0, 0.0))
+            shown = f"T={1 / slope:.2f}" if method == "temperature" or (method is None and intercept == 0) else (
+                f"{slope:.2f}z{intercept:+.2f}")
+            curves.append((f"calibrated {shown}", apply(p, (slope, intercept))))
         for label, values in curves:
             points = reliability(values, y, w)
             axis.plot([a for a, _, _ in points], [b for _, b, _ in points], marker="o", markersize=3,

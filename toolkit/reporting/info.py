@@ -108,9 +108,14 @@ def describe_checkpoint(path) -> str:
         from medsight.inference.ensemble import describe
 
         lines += [f"  {line}" for line in describe(state)]
-    if task_state.get("temperature"):
-        lines.append("  calibration (temperature scaling on out-of-fold predictions): "
-                     + ", ".join(f"{k} T={v:.2f}" for k, v in task_state["temperature"].items()))
+    if task_state.get("calibration") or task_state.get("temperature"):
+        from medsight.core.calibration import describe as describe_calibration, stored
+
+        method = task_state.get("calibration_method") or "temperature"
+        lines.append(f"  calibration ({method} scaling on out-of-fold predictions, sigmoid(slope z + intercept)): "
+                     + describe_calibration(stored(task_state)))
+    elif task_state.get("calibration_method") == "none":
+        lines.append("  calibration: none (no map fitted on out-of-fold predictions beat them cross-fitted)")
     provenance = state.get("provenance")
     if provenance:
         lines.append("  provenance:")

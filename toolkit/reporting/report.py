@@ -177,7 +177,14 @@ def write_cv_report(folder: Path, summary: dict, reliability: Path | None = None
     oof = summary.get("oof_with_choices", {})
     calibration = {k: v for k, v in oof.items() if k.startswith(("ece", "brier"))}
     if calibration:
-        parts.append("<h2>Calibration on the out-of-fold predictions</h2>" + _table(calibration))
+        method = summary.get("chosen_on_oof", {}).get("calibration_method")
+        parts.append("<h2>Calibration on the out-of-fold predictions</h2>"
+                     + (f"<p>method: {html.escape(str(method))} (chosen by the cross-fitted ECE below)</p>"
+                        if method else "") + _table(calibration))
+        crossed = {k.removeprefix("cross_fitted_"): v for k, v in oof.items() if k.startswith("cross_fitted_")}
+        if crossed:
+            parts.append("<h3>Cross-fitted: each fold calibrated by a map fitted on the other folds</h3>"
+                         + _table(crossed))
     if reliability is not None and reliability.is_file():
         parts.append(f'<img src="{reliability.relative_to(folder)}" alt="reliability diagram">')
     chosen = dict(summary.get("chosen_on_oof", {}))

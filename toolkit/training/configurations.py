@@ -12,7 +12,7 @@ same cases: fold k's two models, as one ensemble, predict fold k's groups; the p
 task's validation metrics. Pairs whose models are fed different inputs (another spacing, another patch of
 preprocessing) cannot share a batch and are left out, with a note. The candidate with the best monitored metric
 (``Task.monitor``) wins; its members, with what was chosen on its OOF predictions (thresholds, post-processing,
-temperatures, review threshold), are written to ``OUT/ensemble.pt``, and every candidate's metrics to
+calibration, review threshold), are written to ``OUT/ensemble.pt``, and every candidate's metrics to
 ``OUT/configurations.json``.
 """
 
@@ -98,7 +98,7 @@ def find_best_configuration(task: str, data: str | Path, configs: Mapping[str, A
                             folds: int = 5, out: str | Path | None = None, profile: str | None = None,
                             overrides: Mapping[str, Any] | Sequence[str] | None = None, bootstrap: int = 1000,
                             seed: int | None = None, review_rate: float = 0.10, pairs: bool = True,
-                            collect: bool = False) -> ConfigurationChoice:
+                            collect: bool = False, calibration: str = "auto") -> ConfigurationChoice:
     """Cross-validate every configuration on the same folds, score single configurations and (``pairs``)
     ensembles of two on the pooled OOF predictions, and keep the best (``OUT/ensemble.pt``)."""
     from medsight.training.run import _override_list
@@ -120,19 +120,20 @@ def find_best_configuration(task: str, data: str | Path, configs: Mapping[str, A
         log.info(f"configuration {name}: cross-validating in {folder}")
         runs[name] = cross_validate(task, data, folds=folds, out=folder, profile=own_profile,
                                     overrides=base + extra, bootstrap=bootstrap, seed=seed,
-                                    review_rate=review_rate, collect=collect)
+                                    review_rate=review_rate, collect=collect, calibration=calibration)
         if not (out / FOLDS_FILE).is_file():
             shutil.copyfile(folder / FOLDS_FILE, out / FOLDS_FILE)
     monitor = task_class.monitor
     candidates = {name: run.pooled for name, run in runs.items() if run.pooled}
-    outputs: dict[str, dict[str, list]] = {}
+    outputs: dict[str, list[dict[str, list]]] = {}  # pair -> its per-fold OOF outputs
     if pairs:
         for a, b in itertools.combinations(list(runs), 2):
-            pooled = _pair_outputs(runs[a], runs[b], Path(data))
-            if pooled is None:
+            parts = _pair_outputs(runs[a], runs[b], Path(data))
+            if parts is None:
                 continue
+            pooled = pool(parts)
             model = _pair_model(runs[a], runs[b], 0)
-            outputs[f"{a}+{b}"] = pooled
+            outputs[f"{a}+{b}"] = parts
             candidates[f"{a}+{b}"] = {k: float(v) for k, v in model.configured().validation_metrics(pooled).items()
                                       if _number(v)}
     scored = {name: metrics[monitor.metric] for name, metrics in candidates.items() if monitor.metric in metrics}
@@ -141,7 +142,7 @@ def find_best_configuration(task: str, data: str | Path, configs: Mapping[str, A
     best = max(scored, key=lambda n: scored[n] if monitor.mode == "max" else -scored[n])
     if "+" in best:
         a, b = best.split("+")
-        chosen, metrics = choose_on_oof(_pair_model(runs[a], runs[b], 0), outputs[best], review_rate)
+        chosen, metrics = choose_on_oof(_pair_model(runs[a], runs[b], 0), outputs[best], review_rate, calibration)
         paths = [f.checkpoint for run in (runs[a], runs[b]) for f in run.finished]
     else:
         chosen, metrics = runs[best].chosen, runs[best].pooled
@@ -167,8 +168,8 @@ def _pair_model(first: CrossValidation, second: CrossValidation, fold: int):
     return Model({"format": checkpoint.FORMAT, **state}, one)
 
 
-def _pair_outputs(first: CrossValidation, second: CrossValidation, data: Path) -> dict[str, list] | None:
-    """The pooled OOF outputs of two configurations' fold models as ensembles (fold k's pair on fold k's
+def _pair_outputs(first: CrossValidation, second: CrossValidation, data: Path) -> list[dict[str, list]] | None:
+    """The per-fold OOF outputs of two configurations' fold models as ensembles (fold k's pair on fold k's
     groups); None where a fold is unfinished or the two are fed differently."""
     if any(f.checkpoint is None for f in first.folds + second.folds):
         return None
@@ -180,4 +181,4 @@ def _pair_outputs(first: CrossValidation, second: CrossValidation, data: Path) -
             log.info(f"configurations {first.dir.name} and {second.dir.name} are not ensembled: {exc}")
             return None
         parts.append(_oof_evaluation(model, data).outputs)
-    return pool(parts)
+    return parts

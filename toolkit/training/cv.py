@@ -36,7 +36,7 @@ from medsight.core.registry import TASKS
 from medsight.core.runtime import launched_rank
 from medsight.data.consumers import profile_of
 from medsight.data.folds import assign_folds, check_folds
-from medsight.errors import DataError
+from medsight.errors import ConfigError, DataError
 from medsight.io import checkpoint
 from medsight.io.writers import write_csv, write_json
 
@@ -67,7 +67,7 @@ class CrossValidation:
     ci: dict[str, tuple[float, float]] = field(default_factory=dict)
     oof: list[dict] = field(default_factory=list)
     #: what the task chooses on validation (classification: per-label thresholds; segmentation: post-processing),
-    #: chosen on the pooled OOF predictions instead, with the temperatures and the review threshold
+    #: chosen on the pooled OOF predictions instead, with the calibration and the review threshold
     chosen: dict[str, Any] = field(default_factory=dict)
     #: the folds' ensemble checkpoint (two or more finished folds)
     ensemble: Path | None = None
@@ -80,12 +80,16 @@ class CrossValidation:
 def cross_validate(task: str, data: str | Path, *, folds: int = 5, out: str | Path | None = None,
                    profile: str | None = None, overrides: Mapping[str, Any] | Sequence[str] | None = None,
                    fold: int | None = None, collect: bool = False, bootstrap: int = 1000,
-                   seed: int | None = None, review_rate: float = 0.10) -> CrossValidation:
+                   seed: int | None = None, review_rate: float = 0.10,
+                   calibration: str = "auto") -> CrossValidation:
     """Train and predict every fold (``fold``: only that one; ``collect``: train none, gather the finished
-    ones), then summarise what is finished. ``seed``: of the fold assignment (default ``data.split_seed``)."""
+    ones), then summarise what is finished. ``seed``: of the fold assignment (default ``data.split_seed``).
+    ``calibration``: ``auto`` (Platt or temperature scaling, whichever the OOF predictions favour cross-fitted,
+    or none), ``platt``, ``temperature`` or ``none`` (``medsight.core.calibration``)."""
     from medsight.training.run import _override_list
 
     check_folds(folds, fold)
+    check_calibration(calibration)
     task_class = TASKS.get(task)
     extra = _override_list(overrides)
     out = Path(out) if out is not None else Path("runs") / task / "cv"
@@ -98,7 +102,14 @@ def cross_validate(task: str, data: str | Path, *, folds: int = 5, out: str | Pa
         _read_fold(item)
     if launched_rank()[0] != 0:  # under torchrun every rank trains; rank 0 predicts, writes and summarises
         return CrossValidation(out, plan)
-    return summarise(out, plan, Path(data), bootstrap, outputs, review_rate)
+    return summarise(out, plan, Path(data), bootstrap, outputs, review_rate, calibration)
+
+
+def check_calibration(method: str) -> None:
+    from medsight.core.calibration import METHODS
+
+    if method not in METHODS:
+        raise ConfigError(f"--calibration must be one of {', '.join(METHODS)}, got {method!r}", "command line")
 
 
 def _folds(task_class, data: Path, folds: int, out: Path, profile, extra: list[str], seed) -> list[Fold]:
@@ -177,7 +188,7 @@ def _read_fold(item: Fold) -> None:
 
 
 def summarise(out: Path, plan: list[Fold], data: Path, bootstrap: int, outputs: dict[int, dict],
-              review_rate: float = 0.10) -> CrossValidation:
+              review_rate: float = 0.10, calibration: str = "auto") -> CrossValidation:
     """Mean and sd over the finished folds, the pooled OOF metrics and their bootstrap CI; ``cv.json``.
     ``outputs``: OOF outputs already at hand; a fold finished by another call predicts its groups again."""
     from medsight.inference.model import load
@@ -201,13 +212,7 @@ def summarise(out: Path, plan: list[Fold], data: Path, bootstrap: int, outputs: 
     task = models[finished[0].index].configured()  # the task's metrics; its learnt state is the first fold's
     result.pooled = {k: float(v) for k, v in task.validation_metrics(pooled).items() if _number(v)}
     result.ci = bootstrap_ci(task, pooled, bootstrap)
-    result.chosen, chosen_metrics = choose_on_oof(models[finished[0].index], pooled, review_rate)
-    if len(parts) >= 2 and "temperature" in result.chosen:  # the temperatures scored on folds they were not fitted on
-        from medsight.core.calibration import cross_fitted_metrics
-
-        crossed = cross_fitted_metrics([task.calibration_samples(part) for part in parts])
-        chosen_metrics.update({f"cross_fitted_{k}": v for k, v in crossed.items() if k in (
-            "ece", "ece_uncalibrated", "brier", "brier_uncalibrated")})
+    result.chosen, chosen_metrics = choose_on_oof(models[finished[0].index], parts, review_rate, calibration)
     for f in finished:
         result.oof += _read_rows(f.dir / OOF_FILE)
     if result.oof:
@@ -227,15 +232,17 @@ def summarise(out: Path, plan: list[Fold], data: Path, bootstrap: int, outputs: 
 
 def _report(out: Path, summary: dict, task, pooled: dict[str, list]) -> None:
     """``report.html`` beside ``cv.json``, with the reliability diagram of the OOF predictions before and after
-    the temperatures chosen on them."""
+    the calibration chosen on them."""
+    from medsight.core.calibration import stored
     from medsight.io.pictures import reliability_png
     from medsight.reporting.report import write_cv_report
 
     samples = task.calibration_samples(pooled)
     picture = None
     if samples:
-        picture = reliability_png(samples, out / "reliability.png", summary["chosen_on_oof"].get("temperature"),
-                                  "reliability on the out-of-fold predictions")
+        chosen = summary["chosen_on_oof"]
+        picture = reliability_png(samples, out / "reliability.png", stored(chosen) or None,
+                                  "reliability on the out-of-fold predictions", chosen.get("calibration_method"))
     write_cv_report(out, summary, picture, headline=getattr(task.monitor, "metric", None))
 
 
@@ -245,39 +252,58 @@ def pool(parts: Sequence[dict]) -> dict[str, list]:
             if all(key in part and isinstance(part[key], list) for part in parts)}
 
 
-def choose_on_oof(model, pooled: dict[str, list], review_rate: float) -> tuple[dict[str, Any], dict[str, float]]:
-    """What the task chooses on validation (thresholds, post-processing), chosen on the pooled OOF outputs
-    as training's validation would, then the temperatures and the review threshold (``trust_on_oof``);
-    and the OOF metrics with those choices (ECE/Brier before and after among them)."""
+def choose_on_oof(model, parts: Sequence[dict[str, list]], review_rate: float,
+                  calibration: str = "auto") -> tuple[dict[str, Any], dict[str, float]]:
+    """What the task chooses on validation (thresholds, post-processing), chosen on the folds' OOF outputs
+    (``parts``, one per fold) pooled, as training's validation would; then the calibration and the review
+    threshold (``trust_on_oof``); and the OOF metrics with those choices (ECE/Brier before and after among
+    them, and each calibration method's cross-fitted ECE/Brier)."""
+    pooled = pool(parts)
     choosing = model.configured()
     choosing.learning = True  # as validation does while training: the task chooses its settings on these outputs
     metrics = {k: float(v) for k, v in choosing.validation_metrics(pooled).items() if _number(v)}
     choosing.learning = False
     chosen = {key: choosing.state[key] for key in choosing.chosen_on_validation if choosing.state.get(key) is not None}
-    chosen.update(trust_on_oof(choosing, pooled, review_rate))
+    chosen.update(trust_on_oof(choosing, parts, review_rate, calibration))
     metrics.update(chosen.pop("calibration_metrics", {}))
     return chosen, metrics
 
 
-def trust_on_oof(task, pooled: dict[str, list], review_rate: float) -> dict[str, Any]:
-    """What makes the ensemble's outputs trustworthy, chosen on the pooled OOF predictions (``medsight.core.
-    calibration``): per-output temperatures (with the task's state that depends on probability values moved
-    with them: classification's thresholds) and the review threshold for ``review_rate`` of the cases, with
-    the OOF mean quality of the flagged cases and of the rest. ECE/Brier before and after, as metrics."""
+def trust_on_oof(task, parts: Sequence[dict[str, list]], review_rate: float,
+                 calibration: str = "auto") -> dict[str, Any]:
+    """What makes the ensemble's outputs trustworthy, chosen on the folds' OOF predictions (``medsight.core.
+    calibration``): per output a calibration map by the method the folds favour cross-fitted (``choose_method``),
+    fitted on them all pooled, with the task's state that depends on probability values moved with it
+    (classification's thresholds); and the review threshold for ``review_rate`` of the cases, with the OOF
+    mean quality of the flagged cases and of the rest. ECE/Brier before and after, as metrics
+    (``cross_fitted_ece_platt``...: each method scored on folds it was not fitted on)."""
     from medsight.core import calibration as cal
 
     chosen: dict[str, Any] = {}
+    pooled = pool(parts)
     samples = task.calibration_samples(pooled)
     if samples:
-        temperatures = {name: round(cal.fit_temperature(cal.logit(p), y, w), 4) for name, (p, y, w) in samples.items()}
-        chosen["calibration_metrics"] = cal.calibration_metrics(samples, temperatures)
+        method, crossed = cal.choose_method([task.calibration_samples(part) for part in parts], calibration)
+        affine = cal.fit(samples, method)
+        metrics = cal.calibration_metrics(samples, {k: tuple(v) for k, v in affine.items()} or None)
+        if not affine:
+            metrics.update({f"{k}_uncalibrated": v for k, v in list(metrics.items())})
+        metrics.update({f"cross_fitted_{k}": v for k, v in crossed.items()})
+        if f"ece_{method}" in crossed:  # the chosen method's cross-fitted figures under the names used before
+            metrics.update(cross_fitted_ece=crossed[f"ece_{method}"], cross_fitted_brier=crossed[f"brier_{method}"],
+                           cross_fitted_ece_uncalibrated=crossed["ece_none"],
+                           cross_fitted_brier_uncalibrated=crossed["brier_none"])
+        chosen["calibration_metrics"] = metrics
         before = {k: task.state.get(k) for k in task.chosen_on_validation}
-        task.apply_temperatures(temperatures)
-        chosen.update(temperature=temperatures,
+        task.apply_calibration(affine, method)
+        chosen.update(calibration=affine, calibration_method=method,
                       **{k: task.state[k] for k in before if task.state.get(k) is not None and task.state[k] != before[k]})
-        log.info("calibration on the out-of-fold predictions: ECE %.4f -> %.4f, Brier %.4f -> %.4f" % (
-            chosen["calibration_metrics"]["ece_uncalibrated"], chosen["calibration_metrics"]["ece"],
-            chosen["calibration_metrics"]["brier_uncalibrated"], chosen["calibration_metrics"]["brier"]))
+        tried = ", ".join(f"{m} {crossed[f'ece_{m}']:.4f}" for m in ("none", "temperature", "platt")
+                          if f"ece_{m}" in crossed)
+        log.info(f"calibration on the out-of-fold predictions: {method}" + (f" (cross-fitted ECE: {tried})" if tried
+                                                                            else "")
+                 + "; ECE %.4f -> %.4f, Brier %.4f -> %.4f" % (metrics["ece_uncalibrated"], metrics["ece"],
+                                                               metrics["brier_uncalibrated"], metrics["brier"]))
     scores, quality = task.review_scores(pooled), task.case_quality(pooled)
     if scores:
         threshold = cal.review_threshold(scores, review_rate)
