@@ -113,3 +113,27 @@ def test_under_torchrun_each_rank_predicts_its_share_into_its_own_folder(trained
     for row in whole:  # the same predictions, up to the rounding of other batch compositions (fp32, 2 cores)
         assert all(abs(float(row[k]) - float(together[row["image"]][k])) < 1e-5 for k in row
                    if k in CLS_LABELS), row["image"]
+
+
+def test_a_model_chooses_its_compute_threads_once_and_again_only_after_a_while(trained, tmp_path, monkeypatch):
+    """Every predict call of one model runs on the thread count chosen at its first (no 0.1 s measurement per
+    call, and bf16 sums that cannot move between two calls); a long-lived model measures again later."""
+    from medsight.core import runtime
+    from medsight.inference import model as model_module
+    from medsight.io import checkpoint
+
+    model, data = trained
+    state = checkpoint.load(model.path)
+    state["config"]["trainer"]["threads"] = None  # auto: the cores other processes leave free
+    auto = medsight.load(checkpoint.save(state, tmp_path / "auto.pt"))
+    measured = []
+    monkeypatch.setattr(runtime, "busy_cores", lambda: measured.append(1) or 0.0)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(runtime, "_DEFAULT_THREADS", 2)
+    pictures = sorted(data.rglob("*.png"))[:2]
+    first = [r.probabilities for r in auto.predict(pictures)]
+    second = [r.probabilities for r in auto.predict(pictures)]
+    assert len(measured) == 1 and all((a == b).all() for a, b in zip(first, second))
+    monkeypatch.setattr(model_module, "THREADS_KEPT_S", 0.0)
+    auto.predict(pictures[:1])
+    assert len(measured) == 2

@@ -61,25 +61,35 @@ def members(model: nn.Module) -> list[nn.Module]:
 
 class Moments:
     """Running mean and (population) standard deviation of equally shaped tensors or arrays, added one at a
-    time (Welford): the ensemble's mean and the members' spread in two buffers, whatever the count."""
+    time (Welford): the ensemble's mean and the members' spread in two buffers, whatever the count. The first
+    value added is kept as the mean without a copy (callers hand over fresh results) and the spread buffer
+    is made at the second: one model without TTA costs nothing here."""
 
     def __init__(self):
         self.count, self.mean, self._m2 = 0, None, None
 
     def add(self, value) -> None:
-        value = value.float() if isinstance(value, torch.Tensor) else value.astype("float32")
+        value = value.float() if isinstance(value, torch.Tensor) else value.astype("float32", copy=False)
         self.count += 1
         if self.mean is None:
-            self.mean, self._m2 = value.clone() if isinstance(value, torch.Tensor) else value.copy(), value * 0
+            self.mean = value
             return
+        if self.count == 2:  # the first value becomes a buffer of ours before it is changed in place
+            self.mean = self.mean.clone() if isinstance(self.mean, torch.Tensor) else self.mean.copy()
         delta = value - self.mean
         self.mean += delta / self.count
-        self._m2 += delta * (value - self.mean)
+        delta *= value - self.mean
+        if self._m2 is None:
+            self._m2 = delta
+        else:
+            self._m2 += delta
 
     @property
     def std(self):
-        if self._m2 is None:
+        if self.mean is None:
             return None
+        if self._m2 is None:
+            return self.mean * 0
         variance = self._m2 / max(self.count, 1)
         return variance.clamp_min(0).sqrt() if isinstance(variance, torch.Tensor) else variance.clip(0) ** 0.5
 

@@ -27,12 +27,15 @@ class Execution:
     runtime: Runtime
 
 
-def inference_runtime(task: Task, device: str | None, precision: str | None, stage: str) -> Runtime:
+def inference_runtime(task: Task, device: str | None, precision: str | None, stage: str,
+                      threads: int | None = None) -> Runtime:
     """Precision and memory layout for torch: the caller's, else (predict) the task's ``infer.precision`` and
     ``infer.channels_last``, else training's. ``evaluate`` runs as validation ran, so its metrics and the
-    thresholds chosen on validation reproduce; ``predict`` may take the faster settings."""
+    thresholds chosen on validation reproduce; ``predict`` may take the faster settings. ``threads``: the
+    compute threads chosen for this model before (``trainer.threads`` still wins), else chosen now
+    (``set_threads``: the cores other processes leave free)."""
     cfg = task.config.trainer
-    set_threads(cfg.threads, cfg.deterministic)
+    set_threads(cfg.threads or threads, cfg.deterministic)
     infer = getattr(task.config, "infer", None) if stage == "predict" else None
     precision = precision or getattr(infer, "precision", None) or cfg.precision
     channels_last = getattr(infer, "channels_last", cfg.channels_last)

@@ -17,6 +17,8 @@ from dataclasses import fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from medsight.core.config import resolve
 from medsight.core.registry import TASKS
 from medsight.core.runtime import launched_rank
@@ -30,6 +32,9 @@ from medsight.inference.execution import Execution, inference_runtime, prepare
 from medsight.inference.predict import Failure, PredictionReport, in_flight, predict_records, write_results
 from medsight.io import checkpoint
 from medsight.task import CaseTable, OutputOptions, Result, Task, save_results
+
+#: how long a model keeps the compute-thread count chosen at its first predict before measuring again
+THREADS_KEPT_S = 300.0
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +73,10 @@ class Model:
         #: its sliding window), so options that change the config get a model built with them
         self._models: dict[str, object] = {}
         self._executions: dict[tuple, Execution] = {}
+        #: compute threads chosen at this model's first predict (the cores other processes leave free), and
+        #: when: every call of a model runs on the same count (bf16 sums do not move between two calls) and
+        #: does not measure the cores again (0.1 s), until THREADS_KEPT_S have passed (a server's load changes)
+        self._threads: tuple[int, float] | None = None
         self.torch_model = None if self.members else self.model_for(self.task)
 
     # -- what it is -------------------------------------------------------------------------------------
@@ -129,7 +138,10 @@ class Model:
         """How ``task`` runs this model for ``stage`` (predict, evaluate): built once per choice, then kept."""
         if self.members:
             return self._ensemble_execution(task, stage, precision, engine)
-        runtime = inference_runtime(task, self.device, precision or self.precision, stage)
+        kept = self._threads if self._threads and time.monotonic() - self._threads[1] < THREADS_KEPT_S else None
+        runtime = inference_runtime(task, self.device, precision or self.precision, stage, kept and kept[0])
+        if kept is None:
+            self._threads = (torch.get_num_threads(), time.monotonic())
         engine = engine or self.engine
         if stage == "evaluate" and engine == "auto" and not self.carried:
             engine = "torch"  # evaluate runs as validation ran, unless an engine is asked for
