@@ -327,6 +327,12 @@ class Task:
     #: training (evaluate), and in cross-validation's out-of-fold pass, which sets it; not in training's own
     #: validations, where nothing reads them
     calibrating: bool = False
+    #: predict and validation cut each input into windows and put every window in the runtime's memory layout
+    #: (segmentation's sliding window): the whole input is handed over as read, not copied into channels-last
+    windowed: bool = False
+    #: ``to_result`` reads only the inputs' metadata and transform trace (segmentation's inversion), not their
+    #: voxels: predict frees those once the network has run, before the result is made (a BraTS case's 55 MB)
+    spends_inputs: bool = False
 
     def calibration_samples(self, outputs: dict[str, list]) -> dict[str, tuple]:
         """Per output the task calibrates (a label, a region, the score): ``(probabilities, targets, weights)``

@@ -237,17 +237,19 @@ class Runtime:
             return torch.autocast(device_type=self.device.type, dtype=dtype)
         return contextlib.nullcontext()
 
-    def to_device(self, batch: Any) -> Any:
-        """Move every tensor in a nested batch to the device (channels-last for 4-D/5-D float tensors)."""
+    def to_device(self, batch: Any, layout: bool = True) -> Any:
+        """Move every tensor in a nested batch to the device (channels-last for 4-D/5-D float tensors, unless
+        ``layout`` is false: inputs cut into windows that are each put in the layout, where a channels-last
+        copy of the whole volume would only cost its memory)."""
         if isinstance(batch, torch.Tensor):
             tensor = batch.to(self.device, non_blocking=True)
-            if self.channels_last and tensor.is_floating_point():
+            if layout and self.channels_last and tensor.is_floating_point():
                 tensor = to_channels_last(tensor)
             return tensor
         if isinstance(batch, Mapping):
-            return {k: self.to_device(v) for k, v in batch.items()}
+            return {k: self.to_device(v, layout) for k, v in batch.items()}
         if isinstance(batch, (list, tuple)):
-            return type(batch)(self.to_device(v) for v in batch)
+            return type(batch)(self.to_device(v, layout) for v in batch)
         return batch
 
     # -- optimisation -----------------------------------------------------------------------------

@@ -133,13 +133,15 @@ def _batch_results(task: Task, execution: Execution, batch, display) -> Iterator
     items = decollate_batch(batch, detach=True)
     try:
         with execution.runtime.autocast():
-            predictions = task.predict(execution.network, execution.runtime.to_device(batch))
+            predictions = task.predict(execution.network, execution.runtime.to_device(batch, not task.windowed))
     except Exception as exc:  # the model cannot take this input: those cases fail, the rest go on
         reason = _reason(exc)
         for item in items:
             display.update(1)
             yield Failure(f"{item.get('id', '?')}: {reason}")
         return
+    if task.spends_inputs:
+        _free_voxels(batch, items)
     for prediction, item in zip(predictions, items):
         display.update(1)
         try:
@@ -151,6 +153,22 @@ def _batch_results(task: Task, execution: Execution, batch, display) -> Iterator
         except Exception as exc:  # post-processing this case failed (its library, its geometry): the others go on
             known = unwrap(exc)
             yield Failure(str(known) if known else f"{item.get('id', '?')}: {_reason(exc)}")
+
+
+def _free_voxels(batch: dict, items: list[dict]) -> None:
+    """The batch's tensors freed (set to None in place: the caller's reference goes too) and each item's
+    images kept as empty MetaTensors with their metadata and transform trace, all the inversion reads."""
+    from monai.data import MetaTensor
+
+    for item in items:
+        for key, value in item.items():
+            if isinstance(value, MetaTensor) and value.numel():
+                item[key] = MetaTensor(torch.empty(0, dtype=value.dtype), meta=value.meta,
+                                       applied_operations=value.applied_operations)
+    if isinstance(batch, dict):
+        for key, value in batch.items():
+            if isinstance(value, torch.Tensor):
+                batch[key] = None
 
 
 def _reason(exc: Exception) -> str:

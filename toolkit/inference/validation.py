@@ -31,7 +31,7 @@ def run_validation(task: Task, model: torch.nn.Module, dataset, config: TaskConf
                 if not batch:
                     display.update(1)
                     continue
-            batch = runtime.to_device(batch)
+            batch = runtime.to_device(batch, not task.windowed)
             with runtime.autocast():
                 result = task.validation_step(model, batch)
             for key, values in result.items():
