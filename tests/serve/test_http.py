@@ -35,8 +35,7 @@ def api(tmp_path, segmenter, detector, start_server, monkeypatch):
                                       "roles": {"flair": {}, "t1c": {}}},
                                      {"name": "nodules", "checkpoint": str(detector)}],
                           http={"enabled": True, "port": 0, "tokens_env": "MEDSIGHT_TEST_TOKENS",
-                                "max_upload_mb": 50}, queue={"capacity": 2},
-                          models={"preload": False})  # the full-queue test needs its first job slow (a model load)
+                                "max_upload_mb": 50}, queue={"capacity": 2})
     server = start_server(config)
     return server, httpx.Client(base_url=f"http://127.0.0.1:{server.http.port}", timeout=30)
 
@@ -81,6 +80,7 @@ def test_a_4gb_claim_is_refused_before_reading_and_a_full_queue_answers_503(api)
             head += raw.recv(4096)
         head = head.decode()
     assert head.startswith("HTTP/1.1 413") and "larger than the limit of 50 MB" in head
+    server.workers.stop()  # nothing drains the queue while it is filled: full is full, however fast a job is
     server.queue.submit({"rule": "brain", "inputs": "/nowhere"}, "a" * 24)
     server.queue.receive({"rule": "brain"})  # capacity 2: now full
     full = http.post("/v1/jobs", data={"model": "brain"}, files=[("files", ("a.nii.gz", b"x"))],
