@@ -124,6 +124,26 @@ def set_threads(requested: int | None, deterministic: bool = False) -> int:
     return threads
 
 
+def release_free_memory() -> None:
+    """Hand the C heap's free pages back to the system (glibc's ``malloc_trim``; nothing elsewhere). A big
+    volume's freed buffers stay mapped in the heap otherwise and count in the process's memory while the
+    next full-size buffers are made beside them: 90 MB on a BraTS case before its inversion."""
+    global _TRIM
+    if _TRIM is None:
+        import ctypes
+        import ctypes.util
+
+        try:
+            _TRIM = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+        except (OSError, AttributeError):
+            _TRIM = False
+    if _TRIM:
+        _TRIM(0)
+
+
+_TRIM = None
+
+
 def cpu_has_native_bf16() -> bool:
     """oneDNN runs bf16 natively here (AVX512-BF16 or AMX); elsewhere bf16 on CPU is emulated and slow."""
     try:

@@ -26,6 +26,7 @@ from monai.data import Dataset, decollate_batch
 
 from medsight.core.calibration import mark_review
 from medsight.core.progress import progress
+from medsight.core.runtime import release_free_memory
 from medsight.data.guard import FAILED, GuardedCompose, split_failed
 from medsight.data.loading import make_loader
 from medsight.errors import MedsightError, unwrap
@@ -131,6 +132,8 @@ def read_ahead(iterable: Iterable, depth: int) -> Iterator:
 
 def _batch_results(task: Task, execution: Execution, batch, display) -> Iterator[Result | Failure]:
     items = decollate_batch(batch, detach=True)
+    if task.windowed:  # what reading and preprocessing a whole volume freed, handed back before the network runs
+        release_free_memory()
     try:
         with execution.runtime.autocast():
             predictions = task.predict(execution.network, execution.runtime.to_device(batch, not task.windowed))
@@ -157,7 +160,8 @@ def _batch_results(task: Task, execution: Execution, batch, display) -> Iterator
 
 def _free_voxels(batch: dict, items: list[dict]) -> None:
     """The batch's tensors freed (set to None in place: the caller's reference goes too) and each item's
-    images kept as empty MetaTensors with their metadata and transform trace, all the inversion reads."""
+    images kept as empty MetaTensors with their metadata and transform trace, all the inversion reads; the
+    freed memory handed back to the system."""
     from monai.data import MetaTensor
 
     for item in items:
@@ -169,6 +173,7 @@ def _free_voxels(batch: dict, items: list[dict]) -> None:
         for key, value in batch.items():
             if isinstance(value, torch.Tensor):
                 batch[key] = None
+    release_free_memory()  # the freed input and the network's buffers, before the full-grid inversion
 
 
 def _reason(exc: Exception) -> str:
