@@ -306,3 +306,10 @@ def test_a_detection_ensemble_fuses_boxes_and_says_how_many_members_found_each(t
     assert header[:5] == ["seriesuid", "coordX", "coordY", "coordZ", "probability"] and header[-1] == "agreement"
     evaluation = ensemble.evaluate(data, "val")
     assert "cpm" in evaluation.metrics
+    # a Platt map on the score: every mark kept, in the same order, with its probability mapped
+    state = checkpoint.load(run.last)
+    state["task_state"] = {**state["task_state"], "calibration": {"score": [0.6, -1.2]}, "calibration_method": "platt"}
+    mapped = medsight.load(checkpoint.save(state, tmp_path / "calibrated.pt"), engine="torch").predict(scans, **options)
+    for plain, calibrated in zip(singles[0], mapped):
+        assert len(plain.marks) == len(calibrated.marks) and np.allclose(plain.marks[:, :3], calibrated.marks[:, :3])
+        assert calibrated.marks[:, 3] == pytest.approx(cal.apply(plain.marks[:, 3], (0.6, -1.2)), abs=1e-5)
