@@ -52,10 +52,13 @@ class Reference:
 
     def __call__(self, files: list[str], out: Path) -> tuple[Path, np.ndarray]:
         """(the label map written, the region probabilities (3, X, Y, Z) on the input grid)."""
+        return self.finish(self.preprocessing({"image": files}), out)
+
+    def finish(self, data: dict, out: Path) -> tuple[Path, np.ndarray]:
+        """The rest of ``__call__`` for a case ``self.preprocessing`` has made (in a DataLoader's worker, say)."""
         from monai.data import MetaTensor
         from monai.transforms import Invertd
 
-        data = self.preprocessing({"image": files})
         image = data["image"]
         with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
             logits = self.inferer(image.as_tensor()[None], self.network)
