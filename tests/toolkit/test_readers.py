@@ -6,6 +6,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import SimpleITK as sitk
+import torch
 from PIL import Image
 from pydicom.uid import JPEG2000Lossless, generate_uid
 
@@ -82,6 +83,35 @@ def test_several_files_load_as_channels_and_must_share_shape_and_geometry(tmp_pa
     with pytest.raises(DataError, match=r"moved.nii.gz: geometry \(affine\) differs from that of a.nii.gz"):
         load([tmp_path / "moved.nii.gz", tmp_path / "a.nii.gz", tmp_path / "b.nii.gz"])
 
+
+
+def test_channel_files_are_read_into_one_array_without_a_second_copy(tmp_path):
+    """Four float32 modalities of a case: each file's voxels go straight into its channel. The old way held
+    every file's array and their ``np.stack`` copy at once: 2.01x the case's voxels here, against 1.56x now (the
+    rest is one file's voxels and nibabel's buffers while it is read). Values and order unchanged, int16 files
+    (BraTS 2021-2023) included."""
+    import tracemalloc
+
+    rng = np.random.default_rng(0)
+    shape = (64, 64, 40)
+    volumes = [rng.normal(size=shape).astype(np.float32) for _ in range(3)] + \
+        [rng.integers(-1000, 3000, size=shape).astype(np.int16)]
+    names = []
+    for k, volume in enumerate(volumes):
+        names.append(tmp_path / f"m{k}.nii.gz")
+        nib.save(nib.Nifti1Image(volume, np.eye(4)), str(names[-1]))
+    loader = image_loader(ensure_channel_first=True)
+    loader(names)  # imports and first-use buffers out of the measure
+    tracemalloc.start()
+    try:
+        loaded = loader(names)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    stacked = np.stack([v.astype(np.float32) for v in volumes])
+    np.testing.assert_array_equal(loaded.numpy(), stacked)
+    assert loaded.dtype == torch.float32
+    assert peak < 1.75 * stacked.nbytes, f"peak {peak / stacked.nbytes:.2f}x the loaded case"
 
 def test_dicom_series_with_shuffled_file_names_is_ordered_by_position(tmp_path):
     volume = ramp((16, 12, 8)).astype(np.float32) - 500

@@ -17,9 +17,14 @@ def names_of(filename) -> tuple[str, ...]:
     return tuple(str(f) for f in ensure_tuple(filename))
 
 
-def stack_channels(arrays: list[np.ndarray], metas: list[dict], names: Sequence[str]) -> tuple[np.ndarray, dict]:
+def stack_channels(arrays: list, metas: list[dict], names: Sequence[str], read=None,
+                   dtype=None) -> tuple[np.ndarray, dict]:
     """Several files are channels of one image (MONAI's convention): stack on a new first axis. Each must hold
-    one image: a 4D file among them is named (it would hold several channels of its own)."""
+    one image: a 4D file among them is named (it would hold several channels of its own).
+
+    ``read``: ``arrays`` are not read yet (proxies with a shape, such as nibabel's ``dataobj``):
+    ``read(array, name)`` gives each file's voxels, copied straight into its channel of one ``dtype`` array
+    after every file's geometry is checked, so no file is read when another one is wrong."""
     meta = metas[0]
     if len(arrays) == 1:
         meta["original_channel_dim"] = float("nan")
@@ -57,4 +62,9 @@ def stack_channels(arrays: list[np.ndarray], metas: list[dict], names: Sequence[
             )
     meta["original_channel_dim"] = 0
     meta["channel_files"] = "\n".join(str(name) for name in names)  # one string: metadata collates it as is
-    return np.stack(arrays, axis=0), meta
+    if read is None:
+        return np.stack(arrays, axis=0), meta
+    stacked = np.empty((len(arrays), *arrays[0].shape), dtype=dtype or np.float32)
+    for channel, (array, name) in enumerate(zip(arrays, names)):
+        stacked[channel] = read(array, name)  # this file's voxels, then freed: one file's at a time
+    return stacked, meta

@@ -125,21 +125,35 @@ class NiftiReader(NibabelReader):
                 raise DataError(f"cannot read NIfTI ({exc})", name) from exc
         return images if len(images) > 1 else images[0]
 
+    def _get_array_data(self, img, filename):
+        """The file's data proxy, not its voxels: ``get_data`` reads them, each file straight into its channel
+        of the stacked image, so a multi-file case never holds its voxels twice (4 BraTS files: 143 MB at
+        most, not 286 MB while ``np.stack`` copies them)."""
+        return img.dataobj
+
+    @staticmethod
+    def _voxels(proxy, name: str) -> np.ndarray:
+        try:
+            return np.asanyarray(proxy)
+        except Exception as exc:  # truncated gzip streams fail only when the data are read
+            raise DataError(f"cannot read NIfTI data ({exc})", name) from exc
+
     def get_data(self, img) -> tuple[np.ndarray, dict]:
-        arrays, metas, names = [], [], []
+        proxies, metas, names = [], [], []
         for image in ensure_tuple(img):  # one at a time, so a mismatch is reported with its file
             name = str(image.get_filename())
             try:
-                array, meta = super().get_data(image)
-            except Exception as exc:  # truncated gzip streams fail only when the data are read
+                proxy, meta = super().get_data(image)
+            except Exception as exc:  # a header nibabel cannot make sense of
                 raise DataError(f"cannot read NIfTI data ({exc})", name) from exc
             meta.update(geometry_meta(np.asarray(meta["affine"], dtype=np.float64)))
-            arrays.append(array)
+            proxies.append(proxy)
             metas.append(meta)
             names.append(name)
-        if len(arrays) == 1:
-            return arrays[0], metas[0]  # keep MONAI's channel handling of a single (4D) file
-        return stack_channels(arrays, metas, names)
+        if len(proxies) == 1:
+            return self._voxels(proxies[0], names[0]), metas[0]  # keep MONAI's channel handling of a 4D file
+        # float32: what LoadImage makes of the stack anyway (its dtype), one channel at a time
+        return stack_channels(proxies, metas, names, read=self._voxels, dtype=np.float32)
 
 
 def _to_gray(image: Image.Image) -> Image.Image:
