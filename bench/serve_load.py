@@ -14,8 +14,12 @@ latency, peak memory, and a chaos run.
   for 30 s; every series' results must be in Orthanc exactly once. The counts are printed and written to
   ``serve_load.json``.
 
-The models are random-weight tiny checkpoints (this measures the service, not the networks); BraTS-size MR
-studies are left out by default on 2 cores (``--mr`` adds them).
+The models are random-weight tiny checkpoints on tiny studies by default (this measures the service, not the
+networks); ``--mr`` adds MR studies. ``--full`` makes the studies and networks a clinic's (``FULL``: BraTS-size MR
+of two series, 240 x 240 x 155 at 1 mm; 320 x 320 x 120 CT; 1024-px X-rays; DenseNet121, the BraTS bundle's
+SegResNet, the cpu-small detector), which is where the issue's throughput target is measured:
+
+    flock /tmp/medsight-heavy.lock .venv/bin/python bench/serve_load.py --studies 12 --senders 4 --mr --full
 """
 
 from __future__ import annotations
@@ -44,7 +48,14 @@ from tests.serve.test_dicom_node import store
 from tests.toolkit.test_dicom_out import random_checkpoint
 
 
-def make_inputs(out: Path, studies: int, mr: bool) -> list[Path]:
+#: --full: the studies' sizes and the models' settings of a clinic (the default is tiny, to measure the service)
+FULL = {"mr_shape": (240, 240, 155), "mr_slice_mm": 1.0, "ct_shape": (320, 320, 120), "ct_spacing": (0.75, 0.75, 2.5),
+        "xray_px": 1024}
+TINY = {"mr_shape": (32, 32, 20), "mr_slice_mm": 1.5, "ct_shape": (48, 48, 16), "ct_spacing": (1.8, 1.8, 3.0),
+        "xray_px": 64}
+
+
+def make_inputs(out: Path, studies: int, mr: bool, sizes: dict = TINY) -> list[Path]:
     """Series folders: CT series and X-rays alternating (and MR studies with --mr)."""
     from medsight.datasets.synth.chestxray14 import Anatomy, render
     from medsight.datasets.synth.dicom import write_xray
@@ -53,26 +64,32 @@ def make_inputs(out: Path, studies: int, mr: bool) -> list[Path]:
     for index in range(studies):
         folder = out / "inputs" / f"study{index:03d}"
         if mr and index % 3 == 2:
-            mr_study(folder)
+            mr_study(folder, sizes["mr_shape"], sizes["mr_slice_mm"])
             folders += [folder / "flair", folder / "t1c"]
         elif index % 2 == 0:
-            ct_series(folder)
+            ct_series(folder, sizes["ct_shape"], sizes["ct_spacing"])
             folders.append(folder)
         else:
-            picture = render({"Mass"}, Anatomy.draw(rng), 64, rng).astype(np.uint16) * 16
+            picture = render({"Mass"}, Anatomy.draw(rng), sizes["xray_px"], rng).astype(np.uint16) * 16
             write_xray(folder / "IM0.dcm", picture)
             folders.append(folder)
     return folders
 
 
-def checkpoints(out: Path) -> list[dict]:
-    det = random_checkpoint("detection", out / "det.pt", "infer.roi_size=[64,64,32]", "infer.dicom_min_probability=0.0",
-                            "infer.dicom_max_marks=3", "infer.score_threshold=0.0")
-    cxr = random_checkpoint("classification", out / "cxr.pt", "model.name=simple_cnn", "data.image_size=48",
+def checkpoints(out: Path, full: bool = False) -> list[dict]:
+    """Random-weight models: tiny ones, or with ``full`` the networks a clinic runs (the cpu-small detector with
+    its own window, DenseNet121 at 224 px, the MONAI BraTS bundle's SegResNet with its 96^3 window)."""
+    det = random_checkpoint("detection", out / "det.pt", *([] if full else ["infer.roi_size=[64,64,32]"]),
+                            "infer.dicom_min_probability=0.0", "infer.dicom_max_marks=3", "infer.score_threshold=0.0")
+    cxr = random_checkpoint("classification", out / "cxr.pt",
+                            *(["model.name=densenet121", "data.image_size=224"] if full else
+                              ["model.name=simple_cnn", "data.image_size=48"]),
                             state={"labels": ["Mass", "Nodule"], "multi_label": True, "negative_label": "No Finding",
                                    "thresholds": [0.5, 0.5]})
-    seg = random_checkpoint("segmentation", out / "seg.pt", "data.modalities=[flair,t1c]", "infer.roi_size=[32,32,16]",
-                            "model.init_filters=8", state={"convention": "brats2021", "modalities": ["flair", "t1c"]})
+    seg = random_checkpoint("segmentation", out / "seg.pt", "data.modalities=[flair,t1c]",
+                            *(["model.init_filters=16", "model.blocks_up=[1,1,1]", "infer.roi_size=[96,96,96]",
+                               "infer.blend=gaussian"] if full else ["infer.roi_size=[32,32,16]", "model.init_filters=8"]),
+                            state={"convention": "brats2021", "modalities": ["flair", "t1c"]})
     return [{"name": "nodules", "checkpoint": str(det), "match": {"modality": "CT"}},
             {"name": "cxr", "checkpoint": str(cxr), "match": {"modality": "DX"}},
             {"name": "brain", "checkpoint": str(seg), "match": {"modality": "MR"},
@@ -132,12 +149,14 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=Path("runs/bench/serve"))
     parser.add_argument("--chaos", action="store_true")
     parser.add_argument("--mr", action="store_true")
+    parser.add_argument("--full", action="store_true", help="BraTS-size MR (240 x 240 x 155, 1 mm), 320 x 320 x 120 CT, "
+                                                            "1024-px X-rays, and clinic-size networks")
     parser.add_argument("--workers", type=int, default=1, help="the server's model workers")
     args = parser.parse_args(argv)
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
-    folders = make_inputs(out, args.studies, args.mr)
-    rules = checkpoints(out)
+    folders = make_inputs(out, args.studies, args.mr, FULL if args.full else TINY)
+    rules = checkpoints(out, args.full)
     plain_s = plain_loop(folders, rules, out / "plain")
     port = free_port()
     pacs = Orthanc(out / "orthanc", port)

@@ -51,11 +51,12 @@ def segmenter(tmp_path_factory) -> Path:
                              state={"convention": "brats2021", "modalities": ["flair", "t1c"]})
 
 
-def ct_series(folder: Path, **kwargs) -> tuple[str, object]:
-    """A small synthetic chest CT as a DICOM series (identifier markers inside); returns (series UID, scan)."""
+def ct_series(folder: Path, shape=(48, 48, 16), spacing=(1.8, 1.8, 3.0), **kwargs) -> tuple[str, object]:
+    """A synthetic chest CT (small by default) as a DICOM series (identifier markers inside); returns (series UID,
+    scan)."""
     from medsight.datasets.synth.luna16 import make_scan
 
-    scan = make_scan(0, np.random.default_rng(2), shape=(48, 48, 16), spacing=(1.8, 1.8, 3.0))
+    scan = make_scan(0, np.random.default_rng(2), shape=tuple(shape), spacing=tuple(spacing))
     uid = write_series(scan.volume.astype(np.float32), scan.origin_lps, scan.spacing_mm, scan.direction, folder,
                        identifiers=MARKERS, description="CHEST 3mm", **kwargs)
     for path in folder.iterdir():
@@ -65,12 +66,13 @@ def ct_series(folder: Path, **kwargs) -> tuple[str, object]:
     return uid, scan
 
 
-def mr_study(folder: Path) -> dict[str, str]:
-    """FLAIR and T1c of one synthetic case as two MR series of one study; returns role -> series UID."""
+def mr_study(folder: Path, shape=(32, 32, 20), slice_mm: float = 1.5) -> dict[str, str]:
+    """FLAIR and T1c of one synthetic case (small by default) as two MR series of one study; returns role -> series
+    UID."""
     from medsight.datasets.synth.brats import make_case
 
-    images, _ = make_case(np.random.default_rng(6), (32, 32, 20))
-    affine = np.diag([-1.0, -1.0, 1.5, 1.0])
+    images, _ = make_case(np.random.default_rng(6), tuple(shape))
+    affine = np.diag([-1.0, -1.0, slice_mm, 1.0])
     affine[:3, 3] = [15.0, 20.0, -12.0]
     origin, spacing, direction = itk_from_affine(affine)
     study = pydicom.uid.generate_uid()
