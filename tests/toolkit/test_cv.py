@@ -79,6 +79,15 @@ def test_more_folds_than_patients_is_one_line(pictures, tmp_path, capsys):
     assert len(err) == 1 and "cannot fill 500 folds" in err[0] and str(pictures) in err[0]
 
 
+def test_an_unknown_calibration_from_the_api_is_named_by_its_argument(pictures, tmp_path):
+    """(The command line's --calibration has argparse choices.)"""
+    from medsight.errors import ConfigError
+
+    with pytest.raises(ConfigError) as error:
+        medsight.cross_validate("classification", pictures, folds=2, out=tmp_path / "x", calibration="isotonic")
+    assert str(error.value) == "calibration: must be one of auto, platt, temperature, none, got 'isotonic'"
+
+
 def test_configs_are_compared_on_the_same_folds_and_the_best_is_kept(pictures, tmp_path, capsys):
     """--configs: each configuration cross-validated on the same folds; singles and the pair scored on the
     pooled out-of-fold predictions; the winner's members in OUT/ensemble.pt."""

@@ -109,7 +109,8 @@ def check_calibration(method: str) -> None:
     from medsight.core.calibration import METHODS
 
     if method not in METHODS:
-        raise ConfigError(f"--calibration must be one of {', '.join(METHODS)}, got {method!r}", "command line")
+        # named as both callers name it: cross_validate(calibration=...) and medsight cv --calibration
+        raise ConfigError(f"must be one of {', '.join(METHODS)}, got {method!r}", "calibration")
 
 
 def _folds(task_class, data: Path, folds: int, out: Path, profile, extra: list[str], seed) -> list[Fold]:
